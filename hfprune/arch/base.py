@@ -1,0 +1,188 @@
+"""What an architecture adapter knows: where heads, FFN neurons and layers live in one model family."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+from transformers import PretrainedConfig
+from transformers.pytorch_utils import Conv1D
+
+from ..errors import PruningError
+
+
+def replace_parameter(module: nn.Module, name: str, value: torch.Tensor) -> None:
+    """Swap a parameter for a new tensor, keeping `requires_grad` (surgery keeps modules, so hooks survive)."""
+    old = getattr(module, name)
+    setattr(module, name, nn.Parameter(value.contiguous(), requires_grad=old.requires_grad))
+
+
+def slice_linear(layer: nn.Module, index: torch.Tensor, dim: int) -> None:
+    """Keep only the rows (dim=0, outputs) or columns (dim=1, inputs) of a Linear or Conv1D in `index`.
+
+    Works in place on the module: only the kept slice is copied, so no second copy of the model exists.
+    """
+    if isinstance(layer, Conv1D):  # weight is [in, out]: the transpose of Linear's
+        weight_dim = 1 - dim
+        index = index.to(layer.weight.device)
+        replace_parameter(layer, "weight", layer.weight.detach().index_select(weight_dim, index))
+        if dim == 0:
+            replace_parameter(layer, "bias", layer.bias.detach().index_select(0, index))
+            layer.nf = len(index)
+        else:
+            layer.nx = len(index)
+        return
+    if not isinstance(layer, nn.Linear):
+        raise PruningError(f"cannot slice a {type(layer).__name__}; expected nn.Linear or Conv1D")
+    index = index.to(layer.weight.device)
+    replace_parameter(layer, "weight", layer.weight.detach().index_select(dim, index))
+    if dim == 0:
+        if layer.bias is not None:
+            replace_parameter(layer, "bias", layer.bias.detach().index_select(0, index))
+        layer.out_features = len(index)
+    else:
+        layer.in_features = len(index)
+
+
+def head_index(heads: Sequence[int], head_dim: int) -> torch.Tensor:
+    """Row/column positions of `heads` in a projection that stores heads one after another."""
+    heads = torch.as_tensor(list(heads), dtype=torch.long)
+    return (heads[:, None] * head_dim + torch.arange(head_dim)[None, :]).reshape(-1)
+
+
+class ArchAdapter:
+    """Where one model family keeps its prunable structure.
+
+    Paths are dotted attribute paths: `layers` from the model's `base_model`, all others from one layer.
+    The default methods handle the common layout (separate q/k/v/o `nn.Linear`, heads stored one after
+    another); families with another layout override a method or two.
+    """
+
+    model_types: tuple[str, ...] = ()
+    layers: str
+    attention: str  # the block replaced by EmptyAttention when a layer loses every head
+    query: str
+    key: str
+    value: str
+    output: str  # the attention output projection; its input is the concatenated per-head context
+    ffn_inputs: tuple[str, ...]
+    ffn_output: str
+    output_inside_attention: bool = True  # whether `output` is part of the `attention` block
+    num_layers_field: str = "num_hidden_layers"
+    num_heads_field: str = "num_attention_heads"
+    num_kv_heads_field: str | None = None
+    intermediate_field: str = "intermediate_size"
+    head_count_attributes: tuple[str, ...] = ()  # attributes of the `attention` block that count heads
+    uniform_heads_in_config: bool = False  # the config can express a smaller head count (explicit head_dim)
+    can_remove_all_heads: bool = True
+
+    # ---- config -------------------------------------------------------------------------------------
+    def num_layers(self, config: PretrainedConfig) -> int:
+        return getattr(config, self.num_layers_field)
+
+    def num_heads(self, config: PretrainedConfig) -> int:
+        return getattr(config, self.num_heads_field)
+
+    def num_kv_heads(self, config: PretrainedConfig) -> int:
+        if self.num_kv_heads_field is None:
+            return self.num_heads(config)
+        return getattr(config, self.num_kv_heads_field, None) or self.num_heads(config)
+
+    def head_dim(self, config: PretrainedConfig) -> int:
+        return config.hidden_size // self.num_heads(config)
+
+    def intermediate_size(self, config: PretrainedConfig) -> int:
+        return getattr(config, self.intermediate_field)
+
+    def set_intermediate_size(self, config: PretrainedConfig, size: int) -> None:
+        setattr(config, self.intermediate_field, size)
+
+    def set_head_counts(self, config: PretrainedConfig, num_heads: int, num_kv_heads: int, head_dim: int) -> None:
+        """Write uniform head counts into the config (only called when `uniform_heads_in_config`)."""
+        setattr(config, self.num_heads_field, num_heads)
+        if self.num_kv_heads_field is not None:
+            setattr(config, self.num_kv_heads_field, num_kv_heads)
+        config.head_dim = head_dim
+
+    # ---- modules ------------------------------------------------------------------------------------
+    def get_layers(self, model: nn.Module) -> nn.ModuleList:
+        return model.base_model.get_submodule(self.layers)
+
+    def set_layers(self, model: nn.Module, layers: nn.ModuleList) -> None:
+        parent_path, _, name = self.layers.rpartition(".")
+        parent = model.base_model.get_submodule(parent_path) if parent_path else model.base_model
+        setattr(parent, name, layers)
+
+    def has_attention(self, layer: nn.Module) -> bool:
+        from ..structure import EmptyAttention
+
+        return not isinstance(layer.get_submodule(self.attention), EmptyAttention)
+
+    # ---- masks --------------------------------------------------------------------------------------
+    def register_head_mask(self, layer: nn.Module, factor: Callable[[torch.Tensor], torch.Tensor]):
+        """Scale each head's context by `factor(context)` (shape [heads]) before the output projection."""
+
+        def pre_hook(module, args):
+            context = args[0]
+            scale = factor(context)
+            scale = scale.repeat_interleave(context.shape[-1] // scale.numel())
+            return (context * scale,) + tuple(args[1:])
+
+        return layer.get_submodule(self.output).register_forward_pre_hook(pre_hook)
+
+    def register_ffn_mask(self, layer: nn.Module, factor: Callable[[torch.Tensor], torch.Tensor]):
+        """Scale each intermediate neuron by `factor(activations)` (shape [neurons])."""
+
+        def pre_hook(module, args):
+            return (args[0] * factor(args[0]),) + tuple(args[1:])
+
+        return layer.get_submodule(self.ffn_output).register_forward_pre_hook(pre_hook)
+
+    # ---- surgery ------------------------------------------------------------------------------------
+    def slice_heads(self, layer: nn.Module, keep_heads: list[int], keep_kv_heads: list[int], head_dim: int) -> None:
+        """Keep the given (current, local) query and key/value heads of one layer."""
+        q_index, kv_index = head_index(keep_heads, head_dim), head_index(keep_kv_heads, head_dim)
+        slice_linear(layer.get_submodule(self.query), q_index, dim=0)
+        slice_linear(layer.get_submodule(self.key), kv_index, dim=0)
+        slice_linear(layer.get_submodule(self.value), kv_index, dim=0)
+        slice_linear(layer.get_submodule(self.output), q_index, dim=1)
+        self.set_head_attributes(layer.get_submodule(self.attention), len(keep_heads), len(keep_kv_heads), head_dim)
+
+    def set_head_attributes(self, attention: nn.Module, num_heads: int, num_kv_heads: int, head_dim: int) -> None:
+        for name in self.head_count_attributes:
+            setattr(attention, name, num_heads)
+
+    def slice_ffn(self, layer: nn.Module, keep: list[int]) -> None:
+        index = torch.as_tensor(keep, dtype=torch.long)
+        for path in self.ffn_inputs:
+            slice_linear(layer.get_submodule(path), index, dim=0)
+        slice_linear(layer.get_submodule(self.ffn_output), index, dim=1)
+
+    def remove_attention(self, layer: nn.Module, layer_idx: int, head_dim: int) -> None:
+        """Replace the attention block of a layer that keeps no head by an EmptyAttention."""
+        from ..structure import EmptyAttention
+
+        if not self.can_remove_all_heads:
+            raise PruningError(
+                f"{type(self).__name__.removesuffix('Adapter')} cannot run a layer without heads; "
+                "keep at least one head per layer or drop the whole layer with drop_layers"
+            )
+        output = layer.get_submodule(self.output)
+        reference = output.weight
+        if self.output_inside_attention:
+            bias = output.bias
+            empty = EmptyAttention(reference_out_features(output), head_dim, layer_idx, has_bias=bias is not None)
+            if bias is not None:
+                empty.bias = nn.Parameter(bias.detach().clone(), requires_grad=bias.requires_grad)
+        else:
+            slice_linear(output, torch.zeros(0, dtype=torch.long), dim=1)
+            empty = EmptyAttention(0, head_dim, layer_idx)
+        empty.to(device=reference.device, dtype=reference.dtype)
+        parent_path, _, name = self.attention.rpartition(".")
+        parent = layer.get_submodule(parent_path) if parent_path else layer
+        setattr(parent, name, empty)
+
+
+def reference_out_features(projection: nn.Module) -> int:
+    return projection.nf if isinstance(projection, Conv1D) else projection.out_features

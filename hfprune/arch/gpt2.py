@@ -1,0 +1,52 @@
+"""GPT-2: Conv1D layers (weights stored [in, out]) and one fused `c_attn` holding q, k and v side by side."""
+
+import torch
+from torch import nn
+
+from ..structure import EmptyMLP
+from .base import ArchAdapter, head_index, slice_linear
+
+
+class GPT2Adapter(ArchAdapter):
+    model_types = ("gpt2",)
+    layers = "h"
+    attention = "attn"
+    query = key = value = "attn.c_attn"
+    output = "attn.c_proj"
+    ffn_inputs = ("mlp.c_fc",)
+    ffn_output = "mlp.c_proj"
+    num_layers_field = "n_layer"
+    num_heads_field = "n_head"
+    intermediate_field = "n_inner"
+
+    def intermediate_size(self, config):
+        return config.n_inner if config.n_inner is not None else 4 * config.hidden_size
+
+    def slice_heads(self, layer, keep_heads, keep_kv_heads, head_dim):
+        attention = layer.attn
+        q_index = head_index(keep_heads, head_dim)
+        split = attention.split_size  # width of each of q, k, v inside c_attn
+        fused_index = torch.cat([q_index + part * split for part in range(3)])
+        slice_linear(attention.c_attn, fused_index, dim=0)
+        slice_linear(attention.c_proj, q_index, dim=1)
+        attention.num_heads = len(keep_heads)
+        attention.split_size = len(keep_heads) * head_dim
+
+    def slice_ffn(self, layer, keep):
+        if keep:
+            return super().slice_ffn(layer, keep)
+        # Conv1D cannot multiply a zero-width input: the whole MLP becomes its output bias.
+        projection = layer.mlp.c_proj
+        empty = EmptyMLP(projection.nf, has_bias=True).to(projection.weight.device, projection.weight.dtype)
+        empty.bias = nn.Parameter(projection.bias.detach().clone(), requires_grad=projection.bias.requires_grad)
+        layer.mlp = empty
+
+    def register_ffn_mask(self, layer, factor):
+        if isinstance(layer.mlp, EmptyMLP):
+            return _NoHook()
+        return super().register_ffn_mask(layer, factor)
+
+
+class _NoHook:
+    def remove(self) -> None:
+        pass

@@ -1,0 +1,55 @@
+"""XLNet: q/k/v/o/r are Parameters of shape [d_model, heads, d_head] inside `rel_attn`, not Linears.
+
+There is no output-projection module to hook, so head masks wrap `rel_attn.post_attention`, which
+receives the per-head context `[len, batch, heads, d_head]` for both attention streams.
+"""
+
+import torch
+
+from .base import ArchAdapter, replace_parameter
+
+_HEAD_PARAMETERS = {"q": 1, "k": 1, "v": 1, "o": 1, "r": 1, "r_r_bias": 0, "r_s_bias": 0, "r_w_bias": 0, "seg_embed": 1}
+
+
+class _Handle:
+    def __init__(self, module):
+        self.module = module
+
+    def remove(self) -> None:
+        self.module.__dict__.pop("post_attention", None)
+
+
+class XLNetAdapter(ArchAdapter):
+    model_types = ("xlnet",)
+    layers = "layer"
+    attention = "rel_attn"
+    query, key, value, output = "rel_attn.q", "rel_attn.k", "rel_attn.v", "rel_attn.o"
+    ffn_inputs = ("ff.layer_1",)
+    ffn_output = "ff.layer_2"
+    num_layers_field = "n_layer"
+    num_heads_field = "n_head"
+    intermediate_field = "d_inner"
+
+    def head_dim(self, config):
+        return config.d_head
+
+    def register_head_mask(self, layer, factor):
+        attention = layer.rel_attn
+        original = type(attention).post_attention.__get__(attention)
+
+        def post_attention(h, attn_vec, residual=True):
+            return original(h, attn_vec * factor(attn_vec)[:, None], residual=residual)
+
+        attention.post_attention = post_attention  # instance attribute; removed by the handle
+        return _Handle(attention)
+
+    def slice_heads(self, layer, keep_heads, keep_kv_heads, head_dim):
+        attention = layer.rel_attn
+        index = torch.as_tensor(keep_heads, dtype=torch.long, device=attention.q.device)
+        for name, dim in _HEAD_PARAMETERS.items():
+            replace_parameter(attention, name, getattr(attention, name).detach().index_select(dim, index))
+        attention.n_head = len(keep_heads)
+
+    def remove_attention(self, layer, layer_idx, head_dim):
+        # Zero heads is a valid XLNet shape: every einsum over heads is empty, the block adds nothing.
+        self.slice_heads(layer, [], [], head_dim)
