@@ -68,6 +68,7 @@ class ArchAdapter:
     output: str  # the attention output projection; its input is the concatenated per-head context
     ffn_inputs: tuple[str, ...]
     ffn_output: str
+    ffn_width_attributes: tuple[str, ...] = ()  # "module.attribute" paths from a layer that store the FFN width
     output_inside_attention: bool = True  # whether `output` is part of the `attention` block
     num_layers_field: str = "num_hidden_layers"
     num_heads_field: str = "num_attention_heads"
@@ -158,6 +159,9 @@ class ArchAdapter:
         for path in self.ffn_inputs:
             slice_linear(layer.get_submodule(path), index, dim=0)
         slice_linear(layer.get_submodule(self.ffn_output), index, dim=1)
+        for path in self.ffn_width_attributes:
+            module_path, _, name = path.rpartition(".")
+            setattr(layer.get_submodule(module_path), name, len(keep))
 
     def remove_attention(self, layer: nn.Module, layer_idx: int, head_dim: int) -> None:
         """Replace the attention block of a layer that keeps no head by an EmptyAttention."""

@@ -17,6 +17,7 @@ class LlamaAdapter(ArchAdapter):
     output = "self_attn.o_proj"
     ffn_inputs = ("mlp.gate_proj", "mlp.up_proj")
     ffn_output = "mlp.down_proj"
+    ffn_width_attributes = ("mlp.intermediate_size",)
     num_kv_heads_field = "num_key_value_heads"
     uniform_heads_in_config = True
 
