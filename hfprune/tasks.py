@@ -372,7 +372,8 @@ def load_files(
         label_feature: ClassLabel | Value = ClassLabel(names=names)
         ids = {split: _map_labels(values, names, files[split]) for split, values in raw.items()}
     elif dtype.startswith(("int", "uint")):
-        num = len(label_names) if label_names is not None else max((max(v, default=-1) for v in raw.values()), default=-1) + 1
+        largest = max((max(v, default=-1) for v in raw.values()), default=-1)
+        num = len(label_names) if label_names is not None else largest + 1
         names = list(label_names) if label_names is not None else [str(i) for i in range(num)]
         label_feature = ClassLabel(names=names)
         for split, values in raw.items():
