@@ -19,6 +19,11 @@ from .record import get_record, kept_ffn, kv_groups, save_record
 def _check_model(model: nn.Module) -> None:
     if not isinstance(model, nn.Module) or not hasattr(model, "config"):
         raise PruningError(f"expected a transformers PreTrainedModel, got {type(model).__name__}")
+    # A GGUF checkpoint is dequantized to plain Linear layers on load but keeps its quantizer, and
+    # save_pretrained refuses such a model. A pruned model is a new fp model: detach the quantizer.
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None and getattr(quantizer.quantization_config, "quant_method", None) == "gguf":
+        quantizer.remove_quantization_config(model)
 
 
 def _check_indices(what: str, values, limit: int) -> list[int]:
