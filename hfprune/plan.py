@@ -1,0 +1,270 @@
+"""Turn importance scores into pruning plans: `{layer: [heads]}` for `prune_heads`, layer lists for `drop_layers`.
+
+Plans use ORIGINAL indices, like the scores (`hfprune.scores`) and the surgery functions. NaN scores mark
+heads that are already gone: they are never planned again and do not count as candidates.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import PruningError
+from .masks import apply_masks, make_head_mask
+from .record import get_record
+from .scores import head_importance
+from .surgery import prune_heads
+
+LAYER_STRATEGIES = ("top", "bottom", "even", "odd", "symmetric", "contribution")
+
+
+def _round(value: float) -> int:
+    """Round half up (Python's `round` rounds 0.5 to even, so 2.5 heads would become 2)."""
+    return math.floor(value + 0.5)
+
+
+def _check_fraction(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise PruningError(f"{name} must be a number in [0, 1), got {value!r}")
+    return float(value)
+
+
+def _check_unit_interval(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise PruningError(f"{name} must be a number in (0, 1], got {value!r}")
+    return float(value)
+
+
+def _check_count(name: str, value: int, limit: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= limit:
+        raise PruningError(f"{name} must be an integer in [0, {limit}], got {value!r}")
+    return value
+
+
+def _check_scores(scores: torch.Tensor, gqa_group_size: int) -> torch.Tensor:
+    if not isinstance(scores, torch.Tensor) or scores.dim() != 2:
+        raise PruningError("scores must be a [num_layers, num_heads] tensor (see hfprune.scores)")
+    num_heads = scores.shape[1]
+    if isinstance(gqa_group_size, bool) or not isinstance(gqa_group_size, int) or gqa_group_size < 1:
+        raise PruningError(f"gqa_group_size must be a positive integer, got {gqa_group_size!r}")
+    if num_heads % gqa_group_size:
+        raise PruningError(f"gqa_group_size {gqa_group_size} does not divide the {num_heads} heads per layer")
+    return scores.detach().double().cpu()
+
+
+def _units(scores: torch.Tensor, group_size: int) -> list[list[tuple[float, int, list[int]]]]:
+    """Per layer, the prunable units that still exist: (summed score, unit index, its existing heads).
+
+    A unit is one head, or under grouped-query attention one KV group of `group_size` query heads, pruned
+    together so that every plan is a valid `prune_heads` call.
+    """
+    num_layers, num_heads = scores.shape
+    units = []
+    for layer in range(num_layers):
+        row = []
+        for unit in range(num_heads // group_size):
+            heads = [h for h in range(unit * group_size, (unit + 1) * group_size) if not scores[layer, h].isnan()]
+            if heads:
+                row.append((float(scores[layer, heads].sum()), unit, heads))
+        units.append(row)
+    return units
+
+
+def _plan(chosen: Iterable[tuple[int, list[int]]]) -> dict[int, list[int]]:
+    plan: dict[int, list[int]] = {}
+    for layer, heads in chosen:
+        plan.setdefault(layer, []).extend(heads)
+    return {layer: sorted(plan[layer]) for layer in sorted(plan)}
+
+
+def heads_to_prune(
+    scores: torch.Tensor,
+    fraction: float | None = None,
+    *,
+    count: int | None = None,
+    per_layer: bool = False,
+    keep_at_least_one: bool = True,
+    gqa_group_size: int = 1,
+) -> dict[int, list[int]]:
+    """The lowest-scoring heads, as a `{layer: [heads]}` plan for `prune_heads`.
+
+    Give exactly one of `fraction` (of the heads that still exist, rounded half up) or `count` (heads).
+    Both are per layer with `per_layer=True`, else over the whole model (Michel et al., 2019 rank heads
+    globally on layer-normalised scores). With `gqa_group_size > 1`, whole KV groups are ranked by the sum of
+    their heads' scores and pruned together; the number of heads is then rounded to whole groups.
+    `keep_at_least_one` never takes a layer's last head (group): fewer heads are planned if it must.
+    """
+    scores = _check_scores(scores, gqa_group_size)
+    if (fraction is None) == (count is None):
+        raise PruningError("give exactly one of fraction and count")
+    units = _units(scores, gqa_group_size)
+
+    def unit_budget(available_heads: int, limit: int) -> int:
+        heads = (
+            _round(_check_fraction("fraction", fraction) * available_heads)
+            if count is None
+            else _check_count("count", count, limit)
+        )
+        return _round(heads / gqa_group_size)
+
+    if per_layer:
+        chosen = []
+        for layer, row in enumerate(units):
+            budget = unit_budget(sum(len(heads) for _, _, heads in row), scores.shape[1])
+            budget = min(budget, len(row) - 1 if keep_at_least_one else len(row))
+            chosen += [(layer, heads) for _, _, heads in sorted(row)[: max(budget, 0)]]
+        return _plan(chosen)
+
+    budget = unit_budget(sum(len(heads) for row in units for _, _, heads in row), scores.numel())
+    left = [len(row) for row in units]
+    ranked = sorted((score, layer, unit, heads) for layer, row in enumerate(units) for score, unit, heads in row)
+    chosen = []
+    for _, layer, _, heads in ranked:
+        if len(chosen) == budget:
+            break
+        if keep_at_least_one and left[layer] == 1:
+            continue
+        left[layer] -= 1
+        chosen.append((layer, heads))
+    return _plan(chosen)
+
+
+def best_head_per_layer(scores: torch.Tensor, gqa_group_size: int = 1) -> dict[int, list[int]]:
+    """A plan keeping only each layer's best head (best KV group under grouped-query attention): the
+    single-head layers of Michel et al. (2019). Ties keep the lower index."""
+    scores = _check_scores(scores, gqa_group_size)
+    chosen = []
+    for layer, row in enumerate(_units(scores, gqa_group_size)):
+        if row:
+            best = max(row, key=lambda entry: (entry[0], -entry[1]))
+            chosen += [(layer, heads) for _, unit, heads in row if unit != best[1]]
+    return _plan(chosen)
+
+
+def layers_to_drop(
+    num_layers: int, k: int, strategy: str = "top", scores: torch.Tensor | None = None
+) -> list[int]:
+    """The `k` layers (0-based, sorted) that a strategy of Sajjad et al. (2020), "On the Effect of Dropping
+    Layers of Pre-trained Transformer Models", drops from a model of `num_layers` layers.
+
+    - "top": the last k layers, `num_layers - k ... num_layers - 1` (the paper's best strategy).
+    - "bottom": the first k layers, `0 ... k - 1`.
+    - "even" / "odd": every other layer from the top, among the even / odd 0-based indices
+      (12 layers, k=4: even drops 10, 8, 6, 4 and odd drops 11, 9, 7, 5).
+    - "symmetric": keeps top and bottom and drops the k middle layers, `(num_layers - k) // 2` onwards
+      (12 layers, k=4: 4, 5, 6, 7; with an odd remainder one more layer is kept at the top).
+    - "contribution": the k layers with the highest input/output cosine similarity (`scores`, from
+      `hfprune.scores.layer_cosine_scores`); ties drop the lower index first, NaN layers are never picked.
+    """
+    if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
+        raise PruningError(f"num_layers must be a positive integer, got {num_layers!r}")
+    k = _check_count("k", k, num_layers - 1)
+    if strategy not in LAYER_STRATEGIES:
+        raise PruningError(f"unknown layer-dropping strategy {strategy!r}; choose from {list(LAYER_STRATEGIES)}")
+    if strategy == "contribution":
+        return _most_similar_layers(num_layers, k, scores)
+    if scores is not None:
+        raise PruningError(f"strategy {strategy!r} takes no scores; only 'contribution' does")
+    if strategy in ("even", "odd"):
+        candidates = [layer for layer in range(num_layers - 1, -1, -1) if layer % 2 == (strategy == "odd")]
+        if k > len(candidates):
+            raise PruningError(f"a {num_layers}-layer model has only {len(candidates)} {strategy} layers, asked {k}")
+        return sorted(candidates[:k])
+    start = {"top": num_layers - k, "bottom": 0, "symmetric": (num_layers - k) // 2}[strategy]
+    return list(range(start, start + k))
+
+
+def _most_similar_layers(num_layers: int, k: int, scores: torch.Tensor | None) -> list[int]:
+    if not isinstance(scores, torch.Tensor) or scores.shape != (num_layers,):
+        raise PruningError(f"strategy 'contribution' needs scores of shape [{num_layers}] (layer_cosine_scores)")
+    values = scores.detach().double().cpu().tolist()
+    candidates = [layer for layer in range(num_layers) if not math.isnan(values[layer])]
+    if k > len(candidates):
+        raise PruningError(f"only {len(candidates)} layers have scores, cannot drop {k}")
+    return sorted(sorted(candidates, key=lambda layer: -values[layer])[:k])
+
+
+def _pruned_heads(model: nn.Module) -> tuple[int, int]:
+    """(heads gone, heads of the original model); heads of dropped layers count as gone."""
+    record = get_record(model)
+    total = record["original"]["num_layers"] * record["original"]["num_heads"]
+    return total - sum(len(heads) for heads in record["kept_heads"]), total
+
+
+def head_sparsity(model: nn.Module) -> float:
+    """The fraction of the original model's attention heads that are gone (dropped layers included)."""
+    pruned, total = _pruned_heads(model)
+    return pruned / total
+
+
+def iterative_head_pruning(
+    model: nn.Module,
+    score_dataloader: Iterable[Any],
+    target_sparsity: float,
+    step: float = 0.1,
+    eval_fn: Callable[[nn.Module], float] | None = None,
+    min_metric_fraction: float | None = None,
+    scorer: Callable[[nn.Module, Iterable[Any]], torch.Tensor] = head_importance,
+    keep_at_least_one: bool = True,
+) -> list[dict[str, Any]]:
+    """Michel et al. (2019)'s iterative loop: prune `step` of the original heads, re-score, repeat.
+
+    Each step scores the (already pruned) model with `scorer(model, score_dataloader)`, plans the lowest
+    heads globally (whole KV groups under grouped-query attention, so the last step may overshoot the
+    target by part of a group) and removes them with `prune_heads`. It stops at `target_sparsity`, when no
+    head can be pruned, or when `eval_fn(model)` (higher is better, positive) of the next step would fall below
+    `min_metric_fraction` times its value before pruning. A step is evaluated with head masks first (the
+    same function as the pruned model), so a rejected step never touches the weights.
+
+    Returns:
+        One entry per step, starting with step 0 (the model as given): `step`, `sparsity` (of the original
+        heads), `metric` (None without `eval_fn`), `heads_pruned` (that step's plan) and `applied` (False
+        only for a last step rejected by `min_metric_fraction`).
+    """
+    target_sparsity = _check_fraction("target_sparsity", target_sparsity)
+    _check_unit_interval("step", step)
+    if min_metric_fraction is not None:
+        _check_unit_interval("min_metric_fraction", min_metric_fraction)
+        if eval_fn is None:
+            raise PruningError("min_metric_fraction needs an eval_fn to measure the metric")
+    original = get_record(model)["original"]
+    group_size = original["num_heads"] // original["num_kv_heads"]
+    pruned, total = _pruned_heads(model)
+    target, per_step = _round(target_sparsity * total), max(1, _round(step * total))
+
+    baseline = eval_fn(model) if eval_fn is not None else None
+    history = [dict(step=0, sparsity=pruned / total, metric=baseline, heads_pruned={}, applied=True)]
+    while (pruned := _pruned_heads(model)[0]) < target:
+        plan = heads_to_prune(
+            scorer(model, score_dataloader),
+            count=min(per_step, target - pruned),
+            keep_at_least_one=keep_at_least_one,
+            gqa_group_size=group_size,
+        )
+        if not plan:
+            break
+        metric = None
+        if eval_fn is not None:
+            with apply_masks(model, head_mask=make_head_mask(model, plan)):
+                metric = eval_fn(model)
+        applied = min_metric_fraction is None or metric >= min_metric_fraction * baseline
+        sparsity = (pruned + sum(len(heads) for heads in plan.values())) / total
+        history.append(dict(step=len(history), sparsity=sparsity, metric=metric, heads_pruned=plan, applied=applied))
+        if not applied:
+            break
+        prune_heads(model, plan)
+    return history
+
+
+__all__ = [
+    "LAYER_STRATEGIES",
+    "best_head_per_layer",
+    "head_sparsity",
+    "heads_to_prune",
+    "iterative_head_pruning",
+    "layers_to_drop",
+]
