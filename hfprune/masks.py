@@ -61,22 +61,24 @@ def apply_masks(
     """
     adapter, record = get_adapter(model), get_record(model)
     original = record["original"]
-    layers = adapter.get_layers(model)
+    if head_mask is not None:
+        _check_shape("head_mask", head_mask, (original["num_layers"], original["num_heads"]))
+    if ffn_mask is not None:
+        _check_shape("ffn_mask", ffn_mask, (original["num_layers"], original["intermediate_size"]))
+    if layer_mask is not None:
+        _check_shape("layer_mask", layer_mask, (original["num_layers"],))
     handles = []
-    for position, layer in enumerate(layers):
+    for position, layer in enumerate(adapter.get_layers(model)):
         index = record["kept_layers"][position]
         if head_mask is not None:
-            _check_shape("head_mask", head_mask, (original["num_layers"], original["num_heads"]))
             heads = record["kept_heads"][position]
             if heads and adapter.has_attention(layer):
                 handles.append(adapter.register_head_mask(layer, _selector(head_mask, index, heads)))
         if ffn_mask is not None:
-            _check_shape("ffn_mask", ffn_mask, (original["num_layers"], original["intermediate_size"]))
             neurons = kept_ffn(record, position)
             if neurons:
                 handles.append(adapter.register_ffn_mask(layer, _selector(ffn_mask, index, neurons)))
         if layer_mask is not None:
-            _check_shape("layer_mask", layer_mask, (original["num_layers"],))
             handles.append(_register_layer_mask(layer, layer_mask, index))
     return MaskHandle(handles)
 

@@ -43,11 +43,13 @@ def test_reload_with_hfprune(family, tmp_path):
     assert json.loads((tmp_path / "again" / "config.json").read_text())["architectures"] == [type(model).__name__]
 
 
-def test_reload_passes_dtype_and_model_class_through(tmp_path):
+def test_reload_passes_dtype_device_map_and_model_class_through(tmp_path):
     model = prune_everything(tiny_model("bert"), "bert")
     model.save_pretrained(tmp_path)
     reloaded = hfprune.from_pretrained(tmp_path, dtype=torch.float16)
     assert {p.dtype for p in reloaded.parameters()} == {torch.float16}
+    mapped = hfprune.from_pretrained(tmp_path, device_map="cpu")
+    assert all(torch.equal(v, mapped.state_dict()[k]) for k, v in model.state_dict().items())
     encoder = hfprune.from_pretrained(tmp_path, model_class=transformers.AutoModel)
     assert type(encoder).__name__ == "BertModel"
     for key, value in encoder.state_dict().items():

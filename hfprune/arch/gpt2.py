@@ -40,13 +40,3 @@ class GPT2Adapter(ArchAdapter):
         empty = EmptyMLP(projection.nf, has_bias=True).to(projection.weight.device, projection.weight.dtype)
         empty.bias = nn.Parameter(projection.bias.detach().clone(), requires_grad=projection.bias.requires_grad)
         layer.mlp = empty
-
-    def register_ffn_mask(self, layer, factor):
-        if isinstance(layer.mlp, EmptyMLP):
-            return _NoHook()
-        return super().register_ffn_mask(layer, factor)
-
-
-class _NoHook:
-    def remove(self) -> None:
-        pass
