@@ -20,6 +20,7 @@ import transformers
 from .loading import from_pretrained
 from .masks import apply_masks, make_ffn_mask, make_head_mask, make_layer_mask
 from .plan import heads_to_prune
+from .record import get_record, kept_ffn
 from .scores import magnitude_ffn_scores, magnitude_head_scores
 from .surgery import drop_layers, prune_ffn, prune_heads
 
@@ -55,8 +56,6 @@ class DemoReport:
 
 
 def _structure(model) -> dict[str, int]:
-    from .record import get_record, kept_ffn
-
     record = get_record(model)
     return {
         "parameters": sum(p.numel() for p in model.parameters()),

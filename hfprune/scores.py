@@ -470,6 +470,7 @@ __all__ = [
     "head_importance",
     "importance_scores",
     "layer_cosine_scores",
+    "magnitude_ffn_scores",
     "magnitude_head_scores",
     "mlp_importance",
     "normalize_per_layer",

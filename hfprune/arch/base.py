@@ -10,6 +10,7 @@ from transformers import PretrainedConfig
 from transformers.pytorch_utils import Conv1D
 
 from ..errors import PruningError
+from ..structure import EmptyAttention
 
 
 def replace_parameter(module: nn.Module, name: str, value: torch.Tensor) -> None:
@@ -43,6 +44,18 @@ def slice_linear(layer: nn.Module, index: torch.Tensor, dim: int) -> None:
         layer.out_features = len(index)
     else:
         layer.in_features = len(index)
+
+
+def stand_in(module_class: type, out_features: int, projection: nn.Module, **kwargs) -> nn.Module:
+    """An EmptyAttention/EmptyMLP replacing a block whose output projection is `projection`.
+
+    It keeps the projection's bias (what the block still adds) and its device and dtype.
+    """
+    bias = projection.bias
+    module = module_class(out_features, has_bias=bias is not None, **kwargs)
+    if bias is not None:
+        module.bias = nn.Parameter(bias.detach().clone(), requires_grad=bias.requires_grad)
+    return module.to(device=projection.weight.device, dtype=projection.weight.dtype)
 
 
 def head_index(heads: Sequence[int], head_dim: int) -> torch.Tensor:
@@ -116,8 +129,6 @@ class ArchAdapter:
         setattr(parent, name, layers)
 
     def has_attention(self, layer: nn.Module) -> bool:
-        from ..structure import EmptyAttention
-
         return not isinstance(layer.get_submodule(self.attention), EmptyAttention)
 
     # ---- masks --------------------------------------------------------------------------------------
@@ -165,28 +176,21 @@ class ArchAdapter:
 
     def remove_attention(self, layer: nn.Module, layer_idx: int, head_dim: int) -> None:
         """Replace the attention block of a layer that keeps no head by an EmptyAttention."""
-        from ..structure import EmptyAttention
-
         if not self.can_remove_all_heads:
             raise PruningError(
                 f"{type(self).__name__.removesuffix('Adapter')} cannot run a layer without heads; "
                 "keep at least one head per layer or drop the whole layer with drop_layers"
             )
         output = layer.get_submodule(self.output)
-        reference = output.weight
         if self.output_inside_attention:
-            bias = output.bias
-            empty = EmptyAttention(reference_out_features(output), head_dim, layer_idx, has_bias=bias is not None)
-            if bias is not None:
-                empty.bias = nn.Parameter(bias.detach().clone(), requires_grad=bias.requires_grad)
+            empty = stand_in(EmptyAttention, _out_features(output), output, head_dim=head_dim, layer_idx=layer_idx)
         else:
             slice_linear(output, torch.zeros(0, dtype=torch.long), dim=1)
-            empty = EmptyAttention(0, head_dim, layer_idx)
-        empty.to(device=reference.device, dtype=reference.dtype)
+            empty = EmptyAttention(0, head_dim, layer_idx).to(device=output.weight.device, dtype=output.weight.dtype)
         parent_path, _, name = self.attention.rpartition(".")
         parent = layer.get_submodule(parent_path) if parent_path else layer
         setattr(parent, name, empty)
 
 
-def reference_out_features(projection: nn.Module) -> int:
+def _out_features(projection: nn.Module) -> int:
     return projection.nf if isinstance(projection, Conv1D) else projection.out_features

@@ -1,10 +1,9 @@
 """GPT-2: Conv1D layers (weights stored [in, out]) and one fused `c_attn` holding q, k and v side by side."""
 
 import torch
-from torch import nn
 
 from ..structure import EmptyMLP
-from .base import ArchAdapter, head_index, slice_linear
+from .base import ArchAdapter, head_index, slice_linear, stand_in
 
 
 class GPT2Adapter(ArchAdapter):
@@ -36,7 +35,4 @@ class GPT2Adapter(ArchAdapter):
         if keep:
             return super().slice_ffn(layer, keep)
         # Conv1D cannot multiply a zero-width input: the whole MLP becomes its output bias.
-        projection = layer.mlp.c_proj
-        empty = EmptyMLP(projection.nf, has_bias=True).to(projection.weight.device, projection.weight.dtype)
-        empty.bias = nn.Parameter(projection.bias.detach().clone(), requires_grad=projection.bias.requires_grad)
-        layer.mlp = empty
+        layer.mlp = stand_in(EmptyMLP, layer.mlp.c_proj.nf, layer.mlp.c_proj)
