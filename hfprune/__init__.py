@@ -5,7 +5,14 @@ from .errors import PruningError
 from .loading import from_pretrained, save_for_remote_code
 from .hub import HubPushError, push_to_hub
 from .masks import MaskHandle, apply_masks, make_ffn_mask, make_head_mask, make_layer_mask, skip_layers
-from .plan import best_head_per_layer, head_sparsity, heads_to_prune, iterative_head_pruning, layers_to_drop
+from .plan import (
+    best_head_per_layer,
+    ffn_to_prune,
+    head_sparsity,
+    heads_to_prune,
+    iterative_head_pruning,
+    layers_to_drop,
+)
 from .record import get_record
 from .scores import (
     angular_distance,
@@ -64,6 +71,7 @@ __all__ = [
     "taylor_head_scores",
     # strategies
     "best_head_per_layer",
+    "ffn_to_prune",
     "head_sparsity",
     "heads_to_prune",
     "iterative_head_pruning",

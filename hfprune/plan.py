@@ -1,4 +1,5 @@
-"""Turn importance scores into pruning plans: `{layer: [heads]}` for `prune_heads`, layer lists for `drop_layers`.
+"""Turn importance scores into pruning plans: `{layer: [heads]}` for `prune_heads`, `{layer: [neurons]}` for
+`prune_ffn`, layer lists for `drop_layers`.
 
 Plans use ORIGINAL indices, like the scores (`hfprune.scores`) and the surgery functions. NaN scores mark
 heads that are already gone: they are never planned again and do not count as candidates.
@@ -47,7 +48,7 @@ def _check_count(name: str, value: int, limit: int) -> int:
 
 def _check_scores(scores: torch.Tensor, gqa_group_size: int) -> torch.Tensor:
     if not isinstance(scores, torch.Tensor) or scores.dim() != 2:
-        raise PruningError("scores must be a [num_layers, num_heads] tensor (see hfprune.scores)")
+        raise PruningError("scores must be a 2-D [num_layers, units per layer] tensor (see hfprune.scores)")
     num_heads = scores.shape[1]
     if isinstance(gqa_group_size, bool) or not isinstance(gqa_group_size, int) or gqa_group_size < 1:
         raise PruningError(f"gqa_group_size must be a positive integer, got {gqa_group_size!r}")
@@ -74,6 +75,46 @@ def _units(scores: torch.Tensor, group_size: int) -> list[list[tuple[float, int,
     return units
 
 
+def _check_multiple(multiple_of: int, unit_size: int) -> int:
+    """`multiple_of` in heads (or neurons), as a number of units; it must be made of whole units (1: no rounding)."""
+    if isinstance(multiple_of, bool) or not isinstance(multiple_of, int) or multiple_of < 1:
+        raise PruningError(f"multiple_of must be a positive integer, got {multiple_of!r}")
+    if multiple_of == 1:
+        return 1
+    if multiple_of % unit_size:
+        raise PruningError(f"multiple_of={multiple_of} must be a multiple of the KV group size {unit_size}")
+    return multiple_of // unit_size
+
+
+def _rounded_kept(kept: int, available: int, multiple: int, at_least_one: bool) -> int:
+    """The kept count a layer gets with hardware-friendly widths: the nearest multiple of `multiple` that is at
+    most `available`, or `available` itself (a layer is never made wider); ties keep more."""
+    candidates = [count for count in range(0, available + 1, multiple)] + [available]
+    if at_least_one and available:
+        candidates = [count for count in candidates if count > 0]
+    return min(candidates, key=lambda count: (abs(count - kept), -count))
+
+
+def _round_layers(
+    units: list[list[tuple[float, int, list[int]]]],
+    chosen: list[tuple[int, list[int]]],
+    multiple: int,
+    at_least_one: bool,
+) -> list[tuple[int, list[int]]]:
+    """Re-plan every layer so that its number of kept units is a multiple of `multiple` (see `_rounded_kept`),
+    taking the lowest-scoring units, so a layer may lose a few more or a few fewer than first planned."""
+    if multiple == 1:
+        return chosen
+    planned = [0] * len(units)
+    for layer, _ in chosen:
+        planned[layer] += 1
+    rounded = []
+    for layer, row in enumerate(units):
+        kept = _rounded_kept(len(row) - planned[layer], len(row), multiple, at_least_one)
+        rounded += [(layer, heads) for _, _, heads in sorted(row)[: len(row) - kept]]
+    return rounded
+
+
 def _plan(chosen: Iterable[tuple[int, list[int]]]) -> dict[int, list[int]]:
     plan: dict[int, list[int]] = {}
     for layer, heads in chosen:
@@ -89,6 +130,7 @@ def heads_to_prune(
     per_layer: bool = False,
     keep_at_least_one: bool = True,
     gqa_group_size: int = 1,
+    multiple_of: int = 1,
 ) -> dict[int, list[int]]:
     """The lowest-scoring heads, as a `{layer: [heads]}` plan for `prune_heads`.
 
@@ -97,10 +139,13 @@ def heads_to_prune(
     globally on layer-normalised scores). With `gqa_group_size > 1`, whole KV groups are ranked by the sum of
     their heads' scores and pruned together; the number of heads is then rounded to whole groups.
     `keep_at_least_one` never takes a layer's last head (group): fewer heads are planned if it must.
+    `multiple_of > 1` then rounds every layer's number of kept heads to the nearest multiple of it (or keeps the
+    layer whole), for hardware-friendly shapes; the total may then differ from the target by a few heads.
     """
     scores = _check_scores(scores, gqa_group_size)
     if (fraction is None) == (count is None):
         raise PruningError("give exactly one of fraction and count")
+    multiple = _check_multiple(multiple_of, gqa_group_size)
     units = _units(scores, gqa_group_size)
 
     def unit_budget(available_heads: int, limit: int) -> int:
@@ -117,7 +162,7 @@ def heads_to_prune(
             budget = unit_budget(sum(len(heads) for _, _, heads in row), scores.shape[1])
             budget = min(budget, len(row) - 1 if keep_at_least_one else len(row))
             chosen += [(layer, heads) for _, _, heads in sorted(row)[: max(budget, 0)]]
-        return _plan(chosen)
+        return _plan(_round_layers(units, chosen, multiple, keep_at_least_one))
 
     budget = unit_budget(sum(len(heads) for row in units for _, _, heads in row), scores.numel())
     left = [len(row) for row in units]
@@ -130,7 +175,34 @@ def heads_to_prune(
             continue
         left[layer] -= 1
         chosen.append((layer, heads))
-    return _plan(chosen)
+    return _plan(_round_layers(units, chosen, multiple, keep_at_least_one))
+
+
+def ffn_to_prune(
+    scores: torch.Tensor,
+    fraction: float | None = None,
+    *,
+    count: int | None = None,
+    per_layer: bool = True,
+    keep_at_least_one: bool = False,
+    multiple_of: int = 1,
+) -> dict[int, list[int]]:
+    """The lowest-scoring FFN neurons, as a `{layer: [neurons]}` plan for `prune_ffn`.
+
+    `scores` is `[num_layers, intermediate_size]` (`hfprune.ffn_importance`, `magnitude_ffn_scores`; NaN for
+    neurons already gone). Give exactly one of `fraction` (of the neurons that still exist) or `count`, per layer
+    by default or over the whole model with `per_layer=False` (the same rules as `heads_to_prune`). A layer may
+    lose its whole MLP unless `keep_at_least_one`. `multiple_of` (e.g. 64) rounds every layer's kept width to
+    the nearest multiple, which dense kernels run faster than odd widths.
+    """
+    return heads_to_prune(
+        scores,
+        fraction,
+        count=count,
+        per_layer=per_layer,
+        keep_at_least_one=keep_at_least_one,
+        multiple_of=multiple_of,
+    )
 
 
 def best_head_per_layer(scores: torch.Tensor, gqa_group_size: int = 1) -> dict[int, list[int]]:
@@ -263,6 +335,7 @@ def iterative_head_pruning(
 __all__ = [
     "LAYER_STRATEGIES",
     "best_head_per_layer",
+    "ffn_to_prune",
     "head_sparsity",
     "heads_to_prune",
     "iterative_head_pruning",

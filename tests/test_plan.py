@@ -9,6 +9,7 @@ import hfprune
 from conftest import tiny_inputs, tiny_model
 from hfprune.plan import (
     best_head_per_layer,
+    ffn_to_prune,
     head_sparsity,
     heads_to_prune,
     iterative_head_pruning,
@@ -117,8 +118,52 @@ def test_heads_to_prune_bad_input(kwargs, message):
 
 
 def test_scores_must_be_a_matrix():
-    with pytest.raises(hfprune.PruningError, match="num_layers, num_heads"):
+    with pytest.raises(hfprune.PruningError, match="2-D \\[num_layers"):
         heads_to_prune(SCORES[0], count=1)
+
+
+# ---- hardware-friendly widths and FFN plans ------------------------------------------------------------------
+
+def test_multiple_of_rounds_kept_heads_per_layer():
+    # count=3 takes heads 0-2 of layer 0 (1 left); rounded to 2 kept, so only the two lowest go.
+    assert heads_to_prune(SCORES, count=3, multiple_of=2) == {0: [0, 1]}
+    # count=5 also leaves 3 in layers 1 and 2: 2 and 4 are equally near, and a tie keeps more.
+    assert heads_to_prune(SCORES, count=5, multiple_of=2) == {0: [0, 1]}
+    assert heads_to_prune(SCORES, 0.5, per_layer=True, multiple_of=4) == {}
+    everything = heads_to_prune(SCORES, 0.75, per_layer=True, multiple_of=4, keep_at_least_one=False)
+    assert everything == {layer: [0, 1, 2, 3] for layer in range(3)}
+    assert heads_to_prune(SCORES, 0.75, per_layer=True, multiple_of=4) == {}  # 1 head left rounds up to all 4
+
+
+def test_multiple_of_with_gqa_counts_heads_in_whole_groups():
+    assert heads_to_prune(SCORES, count=2, gqa_group_size=2, multiple_of=2) == {0: [0, 1]}
+    with pytest.raises(hfprune.PruningError, match="multiple of the KV group size 2"):
+        heads_to_prune(SCORES, count=2, gqa_group_size=2, multiple_of=3)
+    with pytest.raises(hfprune.PruningError, match="multiple_of must be a positive integer"):
+        heads_to_prune(SCORES, count=2, multiple_of=0)
+
+
+def test_ffn_to_prune_per_layer_global_and_rounded():
+    scores = torch.stack([torch.arange(8.0), torch.arange(8.0).flip(0) + 0.5])
+    assert ffn_to_prune(scores, 0.5) == {0: [0, 1, 2, 3], 1: [4, 5, 6, 7]}
+    assert ffn_to_prune(scores, count=3, per_layer=False) == {0: [0, 1], 1: [7]}
+    assert ffn_to_prune(scores, 0.3, multiple_of=4) == {}  # 6 kept: 4 and 8 tie, the wider wins
+    assert ffn_to_prune(scores, 0.4, multiple_of=4) == {0: [0, 1, 2, 3], 1: [4, 5, 6, 7]}  # 5 kept -> 4
+    assert ffn_to_prune(scores, 0.9, multiple_of=4) == {0: list(range(8)), 1: list(range(8))}  # whole MLPs
+    assert ffn_to_prune(scores, 0.9, multiple_of=4, keep_at_least_one=True) == {0: [0, 1, 2, 3], 1: [4, 5, 6, 7]}
+    scores[0, :2] = NAN  # already gone: not candidates, and the 6 left round to a multiple of 4 of them
+    assert ffn_to_prune(scores, 0.5, multiple_of=4) == {0: [2, 3], 1: [4, 5, 6, 7]}
+
+
+def test_ffn_plan_with_multiple_of_gives_rounded_widths():
+    model = tiny_model("bert")  # intermediate_size 24
+    scores = hfprune.magnitude_ffn_scores(model)
+    hfprune.prune_ffn(model, ffn_to_prune(scores, 0.3, multiple_of=8))
+    widths = [layer.intermediate.dense.out_features for layer in model.bert.encoder.layer]
+    assert widths == [16, 16, 16]
+    masked = ffn_to_prune(hfprune.magnitude_ffn_scores(model), 0.5, multiple_of=8)
+    hfprune.prune_ffn(model, masked)
+    assert [layer.intermediate.dense.out_features for layer in model.bert.encoder.layer] == [8, 8, 8]
 
 
 # ---- layers_to_drop ----------------------------------------------------------------------------------------
