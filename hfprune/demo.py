@@ -19,7 +19,7 @@ import transformers
 
 from .loading import from_pretrained
 from .masks import apply_masks, make_ffn_mask, make_head_mask, make_layer_mask
-from .plan import heads_to_prune
+from .plan import ffn_to_prune, heads_to_prune
 from .record import get_record, kept_ffn
 from .scores import magnitude_ffn_scores, magnitude_head_scores
 from .surgery import drop_layers, prune_ffn, prune_heads
@@ -76,12 +76,6 @@ def _median_latency(model, inputs, repeats: int = 5) -> float:
     return statistics.median(times)
 
 
-def _lowest_per_layer(scores: torch.Tensor, fraction: float) -> dict[int, list[int]]:
-    """The `fraction` lowest-scoring FFN neurons of every layer (row-wise)."""
-    count = int(scores.shape[1] * fraction)
-    return {layer: row.nan_to_num(float("inf")).argsort()[:count].tolist() for layer, row in enumerate(scores)}
-
-
 def run_demo(
     model_name_or_path: str | None = None,
     head_fraction: float = 0.4,
@@ -99,7 +93,7 @@ def run_demo(
     inputs = dict(tokenizer(SENTENCES * 2, padding="max_length", max_length=128, return_tensors="pt"))
 
     heads = heads_to_prune(magnitude_head_scores(model), head_fraction)
-    neurons = _lowest_per_layer(magnitude_ffn_scores(model), ffn_fraction)
+    neurons = ffn_to_prune(magnitude_ffn_scores(model), ffn_fraction)
     masks = dict(
         head_mask=make_head_mask(model, heads),
         ffn_mask=make_ffn_mask(model, neurons),
