@@ -33,7 +33,6 @@ from .record import get_record, kept_ffn, kv_groups
 Batch = Mapping[str, Any]
 LossFn = Callable[[Any, Batch], torch.Tensor]
 GATE_KINDS = ("heads", "ffn", "mlp")
-_TIME_MAJOR_TYPES = {"xlnet"}  # model types whose layers see hidden states as [tokens, batch, dim]
 
 
 # ---- shared plumbing ---------------------------------------------------------------------------------
@@ -396,7 +395,7 @@ def _mean_block_similarity(
     layers = adapter.get_layers(model)
     if not 1 <= span <= len(layers):
         raise PruningError(f"n must be in [1, {len(layers)}] (the model's layers), got {span}")
-    time_major = model.config.model_type in _TIME_MAJOR_TYPES
+    time_major = adapter.time_major
     inputs, outputs = [None] * len(layers), [None] * len(layers)
 
     def capture(position: int):

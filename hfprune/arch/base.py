@@ -90,6 +90,7 @@ class ArchAdapter:
     head_count_attributes: tuple[str, ...] = ()  # attributes of the `attention` block that count heads
     uniform_heads_in_config: bool = False  # the config can express a smaller head count (explicit head_dim)
     can_remove_all_heads: bool = True
+    time_major: bool = False  # layers see hidden states as [tokens, batch, dim] instead of [batch, tokens, dim]
 
     # ---- config -------------------------------------------------------------------------------------
     def num_layers(self, config: PretrainedConfig) -> int:

@@ -29,6 +29,7 @@ class XLNetAdapter(ArchAdapter):
     num_layers_field = "n_layer"
     num_heads_field = "n_head"
     intermediate_field = "d_inner"
+    time_major = True
 
     def head_dim(self, config):
         return config.d_head
