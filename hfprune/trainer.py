@@ -1,0 +1,980 @@
+"""`PruningArguments` and `PruningTrainer`: score -> prune -> fine-tune loops on top of `transformers.Trainer`.
+
+`PruningTrainer` is a drop-in replacement for `Trainer`. `train()` runs an outer loop over pruning steps; each
+step scores the model, removes heads / FFN neurons / layers with `hfprune`'s surgery, and fine-tunes the smaller
+model ("recovery") through the normal Trainer loop with a FRESH optimizer and scheduler: surgery replaces
+parameters, so an optimizer built before it would silently keep training tensors that are no longer in the model.
+With `pruning_method="l0"` the single step instead trains hard-concrete head gates (`hfprune.gates.HeadGates`)
+with an L0 penalty and removes the heads whose gates closed.
+
+Checkpoints of step `k` live in `output_dir/pruning-step-{k}/checkpoint-*` (`pruning-step-1-l0/` for the gate
+training) with a `pruning_state.json` next to the Trainer's files. Resuming rebuilds the pruned structure recorded
+in the checkpoint's `config.json` on the original model BEFORE the weights load, then lets the Trainer restore
+weights, optimizer, scheduler and RNG states, so a killed run continues exactly where it stopped.
+
+Under `torchrun` / `accelerate launch` every rank scores its own shard of the scoring data and the scores are
+averaged with `all_reduce`, so all ranks prune the same units (checked with an all-gather of the plans).
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import itertools
+import json
+import math
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
+from transformers import Trainer, TrainerState, TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, set_seed
+from transformers.utils import logging
+
+from .arch import get_adapter
+from .errors import PruningError
+from .gates import HeadGates
+from .plan import LAYER_STRATEGIES, ffn_to_prune, head_sparsity, heads_to_prune, layers_to_drop
+from .record import get_record, kept_ffn
+from .scores import (
+    importance_scores,
+    layer_cosine_scores,
+    magnitude_ffn_scores,
+    magnitude_head_scores,
+    normalize_per_layer,
+    random_head_scores,
+)
+from .surgery import drop_layers, prune_ffn, prune_heads
+
+logger = logging.get_logger(__name__)
+
+PRUNING_METHODS = ("importance", "taylor", "magnitude", "random", "l0")
+PRUNING_SCHEDULES = ("one_shot", "iterative")
+PRUNING_STATE_NAME = "pruning_state.json"
+L0_GATES_NAME = "l0_gates.pt"
+_PHASES = ("l0", "recovery")  # order of the phases inside one pruning step
+# Arguments that define what a run prunes: a checkpoint made with other values cannot be resumed.
+_RESUME_KEYS = (
+    "pruning_method",
+    "pruning_schedule",
+    "pruning_steps",
+    "target_head_sparsity",
+    "target_ffn_sparsity",
+    "target_layer_sparsity",
+    "target_param_budget",
+    "layer_strategy",
+    "per_layer_ranking",
+    "round_to_multiple",
+    "round_heads_to_multiple",
+)
+
+
+def _round(value: float) -> int:
+    """Round half up, as `hfprune.plan` does (Python's `round` sends 2.5 to 2)."""
+    return math.floor(value + 0.5)
+
+
+def _is_number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _is_count(value: Any, low: int) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int) and value >= low
+
+
+@dataclass
+class PruningArguments(TrainingArguments):
+    r"""
+    Configuration class for [`PruningTrainer`].
+
+    Only the pruning parameters are listed here; every [`~transformers.TrainingArguments`] field works as usual,
+    except `num_train_epochs` and `max_steps`: the length of training is set per pruning step by
+    `recovery_epochs` / `recovery_steps` (and `l0_epochs` / `l0_steps` for the gate training). Learning-rate
+    warm-up and decay restart with every pruning step, since each one gets a fresh optimizer and scheduler.
+
+    Parameters:
+        > What is pruned, and how much
+
+        pruning_method (`str`, defaults to `"importance"`):
+            How heads and FFN neurons are ranked: `"importance"` (Michel et al. 2019, |d loss / d gate| per batch,
+            per-layer normalised), `"taylor"` (the same per example, not normalised), `"magnitude"` (weight
+            norms, no data), `"random"`, or `"l0"` (trained hard-concrete gates on the heads, see below).
+        pruning_schedule (`str`, defaults to `"one_shot"`):
+            `"one_shot"` prunes to the targets in one step; `"iterative"` in `pruning_steps` equal steps, scoring
+            the pruned model again before each one (Michel et al.'s loop, with recovery in between).
+        pruning_steps (`int`, defaults to `1`):
+            Number of steps of the iterative schedule (step k reaches k / pruning_steps of every target).
+        target_head_sparsity (`float`, defaults to `0.0`):
+            Fraction in [0, 1) of the ORIGINAL model's attention heads to remove; heads of dropped layers count
+            as removed (as in `hfprune.plan.head_sparsity`).
+        target_ffn_sparsity (`float`, defaults to `0.0`):
+            Fraction in [0, 1) of the original FFN neurons to remove; neurons of dropped layers count as removed.
+        target_layer_sparsity (`float`, defaults to `0.0`):
+            Fraction in [0, 1) of the original layers to drop (rounded to whole layers; at least one layer stays).
+        target_param_budget (`float` or `None`, defaults to `None`):
+            Fraction in (0, 1] of the model's parameter count to keep. The three sparsities then only give the
+            MIX: they are all multiplied by one factor, chosen so that the removed heads, neurons and layers
+            account for the parameters over budget (all zero: heads and FFN neurons at the same sparsity).
+            Embeddings and the task head are never pruned, so a small budget may be unreachable (PruningError).
+        layer_strategy (`str`, defaults to `"top"`):
+            Which layers go: one of `hfprune.plan.LAYER_STRATEGIES` (`"contribution"` scores them with
+            `hfprune.layer_cosine_scores` on the scoring data).
+        per_layer_ranking (`bool`, defaults to `False`):
+            Rank heads and FFN neurons within each layer (every layer loses the same share) instead of over the
+            whole model.
+        round_to_multiple (`int`, defaults to `1`):
+            Round every layer's kept FFN width to a multiple of this (e.g. 64) for faster dense kernels.
+        round_heads_to_multiple (`int`, defaults to `1`):
+            Round every layer's kept number of heads to a multiple of this (a multiple of the KV group size).
+
+        > Scoring and recovery
+
+        score_num_examples (`int`, defaults to `512`):
+            Examples used to score, drawn (seeded) from `score_dataset`, else from the TRAINING set: scoring on the
+            evaluation split would leak it into the pruning decisions.
+        recovery_epochs (`float`, defaults to `1.0`):
+            Fine-tuning epochs after each pruning step (0: none).
+        recovery_steps (`int`, defaults to `0`):
+            If > 0, fine-tuning optimizer steps after each pruning step, instead of `recovery_epochs`.
+        distillation_alpha (`float`, defaults to `0.0`):
+            Weight of a KL distillation term from the unpruned teacher: loss = (1 - alpha) * task +
+            alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)). The teacher is `teacher_model`, or a
+            copy of the model taken before the first pruning step.
+        distillation_temperature (`float`, defaults to `2.0`):
+            The temperature T of the distillation term.
+
+        > L0 gates (`pruning_method="l0"`, one-shot, heads only)
+
+        l0_lambda (`float`, defaults to `1.0`):
+            Coefficient of the L0 penalty, `l0_lambda` times the expected fraction of heads kept: larger closes
+            more heads. The number of heads removed follows from it (no `target_head_sparsity`).
+        l0_warmup_steps (`int`, defaults to `0`):
+            Steps over which the penalty coefficient ramps up linearly from 0 (Shim et al. 2021).
+        l0_init_keep (`float`, defaults to `0.95`):
+            Initial probability that a gate is open.
+        l0_scale_attention (`bool`, defaults to `True`):
+            Scale each layer's gated attention output by n / (expected open heads) (Shim et al. 2021).
+        l0_learning_rate (`float`, defaults to `0.05`):
+            Learning rate of the gates' log-alpha (Adam moves it about this much per step; it starts near +1.35 at
+            `l0_init_keep=0.95` and a gate closes below 0). Too high closes every gate the task does not defend.
+        l0_epochs (`float`, defaults to `1.0`):
+            Epochs of gate training before the closed heads are removed.
+        l0_steps (`int`, defaults to `0`):
+            If > 0, optimizer steps of gate training, instead of `l0_epochs`.
+    """
+
+    pruning_method: str = field(
+        default="importance",
+        metadata={"help": "How heads and FFN neurons are ranked.", "choices": list(PRUNING_METHODS)},
+    )
+    pruning_schedule: str = field(
+        default="one_shot",
+        metadata={"help": "Prune in one step, or in `pruning_steps` steps.", "choices": list(PRUNING_SCHEDULES)},
+    )
+    pruning_steps: int = field(
+        default=1, metadata={"help": "Iterative schedule: number of steps to reach the targets."}
+    )
+    target_head_sparsity: float = field(
+        default=0.0, metadata={"help": "Fraction of the original attention heads to remove, in [0, 1)."}
+    )
+    target_ffn_sparsity: float = field(
+        default=0.0, metadata={"help": "Fraction of the original FFN neurons to remove, in [0, 1)."}
+    )
+    target_layer_sparsity: float = field(
+        default=0.0, metadata={"help": "Fraction of the original layers to drop, in [0, 1)."}
+    )
+    target_param_budget: float | None = field(
+        default=None,
+        metadata={
+            "help": "Fraction (0, 1] of the parameters to keep; the sparsities are scaled by one factor to meet it."
+        },
+    )
+    layer_strategy: str = field(
+        default="top", metadata={"help": "Which layers to drop.", "choices": list(LAYER_STRATEGIES)}
+    )
+    per_layer_ranking: bool = field(
+        default=False, metadata={"help": "Rank heads and FFN neurons within each layer instead of globally."}
+    )
+    round_to_multiple: int = field(
+        default=1, metadata={"help": "Round every layer's kept FFN width to a multiple of this (e.g. 64)."}
+    )
+    round_heads_to_multiple: int = field(
+        default=1, metadata={"help": "Round every layer's kept number of heads to a multiple of this."}
+    )
+    score_num_examples: int = field(
+        default=512, metadata={"help": "Examples for scoring, from score_dataset or the train set (not eval)."}
+    )
+    recovery_epochs: float = field(
+        default=1.0, metadata={"help": "Fine-tuning epochs after each pruning step (0: none)."}
+    )
+    recovery_steps: int = field(
+        default=0, metadata={"help": "If > 0, fine-tuning steps after each pruning step (overrides recovery_epochs)."}
+    )
+    distillation_alpha: float = field(
+        default=0.0, metadata={"help": "Weight in [0, 1] of the KL term from the unpruned teacher's logits."}
+    )
+    distillation_temperature: float = field(default=2.0, metadata={"help": "Distillation temperature (> 0)."})
+    l0_lambda: float = field(
+        default=1.0, metadata={"help": "L0 method: penalty coefficient (times the expected fraction of heads kept)."}
+    )
+    l0_warmup_steps: int = field(default=0, metadata={"help": "L0 method: steps to ramp the penalty up from 0."})
+    l0_init_keep: float = field(default=0.95, metadata={"help": "L0 method: initial probability a gate is open."})
+    l0_scale_attention: bool = field(
+        default=True, metadata={"help": "L0 method: rescale attention output by n / expected open heads."}
+    )
+    l0_learning_rate: float = field(default=0.05, metadata={"help": "L0 method: learning rate of the gates."})
+    l0_epochs: float = field(default=1.0, metadata={"help": "L0 method: epochs of gate training."})
+    l0_steps: int = field(default=0, metadata={"help": "L0 method: if > 0, steps of gate training."})
+
+    def __post_init__(self):
+        self._check_pruning_arguments()
+        super().__post_init__()
+
+    def _check_pruning_arguments(self) -> None:
+        """One-line PruningErrors for bad values, before TrainingArguments does any setup."""
+        checks = [
+            (self.pruning_method in PRUNING_METHODS, f"pruning_method must be one of {list(PRUNING_METHODS)}"),
+            (self.pruning_schedule in PRUNING_SCHEDULES, f"pruning_schedule must be one of {list(PRUNING_SCHEDULES)}"),
+            (self.layer_strategy in LAYER_STRATEGIES, f"layer_strategy must be one of {list(LAYER_STRATEGIES)}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                value = message.split(" must")[0]
+                raise PruningError(f"{message}, got {getattr(self, value)!r}")
+        for name in ("target_head_sparsity", "target_ffn_sparsity", "target_layer_sparsity"):
+            value = getattr(self, name)
+            if not _is_number(value) or not 0 <= value < 1:
+                raise PruningError(f"{name} must be a number in [0, 1), got {value!r}")
+        budget = self.target_param_budget
+        if budget is not None and (not _is_number(budget) or not 0 < budget <= 1):
+            raise PruningError(f"target_param_budget must be None or a number in (0, 1], got {budget!r}")
+        for name, low in (
+            ("pruning_steps", 1),
+            ("round_to_multiple", 1),
+            ("round_heads_to_multiple", 1),
+            ("score_num_examples", 1),
+            ("recovery_steps", 0),
+            ("l0_warmup_steps", 0),
+            ("l0_steps", 0),
+        ):
+            if not _is_count(getattr(self, name), low):
+                raise PruningError(f"{name} must be an integer >= {low}, got {getattr(self, name)!r}")
+        for name in ("recovery_epochs", "l0_epochs", "l0_lambda"):
+            if not _is_number(getattr(self, name)) or getattr(self, name) < 0:
+                raise PruningError(f"{name} must be a number >= 0, got {getattr(self, name)!r}")
+        if not _is_number(self.distillation_alpha) or not 0 <= self.distillation_alpha <= 1:
+            raise PruningError(f"distillation_alpha must be a number in [0, 1], got {self.distillation_alpha!r}")
+        for name in ("distillation_temperature", "l0_learning_rate"):
+            if not _is_number(getattr(self, name)) or getattr(self, name) <= 0:
+                raise PruningError(f"{name} must be a number > 0, got {getattr(self, name)!r}")
+        if not _is_number(self.l0_init_keep) or not 0 < self.l0_init_keep < 1:
+            raise PruningError(f"l0_init_keep must be a number in (0, 1), got {self.l0_init_keep!r}")
+        if self.pruning_schedule == "one_shot" and self.pruning_steps != 1:
+            raise PruningError(
+                f"pruning_steps={self.pruning_steps} needs pruning_schedule='iterative' (one_shot is one step)"
+            )
+        if self.pruning_method == "l0":
+            if self.pruning_schedule != "one_shot":
+                raise PruningError("pruning_method='l0' trains its gates once: use pruning_schedule='one_shot'")
+            if self.target_ffn_sparsity or self.target_layer_sparsity or self.target_param_budget is not None:
+                raise PruningError(
+                    "pruning_method='l0' prunes heads only: leave the FFN, layer and budget targets unset"
+                )
+            if self.target_head_sparsity:
+                raise PruningError(
+                    "pruning_method='l0' sets the sparsity through l0_lambda: leave target_head_sparsity at 0"
+                )
+            if self.l0_steps == 0 and self.l0_epochs == 0:
+                raise PruningError("pruning_method='l0' needs gate training: set l0_epochs > 0 or l0_steps > 0")
+        if self.max_steps != -1:
+            raise PruningError("PruningArguments ignores max_steps: set recovery_steps (per pruning step) instead")
+        if self.num_train_epochs != 3.0:  # TrainingArguments' default
+            raise PruningError(
+                "PruningArguments ignores num_train_epochs: set recovery_epochs (per pruning step) instead"
+            )
+
+    @property
+    def num_pruning_steps(self) -> int:
+        return self.pruning_steps if self.pruning_schedule == "iterative" else 1
+
+
+# ---- model helpers -------------------------------------------------------------------------------------
+def _num_parameters(model: nn.Module) -> int:
+    return sum(parameter.numel() for parameter in model.parameters())
+
+
+def _sparsities(model: nn.Module) -> dict[str, float]:
+    """Fractions of the original heads, FFN neurons and layers that are gone (dropped layers count as gone)."""
+    record = get_record(model)
+    original = record["original"]
+    neurons = sum(len(kept_ffn(record, position)) for position in range(len(record["kept_layers"])))
+    return {
+        "head_sparsity": head_sparsity(model),
+        "ffn_sparsity": 1 - neurons / (original["num_layers"] * original["intermediate_size"]),
+        "layer_sparsity": 1 - len(record["kept_layers"]) / original["num_layers"],
+    }
+
+
+def restore_structure(model: nn.Module, record: dict[str, Any]) -> nn.Module:
+    """Prune `model` in place to the structure in `record` (a `config.hfprune` record), weights left as they are.
+
+    `model` must be the model that `record` was pruned from (unpruned, or pruned less); used to rebuild a
+    checkpoint's structure before its weights are loaded.
+    """
+    current = get_record(model)
+    if current["original"] != record["original"]:
+        raise PruningError(
+            f"the checkpoint was pruned from a model with sizes {record['original']}, "
+            f"this one has {current['original']}"
+        )
+    wanted_layers = record["kept_layers"]
+    if not set(wanted_layers) <= set(current["kept_layers"]):
+        raise PruningError("the checkpoint keeps layers this model has already lost; start from the original model")
+    heads, neurons = {}, {}
+    for position, layer in enumerate(current["kept_layers"]):
+        if layer not in wanted_layers:
+            continue
+        wanted = wanted_layers.index(layer)
+        keep_heads, keep_ffn = set(record["kept_heads"][wanted]), set(kept_ffn(record, wanted))
+        have_heads, have_ffn = current["kept_heads"][position], kept_ffn(current, position)
+        if not keep_heads <= set(have_heads) or not keep_ffn <= set(have_ffn):
+            raise PruningError(f"the checkpoint keeps units of layer {layer} this model has already lost")
+        heads[layer] = [head for head in have_heads if head not in keep_heads]
+        neurons[layer] = [neuron for neuron in have_ffn if neuron not in keep_ffn]
+    prune_heads(model, {layer: drop for layer, drop in heads.items() if drop})
+    prune_ffn(model, {layer: drop for layer, drop in neurons.items() if drop})
+    drop_layers(model, [layer for layer in current["kept_layers"] if layer not in wanted_layers])
+    return model
+
+
+def _resolve(layer: nn.Module, path: str):
+    obj = layer
+    for name in path.split("."):
+        obj = getattr(obj, name)
+    return obj
+
+
+def _numel(obj) -> int:
+    if isinstance(obj, nn.Parameter):
+        return obj.numel()
+    return sum(parameter.numel() for parameter in obj.parameters())
+
+
+def _parameter_split(model: nn.Module) -> dict[str, int]:
+    """The parameters of an unpruned model, split into what head, FFN and layer pruning can remove.
+
+    `heads`: the q/k/v/o projections of every layer; `ffn`: the FFN projections; `layers`: the rest of the
+    layers (norms...); `total`: everything. Removing a fraction f of the heads removes about f of `heads`.
+    """
+    adapter = get_adapter(model)
+    split = {"heads": 0, "ffn": 0, "layers": 0, "total": _num_parameters(model)}
+    for layer in adapter.get_layers(model):
+        paths = {adapter.query, adapter.key, adapter.value, adapter.output}  # GPT-2: q, k, v share one module
+        attention = sum(_numel(_resolve(layer, path)) for path in paths)
+        ffn = sum(_numel(layer.get_submodule(path)) for path in (*adapter.ffn_inputs, adapter.ffn_output))
+        split["heads"] += attention
+        split["ffn"] += ffn
+        split["layers"] += _numel(layer) - attention - ffn
+    return split
+
+
+def final_targets(args: PruningArguments, model: nn.Module) -> dict[str, float]:
+    """The sparsities the last pruning step reaches, after `target_param_budget` scaled them.
+
+    With a budget b, the mix (h, f, l) of the given sparsities (or (1, 1, 0)) is scaled by s so that the
+    removed parameters, s * (max(h, l) * heads + max(f, l) * ffn + l * rest of layers), equal (1 - b) * total.
+    """
+    targets = {
+        "heads": args.target_head_sparsity,
+        "ffn": args.target_ffn_sparsity,
+        "layers": args.target_layer_sparsity,
+    }
+    if args.target_param_budget is None:
+        return targets
+    record = get_record(model)
+    if any(heads != list(range(record["original"]["num_heads"])) for heads in record["kept_heads"]) or any(
+        kept is not None for kept in record["kept_ffn"]
+    ) or len(record["kept_layers"]) != record["original"]["num_layers"]:
+        raise PruningError("target_param_budget needs an unpruned model to measure the budget against")
+    if not any(targets.values()):
+        targets = {"heads": 1.0, "ffn": 1.0, "layers": 0.0}
+    split = _parameter_split(model)
+    removable = (
+        max(targets["heads"], targets["layers"]) * split["heads"]
+        + max(targets["ffn"], targets["layers"]) * split["ffn"]
+        + targets["layers"] * split["layers"]
+    )
+    scale = (1 - args.target_param_budget) * split["total"] / removable
+    scaled = {kind: value * scale for kind, value in targets.items()}
+    if max(scaled.values()) >= 1:
+        raise PruningError(
+            f"target_param_budget={args.target_param_budget} is out of reach with this mix of sparsities "
+            f"(it would need {', '.join(f'{k} {v:.2f}' for k, v in scaled.items())}); "
+            "raise the budget or change the mix"
+        )
+    return scaled
+
+
+# ---- distributed helpers -------------------------------------------------------------------------------
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _average(tensor: torch.Tensor, weight: int, device: torch.device) -> torch.Tensor:
+    """The `weight`-weighted mean of `tensor` over all processes (the tensor itself when not distributed)."""
+    if not _distributed() or torch.distributed.get_world_size() == 1:
+        return tensor
+    dtype = tensor.dtype
+    packed = torch.cat([tensor.double().flatten() * weight, torch.tensor([float(weight)], dtype=torch.float64)])
+    packed = packed.to(device)
+    torch.distributed.all_reduce(packed)
+    packed = packed.cpu()
+    return (packed[:-1] / packed[-1]).reshape(tensor.shape).to(dtype)
+
+
+def _check_same_plan(plan: Any) -> None:
+    """Raise rather than let DDP hang or silently diverge if the ranks planned different surgeries."""
+    if not _distributed() or torch.distributed.get_world_size() == 1:
+        return
+    plans: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(plans, json.dumps(plan, sort_keys=True))
+    if len(set(plans)) > 1:
+        raise PruningError("the processes planned different pruning steps; scores must be identical on every rank")
+
+
+# ---- the trainer ---------------------------------------------------------------------------------------
+class PruningTrainer(Trainer):
+    """A `Trainer` whose `train()` prunes: score -> prune -> recovery fine-tune, once or iteratively.
+
+    Args:
+        score_dataset: examples to score heads / neurons / layers on (default: the training set; never the
+            evaluation set). At most `args.score_num_examples` are used.
+        teacher_model: the distillation teacher (`args.distillation_alpha > 0`); default: a copy of the model
+            taken before the first pruning step.
+        Everything else as in `transformers.Trainer`, except `model_init` and `optimizers` (an optimizer made
+        before surgery cannot follow it; use `optimizer_cls_and_kwargs`).
+
+    After `train()`, `pruning_history` holds one dict per pruning step (step 0: the model as given): `step`,
+    `head_sparsity`, `ffn_sparsity`, `layer_sparsity`, `num_parameters`, `train_steps` and the eval metrics.
+    Each entry is also sent through `self.log` (with `step` renamed `pruning_step`), so `report_to` sees it.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module | None = None,
+        args: PruningArguments | None = None,
+        *trainer_args,
+        score_dataset: Dataset | None = None,
+        teacher_model: nn.Module | None = None,
+        **kwargs,
+    ):
+        if args is None:
+            args = PruningArguments(output_dir="trainer_output")
+        if not isinstance(args, PruningArguments):
+            raise PruningError(f"PruningTrainer needs PruningArguments, got {type(args).__name__}")
+        if kwargs.get("model_init") is not None:
+            raise PruningError("PruningTrainer does not support model_init: pass the model to prune")
+        if any(item is not None for item in kwargs.get("optimizers", (None, None))):
+            raise PruningError(
+                "PruningTrainer builds a fresh optimizer after every pruning step; pass optimizer_cls_and_kwargs"
+            )
+        if model is None:
+            raise PruningError("PruningTrainer needs the model to prune")
+        get_adapter(model)  # unsupported families fail here, not after a long setup
+        super().__init__(model, args, *trainer_args, **kwargs)
+        self.score_dataset = score_dataset
+        self.teacher_model = teacher_model
+        self.pruning_history: list[dict[str, Any]] = []
+        self._stage: tuple[int, str] | None = None  # (pruning step, phase) being trained: where checkpoints go
+        self._gates: HeadGates | None = None
+        self._gates_grad_step: int | None = None  # the optimizer step whose gradient log_alpha.grad holds
+        self._log_carry: list[dict[str, Any]] = []
+        self._score_weight = 1  # examples this process scored: its weight in the cross-process average
+        self.l0_gate_values: torch.Tensor | None = None  # L0 method: z_hat per head when the gates were final
+
+    # ---- the outer loop ----------------------------------------------------------------------------------
+    def train(
+        self,
+        resume_from_checkpoint: str | bool | None = None,
+        trial: Any = None,
+        ignore_keys_for_eval: list[str] | None = None,
+    ) -> TrainOutput:
+        """Run every pruning step (score, prune, recover) and return the summed training output.
+
+        `resume_from_checkpoint`: `True` (the latest complete checkpoint under `output_dir`) or a checkpoint
+        path; the model given to the trainer must be the same original model as in the interrupted run.
+        """
+        if trial is not None:
+            raise PruningError("PruningTrainer does not support hyperparameter search trials")
+        args = self.args
+        checkpoint = self._find_checkpoint(resume_from_checkpoint)
+        state = self._read_pruning_state(checkpoint) if checkpoint else None
+
+        if args.distillation_alpha > 0 and self.teacher_model is None:
+            self.teacher_model = copy.deepcopy(self.model)  # the unpruned model, before any restore or surgery
+        if self.teacher_model is not None:
+            self.teacher_model.to(args.device).eval().requires_grad_(False)
+        targets = final_targets(args, self.model)
+
+        if state is None:
+            first_step, resume_phase = 1, None
+            self.pruning_history = []
+            self._record_step(0, train_steps=0, ignore_keys_for_eval=ignore_keys_for_eval)
+        else:
+            first_step, resume_phase = state["pruning_step"], state["phase"]
+            self.pruning_history = state["history"]
+            with open(os.path.join(checkpoint, "config.json")) as handle:
+                record = json.load(handle).get("hfprune")
+            if record:
+                restore_structure(self.model, record)  # the structure first: then the weights fit
+            self._load_from_checkpoint(checkpoint)  # also when no training phase resumes (e.g. no recovery)
+            self._after_surgery()
+            self.state = TrainerState.load_from_json(os.path.join(checkpoint, "trainer_state.json"))
+            logger.info(f"Resuming pruning step {first_step} ({resume_phase}) from {checkpoint}")
+
+        for step in range(first_step, args.num_pruning_steps + 1):
+            resuming = checkpoint if step == first_step else None
+            set_seed(args.seed + step)  # each step's randomness is independent of how the run got there
+            train_steps, losses = 0, 0.0
+            if args.pruning_method == "l0":
+                if resuming is None or resume_phase == "l0":
+                    train_steps, losses = self._train_gates(step, resuming, state, ignore_keys_for_eval)
+                    resuming = None
+            elif resuming is None:
+                self._prune_step(step, targets)
+            if args.recovery_steps > 0 or args.recovery_epochs > 0:
+                phase_steps, phase_losses = self._run_phase(
+                    (step, "recovery"), args.recovery_epochs, args.recovery_steps, resuming, state, ignore_keys_for_eval
+                )
+                train_steps, losses = train_steps + phase_steps, losses + phase_losses
+            elif args.save_strategy != "no":
+                self._save_step_checkpoint(step)
+            self._record_step(step, train_steps, losses, ignore_keys_for_eval)
+            self._rotate_pruning_steps(step)
+
+        total_steps = sum(entry["train_steps"] for entry in self.pruning_history)
+        total_loss = sum(entry.get("train_loss", 0.0) * entry["train_steps"] for entry in self.pruning_history)
+        metrics = {key: value for key, value in self.pruning_history[-1].items() if key != "step"}
+        metrics["train_loss"] = total_loss / max(total_steps, 1)
+        self._stage = None
+        return TrainOutput(total_steps, metrics["train_loss"], metrics)
+
+    def _train_gates(
+        self, step: int, resuming: str | None, state: dict[str, Any] | None, ignore_keys_for_eval
+    ) -> tuple[int, float]:
+        """L0 phase: train hard-concrete head gates with the penalty, then remove the heads whose gates closed."""
+        args = self.args
+        self._gates = HeadGates(
+            self.model,
+            init_keep=args.l0_init_keep,
+            l0_lambda=args.l0_lambda,
+            warmup_steps=args.l0_warmup_steps,
+            scale_attention_output=args.l0_scale_attention,
+        ).attach(self.model)
+        if resuming is not None:
+            gates_state = torch.load(os.path.join(resuming, L0_GATES_NAME), map_location="cpu", weights_only=True)
+            self._gates.load_state_dict(gates_state)
+        try:
+            output = self._run_phase((step, "l0"), args.l0_epochs, args.l0_steps, resuming, state, ignore_keys_for_eval)
+            plan = self._gates.heads_to_prune()
+            self.l0_gate_values = self._gates.gate_values().cpu()
+            _check_same_plan(plan)
+            self._gates.finalize(self.model)
+        finally:
+            self._gates.detach()
+            self._gates = None
+        self._after_surgery()
+        return output
+
+    def _run_phase(
+        self,
+        stage: tuple[int, str],
+        epochs: float,
+        steps: int,
+        resuming: str | None,
+        state: dict[str, Any] | None,
+        ignore_keys_for_eval,
+    ) -> tuple[int, float]:
+        """One normal Trainer run (fresh optimizer and scheduler) whose checkpoints go to the stage's folder.
+
+        Returns the phase's optimizer steps and the sum of their losses (a resumed phase adds the losses
+        of the steps before the checkpoint, which `Trainer.train` leaves out of its `training_loss`).
+        """
+        self._stage = stage
+        self._phase_loss_offset = state.get("phase_loss_sum", 0.0) if resuming is not None else 0.0
+        saved = self.args.num_train_epochs, self.args.max_steps
+        self.args.num_train_epochs, self.args.max_steps = epochs, (steps if steps > 0 else -1)
+        self._log_carry = list(self.state.log_history)
+        if self.accelerator.num_processes > 1 and self.model_wrapped is self.model:
+            # `evaluate()` with no prepared model (before the first phase, or after surgery freed them) marks the bare
+            # model `_is_accelerate_prepared`, and `prepare` would then train it WITHOUT DDP: ranks silently diverge
+            self.model.__dict__.pop("_is_accelerate_prepared", None)
+        try:
+            output = super().train(resume_from_checkpoint=resuming, ignore_keys_for_eval=ignore_keys_for_eval)
+        finally:
+            self.args.num_train_epochs, self.args.max_steps = saved
+        steps_run = output.global_step - self._initial_global_step
+        return output.global_step, self._phase_loss_offset + output.training_loss * steps_run
+
+    def _after_surgery(self) -> None:
+        """Forget everything built on the old parameters: optimizer, scheduler, DDP wrapper, accelerate's lists."""
+        self.optimizer, self.lr_scheduler = None, None
+        self.model_wrapped = self.model
+        self.accelerator.free_memory()
+        for attr in ("model", "optimizer", "lr_scheduler"):
+            setattr(self.callback_handler, attr, getattr(self, attr))
+        gc.collect()
+
+    def _record_step(
+        self, step: int, train_steps: int, losses: float = 0.0, ignore_keys_for_eval: list[str] | None = None
+    ) -> None:
+        entry: dict[str, Any] = {"step": step, **_sparsities(self.model)}
+        entry["num_parameters"] = _num_parameters(self.model)
+        entry["train_steps"] = train_steps
+        if train_steps:
+            entry["train_loss"] = losses / train_steps
+        if self.eval_dataset is not None:
+            metrics = self.evaluate(ignore_keys=ignore_keys_for_eval)
+            entry.update({key: value for key, value in metrics.items() if key.startswith("eval_")})
+        self.pruning_history.append(entry)
+        logs = {("pruning_step" if key == "step" else key): value for key, value in entry.items()}
+        self.log(logs)
+
+    # ---- one pruning step ------------------------------------------------------------------------------
+    def _targets_at(self, step: int, targets: dict[str, float]) -> dict[str, float]:
+        return {kind: value * step / self.args.num_pruning_steps for kind, value in targets.items()}
+
+    def _prune_step(self, step: int, targets: dict[str, float]) -> dict[str, Any]:
+        """Drop layers, then score and prune heads and FFN neurons, up to this step's share of the targets."""
+        args, model = self.args, self.model
+        targets = self._targets_at(step, targets)
+        original = get_record(model)["original"]
+        num_layers, num_heads = original["num_layers"], original["num_heads"]
+        plan: dict[str, Any] = {"layers": [], "heads": {}, "ffn": {}}
+
+        to_drop = min(_round(targets["layers"] * num_layers), num_layers - 1)
+        dropped = num_layers - len(get_record(model)["kept_layers"])
+        if to_drop > dropped:
+            plan["layers"] = self._plan_layers(to_drop, dropped, step)
+            _check_same_plan(plan["layers"])
+            drop_layers(model, plan["layers"])
+
+        record = get_record(model)
+        kinds = []
+        heads_goal = _round(targets["heads"] * num_layers * num_heads)
+        if heads_goal > num_layers * num_heads - sum(len(heads) for heads in record["kept_heads"]):
+            kinds.append("heads")
+        ffn_total = num_layers * original["intermediate_size"]
+        ffn_goal = _round(targets["ffn"] * ffn_total)
+        ffn_kept = sum(len(kept_ffn(record, position)) for position in range(len(record["kept_layers"])))
+        if ffn_goal > ffn_total - ffn_kept:
+            kinds.append("ffn")
+        if kinds:
+            scores = self._unit_scores(kinds, step)
+            group_size = num_heads // original["num_kv_heads"]
+            if "heads" in scores:
+                plan["heads"] = self._plan_units(
+                    scores["heads"],
+                    num_layers * num_heads - heads_goal,
+                    lambda s, **kw: heads_to_prune(
+                        s, gqa_group_size=group_size, multiple_of=args.round_heads_to_multiple, **kw
+                    ),
+                    record["kept_heads"],
+                    record["kept_layers"],
+                )
+            if "ffn" in scores:
+                plan["ffn"] = self._plan_units(
+                    scores["ffn"],
+                    ffn_total - ffn_goal,
+                    lambda s, **kw: ffn_to_prune(s, multiple_of=args.round_to_multiple, **kw),
+                    [kept_ffn(record, position) for position in range(len(record["kept_layers"]))],
+                    record["kept_layers"],
+                )
+            _check_same_plan({"heads": plan["heads"], "ffn": plan["ffn"]})
+            prune_heads(model, plan["heads"])
+            prune_ffn(model, plan["ffn"])
+        self._after_surgery()
+        logger.info(f"Pruning step {step}: {_sparsities(model)}")
+        return plan
+
+    def _plan_units(self, scores, kept_goal: int, planner, kept: list[list[int]], kept_layers: list[int]):
+        """Plan heads or neurons so that `kept_goal` of them remain over the whole model.
+
+        Globally: one call for the difference. Per layer: every remaining layer keeps kept_goal / layers of
+        them, planned layer by layer (a layer already below that loses nothing).
+        """
+        current = sum(len(units) for units in kept)
+        if not self.args.per_layer_ranking:
+            return planner(scores, count=max(current - kept_goal, 0), per_layer=False)
+        per_layer = _round(kept_goal / len(kept_layers))
+        plan = {}
+        for position, layer in enumerate(kept_layers):
+            count = len(kept[position]) - per_layer
+            if count <= 0:
+                continue
+            row = torch.full_like(scores, float("nan"))
+            row[layer] = scores[layer]
+            plan.update(planner(row, count=count, per_layer=True))
+        return plan
+
+    def _plan_layers(self, to_drop: int, dropped: int, step: int) -> list[int]:
+        """Original indices of the layers this step drops (`to_drop` in total, `dropped` already gone)."""
+        strategy, num_layers = self.args.layer_strategy, get_record(self.model)["original"]["num_layers"]
+        kept = get_record(self.model)["kept_layers"]
+        if strategy == "contribution":
+            loader = self._score_dataloader()
+            scores = _average(layer_cosine_scores(self.model, loader), self._score_weight, self.args.device)
+            return layers_to_drop(num_layers, to_drop - dropped, strategy, scores)
+        candidates = [layer for layer in layers_to_drop(num_layers, to_drop, strategy) if layer in kept]
+        return candidates[: to_drop - dropped]
+
+    def _unit_scores(self, kinds: list[str], step: int) -> dict[str, torch.Tensor]:
+        """Scores of `kinds` ("heads", "ffn") by `pruning_method`, identical on every process."""
+        method, model = self.args.pruning_method, self.model
+        if method in ("importance", "taylor"):
+            loader = self._score_dataloader()
+            scores = importance_scores(model, loader, kinds, normalize=False, per_example=method == "taylor")
+            scores = {kind: _average(value, self._score_weight, self.args.device) for kind, value in scores.items()}
+            if method == "importance":  # Michel et al. normalise each layer before ranking globally
+                scores = {kind: normalize_per_layer(value) for kind, value in scores.items()}
+            return scores
+        scores = {}
+        if method == "magnitude":
+            if "heads" in kinds:
+                scores["heads"] = magnitude_head_scores(model)
+            if "ffn" in kinds:
+                scores["ffn"] = magnitude_ffn_scores(model)
+        else:  # random: seeded, so every process draws the same numbers
+            if "heads" in kinds:
+                scores["heads"] = random_head_scores(model, seed=self.args.seed + step)
+            if "ffn" in kinds:
+                present = magnitude_ffn_scores(model)
+                generator = torch.Generator().manual_seed(self.args.seed + step)
+                noise = torch.rand(present.shape, generator=generator, dtype=torch.float64)
+                scores["ffn"] = noise.masked_fill(present.isnan(), float("nan"))
+        return scores
+
+    def _score_dataloader(self) -> DataLoader:
+        """Up to `score_num_examples` examples of `score_dataset` (else the train set), this process's share."""
+        dataset = self.score_dataset if self.score_dataset is not None else self.train_dataset
+        if dataset is None:
+            raise PruningError(
+                f"pruning_method={self.args.pruning_method!r} needs data: pass score_dataset or train_dataset"
+            )
+        limit = self.args.score_num_examples
+        if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__"):
+            dataset = list(itertools.islice(iter(dataset), limit))
+        generator = torch.Generator().manual_seed(self.args.seed)
+        indices = sorted(torch.randperm(len(dataset), generator=generator)[:limit].tolist())
+        world, rank = self.args.world_size, self.args.process_index
+        if world > 1 and len(indices) >= world:
+            indices = indices[rank::world]
+        self._score_weight = len(indices)
+        try:
+            import datasets
+
+            is_hf_dataset = isinstance(dataset, datasets.Dataset)
+        except ImportError:
+            is_hf_dataset = False
+        if is_hf_dataset:
+            subset = self._remove_unused_columns(dataset.select(indices), description="scoring")
+            collator = self.data_collator
+        else:
+            subset = Subset(dataset, indices)
+            collator = self._get_collator_with_removed_columns(self.data_collator, description="scoring")
+        return DataLoader(subset, batch_size=self.args.per_device_eval_batch_size, collate_fn=collator)
+
+    # ---- losses ----------------------------------------------------------------------------------------
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The task loss, mixed with the distillation term and plus the L0 penalty while training."""
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        if not model.training:
+            return (loss, outputs) if return_outputs else loss
+        extra = None
+        alpha = self.args.distillation_alpha
+        if alpha > 0 and self.teacher_model is not None:
+            loss = (1 - alpha) * loss
+            extra = alpha * self._distillation_loss(inputs, outputs)
+        if self._gates is not None:
+            penalty = self._gates.penalty(self.state.global_step)
+            extra = penalty if extra is None else extra + penalty
+        if extra is not None:
+            # the task loss may already be normalised over the whole accumulated batch; these terms are per batch
+            scaled = self.loss_is_scaled_for_ga
+            if scaled is None:
+                scaled = (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or (
+                    self.compute_loss_func is not None
+                )
+            if scaled:
+                extra = extra / self.current_gradient_accumulation_steps
+            loss = loss + extra.to(loss.device)
+        return (loss, outputs) if return_outputs else loss
+
+    def _distillation_loss(self, inputs: dict[str, Any], outputs) -> torch.Tensor:
+        """T^2 * KL(softmax(teacher / T) || softmax(student / T)), averaged over examples (or real tokens)."""
+        temperature = self.args.distillation_temperature
+        teacher_inputs = {key: value for key, value in inputs.items() if key not in ("labels", "num_items_in_batch")}
+        with torch.no_grad():
+            teacher_logits = self.teacher_model(**teacher_inputs).logits
+        student_logits = outputs["logits"] if isinstance(outputs, dict) else outputs[1]
+        teacher_log_probs = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+        student_log_probs = F.log_softmax(student_logits.float() / temperature, dim=-1)
+        kl = (teacher_log_probs.exp() * (teacher_log_probs - student_log_probs)).sum(dim=-1)
+        mask = inputs.get("attention_mask")
+        if kl.dim() == 2 and mask is not None and mask.shape == kl.shape:
+            kl = (kl * mask).sum() / mask.sum().clamp(min=1)
+        else:
+            kl = kl.mean()
+        return temperature**2 * kl
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        gates = self._gates
+        if gates is not None and self._gates_grad_step != self.state.global_step:
+            # the Trainer zeroes only the model's gradients: start each optimizer step's gate gradient afresh
+            gates.log_alpha.grad = None
+            self._gates_grad_step = self.state.global_step
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if gates is not None and gates.log_alpha.grad is not None and _distributed():
+            # the gates are not part of the DDP module: average their gradient by hand
+            torch.distributed.all_reduce(gates.log_alpha.grad)
+            gates.log_alpha.grad /= torch.distributed.get_world_size()
+        return loss
+
+    def create_optimizer(self, model=None):
+        optimizer = super().create_optimizer(model)
+        gates = self._gates
+        held = (p for group in optimizer.param_groups for p in group["params"])
+        if gates is not None and not any(p is gates.log_alpha for p in held):
+            optimizer.add_param_group(
+                {"params": [gates.log_alpha], "weight_decay": 0.0, "lr": self.args.l0_learning_rate}
+            )
+        return optimizer
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self._gates is not None and "loss" in logs:  # L0 phase: how many heads the gates still expect to keep
+            logs["l0_expected_heads"] = float(self._gates.expected_l0().detach())
+        super().log(logs, start_time)
+
+    # ---- checkpoints -----------------------------------------------------------------------------------
+    def _get_output_dir(self, trial) -> str:
+        run_dir = super()._get_output_dir(trial)
+        if self._stage is None:
+            return run_dir
+        step, phase = self._stage
+        return os.path.join(run_dir, f"pruning-step-{step}" + ("-l0" if phase == "l0" else ""))
+
+    def _init_training_state(
+        self, max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial
+    ):
+        result = super()._init_training_state(
+            max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial
+        )
+        if resume_from_checkpoint is None:  # a resumed state already holds the earlier steps' logs
+            self.state.log_history = self._log_carry + self.state.log_history
+        return result
+
+    def _pruning_state(self) -> dict[str, Any]:
+        step, phase = self._stage
+        return {
+            "pruning_step": step,
+            "phase": phase,
+            "history": self.pruning_history,
+            # losses of this phase so far (steps before a resume included), for the step's train_loss
+            "phase_loss_sum": getattr(self, "_phase_loss_offset", 0.0)
+            + getattr(self, "_total_loss_scalar", 0.0)
+            + float(getattr(self, "_tr_loss", 0.0)),
+            "arguments": {key: getattr(self.args, key) for key in _RESUME_KEYS},
+        }
+
+    def _save_checkpoint(self, model, trial) -> None:
+        # pruning_state.json goes first: the Trainer writes trainer_state.json last, which marks a complete checkpoint
+        folder = os.path.join(self._get_output_dir(trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        if self.args.should_save:
+            os.makedirs(folder, exist_ok=True)
+            with open(os.path.join(folder, PRUNING_STATE_NAME), "w") as handle:
+                json.dump(self._pruning_state(), handle, indent=2)
+            if self._gates is not None:
+                torch.save(self._gates.state_dict(), os.path.join(folder, L0_GATES_NAME))
+        super()._save_checkpoint(model, trial)
+
+    def _save_step_checkpoint(self, step: int) -> None:
+        """Without recovery training the Trainer saves nothing: checkpoint the pruned model so a resume finds it."""
+        self._stage = (step, "recovery")
+        folder = os.path.join(self._get_output_dir(None), f"{PREFIX_CHECKPOINT_DIR}-0")
+        if self.args.should_save:
+            os.makedirs(folder, exist_ok=True)
+            with open(os.path.join(folder, PRUNING_STATE_NAME), "w") as handle:
+                json.dump(self._pruning_state(), handle, indent=2)
+            self.save_model(folder, _internal_call=True)
+            state = TrainerState(log_history=list(self.state.log_history))
+            state.save_to_json(os.path.join(folder, "trainer_state.json"))  # last: marks the checkpoint complete
+        self.accelerator.wait_for_everyone()
+
+    def _rotate_pruning_steps(self, step: int) -> None:
+        """With `save_total_limit`, a finished step's checkpoints make the earlier steps' ones useless."""
+        if not self.args.save_total_limit or not self.args.should_save:
+            return
+        current = Path(self._get_output_dir_for(step, "recovery"))
+        if not any((path / "trainer_state.json").is_file() for path in current.glob(f"{PREFIX_CHECKPOINT_DIR}-*")):
+            return
+        for earlier in range(1, step + 1):
+            for phase in _PHASES:
+                if (earlier, phase) != (step, "recovery"):
+                    shutil.rmtree(self._get_output_dir_for(earlier, phase), ignore_errors=True)
+
+    def _get_output_dir_for(self, step: int, phase: str) -> str:
+        saved, self._stage = self._stage, (step, phase)
+        try:
+            return self._get_output_dir(None)
+        finally:
+            self._stage = saved
+
+    def _find_checkpoint(self, resume_from_checkpoint: str | bool | None) -> str | None:
+        """The checkpoint to resume: the given path, or (True) the latest complete one under output_dir."""
+        if resume_from_checkpoint is None or resume_from_checkpoint is False:
+            return None
+        if resume_from_checkpoint is not True:
+            path = str(resume_from_checkpoint)
+            if not os.path.isfile(os.path.join(path, PRUNING_STATE_NAME)):
+                raise PruningError(f"{path} is not a PruningTrainer checkpoint (no {PRUNING_STATE_NAME})")
+            return path
+        found = []
+        pattern = f"pruning-step-*/{PREFIX_CHECKPOINT_DIR}-*/{PRUNING_STATE_NAME}"
+        for state_file in Path(self.args.output_dir).glob(pattern):
+            folder = state_file.parent
+            match = re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)", folder.name)
+            if match is None or not (folder / "trainer_state.json").is_file():
+                continue  # killed while saving: not complete
+            state = json.loads(state_file.read_text())
+            found.append(((state["pruning_step"], _PHASES.index(state["phase"]), int(match.group(1))), str(folder)))
+        if not found:
+            raise PruningError(f"no complete PruningTrainer checkpoint found in {self.args.output_dir}")
+        return max(found)[1]
+
+    def _read_pruning_state(self, checkpoint: str) -> dict[str, Any]:
+        with open(os.path.join(checkpoint, PRUNING_STATE_NAME)) as handle:
+            state = json.load(handle)
+        mine = {key: getattr(self.args, key) for key in _RESUME_KEYS}
+        differ = [key for key in _RESUME_KEYS if state["arguments"].get(key) != mine[key]]
+        if differ:
+            raise PruningError(
+                f"{checkpoint} was made with other pruning arguments ({', '.join(differ)}); cannot resume"
+            )
+        return state
+
+
+__all__ = [
+    "PRUNING_METHODS",
+    "PRUNING_SCHEDULES",
+    "PruningArguments",
+    "PruningTrainer",
+    "final_targets",
+    "restore_structure",
+]
