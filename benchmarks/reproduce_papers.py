@@ -44,6 +44,7 @@ from transformers import (  # noqa: E402
 
 import hfprune  # noqa: E402
 from hfprune import tasks  # noqa: E402
+from hfprune.scores import normalize_per_layer  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -89,6 +90,8 @@ class SST2:
         if cfg.n_dev:
             dev = dev.select(range(min(cfg.n_dev, len(dev))))
         self.dev = tok(dev)
+        # evaluation only: dev sorted by length so that batches carry little padding (accuracy is order-free)
+        self.dev_sorted = self.dev.select(sorted(range(len(self.dev)), key=lambda i: len(self.dev[i]["input_ids"])))
 
     def loader(self, ds, batch_size, shuffle=False, seed=0):
         g = torch.Generator().manual_seed(seed)
@@ -138,8 +141,15 @@ def eval_pass(model, batches) -> float:
     return time.perf_counter() - t
 
 
+def finetune_cache(cfg) -> Path:
+    """One cached model per fine-tuning set size (the first protocol's 8,000-example model keeps its old name)."""
+    if cfg.quick:
+        return CACHE / "minilm-sst2-quick"
+    return CACHE / ("minilm-sst2" if cfg.n_finetune == 8000 else f"minilm-sst2-ft{cfg.n_finetune}")
+
+
 def get_finetuned(data: SST2, cfg):
-    cache = CACHE / ("minilm-sst2-quick" if cfg.quick else "minilm-sst2")
+    cache = finetune_cache(cfg)
     info_file = cache / "finetune_info.json"
     if (cache / "config.json").exists() and info_file.exists():
         log("loading cached fine-tuned model from", cache)
@@ -167,109 +177,298 @@ def get_finetuned(data: SST2, cfg):
     return model.eval(), info
 
 
-def michel(model, data: SST2, dev_batches, cfg, ft_info, base_acc):
-    score_batches = data.loader(data.train["score"], 32)
+def round_half_up(value: float) -> int:
+    return math.floor(value + 0.5)
+
+
+_ACC_MEMO: dict = {}
+
+
+def masked_accuracy(model, plan, dev_batches) -> float:
+    """Dev accuracy with the heads of `plan` masked; memoised on the set of heads (curves share plans)."""
+    key = frozenset((layer, head) for layer, heads in plan.items() for head in heads)
+    if key not in _ACC_MEMO:
+        with hfprune.apply_masks(model, head_mask=hfprune.make_head_mask(model, plan)):
+            _ACC_MEMO[key] = accuracy(model, dev_batches)
+    return _ACC_MEMO[key]
+
+
+def mask_curve(model, scores, dev_batches, fractions, per_layer=False):
+    """Dev accuracy with the lowest-scoring heads masked (one-shot ranking), and the heads pruned per point."""
+    accs, counts = [], []
+    for f in fractions:
+        plan = hfprune.heads_to_prune(scores, f, per_layer=per_layer) if f > 0 else {}
+        accs.append(masked_accuracy(model, plan, dev_batches))
+        counts.append(sum(len(h) for h in plan.values()))
+    return accs, counts
+
+
+def iterative_curve(model, score_batches, dev_batches, counts, total):
+    """Michel et al.'s loop with real surgery on a copy of the model: from one point of the curve to the next,
+    `hfprune.iterative_head_pruning` re-scores the (already pruned) model with `head_importance` and removes the
+    next ~10 % of heads (7 or 8 of 72); the pruned model is then evaluated on dev (dev never guides pruning)."""
+    work = copy.deepcopy(model)
+    accs, done_counts, removed, seconds = [], [], [], 0.0
     num_layers, num_heads = model.config.num_hidden_layers, model.config.num_attention_heads
-    # timings: one evaluation pass over the scoring data vs scoring all heads
-    eval_pass(model, score_batches)  # warm-up
+    for target in counts:
+        done = round_half_up(hfprune.head_sparsity(work) * total)
+        if target > done:
+            t = time.perf_counter()
+            hfprune.iterative_head_pruning(
+                work, score_batches, target_sparsity=target / total, step=(target - done) / total
+            )
+            seconds += time.perf_counter() - t
+        record = hfprune.get_record(work)
+        kept = dict(zip(record["kept_layers"], record["kept_heads"]))
+        gone = {l: [h for h in range(num_heads) if h not in kept.get(l, [])] for l in range(num_layers)}
+        removed.append({l: hs for l, hs in gone.items() if hs})
+        done_counts.append(sum(len(hs) for hs in gone.values()))
+        accs.append(accuracy(work, dev_batches))
+        log(f"    iterative: {done_counts[-1]} heads pruned, dev {accs[-1] * 100:.1f}")
+    del work
+    return accs, done_counts, removed, seconds
+
+
+CURVE_LABELS = {
+    "iterative": "importance, iterative (Michel: re-scored every 10%)",
+    "importance": "importance, one-shot",
+    "importance_512ex": "one-shot, 512 scoring examples",
+    "importance_unnormalized": "one-shot, unnormalised scores",
+    "importance_per_layer": "one-shot, per-layer ranking",
+    "importance_per_example": "one-shot, per-example |grad|",
+    "ablation": "ablation (loss)",
+}
+CURVE_DESCRIPTIONS = {
+    "importance": "one-shot: head_importance (mean |d loss/d gate| per batch of 32, per-layer L2-normalised) on all "
+    "scoring examples, global ranking, >=1 head kept per layer, heads masked",
+    "iterative": "Michel et al.'s loop: hfprune.iterative_head_pruning (real surgery on a copy), importance "
+    "re-computed on the pruned model before each ~10% step (7-8 heads), global ranking of normalised scores",
+    "importance_512ex": "one-shot, scored on the first 512 scoring examples only",
+    "importance_unnormalized": "one-shot, raw scores ranked globally (no per-layer normalisation)",
+    "importance_per_layer": "one-shot, the same fraction pruned in every layer (rounded per layer)",
+    "importance_per_example": "one-shot, |d loss_x/d gate| per example (importance_scores(per_example=True))",
+    "ablation": "one-shot ranking by the loss increase when each head alone is masked (first N scoring examples)",
+    "random_seedN": "hfprune.random_head_scores(seed=N), global ranking",
+}
+
+
+def reusable_curves(path, ft_info, n_dev, n_ablation) -> dict:
+    """Curves of an earlier michel_curve JSON that this run would recompute identically (same fine-tuned model,
+    dev set, seeds and scoring slice): name -> (accuracies, heads pruned, scores or None)."""
+    if not path:
+        return {}
+    old = json.loads(Path(path).read_text())
+    same_model = all(old["finetune"].get(k) == ft_info.get(k) for k in ("train_examples", "seed", "lr", "max_length"))
+    if not same_model or old["dev_examples"] != n_dev:
+        log(f"--reuse-curves {path}: different model or dev set, nothing reused")
+        return {}
+    scores = old.get("scores", {})
+    scores.setdefault("ablation", old.get("ablation_scores"))
+    out = {}
+    for name, accs in old["dev_accuracy"].items():
+        if name.startswith("random_seed"):
+            out[name] = (accs, old["heads_pruned"][name], None)
+    if old.get("ablation_scoring_examples") == n_ablation and "ablation" in old["dev_accuracy"]:
+        out["ablation"] = (old["dev_accuracy"]["ablation"], old["heads_pruned"]["ablation"], scores.get("ablation"))
+    if old["scoring_data"].startswith("512 ") and "importance" in old["dev_accuracy"]:  # the first protocol
+        out["importance_512ex"] = (
+            old["dev_accuracy"]["importance"], old["heads_pruned"]["importance"], old.get("importance_scores")
+        )
+    elif "importance_512ex" in old["dev_accuracy"]:
+        out["importance_512ex"] = (
+            old["dev_accuracy"]["importance_512ex"], old["heads_pruned"]["importance_512ex"], scores.get("importance_512ex")
+        )
+    log(f"--reuse-curves {path}: reusing {sorted(out)}")
+    return out
+
+
+def michel(model, data: SST2, dev_batches, cfg, ft_info, base_acc):
+    curves_wanted = cfg.curves
+    score_batches = data.loader(data.train["score"], 32)
+    n_score = len(data.train["score"])
+    num_layers, num_heads = model.config.num_hidden_layers, model.config.num_attention_heads
+    total = num_layers * num_heads
+    fractions = [round(0.1 * i, 1) for i in range(10)]
+    counts = [round_half_up(f * total) for f in fractions]
+    n_abl = min(cfg.n_ablation, n_score)
+    reuse = reusable_curves(cfg.reuse_curves, ft_info, len(data.dev), n_abl)
+    # timings: one evaluation pass over the scoring data vs scoring all heads (per-batch gradients)
+    eval_pass(model, score_batches[:3])  # warm-up
     t_eval = min(eval_pass(model, score_batches) for _ in range(2))
     t = time.perf_counter()
-    imp = hfprune.head_importance(model, score_batches, normalize=True)
+    raw = hfprune.importance_scores(model, score_batches, normalize=False)["heads"]
     t_imp = time.perf_counter() - t
-    log(f"head_importance: {t_imp:.2f}s vs eval pass {t_eval:.2f}s -> {t_imp / t_eval:.2f}x")
-    abl_batches = score_batches if cfg.n_ablation >= len(data.train["score"]) else data.loader(
-        data.train["score"].select(range(cfg.n_ablation)), 32
-    )
-    t = time.perf_counter()
-    abl = hfprune.head_ablation_scores(model, abl_batches)
-    t_abl = time.perf_counter() - t
-    log(f"head_ablation_scores: {t_abl:.1f}s")
-
-    fractions = [round(0.1 * i, 1) for i in range(10)]
-    rankings = {"importance": imp, "ablation": abl}
-    rankings.update({f"random_seed{s}": hfprune.random_head_scores(model, seed=s) for s in range(3)})
-    curves, pruned_counts = {}, {}
-    for name, scores in rankings.items():
-        curves[name], pruned_counts[name] = [], []
-        for f in fractions:
-            plan = hfprune.heads_to_prune(scores, f) if f > 0 else {}
-            n = sum(len(h) for h in plan.values())
-            with hfprune.apply_masks(model, head_mask=hfprune.make_head_mask(model, plan)):
-                acc = accuracy(model, dev_batches)
-            curves[name].append(acc)
-            pruned_counts[name].append(n)
-        log(f"  {name}: " + " ".join(f"{a * 100:.1f}" for a in curves[name]))
-    rand = torch.tensor([curves[f"random_seed{s}"] for s in range(3)])
-    curves["random_mean"] = rand.mean(0).tolist()
-    curves["random_std"] = rand.std(0, unbiased=True).tolist()
-
-    def max_prunable_within(curve, tol=0.01):
-        ok = [f for f, a in zip(fractions, curve) if a >= base_acc - tol - 1e-12]
-        return max(ok) if ok else 0.0
-
-    i50 = fractions.index(0.5)
+    imp = normalize_per_layer(raw)  # == head_importance(model, score_batches, normalize=True)
+    log(f"head importance ({n_score} ex.): {t_imp:.2f}s vs eval pass {t_eval:.2f}s -> {t_imp / t_eval:.2f}x")
+    timing = {
+        "eval_pass_scoring_data": t_eval,
+        "head_importance_all_heads": t_imp,
+        "head_importance_ratio": t_imp / t_eval,
+    }
+    curves, pruned_counts, scores_out, reused = {}, {}, {}, []
     result = {
         "model": "MiniLM-L6 (all-MiniLM-L6-v2 weights) fine-tuned on SST-2",
         "finetune": ft_info,
         "dev_examples": len(data.dev),
         "dev_accuracy_unpruned": base_acc,
-        "total_heads": num_layers * num_heads,
-        "scoring_data": f"{len(data.train['score'])} SST-2 train examples disjoint from the fine-tuning set",
-        "ablation_scoring_examples": sum(len(b["labels"]) for b in abl_batches),
+        "total_heads": total,
+        "scoring_data": f"{n_score} SST-2 train examples disjoint from the fine-tuning set (dev never used)",
+        "ablation_scoring_examples": n_abl if "ablation" in curves_wanted else None,
+        "random_seeds": cfg.random_seeds if "random" in curves_wanted else 0,
         "fractions_pruned": fractions,
         "heads_pruned": pruned_counts,
         "dev_accuracy": curves,
-        "importance_scores": imp.tolist(),
-        "ablation_scores": abl.tolist(),
-        "timing_seconds": {
-            "eval_pass_scoring_data": t_eval,
-            "head_importance_all_heads": t_imp,
-            "head_importance_ratio": t_imp / t_eval,
-            "head_ablation_all_heads": t_abl,
-            "head_ablation_ratio_vs_eval_pass_same_data": t_abl / (t_eval * len(abl_batches) / len(score_batches)),
-        },
-        "goals": {
-            "i_max_fraction_within_1pt_importance": max_prunable_within(curves["importance"]),
-            "i_max_fraction_within_1pt_ablation": max_prunable_within(curves["ablation"]),
-            "ii_importance_minus_random_mean_at_50pct_points": 100 * (curves["importance"][i50] - curves["random_mean"][i50]),
-            "ii_ablation_minus_random_mean_at_50pct_points": 100 * (curves["ablation"][i50] - curves["random_mean"][i50]),
-            "iii_scoring_ratio": t_imp / t_eval,
-        },
-        "notes": "Heads masked with hfprune.apply_masks (no surgery), no retraining; global ranking of "
-        "per-layer-L2-normalised importance (heads_to_prune keeps >=1 head per layer).",
+        "curve_descriptions": CURVE_DESCRIPTIONS,
+        "reused_from_earlier_run": reused,
+        "scores": scores_out,
+        "iterative": None,
+        "timing_seconds": timing,
+        "goals": None,
+        "notes": "Heads masked with hfprune.apply_masks (one-shot curves) or removed with iterative_head_pruning "
+        "(iterative curve); no retraining. The headline curve (iterative, Michel et al.'s procedure) was fixed "
+        "before the run, not chosen on dev.",
     }
-    save("michel_curve.json", result)
+
+    def finish():
+        seeds = [f"random_seed{s}" for s in range(cfg.random_seeds) if f"random_seed{s}" in curves]
+        if seeds:
+            rand = torch.tensor([curves[s] for s in seeds], dtype=torch.float64)
+            curves["random_mean"] = rand.mean(0).tolist()
+            curves["random_std"] = rand.std(0, unbiased=True).tolist() if len(seeds) > 1 else [0.0] * len(fractions)
+            pruned_counts["random_mean"] = pruned_counts[seeds[0]]
+
+        def max_prunable_within(name, tol=0.01):
+            ok = [n for n, a in zip(pruned_counts[name], curves[name]) if a >= base_acc - tol - 1e-12]
+            return max(ok) / total if ok else 0.0
+
+        def minus_random_at(name, heads=round_half_up(0.5 * total)):
+            if "random_mean" not in curves or heads not in pruned_counts[name]:
+                return None
+            return 100 * (curves[name][pruned_counts[name].index(heads)] - curves["random_mean"][counts.index(heads)])
+
+        methods = [n for n in curves if not n.startswith("random")]
+        goals = {
+            "headline_curve": "iterative" if "iterative" in curves else "importance",
+            "i_max_fraction_within_1pt": {n: max_prunable_within(n) for n in methods},
+            "ii_minus_random_mean_at_50pct_points": {n: minus_random_at(n) for n in methods},
+            "iii_scoring_ratio": t_imp / t_eval,
+        }
+        if seeds:
+            i50 = counts.index(round_half_up(0.5 * total))
+            goals["ii_random_at_50pct_mean_std_sem_points"] = [
+                100 * curves["random_mean"][i50],
+                100 * curves["random_std"][i50],
+                100 * curves["random_std"][i50] / math.sqrt(len(seeds)),
+            ]
+        result["goals"] = goals
+        save(f"michel_curve{cfg.tag}.json", result)
+
+    def run_curve(name, scores_fn, per_layer=False):
+        if name in reuse:
+            curves[name], pruned_counts[name], old_scores = reuse[name]
+            if old_scores is not None:
+                scores_out[name] = old_scores
+            reused.append(name)
+            log(f"  {name} (reused): " + " ".join(f"{a * 100:.1f}" for a in curves[name]))
+            return
+        scores = scores_fn()
+        if not name.startswith("random"):
+            scores_out[name] = scores.tolist()
+        curves[name], pruned_counts[name] = mask_curve(model, scores, dev_batches, fractions, per_layer)
+        log(f"  {name}: " + " ".join(f"{a * 100:.1f}" for a in curves[name]) + f"  heads {pruned_counts[name]}")
+        finish()  # incremental
+
+    if "iterative" in curves_wanted:
+        accs, done, removed, secs = iterative_curve(model, score_batches, dev_batches, counts, total)
+        curves["iterative"], pruned_counts["iterative"] = accs, done
+        timing["iterative_scoring_and_surgery_all_steps"] = secs
+        result["iterative"] = {"heads_removed": removed}
+        log("  iterative: " + " ".join(f"{a * 100:.1f}" for a in accs) + f" (re-scoring + surgery {secs:.1f}s)")
+        finish()
+    if "importance" in curves_wanted:
+        run_curve("importance", lambda: imp)
+    if "variants" in curves_wanted:
+
+        def per_example():
+            t = time.perf_counter()
+            pex = hfprune.importance_scores(model, score_batches, normalize=True, per_example=True)["heads"]
+            timing["head_importance_per_example_all_heads"] = time.perf_counter() - t
+            timing["head_importance_per_example_ratio"] = timing["head_importance_per_example_all_heads"] / t_eval
+            log(f"per-example head importance: {timing['head_importance_per_example_all_heads']:.1f}s")
+            return pex
+
+        if n_score > 512:
+            run_curve(
+                "importance_512ex",
+                lambda: hfprune.head_importance(model, data.loader(data.train["score"].select(range(512)), 32)),
+            )
+        run_curve("importance_per_example", per_example)
+        scores_out["importance_unnormalized"] = raw.tolist()
+        run_curve("importance_unnormalized", lambda: raw)
+        run_curve("importance_per_layer", lambda: imp, per_layer=True)
+    if "random" in curves_wanted:
+        for s in range(cfg.random_seeds):
+            run_curve(f"random_seed{s}", lambda s=s: hfprune.random_head_scores(model, seed=s))
+    if "ablation" in curves_wanted:
+
+        def ablation():
+            abl_batches = data.loader(data.train["score"].select(range(n_abl)), 32)
+            t = time.perf_counter()
+            abl = hfprune.head_ablation_scores(model, abl_batches)
+            timing["head_ablation_all_heads"] = time.perf_counter() - t
+            timing["head_ablation_ratio_vs_eval_pass_same_data"] = timing["head_ablation_all_heads"] / (
+                t_eval * len(abl_batches) / len(score_batches)
+            )
+            log(f"head_ablation_scores: {timing['head_ablation_all_heads']:.1f}s")
+            return abl
+
+        run_curve("ablation", ablation)
+    finish()
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        x = [100 * f for f in fractions]
-        fig, ax = plt.subplots(figsize=(6, 4))
-        ax.plot(x, [100 * a for a in curves["importance"]], "o-", label="importance (Michel)")
-        ax.plot(x, [100 * a for a in curves["ablation"]], "s-", label="ablation")
-        m = torch.tensor(curves["random_mean"]) * 100
-        s = torch.tensor(curves["random_std"]) * 100
-        ax.plot(x, m, "^-", color="gray", label="random (mean of 3)")
-        ax.fill_between(x, m - s, m + s, color="gray", alpha=0.25)
-        ax.axhline(100 * base_acc - 1, ls=":", color="k", lw=0.8, label="unpruned - 1 pt")
-        ax.set_xlabel("% heads pruned (masked, no retraining)")
-        ax.set_ylabel("SST-2 dev accuracy (%)")
-        ax.set_title("MiniLM-L6 on SST-2: head pruning")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(RESULTS / "michel_curve.png", dpi=120)
-        log("wrote", RESULTS / "michel_curve.png")
+        plot_michel(result, RESULTS / f"michel_curve{cfg.tag}.png")
     except Exception as exc:  # plotting is optional
         log("plot failed:", exc)
     return result
 
 
+def plot_michel(result, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves, counts, total = result["dev_accuracy"], result["heads_pruned"], result["total_heads"]
+    base = 100 * result["dev_accuracy_unpruned"]
+    x = lambda name: [100 * n / total for n in counts[name]]  # noqa: E731
+    y = lambda name: [100 * a for a in curves[name]]  # noqa: E731
+    main = [n for n in ("iterative", "importance", "ablation") if n in curves]
+    variants = [n for n in ("iterative", "importance", "importance_512ex", "importance_unnormalized",
+                            "importance_per_layer", "importance_per_example") if n in curves]
+    panels = [main] + ([variants] if len(variants) > 2 else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 4.4), squeeze=False)
+    markers = "os^vD<>p"
+    for ax, names, title in zip(axes[0], panels, ["strategies", "importance variants"]):
+        for i, name in enumerate(names):
+            ax.plot(x(name), y(name), markers[i % len(markers)] + "-", ms=4, label=CURVE_LABELS.get(name, name))
+        if "random_mean" in curves:
+            m, s = torch.tensor(y("random_mean")), 100 * torch.tensor(curves["random_std"])
+            ax.plot(x("random_mean"), m, "x--", color="gray", label=f"random (mean of {result['random_seeds']})")
+            ax.fill_between(x("random_mean"), m - s, m + s, color="gray", alpha=0.2)
+        ax.axhline(base - 1, ls=":", color="k", lw=0.8, label="unpruned - 1 pt")
+        ax.set_xlabel("% heads pruned (no retraining)")
+        ax.set_ylabel("SST-2 dev accuracy (%)")
+        ax.set_title(f"MiniLM-L6 / SST-2 ({result['finetune']['train_examples']} ft ex.): {title}")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    log("wrote", path)
+
+
 STRATEGIES = ["top", "bottom", "even", "odd", "symmetric", "contribution"]
 
 
-def sajjad(model, data: SST2, dev_batches, base_acc, ks):
+def sajjad(model, data: SST2, dev_batches, base_acc, ks, cfg, ft_info):
     score_batches = data.loader(data.train["score"], 32)
     num_layers = model.config.num_hidden_layers
     cos = hfprune.layer_cosine_scores(model, score_batches)
@@ -283,6 +482,7 @@ def sajjad(model, data: SST2, dev_batches, base_acc, ks):
             log(f"  K={k} {strat:12s} {layers} acc {acc * 100:.1f}")
     result = {
         "model": "MiniLM-L6 fine-tuned on SST-2 (6 layers)",
+        "finetune": ft_info,
         "dev_accuracy_full": base_acc,
         "layer_cosine_scores": cos.tolist(),
         "contribution_scoring_data": f"{len(data.train['score'])} SST-2 train examples disjoint from fine-tuning",
@@ -290,7 +490,7 @@ def sajjad(model, data: SST2, dev_batches, base_acc, ks):
         "recovery_finetune": None,
         "notes": "Layers skipped with hfprune.skip_layers (identity, equivalent to dropping), no fine-tuning.",
     }
-    save("sajjad_layers.json", result)
+    save(f"sajjad_layers{cfg.tag}.json", result)
     return result
 
 
@@ -313,7 +513,7 @@ def recovery(model, data: SST2, dev_batches, result, cfg, ks):
                 "batch_size": 32,
                 "ks": ks,
             }
-            save("sajjad_layers.json", result)  # incremental
+            save(f"sajjad_layers{cfg.tag}.json", result)  # incremental
     return result
 
 
@@ -388,12 +588,47 @@ def smollm(cfg):
     return out
 
 
+ALL_STAGES = "michel,sajjad,smollm,recovery"
+ALL_CURVES = "importance,iterative,variants,ablation,random"
+
+
 def main():
-    p = argparse.ArgumentParser()
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="Defaults reproduce the committed results/*.json; --v1 reproduces the first protocol "
+        "(results/*_v1.json).",
+    )
     p.add_argument("--quick", action="store_true", help="tiny sizes, smoke test only")
-    p.add_argument("--stages", default="michel,sajjad,smollm,recovery")
+    p.add_argument("--stages", default=ALL_STAGES)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-finetune", type=int, default=8000, help="SST-2 train examples to fine-tune MiniLM on")
+    p.add_argument("--n-score", type=int, default=1000, help="train examples (after the fine-tuning ones) to score on")
+    p.add_argument("--n-ablation", type=int, default=256, help="first N scoring examples used by head ablation")
+    p.add_argument("--random-seeds", type=int, default=5, help="seeds of the random-pruning baseline")
+    p.add_argument(
+        "--curves",
+        default=ALL_CURVES,
+        help="Michel curves to compute: importance (one-shot), iterative (re-scored after every 10%% step), "
+        "variants (512 examples, unnormalised, per-layer ranking, per-example gradients), ablation, random",
+    )
+    p.add_argument(
+        "--reuse-curves",
+        default="",
+        metavar="JSON",
+        help="take the curves that this run would recompute identically (random seeds, ablation, 512-example "
+        "importance of the same fine-tuned model) from an earlier michel_curve JSON",
+    )
+    p.add_argument("--tag", default="", help="suffix of the result files (michel_curve_TAG.json, ...)")
+    p.add_argument(
+        "--v1",
+        action="store_true",
+        help="the first protocol: 8,000 fine-tuning examples, 512 scoring examples, one-shot importance, "
+        "ablation, 3 random seeds; results tagged v1",
+    )
     args = p.parse_args()
+    if args.v1:
+        args.n_finetune, args.n_score, args.random_seeds = 8000, 512, 3
+        args.curves, args.tag = "importance,ablation,random", args.tag or "v1"
     stages = args.stages.split(",")
     torch.set_num_threads(int(os.environ.get("NUM_THREADS", "2")))
     q = args.quick
@@ -401,12 +636,16 @@ def main():
         quick=q,
         seed=args.seed,
         max_length=64,
-        n_finetune=320 if q else 8000,
-        n_score=64 if q else 512,
-        n_ablation=64 if q else 256,
+        n_finetune=320 if q else args.n_finetune,
+        n_score=64 if q else args.n_score,
+        n_ablation=64 if q else args.n_ablation,
         n_recovery=64 if q else 2000,
         n_dev=128 if q else 0,
         lm_eval_blocks=48,
+        random_seeds=args.random_seeds,
+        curves=set(args.curves.split(",")),
+        tag=f"_{args.tag}" if args.tag else "",
+        reuse_curves=args.reuse_curves,
     )
     global RESULTS
     if q:
@@ -417,7 +656,7 @@ def main():
         t = time.time()
         data = SST2(cfg)
         model, ft_info = get_finetuned(data, cfg)
-        dev_batches = data.loader(data.dev, 128)
+        dev_batches = data.loader(data.dev_sorted, 128)
         base_acc = accuracy(model, dev_batches)
         log(f"dev accuracy (unpruned): {base_acc * 100:.2f}% on {len(data.dev)} examples")
         timings["setup_and_finetune"] = time.time() - t
@@ -428,7 +667,7 @@ def main():
     sj = None
     if "sajjad" in stages:
         t = time.time()
-        sj = sajjad(model, data, dev_batches, base_acc, [1, 2, 3])
+        sj = sajjad(model, data, dev_batches, base_acc, [1, 2, 3], cfg, ft_info)
         timings["sajjad"] = time.time() - t
     if "smollm" in stages:
         t = time.time()
@@ -439,7 +678,10 @@ def main():
         recovery(model, data, dev_batches, sj, cfg, [2])
         timings["recovery"] = time.time() - t
     timings["total"] = time.time() - T0
-    save("timings.json", {k: round(v, 1) for k, v in timings.items()})
+    timings = {k: round(v, 1) for k, v in timings.items()}
+    log("stage seconds:", timings)
+    if set(stages) >= set(ALL_STAGES.split(",")):  # only a full run rewrites the committed timings
+        save(f"timings{cfg.tag}.json", timings)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,9 @@ from typing import Optional
 
 import typer
 
+from . import hub, measure, prune
+from .common import fail, fraction
+
 app = typer.Typer(
     name="hfprune",
     help="Structured pruning (attention heads, FFN neurons, layers) for Hugging Face transformers models.",
@@ -20,24 +23,15 @@ app = typer.Typer(
 def root(
     version: bool = typer.Option(False, "--version", help="Print the hfprune version and exit.", is_eager=True),
 ) -> None:
-    """hfprune: structured pruning for Hugging Face transformers."""
+    """hfprune: structured pruning for Hugging Face transformers.
+
+    Exit codes: 0 ok, 1 the run or a check failed, 2 bad input (nothing written). HFPRUNE_DEBUG=1 shows tracebacks.
+    """
     if version:
         from hfprune import __version__
 
         typer.echo(__version__)
         raise typer.Exit()
-
-
-def fail(message: str, code: int = 2) -> None:
-    """Print a one-line error and exit non-zero."""
-    typer.secho(f"Error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code)
-
-
-def fraction(value: float) -> float:
-    if not 0.0 <= value < 1.0:
-        raise typer.BadParameter(f"must be in [0, 1), got {value}")
-    return value
 
 
 @app.command()
@@ -67,6 +61,15 @@ def demo(
     typer.echo(f"loadable with plain transformers (no hfprune): {report.stock_loadable}")
     if report.max_abs_diff_vs_masked > 1e-4 or not report.reload_identical:
         fail("an invariant failed (see above)", code=1)
+
+
+app.command("prune")(prune.prune)
+app.command("score")(measure.score)
+app.command("drop-layers")(prune.drop_layers_command)
+app.command("eval")(measure.evaluate)
+app.command("bench")(measure.bench)
+app.command("card")(measure.card)
+app.command("push")(hub.push)
 
 
 def main() -> None:

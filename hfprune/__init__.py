@@ -1,7 +1,9 @@
 """hfprune: structured pruning of attention heads, FFN neurons and layers for Hugging Face transformers 5."""
 
 from .arch import ArchAdapter, get_adapter, register_adapter, supported_model_types
+from .callbacks import HeadMaskCallback, LayerDropCallback
 from .errors import PruningError
+from .gates import HeadGates
 from .loading import from_pretrained, save_for_remote_code
 from .hub import HubPushError, push_to_hub
 from .masks import MaskHandle, apply_masks, make_ffn_mask, make_head_mask, make_layer_mask, skip_layers
@@ -30,6 +32,7 @@ from .scores import (
 )
 from .structure import EmptyAttention
 from .surgery import drop_layers, prune_ffn, prune_heads
+from .trainer import PruningArguments, PruningTrainer
 
 __version__ = "0.1.0"
 
@@ -76,4 +79,10 @@ __all__ = [
     "heads_to_prune",
     "iterative_head_pruning",
     "layers_to_drop",
+    # Trainer integration
+    "HeadGates",
+    "HeadMaskCallback",
+    "LayerDropCallback",
+    "PruningArguments",
+    "PruningTrainer",
 ]
