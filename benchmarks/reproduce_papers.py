@@ -1,11 +1,13 @@
 """Reproduce the headline experiments of the head/layer pruning papers with hfprune, on CPU.
 
-    python benchmarks/reproduce_papers.py [--quick] [--stages michel,sajjad,smollm,recovery]
+    python benchmarks/reproduce_papers.py [--quick] [--v1] [--stages michel,sajjad,smollm,recovery] [options]
 
 1. Fine-tune MiniLM-L6 (sentence-transformers/all-MiniLM-L6-v2 weights, new classifier) on 8,000 SST-2
-   train examples (cached in benchmarks/.cache/ so reruns skip it).
-2. Michel et al. (2019): dev accuracy vs % of heads masked, no retraining; importance-guided (gradient
-   importance on 512 held-out *train* examples), ablation-ranked (same slice) and random (3 seeds).
+   train examples (--n-finetune; cached in benchmarks/.cache/ so reruns skip it).
+2. Michel et al. (2019): dev accuracy vs % of heads pruned, no retraining, scored on 1,000 held-out *train*
+   examples (--n-score): Michel's iterative loop (importance re-computed after every 10 % step), one-shot
+   importance and its variants (512 examples, unnormalised, per-layer ranking, per-example gradients),
+   ablation-ranked and random (5 seeds). --v1 gives the first protocol (512 examples, one-shot, 3 seeds).
 3. Sajjad et al. (2020): dev accuracy after dropping K of 6 layers with each strategy (no fine-tuning; an
    optional short recovery fine-tune on 2,000 other train examples with stage "recovery").
 4. Gromov et al. (2024) / layer dropping on SmolLM2-135M: perplexity after dropping K of 30 layers by
@@ -79,11 +81,14 @@ class SST2:
         dev = tasks.load_task("sst2", data_dir=GLUE, split="validation")
         order = list(range(len(train)))
         random.Random(cfg.seed).shuffle(order)
-        n_ft, n_sc, n_rec = cfg.n_finetune, cfg.n_score, cfg.n_recovery
+        n_ft, n_sc, n_rec, n_lay = cfg.n_finetune, cfg.n_score, cfg.n_recovery, cfg.n_score_layers
         self.idx = {
             "finetune": order[:n_ft],
-            "score": order[n_ft : n_ft + n_sc],  # disjoint from fine-tuning data
-            "recovery": order[n_ft + n_sc : n_ft + n_sc + n_rec],
+            "score": order[n_ft : n_ft + n_sc],  # head importance (Michel); disjoint from fine-tuning data
+            # layer stages (Sajjad + recovery) keep the first protocol's slices whatever --n-score is: layer
+            # contribution scored on the first n_lay scoring examples, recovery fine-tune on the 2,000 after them
+            "score_layers": order[n_ft : n_ft + n_lay],
+            "recovery": order[n_ft + n_lay : n_ft + n_lay + n_rec],
         }
         tok = lambda ds: tasks.tokenize_task(ds, self.tokenizer, "sst2", max_length=cfg.max_length)  # noqa: E731
         self.train = {k: tok(train.select(v)) for k, v in self.idx.items()}
@@ -469,7 +474,7 @@ STRATEGIES = ["top", "bottom", "even", "odd", "symmetric", "contribution"]
 
 
 def sajjad(model, data: SST2, dev_batches, base_acc, ks, cfg, ft_info):
-    score_batches = data.loader(data.train["score"], 32)
+    score_batches = data.loader(data.train["score_layers"], 32)
     num_layers = model.config.num_hidden_layers
     cos = hfprune.layer_cosine_scores(model, score_batches)
     table = {}
@@ -485,7 +490,7 @@ def sajjad(model, data: SST2, dev_batches, base_acc, ks, cfg, ft_info):
         "finetune": ft_info,
         "dev_accuracy_full": base_acc,
         "layer_cosine_scores": cos.tolist(),
-        "contribution_scoring_data": f"{len(data.train['score'])} SST-2 train examples disjoint from fine-tuning",
+        "contribution_scoring_data": f"{len(data.train['score_layers'])} SST-2 train examples disjoint from fine-tuning",
         "results": table,
         "recovery_finetune": None,
         "notes": "Layers skipped with hfprune.skip_layers (identity, equivalent to dropping), no fine-tuning.",
@@ -507,7 +512,8 @@ def recovery(model, data: SST2, dev_batches, result, cfg, ks):
             del pruned
             result["recovery_finetune"] = {
                 "train_examples": len(data.train["recovery"]),
-                "disjoint_from": "fine-tuning and scoring examples",
+                "disjoint_from": "the fine-tuning examples and the 512 layer-scoring examples (it may overlap "
+                "the Michel head-scoring slice when --n-score > 512: a different experiment on a different model)",
                 "epochs": 1,
                 "lr": 5e-5,
                 "batch_size": 32,
@@ -640,6 +646,7 @@ def main():
         n_score=64 if q else args.n_score,
         n_ablation=64 if q else args.n_ablation,
         n_recovery=64 if q else 2000,
+        n_score_layers=64 if q else 512,
         n_dev=128 if q else 0,
         lm_eval_blocks=48,
         random_seeds=args.random_seeds,
