@@ -1,0 +1,207 @@
+"""`hfprune score`, `eval`, `bench` and `card`: commands that measure or describe a model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .common import (
+    Bars,
+    DataDirOption,
+    LabelColumnOption,
+    LabelNameOption,
+    MaxEvalOption,
+    MaxLengthOption,
+    TaskOption,
+    TextColumnOption,
+    TrainFileOption,
+    ValidationFileOption,
+    data_kwargs,
+    fail,
+    handle_errors,
+    metrics_table,
+    parse_ints,
+    quiet_libraries,
+    warn,
+)
+
+SCORES_FILE = "head_scores.json"
+
+
+def score(
+    model: str = typer.Argument(..., help="Model directory or Hub id (ideally already fine-tuned on the task)."),
+    task: str = TaskOption,
+    output_dir: Path = typer.Option(..., "--output-dir", "-o", help=f"Where to write {SCORES_FILE} and importance.png."),
+    method: str = typer.Option("importance", "--method", help="importance (Michel et al.), taylor, ablation, magnitude or random."),
+    num_examples: int = typer.Option(512, "--num-examples", "-n", min=1, help="Training examples to score on (never the eval split)."),
+    data_dir: Optional[Path] = DataDirOption,
+    train_file: Optional[Path] = TrainFileOption,
+    validation_file: Optional[Path] = ValidationFileOption,
+    text_column: Optional[list[str]] = TextColumnOption,
+    label_column: str = LabelColumnOption,
+    label_name: Optional[list[str]] = LabelNameOption,
+    max_length: int = MaxLengthOption,
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    seed: int = typer.Option(42, "--seed", help="Seed for the training subset (and for 'random')."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty output directory."),
+) -> None:
+    """Score every attention head of MODEL on TASK; write the scores (JSON) and a heatmap. Changes nothing.
+
+    Example: hfprune score ./bert-sst2 --task sst2 -o scores/
+    """
+    with handle_errors():
+        quiet_libraries()
+        import torch
+
+        from hfprune.card import IMPORTANCE_IMAGE, plot_head_importance
+        from hfprune.pipeline import (
+            check_output_dir,
+            load_model_for_task,
+            load_task_data,
+            score_heads,
+            write_atomically,
+        )
+        from hfprune.record import get_record
+
+        if method not in ("importance", "taylor", "ablation", "magnitude", "random"):
+            fail(f"unknown --method {method!r}; choose importance, taylor, ablation, magnitude or random")
+        check_output_dir(output_dir, overwrite)
+        kwargs = data_kwargs(data_dir, train_file, validation_file, text_column, label_column, label_name)
+        data = load_task_data(task, max_train_samples=num_examples, seed=seed, **kwargs)
+        loaded, tokenizer, has_head = load_model_for_task(model, data)
+        if not has_head and method not in ("magnitude", "random"):
+            warn(f"{model} has no trained {data.name} head: gradient scores reflect a random classifier (fine-tune first, or use `hfprune prune`)")
+        scores = score_heads(loaded, tokenizer, data, method=method, num_examples=num_examples, batch_size=batch_size, max_length=max_length, seed=seed)
+        record = get_record(loaded)
+        payload = {
+            "model": model,
+            "task": data.name,
+            "method": method,
+            "num_examples": min(num_examples, len(data.train)),
+            "shape": list(scores.shape),
+            "scores": [[None if torch.isnan(v) else float(v) for v in row] for row in scores],
+        }
+
+        def write(folder: Path) -> None:
+            (folder / SCORES_FILE).write_text(json.dumps(payload, indent=2) + "\n")
+            plot_head_importance(scores.float(), record, folder / IMPORTANCE_IMAGE, title=f"head scores ({method}), {data.name}")
+
+        write_atomically(output_dir, write, overwrite=overwrite)
+    finite = scores[~torch.isnan(scores)]
+    typer.echo(f"scored {scores.shape[0]} layers x {scores.shape[1]} heads ({method}, {payload['num_examples']} examples); "
+               f"min {finite.min():.4f}, max {finite.max():.4f}")  # fmt: skip
+    typer.echo(f"wrote {output_dir / SCORES_FILE} and {output_dir / IMPORTANCE_IMAGE}")
+
+
+def evaluate(
+    model: str = typer.Argument(..., help="Model directory (pruned or not) or Hub id."),
+    task: str = TaskOption,
+    data_dir: Optional[Path] = DataDirOption,
+    train_file: Optional[Path] = TrainFileOption,
+    validation_file: Optional[Path] = ValidationFileOption,
+    text_column: Optional[list[str]] = TextColumnOption,
+    label_column: str = LabelColumnOption,
+    label_name: Optional[list[str]] = LabelNameOption,
+    max_eval_samples: Optional[int] = MaxEvalOption,
+    max_length: int = MaxLengthOption,
+    batch_size: int = typer.Option(64, "--batch-size", min=1),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the metrics to this JSON file."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Evaluate MODEL on every eval split of TASK (both MNLI dev sets) with GLUE's metrics.
+
+    Example: hfprune eval ./bert-mnli-pruned --task mnli
+    """
+    with handle_errors():
+        quiet_libraries()
+        from hfprune.pipeline import evaluate_model, load_model_for_task, load_task_data
+
+        kwargs = data_kwargs(data_dir, train_file, validation_file, text_column, label_column, label_name)
+        data = load_task_data(task, need_train=False, max_eval_samples=max_eval_samples, **kwargs)
+        loaded, tokenizer, has_head = load_model_for_task(model, data)
+        if not has_head:
+            warn(f"{model} has no trained {data.name} head: these are the metrics of a random classifier")
+        with Bars(enabled=not quiet) as bars:
+            metrics = evaluate_model(loaded, tokenizer, data, batch_size=batch_size, max_length=max_length, progress=bars)
+        if json_path is not None:
+            json_path.parent.mkdir(parents=True, exist_ok=True)
+            json_path.write_text(json.dumps({"model": model, "task": data.name, "metrics": metrics}, indent=2) + "\n")
+    from rich.console import Console
+
+    Console().print(metrics_table(f"{model} on {data.name}", {"value": metrics}))
+
+
+def bench(
+    checkpoint: Path = typer.Argument(..., help="A pruned checkpoint directory."),
+    base: Optional[str] = typer.Option(None, "--base", help="The dense model to compare with; default: random weights with the original shapes."),
+    batch_sizes: str = typer.Option("1,8,32", "--batch-sizes", help="Comma-separated batch sizes."),
+    seq_lengths: str = typer.Option("128", "--seq-lengths", help="Comma-separated sequence lengths."),
+    threads: Optional[int] = typer.Option(1, "--threads", min=1, help="CPU threads (pinned while timing)."),
+    repeats: int = typer.Option(10, "--repeats", min=1, help="Timed repeats per shape."),
+    warmup: int = typer.Option(3, "--warmup", min=0, help="Untimed warm-up rounds per shape."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1, ...; default: the GPU if there is one."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON."),
+    plot_path: Optional[Path] = typer.Option(None, "--plot", help="Write a throughput/speedup PNG."),
+    update_card: bool = typer.Option(False, "--update-card", help="Store the timings in the checkpoint and re-render its model card."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Time a pruned checkpoint against its dense original (latency, throughput, FLOPs, speedup).
+
+    Example: hfprune bench ./bert-mnli-pruned --batch-sizes 1,8,32 --threads 1
+    """
+    sizes, lengths = parse_ints("--batch-sizes", batch_sizes), parse_ints("--seq-lengths", seq_lengths)
+    with handle_errors():
+        quiet_libraries()
+        from hfprune.pipeline import benchmark_checkpoint
+
+        with Bars(enabled=not quiet) as bars:
+            report = benchmark_checkpoint(
+                checkpoint, base_model=base, batch_sizes=sizes, seq_lengths=lengths,
+                num_threads=threads, repeats=repeats, warmup=warmup, device=device, progress=bars,
+            )  # fmt: skip
+        if json_path is not None:
+            report.save_json(json_path)
+        if plot_path is not None:
+            report.plot(plot_path)
+        if update_card:
+            _store_speed(checkpoint, report)
+    typer.echo(report.table())
+    if update_card:
+        typer.echo(f"updated {checkpoint / 'README.md'}")
+
+
+def _store_speed(checkpoint: Path, report) -> None:
+    """Put the new timings into hfprune_results.json (so later `hfprune card` keeps them) and re-render."""
+    from hfprune.card import RESULTS_FILE, SPEED_IMAGE, regenerate_model_card
+
+    results_path = checkpoint / RESULTS_FILE
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    results.setdefault("card", {})["speed"] = {"device": report.device, "rows": report.rows}
+    results["speed"] = report.to_dict()
+    results_path.write_text(json.dumps(results, indent=2) + "\n")
+    report.save_json(checkpoint / "speed.json")
+    report.plot(checkpoint / SPEED_IMAGE)
+    regenerate_model_card(checkpoint)
+
+
+def card(
+    checkpoint: Path = typer.Argument(..., help="A pruned checkpoint directory."),
+    repo_id: Optional[str] = typer.Option(None, "--repo-id", help="Hub repo id the loading code should use (default: the folder name)."),
+    base_model: Optional[str] = typer.Option(None, "--base-model", help="Base model to name (default: the one recorded by `hfprune prune`)."),
+    task: Optional[str] = typer.Option(None, "--task", help="Task to name (default: the one recorded)."),
+) -> None:
+    """(Re)write README.md and the heatmaps of a pruned checkpoint from its config and hfprune_results.json.
+
+    Example: hfprune card ./bert-mnli-pruned --repo-id me/bert-mnli-pruned
+    """
+    if not (checkpoint / "config.json").is_file():
+        fail(f"{checkpoint} is not a model directory (no config.json)")
+    with handle_errors():
+        quiet_libraries()
+        from hfprune.card import regenerate_model_card
+
+        regenerate_model_card(checkpoint, repo_id=repo_id, base_model=base_model, task=task)
+    typer.echo(f"wrote {checkpoint / 'README.md'}")

@@ -1,0 +1,187 @@
+"""`hfprune prune` and `hfprune drop-layers`: the commands that write a pruned checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .common import (
+    Bars,
+    DataDirOption,
+    LabelColumnOption,
+    LabelNameOption,
+    MaxEvalOption,
+    MaxLengthOption,
+    TaskOption,
+    TextColumnOption,
+    TrainFileOption,
+    ValidationFileOption,
+    check_fraction,
+    command_line,
+    data_kwargs,
+    handle_errors,
+    metrics_table,
+    parse_ints,
+    quiet_libraries,
+)
+
+PRUNE_PANEL = "What to prune"
+TRAIN_PANEL = "Training"
+OUTPUT_PANEL = "Output"
+
+
+def _default_output_dir(model: str, task: str, suffix: str = "pruned") -> Path:
+    return Path(f"{Path(model.rstrip('/')).name}-{task}-{suffix}")
+
+
+def prune(
+    ctx: typer.Context,
+    model: str = typer.Argument(..., help="Model directory or Hub id, e.g. bert-base-uncased (a new task head is fine-tuned first if it has none)."),
+    task: str = TaskOption,
+    output_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", help="Where to write the pruned checkpoint; default ./MODEL-TASK-pruned.", rich_help_panel=OUTPUT_PANEL),
+    data_dir: Optional[Path] = DataDirOption,
+    train_file: Optional[Path] = TrainFileOption,
+    validation_file: Optional[Path] = ValidationFileOption,
+    text_column: Optional[list[str]] = TextColumnOption,
+    label_column: str = LabelColumnOption,
+    label_name: Optional[list[str]] = LabelNameOption,
+    heads: float = typer.Option(0.4, "--heads", help="Fraction of all attention heads to remove, in [0, 1).", rich_help_panel=PRUNE_PANEL),
+    ffn: float = typer.Option(0.0, "--ffn", help="Fraction of FFN neurons to remove, in [0, 1).", rich_help_panel=PRUNE_PANEL),
+    layers: float = typer.Option(0.0, "--layers", help="Fraction of whole layers to drop, in [0, 1).", rich_help_panel=PRUNE_PANEL),
+    layer_strategy: str = typer.Option("top", "--layer-strategy", help="Which layers go: top, bottom, even, odd, symmetric, contribution.", rich_help_panel=PRUNE_PANEL),
+    method: str = typer.Option("importance", "--method", help="Scores that pick what goes: importance, taylor, magnitude, random, l0.", rich_help_panel=PRUNE_PANEL),
+    schedule: str = typer.Option("one_shot", "--schedule", help="one_shot, or iterative (prune in --steps steps during recovery).", rich_help_panel=PRUNE_PANEL),
+    steps: int = typer.Option(1, "--steps", min=1, help="Pruning steps for the iterative schedule.", rich_help_panel=PRUNE_PANEL),
+    per_layer: bool = typer.Option(False, "--per-layer", help="Rank heads within each layer instead of globally.", rich_help_panel=PRUNE_PANEL),
+    epochs: float = typer.Option(1.0, "--epochs", min=0.0, help="Recovery fine-tuning epochs after pruning.", rich_help_panel=TRAIN_PANEL),
+    finetune_epochs: float = typer.Option(1.0, "--finetune-epochs", min=0.0, help="Epochs to train a new task head first, when the model has none.", rich_help_panel=TRAIN_PANEL),
+    learning_rate: float = typer.Option(5e-5, "--lr", min=0.0, help="Learning rate (fine-tuning and recovery).", rich_help_panel=TRAIN_PANEL),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Training batch size (evaluation uses twice this).", rich_help_panel=TRAIN_PANEL),
+    distill: float = typer.Option(0.0, "--distill", min=0.0, max=1.0, help="Weight of distillation from the dense model during recovery (0: none).", rich_help_panel=TRAIN_PANEL),
+    score_examples: int = typer.Option(512, "--score-examples", min=1, help="Training examples used to score heads.", rich_help_panel=TRAIN_PANEL),
+    max_train_samples: Optional[int] = typer.Option(None, "--max-train-samples", min=1, help="Train on a random subset of N examples (seeded).", rich_help_panel=TRAIN_PANEL),
+    max_eval_samples: Optional[int] = MaxEvalOption,
+    max_length: int = MaxLengthOption,
+    seed: int = typer.Option(42, "--seed", help="Seed for sampling, initialisation and training.", rich_help_panel=TRAIN_PANEL),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty output directory (only once the new one is complete).", rich_help_panel=OUTPUT_PANEL),
+    bench: bool = typer.Option(True, "--bench/--no-bench", help="Time dense vs pruned and put the table on the card.", rich_help_panel=OUTPUT_PANEL),
+    bench_batch_sizes: str = typer.Option("1,8,32", "--bench-batch-sizes", help="Batch sizes to time, comma-separated.", rich_help_panel=OUTPUT_PANEL),
+    threads: Optional[int] = typer.Option(1, "--threads", min=1, help="CPU threads while timing (steadier on a shared machine).", rich_help_panel=OUTPUT_PANEL),
+    repo_id: Optional[str] = typer.Option(None, "--repo-id", help="Hub repo id the card's loading code should use (see `hfprune push`).", rich_help_panel=OUTPUT_PANEL),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars.", rich_help_panel=OUTPUT_PANEL),
+) -> None:
+    """Prune MODEL for TASK: fine-tune a head if needed, score, prune, recover, evaluate, time, write a model card.
+
+    Example: hfprune prune bert-base-uncased --task mnli --heads 0.4 --ffn 0.2 -o bert-mnli-pruned
+    """
+    for option, value in (("--heads", heads), ("--ffn", ffn), ("--layers", layers)):
+        check_fraction(option, value)
+    batch_sizes = parse_ints("--bench-batch-sizes", bench_batch_sizes)
+    output_dir = output_dir or _default_output_dir(model, task)
+
+    with handle_errors():
+        quiet_libraries()
+        from hfprune.pipeline import prune_for_task
+
+        with Bars(enabled=not quiet) as bars:
+            result = prune_for_task(
+                model,
+                task,
+                output_dir=output_dir,
+                **data_kwargs(data_dir, train_file, validation_file, text_column, label_column, label_name),
+                head_sparsity=heads,
+                ffn_sparsity=ffn,
+                layer_sparsity=layers,
+                layer_strategy=layer_strategy,
+                method=method,
+                schedule=schedule,
+                steps=steps,
+                per_layer=per_layer,
+                recovery_epochs=epochs,
+                finetune_epochs=finetune_epochs,
+                learning_rate=learning_rate,
+                batch_size=batch_size,
+                distillation_alpha=distill,
+                score_num_examples=score_examples,
+                max_train_samples=max_train_samples,
+                max_eval_samples=max_eval_samples,
+                max_length=max_length,
+                seed=seed,
+                overwrite=overwrite,
+                bench=bench,
+                bench_batch_sizes=batch_sizes,
+                bench_threads=threads,
+                repo_id=repo_id,
+                command=command_line(ctx),
+                progress=bars,
+                log=bars.log,
+            )
+
+    from rich.console import Console
+
+    console = Console()
+    console.print(metrics_table(f"{result.task}: dense vs pruned", {"dense": result.metrics_before, "pruned": result.metrics_after}))
+    for unit, values in result.sparsity.items():
+        console.print(f"{unit}: kept {values['kept']:,} of {values['original']:,} ({values['sparsity']:.1%} removed)")
+    if result.speed is not None:
+        for row in result.speed.rows:
+            if row["model"] != "dense":
+                console.print(f"speedup at batch {row['batch_size']} x {row['seq_len']}: {row['speedup']:.2f}x (ideal {row['ideal_speedup']:.2f}x)")
+    console.print(f"saved to {result.output_dir} (model card: {result.output_dir / 'README.md'})")
+
+
+def drop_layers_command(
+    ctx: typer.Context,
+    model: str = typer.Argument(..., help="Model directory or Hub id."),
+    k: Optional[int] = typer.Option(None, "-k", "--num-layers", min=1, help="How many layers to drop (with --strategy)."),
+    strategy: str = typer.Option("top", "--strategy", "-s", help="top, bottom, even, odd, symmetric, or contribution (needs --task)."),
+    layer: Optional[list[int]] = typer.Option(None, "--layer", help="Drop this original layer index instead (repeatable)."),
+    output_dir: Path = typer.Option(..., "--output-dir", "-o", help="Where to write the checkpoint."),
+    task: Optional[str] = typer.Option(None, "--task", "-t", help="Evaluate before/after on this task (and score layers for 'contribution')."),
+    data_dir: Optional[Path] = DataDirOption,
+    train_file: Optional[Path] = TrainFileOption,
+    validation_file: Optional[Path] = ValidationFileOption,
+    text_column: Optional[list[str]] = TextColumnOption,
+    label_column: str = LabelColumnOption,
+    label_name: Optional[list[str]] = LabelNameOption,
+    max_eval_samples: Optional[int] = MaxEvalOption,
+    max_length: int = MaxLengthOption,
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty output directory."),
+    repo_id: Optional[str] = typer.Option(None, "--repo-id", help="Hub repo id for the card's loading code."),
+) -> None:
+    """Drop whole layers (Sajjad et al. 2020 strategies) without fine-tuning and write the checkpoint + card.
+
+    Example: hfprune drop-layers bert-base-uncased -k 4 --strategy top -o bert-8-layers
+    """
+    if (k is None) == (not layer):
+        from .common import fail
+
+        fail("give either -k/--num-layers (with --strategy) or --layer, not both")
+    with handle_errors():
+        quiet_libraries()
+        from hfprune.pipeline import drop_layers_for_task
+
+        kwargs = data_kwargs(data_dir, train_file, validation_file, text_column, label_column, label_name)
+        kwargs["max_eval_samples"] = max_eval_samples
+        summary = drop_layers_for_task(
+            model,
+            output_dir,
+            k=k,
+            layers=layer or None,
+            strategy=strategy,
+            task=task,
+            data_kwargs=kwargs,
+            max_length=max_length,
+            overwrite=overwrite,
+            repo_id=repo_id,
+            command=command_line(ctx),
+        )
+    from rich.console import Console
+
+    console = Console()
+    console.print(f"dropped layers {summary['dropped_layers']}")
+    if summary["metrics_before"] is not None:
+        console.print(metrics_table(f"{task}: before vs after (no fine-tuning)", {"before": summary["metrics_before"], "after": summary["metrics_after"]}))
+    console.print(f"saved to {output_dir}")

@@ -1,0 +1,532 @@
+"""Model cards for pruned checkpoints.
+
+A pruned model on the Hub is only useful if a stranger can see what was removed, what it cost in accuracy and
+what it gained in speed, and how to load it. `write_model_card` renders all of that from the model's own
+record (`config.hfprune`) with huggingface_hub's `ModelCard` and the Jinja template in
+`model_cards/hfprune_template.md`, and writes two heatmaps next to README.md.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.resources
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from torch import nn
+
+from .arch import get_adapter
+from .record import get_record, kept_ffn
+from .structure import PATCH_KEY
+from .tasks import GLUE_HUB_ID, GLUE_TASKS, TaskSpec, get_task
+
+__all__ = [
+    "DEFAULT_TEMPLATE",
+    "HEADS_IMAGE",
+    "IMPORTANCE_IMAGE",
+    "RESULTS_FILE",
+    "card_inputs",
+    "plot_head_importance",
+    "plot_surviving_heads",
+    "regenerate_model_card",
+    "sparsity_summary",
+    "unpruned_twin",
+    "write_model_card",
+]
+
+DEFAULT_TEMPLATE = Path(str(importlib.resources.files("hfprune.model_cards") / "hfprune_template.md"))
+HEADS_IMAGE = "heads.png"
+IMPORTANCE_IMAGE = "importance.png"
+SPEED_IMAGE = "speed.png"  # written by `SpeedReport.plot` when a speed report is saved with the checkpoint
+RESULTS_FILE = "hfprune_results.json"
+_GLUE_DISPLAY = {
+    "cola": "CoLA", "sst2": "SST-2", "mrpc": "MRPC", "qqp": "QQP", "stsb": "STS-B",
+    "mnli": "MNLI", "qnli": "QNLI", "rte": "RTE", "wnli": "WNLI",
+}  # fmt: skip
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+# ---- numbers ----------------------------------------------------------------------------------------
+def unpruned_twin(model: nn.Module, device: str | torch.device | None = None) -> nn.Module:
+    """A freshly initialised model of the same class with the ORIGINAL (unpruned) shapes of a pruned `model`,
+    rebuilt from `config.hfprune["original"]`. On the meta device it costs nothing (parameter counts); on a
+    real device it is a dense baseline for timing, since speed does not depend on weight values."""
+    record, adapter = get_record(model), get_adapter(model)
+    original = record["original"]
+    config = copy.deepcopy(model.config)
+    setattr(config, PATCH_KEY, None)
+    setattr(config, adapter.num_layers_field, original["num_layers"])
+    adapter.set_intermediate_size(config, original["intermediate_size"])
+    if adapter.uniform_heads_in_config:
+        adapter.set_head_counts(config, original["num_heads"], original["num_kv_heads"], adapter.head_dim(config))
+    stock_class = type(model)
+    while getattr(stock_class, "_hfprune_restructured", False):
+        stock_class = stock_class.__base__
+    with torch.device(device or "cpu"):
+        return stock_class(config)
+
+
+def _original_parameter_count(model: nn.Module) -> int | None:
+    """Parameters of the unpruned model (built on the meta device: no memory, no init cost)."""
+    if not getattr(model.config, PATCH_KEY, None):
+        return sum(p.numel() for p in model.parameters())
+    try:
+        return sum(p.numel() for p in unpruned_twin(model, "meta").parameters())
+    except Exception:  # a family whose config cannot be rebuilt this way: leave the count out
+        return None
+
+
+def sparsity_summary(model: nn.Module, base_num_parameters: int | None = None) -> dict[str, dict[str, float]]:
+    """`{"layers" | "heads" | "ffn_neurons" | "parameters": {"original", "kept", "removed", "sparsity"}}`.
+
+    Heads and FFN neurons of dropped layers count as removed. `base_num_parameters` is the dense model's
+    parameter count; without it, it is rebuilt from the config (on the meta device, no memory).
+    """
+    record = get_record(model)
+    original = record["original"]
+    num_layers = len(record["kept_layers"])
+    totals = {
+        "layers": (original["num_layers"], num_layers),
+        "heads": (
+            original["num_layers"] * original["num_heads"],
+            sum(len(heads) for heads in record["kept_heads"]),
+        ),
+        "ffn_neurons": (
+            original["num_layers"] * original["intermediate_size"],
+            sum(len(kept_ffn(record, layer)) for layer in range(num_layers)),
+        ),
+    }
+    base = base_num_parameters if base_num_parameters is not None else _original_parameter_count(model)
+    if base:
+        totals["parameters"] = (base, sum(p.numel() for p in model.parameters()))
+    return {
+        unit: {"original": total, "kept": kept, "removed": total - kept, "sparsity": (total - kept) / total if total else 0.0}
+        for unit, (total, kept) in totals.items()
+    }
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _setting(value: Any) -> str:
+    """A setting as the user would type it: 5e-05 stays 5e-05, 0.4 stays 0.4."""
+    if isinstance(value, float):
+        return f"{value:g}"
+    return _fmt(value)
+
+
+def _per_split(metrics: Mapping[str, Any] | None) -> dict[str, dict[str, float]]:
+    """`{metric: value}` (one split) or `{split: {metric: value}}` -> the nested form."""
+    if not metrics:
+        return {}
+    if all(isinstance(value, Mapping) for value in metrics.values()):
+        return {split: dict(values) for split, values in metrics.items()}
+    return {"validation": dict(metrics)}
+
+
+def _is_score(name: str) -> bool:
+    """Metric keys worth a row: scores, not Trainer bookkeeping such as runtime or samples per second."""
+    skip = ("runtime", "samples_per_second", "steps_per_second", "epoch", "loss")
+    return not any(part in name for part in skip) or name in ("perplexity",)
+
+
+# ---- task -------------------------------------------------------------------------------------------
+def _task_info(task: str | TaskSpec | None) -> dict[str, Any] | None:
+    if task is None:
+        return None
+    if isinstance(task, str) and task.lower() in ("lm", "perplexity", "causal-lm"):
+        return {"name": "lm", "display": "causal language modelling (perplexity)", "dataset": None, "config": None,
+                "task_type": "text-generation", "pipeline_tag": "text-generation"}  # fmt: skip
+    spec = task if isinstance(task, TaskSpec) else (get_task(task) if _is_glue(task) else TaskSpec.custom(name=str(task)))
+    glue = spec.name in GLUE_TASKS and spec.hub_config is not None
+    return {
+        "name": spec.name,
+        "display": f"GLUE {_GLUE_DISPLAY.get(spec.name, spec.name)}" if glue else spec.name,
+        "dataset": GLUE_HUB_ID if glue else None,
+        "config": spec.hub_config if glue else None,
+        "task_type": "text-classification",
+        "pipeline_tag": "text-classification",
+    }
+
+
+def _is_glue(task: str) -> bool:
+    try:
+        get_task(task)
+        return True
+    except ValueError:
+        return False
+
+
+def _eval_results(task: dict[str, Any] | None, metrics_after: dict[str, dict[str, float]]) -> list[EvalResult]:
+    """model-index entries: this model's (pruned) results, one per split and metric."""
+    if task is None:
+        return []
+    results = []
+    for split, values in metrics_after.items():
+        for metric, value in values.items():
+            if not _is_score(metric) or value is None or (isinstance(value, float) and math.isnan(value)):
+                continue
+            results.append(
+                EvalResult(
+                    task_type=task["task_type"],
+                    dataset_type=task["dataset"] or task["name"],
+                    dataset_name=task["display"],
+                    dataset_config=task["config"],
+                    dataset_split=split,
+                    metric_type=metric,
+                    metric_name=metric,
+                    metric_value=round(float(value), 6),
+                )
+            )
+    return results
+
+
+# ---- pictures ---------------------------------------------------------------------------------------
+def _kept_matrix(record: dict[str, Any]) -> torch.Tensor:
+    """[original layers, original heads]: 1 kept, 0 pruned, -1 for a dropped layer."""
+    original = record["original"]
+    matrix = torch.full((original["num_layers"], original["num_heads"]), -1.0)
+    for current, layer in enumerate(record["kept_layers"]):
+        matrix[layer] = 0.0
+        matrix[layer, record["kept_heads"][current]] = 1.0
+    return matrix
+
+
+def plot_surviving_heads(record: dict[str, Any], path: str | Path) -> None:
+    """Heatmap of the original layers x heads: kept, pruned, or in a dropped layer."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    matrix = _kept_matrix(record).numpy()
+    layers, heads = matrix.shape
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.35 * heads + 2), max(2.5, 0.35 * layers + 1.5)))
+    colors = ["#d9d9d9", "#f4a582", "#2166ac"]  # dropped layer, pruned head, kept head
+    ax.imshow(matrix, cmap=ListedColormap(colors), vmin=-1, vmax=1, aspect="auto", interpolation="nearest")
+    ax.set_xlabel("head (original index)")
+    ax.set_ylabel("layer (original index)")
+    ax.set_xticks(range(heads))
+    ax.set_yticks(range(layers))
+    ax.set_xticks([x - 0.5 for x in range(1, heads)], minor=True)
+    ax.set_yticks([y - 0.5 for y in range(1, layers)], minor=True)
+    ax.grid(which="minor", color="white", linewidth=1)
+    ax.tick_params(which="minor", length=0)
+    kept = int((matrix == 1).sum())
+    ax.set_title(f"surviving heads: {kept} of {layers * heads}")
+    labels = ["kept head", "pruned head", "dropped layer"]
+    ax.legend(handles=[Patch(color=c, label=l) for c, l in zip(colors[::-1], labels)],
+              loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")  # fmt: skip
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_head_importance(
+    scores: torch.Tensor, record: dict[str, Any] | None, path: str | Path, title: str = "head importance before pruning"
+) -> None:
+    """Heatmap of `[num_layers, num_heads]` scores; with a `record`, the heads it no longer has are crossed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layers, heads = scores.shape
+    matrix = _kept_matrix(record) if record is not None else torch.ones(layers, heads)
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.35 * heads + 2.5), max(2.5, 0.35 * layers + 1.5)))
+    image = ax.imshow(scores.numpy(), cmap="viridis", aspect="auto", interpolation="nearest")
+    fig.colorbar(image, ax=ax, label="importance")
+    removed = [(h, l) for l in range(layers) for h in range(heads) if l < matrix.shape[0] and matrix[l, h] != 1]
+    if removed:
+        ax.scatter(*zip(*removed), marker="x", color="white", s=30, linewidths=1.2, label="removed")
+    ax.set_xlabel("head (original index)")
+    ax.set_ylabel("layer (original index)")
+    ax.set_xticks(range(heads))
+    ax.set_yticks(range(layers))
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _importance_tensor(importance: Any) -> torch.Tensor | None:
+    if importance is None:
+        return None
+    scores = torch.as_tensor(
+        [[float("nan") if v is None else v for v in row] for row in importance]
+        if not isinstance(importance, torch.Tensor)
+        else importance.detach().cpu(),
+        dtype=torch.float32,
+    )
+    if scores.dim() != 2:
+        raise ValueError(f"importance must be a [num_layers, num_heads] matrix, got shape {tuple(scores.shape)}")
+    return scores
+
+
+# ---- speed ------------------------------------------------------------------------------------------
+def _speed_info(speed: Any) -> dict[str, Any] | None:
+    """A SpeedReport (or its JSON form, `{"device": ..., "rows": [...]}`) as rows ready for the table."""
+    if speed is None:
+        return None
+    device = speed["device"] if isinstance(speed, Mapping) else speed.device
+    raw_rows = speed["rows"] if isinstance(speed, Mapping) else speed.rows
+    rows = []
+    for row in raw_rows:
+        latency = _fmt(row.get("median_ms"), 2)
+        if row.get("p25_ms") is not None and row.get("p75_ms") is not None:
+            latency += f" [{row['p25_ms']:.2f}-{row['p75_ms']:.2f}]"
+        speedup, ideal = row.get("speedup"), row.get("ideal_speedup")
+        rows.append(
+            {
+                "model": row.get("model", ""),
+                "batch_size": row.get("batch_size", ""),
+                "seq_len": row.get("seq_len", ""),
+                "latency": latency,
+                "throughput": _fmt(row.get("throughput"), 1),
+                "params": _fmt(row.get("params")),
+                "speedup": f"{speedup:.2f}x" if isinstance(speedup, (int, float)) else "n/a",
+                "ideal_speedup": f"{ideal:.2f}x" if isinstance(ideal, (int, float)) else "n/a",
+            }
+        )
+    return {"device": device, "rows": rows}
+
+
+def _speed_json(speed: Any) -> dict[str, Any] | None:
+    if speed is None:
+        return None
+    if isinstance(speed, Mapping):
+        return {"device": speed["device"], "rows": [dict(row) for row in speed["rows"]]}
+    return {"device": speed.device, "rows": [dict(row) for row in speed.rows]}
+
+
+# ---- the card ---------------------------------------------------------------------------------------
+def _auto_class(model: nn.Module) -> str:
+    name = type(model).__name__
+    for suffix, auto in (
+        ("ForSequenceClassification", "AutoModelForSequenceClassification"),
+        ("ForCausalLM", "AutoModelForCausalLM"),
+        ("LMHeadModel", "AutoModelForCausalLM"),
+        ("ForMaskedLM", "AutoModelForMaskedLM"),
+        ("ForTokenClassification", "AutoModelForTokenClassification"),
+        ("ForQuestionAnswering", "AutoModelForQuestionAnswering"),
+    ):
+        if suffix in name:
+            return auto
+    return "AutoModel"
+
+
+_UNIT_LABELS = {"layers": "layers", "heads": "attention heads", "ffn_neurons": "FFN neurons", "parameters": "parameters"}
+
+
+def _summary(sparsity: dict[str, dict[str, float]]) -> str:
+    parts = [
+        f"{int(sparsity[unit]['removed']):,} of {int(sparsity[unit]['original']):,} {_UNIT_LABELS[unit]}"
+        for unit in ("heads", "ffn_neurons", "layers")
+        if sparsity[unit]["removed"]
+    ]
+    text = "nothing removed" if not parts else (", ".join(parts[:-1]) + " and " if len(parts) > 1 else "") + parts[-1] + " removed"
+    if "parameters" in sparsity:
+        text += f" ({sparsity['parameters']['sparsity']:.1%} of the parameters)"
+    return text
+
+
+def _metric_rows(before: dict, after: dict) -> list[dict[str, str]]:
+    rows = []
+    for split in dict.fromkeys([*before, *after]):
+        names = dict.fromkeys([*before.get(split, {}), *after.get(split, {})])
+        for metric in (name for name in names if _is_score(name)):
+            b, a = before.get(split, {}).get(metric), after.get(split, {}).get(metric)
+            delta = f"{a - b:+.4f}" if isinstance(a, (int, float)) and isinstance(b, (int, float)) else "n/a"
+            rows.append({"split": split, "metric": metric, "before": _fmt(b), "after": _fmt(a), "delta": delta})
+    return rows
+
+
+def write_model_card(
+    model: nn.Module,
+    output_dir: str | Path,
+    *,
+    base_model: str,
+    task: str | TaskSpec | None = None,
+    metrics_before: Mapping[str, Any] | None = None,
+    metrics_after: Mapping[str, Any] | None = None,
+    speed: Any = None,
+    importance: torch.Tensor | Sequence[Sequence[float | None]] | None = None,
+    command: str | None = None,
+    repo_id: str | None = None,
+    pruning: Mapping[str, Any] | None = None,
+    base_num_parameters: int | None = None,
+    finetuned_first: bool = False,
+    importance_note: str | None = None,
+    license: str | None = None,
+    template_path: str | Path | None = None,
+) -> ModelCard:
+    """Render README.md (+ `heads.png`, and `importance.png` when `importance` is given) into `output_dir`.
+
+    Args:
+        model: the pruned model; its `config.hfprune` record is the source of truth for what was removed.
+        base_model: the Hub id or path the model was pruned from (only a Hub id goes into the metadata).
+        metrics_before / metrics_after: `{metric: value}` or, for tasks with several eval sets such as
+            MNLI, `{split: {metric: value}}`. The "after" values become the card's model-index.
+        speed: a `hfprune.speed.SpeedReport`, or its JSON form `{"device": ..., "rows": [...]}`.
+        importance: `[num_layers, num_heads]` head importance of the unpruned model (original indices);
+            `importance_note` says how it relates to what was pruned.
+        command: the command line that produced the checkpoint, shown verbatim.
+        repo_id: where the card says to load the model from (default: the folder name).
+        pruning: extra settings (method, schedule, ...) listed under "How it was made".
+    Returns:
+        The rendered `ModelCard` (already saved as `output_dir/README.md`).
+    """
+    from . import __version__
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    record = get_record(model)
+    task_info = _task_info(task)
+    before, after = _per_split(metrics_before), _per_split(metrics_after)
+    sparsity = sparsity_summary(model, base_num_parameters)
+
+    plot_surviving_heads(record, output_dir / HEADS_IMAGE)
+    scores = _importance_tensor(importance)
+    if scores is not None:
+        plot_head_importance(scores, record, output_dir / IMPORTANCE_IMAGE)
+
+    is_hub_id = _REPO_ID.match(base_model) is not None and not Path(base_model).exists()
+    card_data = ModelCardData(
+        base_model=base_model if is_hub_id else None,
+        datasets=[task_info["dataset"]] if task_info and task_info["dataset"] else None,
+        eval_results=_eval_results(task_info, after) or None,
+        library_name="transformers",
+        license=license,
+        metrics=sorted({m for values in after.values() for m in values if _is_score(m)}) or None,
+        model_name=repo_id or output_dir.name,
+        pipeline_tag=task_info["pipeline_tag"] if task_info else None,
+        tags=["hfprune", "pruned", "structured-pruning"],
+        hfprune={
+            "base_model": base_model,
+            "sparsity": {unit: round(values["sparsity"], 6) for unit, values in sparsity.items()},
+            "stock_loadable": bool(record["stock_loadable"]),
+        },
+    )
+    heads_rows = []
+    for current, layer in enumerate(record["kept_layers"]):
+        heads = record["kept_heads"][current]
+        heads_rows.append(
+            {
+                "layer": layer,
+                "count": f"{len(heads)}/{record['original']['num_heads']}",
+                "heads": ", ".join(map(str, heads)) if heads else "none (attention removed)",
+                "ffn": f"{len(kept_ffn(record, current))}/{record['original']['intermediate_size']}",
+            }
+        )
+    dropped = sorted(set(range(record["original"]["num_layers"])) - set(record["kept_layers"]))
+    for layer in dropped:
+        heads_rows.append({"layer": layer, "count": "0", "heads": "layer dropped", "ffn": "0"})
+    heads_rows.sort(key=lambda row: row["layer"])
+
+    card = ModelCard.from_template(
+        card_data,
+        template_path=str(template_path or DEFAULT_TEMPLATE),
+        model_name=repo_id or output_dir.name,
+        base_model=base_model,
+        summary=_summary(sparsity),
+        task=task_info,
+        finetuned_first=finetuned_first,
+        metrics_rows=_metric_rows(before, after),
+        sparsity_rows=[
+            {
+                "unit": _UNIT_LABELS[unit],
+                "original": _fmt(int(values["original"])),
+                "kept": _fmt(int(values["kept"])),
+                "removed": _fmt(int(values["removed"])),
+                "sparsity": f"{values['sparsity']:.1%}",
+            }
+            for unit, values in sparsity.items()
+        ],
+        heads_rows=heads_rows,
+        heads_image=HEADS_IMAGE,
+        heads_legend="Blue: kept head, orange: pruned head, grey: dropped layer."
+        + (f" Dropped layers: {', '.join(map(str, dropped))}." if dropped else ""),
+        importance_image=IMPORTANCE_IMAGE if scores is not None else None,
+        importance_source="scored on training examples, never on the evaluation split"
+        + (f"; {importance_note}" if importance_note else ""),
+        speed=_speed_info(speed),
+        speed_image=SPEED_IMAGE if speed is not None and (output_dir / SPEED_IMAGE).exists() else None,
+        repo_id=repo_id or output_dir.name,
+        auto_class=_auto_class(model),
+        stock_loadable=bool(record["stock_loadable"]),
+        remote_code=(output_dir / "modeling_hfprune.py").exists(),
+        pruning={key: _setting(value) for key, value in (pruning or {}).items()},
+        command=command,
+        results_file=RESULTS_FILE if (output_dir / RESULTS_FILE).exists() else None,
+        hfprune_version=__version__,
+    )
+    card = ModelCard(re.sub(r"\n{3,}", "\n\n", str(card)))  # Jinja leaves blank lines where blocks were
+    card.save(output_dir / "README.md")
+    return card
+
+
+def card_inputs(
+    *,
+    base_model: str,
+    task: str | None,
+    metrics_before: Mapping[str, Any] | None,
+    metrics_after: Mapping[str, Any] | None,
+    speed: Any,
+    importance: torch.Tensor | None,
+    command: str | None,
+    pruning: Mapping[str, Any] | None,
+    base_num_parameters: int | None,
+    finetuned_first: bool,
+    repo_id: str | None = None,
+    importance_note: str | None = None,
+) -> dict[str, Any]:
+    """The JSON-safe keyword arguments of `write_model_card`, as stored in `hfprune_results.json`."""
+    scores = _importance_tensor(importance)
+    return {
+        "base_model": base_model,
+        "task": task,
+        "metrics_before": _per_split(metrics_before),
+        "metrics_after": _per_split(metrics_after),
+        "speed": _speed_json(speed),
+        "importance": None
+        if scores is None
+        else [[None if math.isnan(v) else v for v in row] for row in scores.tolist()],
+        "command": command,
+        "pruning": dict(pruning or {}),
+        "base_num_parameters": base_num_parameters,
+        "finetuned_first": finetuned_first,
+        "repo_id": repo_id,
+        "importance_note": importance_note,
+    }
+
+
+def regenerate_model_card(checkpoint_dir: str | Path, *, template_path: str | Path | None = None, **overrides: Any) -> ModelCard:
+    """Re-render README.md and the heatmaps of a checkpoint written by `hfprune prune` from the card inputs
+    stored in its `hfprune_results.json`; `overrides` (e.g. `repo_id="me/model"`) replace stored values. Any
+    other pruned checkpoint gets a card of its structure. Only README.md and the PNGs are rewritten."""
+    from .loading import from_pretrained
+
+    checkpoint_dir = Path(checkpoint_dir)
+    results_path = checkpoint_dir / RESULTS_FILE
+    stored = json.loads(results_path.read_text()).get("card", {}) if results_path.exists() else {}
+    kwargs = {**stored, **{key: value for key, value in overrides.items() if value is not None}}
+    kwargs.setdefault("base_model", str(checkpoint_dir))
+    model = from_pretrained(checkpoint_dir)
+    return write_model_card(model, checkpoint_dir, template_path=template_path, **kwargs)

@@ -1,0 +1,74 @@
+"""Tiny, fast stand-ins for a real job: a 2-layer BERT with a WordPiece tokenizer, and SST-2 in GLUE's layout.
+
+The sentences are built from a few sentiment words so that the task is learnable in a few steps; the vocab
+holds every word, so nothing maps to [UNK].
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import torch
+import transformers
+
+POSITIVE = ["good", "great", "fun", "moving", "charming", "brilliant"]
+NEGATIVE = ["bad", "dull", "boring", "flat", "tedious", "awful"]
+FILLER = ["the", "film", "is", "a", "story", "and", "plot", "very", "quite", "'s"]
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+VOCAB = SPECIAL + POSITIVE + NEGATIVE + FILLER + ["''", '"', "."]
+
+
+def sentences(n: int, seed: int) -> list[tuple[str, int]]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = i % 2
+        words = [rng.choice(FILLER) for _ in range(rng.randint(2, 5))]
+        words.insert(rng.randint(0, len(words)), rng.choice(POSITIVE if label else NEGATIVE))
+        if i % 7 == 0:
+            words.append('"')  # GLUE's SST-2 has bare quote characters: the reader must not treat them as quoting
+        rows.append((" ".join(words) + " .", label))
+    return rows
+
+
+def write_sst2(glue_dir: Path, n_train: int = 64, n_dev: int = 24) -> Path:
+    """`glue_dir/SST-2/{train,dev}.tsv` with GLUE's header and layout."""
+    folder = glue_dir / "SST-2"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, n, seed in (("train.tsv", n_train, 0), ("dev.tsv", n_dev, 1)):
+        lines = ["sentence\tlabel"] + [f"{text}\t{label}" for text, label in sentences(n, seed)]
+        (folder / name).write_text("\n".join(lines) + "\n")
+    return glue_dir
+
+
+def write_tiny_bert(folder: Path, *, with_head: bool = False, seed: int = 0) -> Path:
+    """A 2-layer, 4-head BERT + BertTokenizerFast saved with `save_pretrained`.
+
+    Without a head it is saved as a bare `BertModel` (like bert-base-uncased or MiniLM): pruning it for a
+    task must fine-tune a new classifier first.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab_file = folder / "vocab.txt"
+    vocab_file.write_text("\n".join(VOCAB) + "\n")
+    tokenizer = transformers.BertTokenizerFast(vocab_file=str(vocab_file), do_lower_case=True)
+    config = transformers.BertConfig(
+        vocab_size=len(VOCAB),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=48,
+        max_position_embeddings=64,
+        num_labels=2,
+    )
+    torch.manual_seed(seed)
+    model_class = transformers.BertForSequenceClassification if with_head else transformers.BertModel
+    model = model_class(config)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` with its bytes (to check that nothing changed)."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}

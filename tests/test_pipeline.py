@@ -1,0 +1,170 @@
+"""`hfprune.pipeline`: the Python one-call behind `hfprune prune`, on tiny models and tiny GLUE-layout data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+from cli_fixtures import VOCAB, sentences, snapshot, write_sst2, write_tiny_bert
+from huggingface_hub import ModelCard
+
+import hfprune
+from hfprune.pipeline import (
+    PipelineInputError,
+    evaluate_model,
+    load_model_for_task,
+    load_task_data,
+    prune_for_task,
+    write_atomically,
+)
+from hfprune.tasks import TaskDataError
+
+FAST = dict(batch_size=16, max_length=32, learning_rate=1e-3, bench=False, score_num_examples=32)
+
+
+def write_mnli(glue_dir: Path) -> Path:
+    """MNLI in GLUE's layout: a train file and the matched and mismatched dev files."""
+    folder = glue_dir / "MNLI"
+    folder.mkdir(parents=True)
+    labels = ["entailment", "neutral", "contradiction"]
+    for name, n, seed in (("train.tsv", 48, 0), ("dev_matched.tsv", 15, 1), ("dev_mismatched.tsv", 12, 2)):
+        rows = ["index\tgenre\tsentence1\tsentence2\tgold_label"]
+        for i, (text, _) in enumerate(sentences(n, seed)):
+            rows.append(f"{i}\tfiction\t{text}\t{text.split()[0]} film .\t{labels[i % 3]}")
+        (folder / name).write_text("\n".join(rows) + "\n")
+    return glue_dir
+
+
+def test_mnli_reports_both_dev_sets_before_and_after(tmp_path: Path):
+    write_tiny_bert(tmp_path / "bert")
+    write_mnli(tmp_path / "glue")
+    result = prune_for_task(
+        str(tmp_path / "bert"), "mnli", data_dir=tmp_path / "glue", output_dir=tmp_path / "out",
+        head_sparsity=0.25, ffn_sparsity=0.5, schedule="iterative", steps=2, **FAST,
+    )  # fmt: skip
+
+    splits = {"validation_matched", "validation_mismatched"}
+    assert set(result.metrics_before) == set(result.metrics_after) == splits
+    assert result.finetuned_first and result.speed is None
+    # iterative: step 0 (as given) and two pruning steps, each evaluated on the matched dev set
+    assert [entry["step"] for entry in result.pruning_history] == [0, 1, 2]
+    assert [entry["ffn_sparsity"] for entry in result.pruning_history] == [0.0, 0.25, 0.5]
+    assert all("eval_accuracy" in entry for entry in result.pruning_history)
+
+    out = tmp_path / "out"
+    model = hfprune.from_pretrained(out)
+    assert model.config.num_labels == 3 and model.config.id2label[2] == "contradiction"
+    card = ModelCard.load(out / "README.md")
+    assert {r.dataset_split: r.metric_value for r in card.data.eval_results} == {
+        split: pytest.approx(result.metrics_after[split]["accuracy"], abs=1e-6) for split in splits
+    }
+    assert "Speed was not measured" in card.text and not (out / "speed.json").exists()
+    stored = json.loads((out / "hfprune_results.json").read_text())
+    assert stored["metrics_after"] == result.metrics_after and stored["settings"]["steps"] == 2
+
+    # the saved model is the one that was measured
+    data = load_task_data("mnli", data_dir=tmp_path / "glue", need_train=False)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    assert evaluate_model(model, tokenizer, data, batch_size=32, max_length=32) == result.metrics_after
+
+
+def test_a_model_with_a_trained_head_is_not_fine_tuned_first(tmp_path: Path):
+    write_tiny_bert(tmp_path / "clf", with_head=True)
+    write_sst2(tmp_path / "glue")
+    data = load_task_data("sst2", data_dir=tmp_path / "glue")
+    model, tokenizer, has_head = load_model_for_task(str(tmp_path / "clf"), data)
+    assert has_head
+    untouched = evaluate_model(model, tokenizer, data, batch_size=32, max_length=32)
+
+    result = prune_for_task(
+        str(tmp_path / "clf"), "sst2", data_dir=tmp_path / "glue", output_dir=tmp_path / "out",
+        head_sparsity=0.0, layer_sparsity=0.5, recovery_epochs=0.0, **FAST,
+    )  # fmt: skip
+    assert not result.finetuned_first
+    assert result.metrics_before == untouched  # evaluated as loaded: no training before pruning
+    assert result.sparsity["layers"]["kept"] == 1
+    reloaded = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "out")  # stock-loadable
+    assert reloaded.config.num_hidden_layers == 1
+
+
+def test_overwrite_replaces_the_old_checkpoint_only_once_the_new_one_is_complete(tmp_path: Path, monkeypatch):
+    write_tiny_bert(tmp_path / "bert", with_head=True)  # no head to fine-tune first: a quick run
+    write_sst2(tmp_path / "glue")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("previous run")
+    kwargs = dict(data_dir=tmp_path / "glue", output_dir=out, head_sparsity=0.5, recovery_epochs=0.0, **FAST)
+
+    with pytest.raises(PipelineInputError, match="not empty"):
+        prune_for_task(str(tmp_path / "bert"), "sst2", **kwargs)
+
+    import hfprune.card
+
+    def broken_card(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(hfprune.card, "write_model_card", broken_card)
+        with pytest.raises(RuntimeError, match="disk full"):
+            prune_for_task(str(tmp_path / "bert"), "sst2", overwrite=True, **kwargs)
+    assert snapshot(out) == {"old.txt": b"previous run"}  # the failed run changed nothing
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bert", "glue", "out"]  # no temporary folder left
+
+    prune_for_task(str(tmp_path / "bert"), "sst2", overwrite=True, **kwargs)
+    assert not (out / "old.txt").exists() and (out / "model.safetensors").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bert", "glue", "out"]
+
+
+def test_write_atomically_never_leaves_a_partial_directory(tmp_path: Path):
+    def partial(folder: Path) -> None:
+        (folder / "a.txt").write_text("a")
+        raise OSError("interrupted")
+
+    with pytest.raises(OSError):
+        write_atomically(tmp_path / "new", partial)
+    assert list(tmp_path.iterdir()) == []
+    assert write_atomically(tmp_path / "new", lambda folder: (folder / "b.txt").write_text("b")) == 1
+    assert snapshot(tmp_path / "new") == {"b.txt": b"b"}
+
+
+def test_custom_csv_files_and_their_errors(tmp_path: Path):
+    (tmp_path / "train.csv").write_text("review,stars\ngood film,pos\nbad film,neg\nfun story,pos\n")
+    (tmp_path / "validation.csv").write_text("review,stars\nawful plot,neg\n")
+    data = load_task_data("custom", data_dir=tmp_path, text_columns=["review"], label_column="stars")
+    assert data.spec.label_names == ("pos", "neg") and data.spec.text_columns == ("review",)
+    assert data.eval["validation"]["label"] == [1]
+
+    with pytest.raises(TaskDataError, match="missing column"):
+        load_task_data("custom", data_dir=tmp_path)  # default text column 'text' is not there
+    (tmp_path / "validation.csv").write_text("review,stars\nawful plot,meh\n")
+    with pytest.raises(TaskDataError, match="unknown label 'meh'"):
+        load_task_data("custom", data_dir=tmp_path, text_columns=["review"], label_column="stars")
+    with pytest.raises(TaskDataError, match="unknown task 'sst-3'"):
+        load_task_data("sst-3", data_dir=tmp_path)
+
+
+def test_language_modelling_task_is_scored_by_perplexity(tmp_path: Path):
+    write_tiny_bert(tmp_path / "tok")  # only for its tokenizer
+    config = transformers.GPT2Config(vocab_size=len(VOCAB), n_embd=32, n_layer=2, n_head=4, n_positions=64)
+    torch.manual_seed(0)
+    transformers.GPT2LMHeadModel(config).save_pretrained(tmp_path / "gpt2")
+    transformers.AutoTokenizer.from_pretrained(tmp_path / "tok").save_pretrained(tmp_path / "gpt2")
+    text = " ".join(text for text, _ in sentences(60, 0))
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.txt").write_text(text)
+    (tmp_path / "data" / "validation.txt").write_text(text[: len(text) // 2])
+
+    result = prune_for_task(
+        str(tmp_path / "gpt2"), "lm", data_dir=tmp_path / "data", output_dir=tmp_path / "out",
+        head_sparsity=0.25, method="magnitude", **FAST,
+    )  # fmt: skip
+    before, after = result.metrics_before["validation"]["perplexity"], result.metrics_after["validation"]["perplexity"]
+    assert 1.0 < after and 1.0 < before < len(VOCAB) * 2  # a random 30-token model is near-uniform
+    assert not result.finetuned_first
+    card = ModelCard.load(tmp_path / "out" / "README.md")
+    assert card.data.pipeline_tag == "text-generation"
+    assert [r.metric_type for r in card.data.eval_results] == ["perplexity"]
+    assert hfprune.from_pretrained(tmp_path / "out").config.hfprune["kept_heads"] != [[0, 1, 2, 3]] * 2
