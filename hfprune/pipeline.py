@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 from datasets import Dataset
+from transformers.trainer_utils import get_last_checkpoint
 from torch import nn
 
 from .errors import PruningError
@@ -437,7 +438,10 @@ def _quiet(trainer) -> None:
         trainer.remove_callback(callback)
 
 
-def _training_kwargs(output_dir: Path, *, batch_size: int, learning_rate: float, seed: int, quiet: bool) -> dict[str, Any]:
+def _training_kwargs(
+    output_dir: Path, *, batch_size: int, learning_rate: float, seed: int, quiet: bool, save_steps: int = 0
+) -> dict[str, Any]:
+    """Shared arguments; `save_steps > 0` checkpoints training every so many steps (for `resume=True`)."""
     return dict(
         output_dir=str(output_dir),
         per_device_train_batch_size=batch_size,
@@ -446,7 +450,9 @@ def _training_kwargs(output_dir: Path, *, batch_size: int, learning_rate: float,
         weight_decay=0.01,
         warmup_steps=0.06,
         seed=seed,
-        save_strategy="no",
+        save_strategy="steps" if save_steps else "no",
+        save_steps=save_steps or 500,
+        save_total_limit=2 if save_steps else None,
         eval_strategy="no",
         report_to="none",
         logging_steps=50,
@@ -471,9 +477,52 @@ def _finetune(model, tokenizer, train: Dataset, data: TaskData, work_dir: Path, 
     )
     if progress is not None:
         _quiet(trainer)
-    trainer.train()
+    trainer.train(resume_from_checkpoint=get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None)
     model.eval()
     return model
+
+
+# ---- resuming an interrupted run ------------------------------------------------------------------------
+RUN_STATE = "run.json"
+FINETUNED_DIR = "finetuned"
+IMPORTANCE_FILE = "importance.pt"
+
+
+def work_dir_for(output_dir: str | os.PathLike) -> Path:
+    """Where `prune_for_task` keeps checkpoints until the run succeeds: next to `output_dir`, so that running the
+    same command again with `resume=True` (`hfprune prune ... --resume`) finds them after a crash or a kill."""
+    output_dir = Path(output_dir)
+    return output_dir.parent / f".{output_dir.name}.hfprune-work"
+
+
+def _open_work_dir(work_dir: Path, run: dict[str, Any], resume: bool) -> dict[str, Any]:
+    """Start a run's work directory, or check that the interrupted one in it is the same run and return its state."""
+    state_file = work_dir / RUN_STATE
+    if not resume:
+        if work_dir.exists():
+            raise PipelineInputError(
+                f"{work_dir} holds an interrupted run: pass --resume (resume=True) to continue it, or delete it"
+            )
+        work_dir.mkdir(parents=True)
+        state_file.write_text(json.dumps(_jsonable(run), indent=2) + "\n")
+        return dict(run)
+    if not state_file.is_file():
+        raise PipelineInputError(f"nothing to resume: no interrupted run in {work_dir}")
+    state = json.loads(state_file.read_text())
+    differ = sorted(key for key in run if state.get(key) != _jsonable(run[key]))
+    if differ:
+        raise PipelineInputError(f"the interrupted run in {work_dir} used other settings ({', '.join(differ)}); cannot resume")
+    return state
+
+
+def _save_state(work_dir: Path, state: dict[str, Any]) -> None:
+    staging = work_dir / f"{RUN_STATE}.tmp"
+    staging.write_text(json.dumps(_jsonable(state), indent=2) + "\n")
+    staging.replace(work_dir / RUN_STATE)  # atomic: a kill never leaves half a state file
+
+
+def _has_pruning_checkpoint(folder: Path) -> bool:
+    return any(folder.glob("pruning-step-*/checkpoint-*/trainer_state.json"))
 
 
 # ---- the main job -------------------------------------------------------------------------------------
@@ -560,6 +609,8 @@ def prune_for_task(
     max_length: int = 128,
     seed: int = 42,
     overwrite: bool = False,
+    resume: bool = False,
+    save_steps: int = 200,
     bench: bool = True,
     bench_batch_sizes: Sequence[int] = (1, 8, 32),
     bench_threads: int | None = None,
@@ -577,6 +628,11 @@ def prune_for_task(
     (`method`, `schedule`, `steps`, `recovery_epochs`, optional distillation from the dense model);
     evaluate ("after"); time dense vs pruned (`bench`); write model, tokenizer, README.md model card,
     heatmaps and `hfprune_results.json` atomically.
+
+    Until it succeeds, the run keeps its state in `work_dir_for(output_dir)`: the fine-tuned model, the "before"
+    metrics and scores, and training checkpoints every `save_steps` steps. After a crash or a kill, the same call
+    with `resume=True` continues from there (the pruned structure of the last checkpoint is rebuilt before its
+    weights load); without `resume`, an interrupted run's directory is refused rather than thrown away.
 
     Returns:
         A `PruneResult`. Raises `PipelineInputError`/`TaskDataError` (both `ValueError`) for bad input,
@@ -638,40 +694,51 @@ def prune_for_task(
         max_length=max_length,
         seed=seed,
     )
+    if isinstance(save_steps, bool) or not isinstance(save_steps, int) or save_steps < 1:
+        raise PipelineInputError(f"save_steps must be a positive integer, got {save_steps!r}")
+    work_dir = work_dir_for(output_dir)
+    run = {"model": str(model_name_or_path), "task": task, "settings": settings, "finetune_epochs": finetune_epochs}
     # Building the arguments validates method, schedule and steps before the model is loaded.
-    work_dir = Path(tempfile.mkdtemp(prefix="hfprune-work-"))
     try:
-        try:
-            pruning_args = PruningArguments(
-                pruning_method=method,
-                pruning_schedule=schedule,
-                pruning_steps=steps,
-                target_head_sparsity=head_sparsity,
-                target_ffn_sparsity=ffn_sparsity,
-                target_layer_sparsity=layer_sparsity,
-                layer_strategy=layer_strategy,
-                per_layer_ranking=per_layer,
-                score_num_examples=score_num_examples,
-                recovery_epochs=recovery_epochs,
-                distillation_alpha=distillation_alpha,
-                **_training_kwargs(
-                    work_dir / "prune", batch_size=batch_size, learning_rate=learning_rate, seed=seed, quiet=progress is not None
-                ),
-            )
-        except (ValueError, PruningError) as error:
-            raise PipelineInputError(_first_line(error)) from None
+        pruning_args = PruningArguments(
+            pruning_method=method,
+            pruning_schedule=schedule,
+            pruning_steps=steps,
+            target_head_sparsity=head_sparsity,
+            target_ffn_sparsity=ffn_sparsity,
+            target_layer_sparsity=layer_sparsity,
+            layer_strategy=layer_strategy,
+            per_layer_ranking=per_layer,
+            score_num_examples=score_num_examples,
+            recovery_epochs=recovery_epochs,
+            distillation_alpha=distillation_alpha,
+            **_training_kwargs(
+                work_dir / "prune", batch_size=batch_size, learning_rate=learning_rate, seed=seed,
+                quiet=progress is not None, save_steps=save_steps,
+            ),
+        )  # fmt: skip
+    except (ValueError, PruningError) as error:
+        raise PipelineInputError(_first_line(error)) from None
+    state = _open_work_dir(work_dir, run, resume)
+    try:
         lap("check inputs")
 
         from transformers import set_seed
 
         set_seed(seed)
-        say(f"loading {model_name_or_path} for {data.name} ({data.source})")
-        model, tokenizer, has_head = load_model_for_task(model_name_or_path, data, config=config)
+        finetuned = work_dir / FINETUNED_DIR
+        if state.get("finetuned_first") and finetuned.is_dir():
+            say(f"resuming from the fine-tuned model in {finetuned}")
+            model, tokenizer, _ = load_model_for_task(str(finetuned), data)
+        else:
+            say(f"loading {model_name_or_path} for {data.name} ({data.source})")
+            model, tokenizer, has_head = load_model_for_task(model_name_or_path, data, config=config)
+            state["finetuned_first"] = not has_head
         train = _tokenized(data, data.train, tokenizer, max_length)
         lap("load")
 
-        finetuned_first = not has_head
-        if finetuned_first:
+        finetuned_first = state["finetuned_first"]
+        if finetuned_first and not finetuned.is_dir():
             if finetune_epochs == 0:
                 raise PipelineInputError(
                     f"{model_name_or_path} has no trained head for {data.name}; it needs finetune_epochs > 0"
@@ -679,15 +746,22 @@ def prune_for_task(
             say(f"{model_name_or_path} has no trained {data.name} head: fine-tuning it first ({finetune_epochs:g} epoch(s), {len(train)} examples)")
             _finetune(
                 model, tokenizer, train, data, work_dir, epochs=finetune_epochs, progress=progress,
-                batch_size=batch_size, learning_rate=learning_rate, seed=seed,
+                batch_size=batch_size, learning_rate=learning_rate, seed=seed, save_steps=save_steps,
             )  # fmt: skip
+            model.save_pretrained(finetuned)
+            tokenizer.save_pretrained(finetuned)
             lap("fine-tune head")
 
-        say("evaluating the dense model")
         eval_batch = batch_size * 2
-        metrics_before = evaluate_model(
-            model, tokenizer, data, batch_size=eval_batch, max_length=max_length, progress=progress, stage="evaluate dense"
-        )
+        if "metrics_before" in state:
+            metrics_before = state["metrics_before"]
+        else:
+            say("evaluating the dense model")
+            metrics_before = evaluate_model(
+                model, tokenizer, data, batch_size=eval_batch, max_length=max_length, progress=progress, stage="evaluate dense"
+            )
+            state["metrics_before"] = metrics_before
+            _save_state(work_dir, state)
         lap("evaluate before")
 
         # The card's importance heatmap is computed on exactly the examples (and batches) the trainer scores on,
@@ -699,7 +773,11 @@ def prune_for_task(
         from .scores import head_importance
 
         collate = None if data.is_lm else _collator(tokenizer)
-        importance = head_importance(model, DataLoader(score_dataset, batch_size=eval_batch, collate_fn=collate))
+        if (work_dir / IMPORTANCE_FILE).is_file():
+            importance = torch.load(work_dir / IMPORTANCE_FILE)
+        else:
+            importance = head_importance(model, DataLoader(score_dataset, batch_size=eval_batch, collate_fn=collate))
+            torch.save(importance, work_dir / IMPORTANCE_FILE)
         lap("score")
 
         # The dense model stays for timing and as the distillation teacher; the pruned one is edited in place.
@@ -725,7 +803,7 @@ def prune_for_task(
         )
         if progress is not None:
             _quiet(trainer)
-        trainer.train()
+        trainer.train(resume_from_checkpoint=True if resume and _has_pruning_checkpoint(work_dir / "prune") else None)
         model = trainer.model.eval()
         history = list(getattr(trainer, "pruning_history", []) or [])
         lap("prune + recover")
@@ -802,9 +880,12 @@ def prune_for_task(
         say(f"writing {output_dir}")
         write_atomically(output_dir, write, overwrite=overwrite)
         lap("write")
-        return result
-    finally:
-        shutil.rmtree(work_dir, ignore_errors=True)
+    except PipelineInputError:
+        if not resume:  # bad input found late (e.g. a model without a head and no fine-tuning): nothing to resume
+            shutil.rmtree(work_dir, ignore_errors=True)
+        raise
+    shutil.rmtree(work_dir, ignore_errors=True)  # only now: any failure above leaves it for resume=True
+    return result
 
 
 # ---- the smaller jobs ---------------------------------------------------------------------------------
