@@ -111,9 +111,12 @@ def test_overwrite_replaces_the_old_checkpoint_only_once_the_new_one_is_complete
         with pytest.raises(RuntimeError, match="disk full"):
             prune_for_task(str(tmp_path / "bert"), "sst2", overwrite=True, **kwargs)
     assert snapshot(out) == {"old.txt": b"previous run"}  # the failed run changed nothing
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bert", "glue", "out"]  # no temporary folder left
+    # no half-written staging folder; only the failed run's state, kept for resume=True
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.hfprune-work", "bert", "glue", "out"]
+    with pytest.raises(PipelineInputError, match="interrupted run: pass --resume"):
+        prune_for_task(str(tmp_path / "bert"), "sst2", overwrite=True, **kwargs)
 
-    prune_for_task(str(tmp_path / "bert"), "sst2", overwrite=True, **kwargs)
+    prune_for_task(str(tmp_path / "bert"), "sst2", overwrite=True, resume=True, **kwargs)
     assert not (out / "old.txt").exists() and (out / "model.safetensors").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bert", "glue", "out"]
 
