@@ -321,6 +321,7 @@ HEADLINE_CONFIGS = [
     # name, layers dropped (every other layer, Sajjad et al.'s "odd"), head fraction, FFN fraction (per layer)
     ("L3 (drop 3/6 layers)", 3, 0.0, 0.0),
     ("L4 + FFN 50%", 2, 0.0, 0.5),
+    ("L5 + FFN 50% + heads 50%", 1, 0.5, 0.5),
     ("L4 + FFN 50% + heads 50%", 2, 0.5, 0.5),
     ("L3 + FFN 50% + heads 50%", 3, 0.5, 0.5),
 ]

@@ -19,7 +19,7 @@ app = typer.Typer(
 )
 
 
-@app.callback()
+@app.callback(invoke_without_command=True)
 def root(
     version: bool = typer.Option(False, "--version", help="Print the hfprune version and exit.", is_eager=True),
 ) -> None:

@@ -2,11 +2,13 @@
 
 from .arch import ArchAdapter, get_adapter, register_adapter, supported_model_types
 from .callbacks import HeadMaskCallback, LayerDropCallback
+from .card import write_model_card
 from .errors import PruningError
 from .gates import HeadGates
-from .loading import from_pretrained, save_for_remote_code
 from .hub import HubPushError, push_to_hub
+from .loading import from_pretrained, save_for_remote_code
 from .masks import MaskHandle, apply_masks, make_ffn_mask, make_head_mask, make_layer_mask, skip_layers
+from .pipeline import PruneResult, prune_for_task
 from .plan import (
     best_head_per_layer,
     ffn_to_prune,
@@ -30,6 +32,7 @@ from .scores import (
     random_head_scores,
     taylor_head_scores,
 )
+from .speed import SpeedReport, count_flops, measure_speed
 from .structure import EmptyAttention
 from .surgery import drop_layers, prune_ffn, prune_heads
 from .trainer import PruningArguments, PruningTrainer
@@ -85,4 +88,11 @@ __all__ = [
     "LayerDropCallback",
     "PruningArguments",
     "PruningTrainer",
+    # the main job, model cards and speed
+    "PruneResult",
+    "SpeedReport",
+    "count_flops",
+    "measure_speed",
+    "prune_for_task",
+    "write_model_card",
 ]

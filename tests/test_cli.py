@@ -7,19 +7,19 @@ import sys
 import pytest
 
 
-def hfprune(*args: str) -> subprocess.CompletedProcess:
+def hfprune_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "hfprune.cli", *args], capture_output=True, text=True, timeout=600)
 
 
 def test_help_lists_commands():
-    result = hfprune("--help")
+    result = hfprune_cli("--help")
     assert result.returncode == 0
     assert "demo" in result.stdout
 
 
 @pytest.mark.slow
 def test_demo_prunes_the_real_model_and_reloads_it(tmp_path):
-    result = hfprune("demo", "--output-dir", str(tmp_path / "out"))
+    result = hfprune_cli("demo", "--output-dir", str(tmp_path / "out"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "reload identical: True" in result.stdout
     config = json.loads((tmp_path / "out" / "config.json").read_text())
@@ -38,7 +38,7 @@ def test_demo_prunes_the_real_model_and_reloads_it(tmp_path):
     ],
 )
 def test_bad_input_exits_non_zero_with_one_line(args, message):
-    result = hfprune(*args)
+    result = hfprune_cli(*args)
     assert result.returncode != 0
     assert message in result.stderr
     assert "Traceback" not in result.stderr
@@ -46,6 +46,14 @@ def test_bad_input_exits_non_zero_with_one_line(args, message):
 
 def test_existing_output_dir_is_refused_and_kept(tmp_path):
     (tmp_path / "keep.txt").write_text("mine")
-    result = hfprune("demo", "--output-dir", str(tmp_path))
+    result = hfprune_cli("demo", "--output-dir", str(tmp_path))
     assert result.returncode == 2 and "not empty" in result.stderr
     assert (tmp_path / "keep.txt").read_text() == "mine"
+
+
+def test_version_prints_the_package_version():
+    import hfprune
+
+    result = hfprune_cli("--version")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == hfprune.__version__
