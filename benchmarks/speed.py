@@ -347,9 +347,12 @@ def stage_headline(args, out: Path, attn: str) -> dict:
         "recovery": f"1 epoch on {len(data.train['recovery'])} further SST-2 train examples, batch 32, max length 64, "
                     f"lr {args.recovery_lr}, AdamW, logit distillation from the dense model (alpha 0.5, T 2)",
         "configs": {},
+        "n_recovery": len(data.train["recovery"]),
     }  # fmt: skip
     models = {"dense": dense}
     configs = HEADLINE_CONFIGS[:1] if args.quick else HEADLINE_CONFIGS
+    if args.configs:
+        configs = [HEADLINE_CONFIGS[int(index)] for index in args.configs.split(",")]
     for name, k, head_fraction, ffn_fraction in configs:
         plan = {"layers": hfprune.layers_to_drop(6, k, "odd")}
         if head_fraction:
@@ -570,6 +573,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=None, help="untimed rounds per shape (default 3, quick 1)")
     parser.add_argument("--n-recovery", type=int, default=None, help="recovery fine-tuning examples (default 4000)")
     parser.add_argument("--recovery-lr", type=float, default=1e-4)
+    parser.add_argument("--configs", help="headline: comma-separated indices into HEADLINE_CONFIGS (default: all)")
     parser.add_argument("--no-control", dest="control", action="store_false", help="skip the dense same-data control")
     parser.add_argument("--probe", help=argparse.SUPPRESS)  # internal: one cost probe in a fresh process
     args = parser.parse_args()
