@@ -88,7 +88,8 @@ def finetune(name: str, cfg: argparse.Namespace, train, collate, callbacks: list
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=default_model_path())
-    parser.add_argument("--data-dir", default="/work/shared/data/glue")
+    default_glue = os.environ.get("GLUE_DIR", Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "glue")
+    parser.add_argument("--data-dir", default=str(default_glue), help="GLUE in its original TSV layout")
     parser.add_argument("--train-examples", type=int, default=6000)
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)

@@ -51,7 +51,7 @@ from hfprune.scores import normalize_per_layer  # noqa: E402
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 CACHE = HERE / ".cache"
-GLUE = "/work/shared/data/glue"
+GLUE = Path(os.environ.get("GLUE_DIR", HERE.parent.parent / "shared" / "data" / "glue"))  # ../shared/data/glue
 T0 = time.time()
 
 

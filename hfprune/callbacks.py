@@ -19,7 +19,7 @@ from transformers.training_args import ParallelMode
 
 from .arch import get_adapter
 from .errors import PruningError
-from .masks import MaskHandle, _check_shape, _selector
+from .masks import MaskHandle, apply_masks, make_head_mask
 from .record import get_record
 from .surgery import _check_indices, _check_mapping
 
@@ -31,25 +31,14 @@ __all__ = ["HeadMaskCallback", "LayerDropCallback"]
 # ---- head masks at evaluation time ---------------------------------------------------------------------
 
 
-def _gated(layer: nn.Module, factor, num_heads: int):
-    """`factor`, but ones while `layer` is in train mode: the mask only acts in evaluation."""
-
-    def gated(reference: torch.Tensor) -> torch.Tensor:
-        if layer.training:
-            return torch.ones(num_heads, device=reference.device, dtype=reference.dtype)
-        return factor(reference)
-
-    return gated
-
-
 class HeadMaskCallback(TrainerCallback):
     """Mask attention heads while the Trainer evaluates or predicts; training sees every head.
 
     `Trainer` has no "evaluation begins" event, so the mask hooks are registered once, when the Trainer is
-    built (`on_init_end`; `on_train_begin` for a callback added later or a `model_init` Trainer) and gated
-    on `module.training`: in train mode they multiply by one, which changes neither the loss nor the
-    gradients. They therefore also mask `trainer.evaluate()` / `trainer.predict()` after `train()`.
-    Call `remove()` when done with the Trainer: the model then has no hooks left.
+    built (`on_init_end`; `on_train_begin` for a callback added later or a `model_init` Trainer), with
+    `apply_masks(..., eval_only=True)`: in train mode they leave every activation untouched, so neither the
+    loss nor the gradients change. They therefore also mask `trainer.evaluate()` / `trainer.predict()` after
+    `train()`. Call `remove()` when done with the Trainer: the model then has no hooks left.
 
     Args:
         heads_to_mask: `{layer: [heads]}` in original indices, or a `[num_layers, num_heads]` mask
@@ -80,24 +69,14 @@ class HeadMaskCallback(TrainerCallback):
             if self._model is model:
                 return
             self.remove()
-        adapter, record = get_adapter(model), get_record(model)
-        original = record["original"]
-        shape = (original["num_layers"], original["num_heads"])
+        original = get_record(model)["original"]
         if self.head_mask is None:
-            checked = _check_mapping("heads_to_mask", self.heads_to_mask, *shape)
-            mask = torch.ones(*shape)
-            for layer, heads in checked.items():
-                mask[layer, heads] = 0
+            checked = _check_mapping("heads_to_mask", self.heads_to_mask, original["num_layers"], original["num_heads"])
+            mask = make_head_mask(model, checked)
         else:
-            _check_shape("head_mask", self.head_mask, shape)
             mask = self.head_mask
-        handles = []
-        for position, layer in enumerate(adapter.get_layers(model)):
-            heads = record["kept_heads"][position]
-            if heads and adapter.has_attention(layer):
-                factor = _selector(mask, record["kept_layers"][position], heads)
-                handles.append(adapter.register_head_mask(layer, _gated(layer, factor, len(heads))))
-        self._handle, self._model = MaskHandle(handles), model
+        self._handle = apply_masks(model, head_mask=mask, eval_only=True)
+        self._model = model
 
     def remove(self) -> None:
         """Take the hooks off the model (evaluation is unmasked again)."""

@@ -51,6 +51,8 @@ def apply_masks(
     head_mask: torch.Tensor | None = None,
     ffn_mask: torch.Tensor | None = None,
     layer_mask: torch.Tensor | None = None,
+    *,
+    eval_only: bool = False,
 ) -> MaskHandle:
     """Hook masks into `model` until the returned handle is removed.
 
@@ -58,6 +60,8 @@ def apply_masks(
         head_mask: `[num_layers, num_heads]` of the original model; 0 removes a head, 1 keeps it.
         ffn_mask: `[num_layers, intermediate_size]` of the original model, one factor per FFN neuron.
         layer_mask: `[num_layers]`; 0 turns a layer into the identity, 1 keeps it.
+        eval_only: the masks act only while `model` is in eval mode; in train mode the hooks leave every
+            activation untouched (how `HeadMaskCallback` masks evaluation inside a training run).
     """
     adapter, record = get_adapter(model), get_record(model)
     original = record["original"]
@@ -67,34 +71,40 @@ def apply_masks(
         _check_shape("ffn_mask", ffn_mask, (original["num_layers"], original["intermediate_size"]))
     if layer_mask is not None:
         _check_shape("layer_mask", layer_mask, (original["num_layers"],))
+    active = (lambda: not model.training) if eval_only else (lambda: True)
     handles = []
     for position, layer in enumerate(adapter.get_layers(model)):
         index = record["kept_layers"][position]
         if head_mask is not None:
             heads = record["kept_heads"][position]
             if heads and adapter.has_attention(layer):
-                handles.append(adapter.register_head_mask(layer, _selector(head_mask, index, heads)))
+                handles.append(adapter.register_head_mask(layer, _selector(head_mask, index, heads, active)))
         if ffn_mask is not None:
             neurons = kept_ffn(record, position)
             if neurons:
-                handles.append(adapter.register_ffn_mask(layer, _selector(ffn_mask, index, neurons)))
+                handles.append(adapter.register_ffn_mask(layer, _selector(ffn_mask, index, neurons, active)))
         if layer_mask is not None:
-            handles.append(_register_layer_mask(layer, layer_mask, index))
+            handles.append(_register_layer_mask(layer, layer_mask, index, active))
     return MaskHandle(handles)
 
 
-def _selector(mask: torch.Tensor, layer: int, kept: list[int]):
-    """A function giving this layer's mask entries for its kept (original) indices, cast like the input."""
+def _selector(mask: torch.Tensor, layer: int, kept: list[int], active=lambda: True):
+    """A function giving this layer's mask entries for its kept (original) indices, cast like the input;
+    None (leave the input as it is) while `active()` is false."""
     index = torch.as_tensor(kept, dtype=torch.long)
 
-    def factor(reference: torch.Tensor) -> torch.Tensor:
+    def factor(reference: torch.Tensor) -> torch.Tensor | None:
+        if not active():
+            return None
         return mask[layer].index_select(0, index.to(mask.device)).to(device=reference.device, dtype=reference.dtype)
 
     return factor
 
 
-def _register_layer_mask(layer: nn.Module, layer_mask: torch.Tensor, index: int):
+def _register_layer_mask(layer: nn.Module, layer_mask: torch.Tensor, index: int, active=lambda: True):
     def hook(module, args, kwargs, output):
+        if not active():
+            return None
         inputs = args[0] if args else kwargs["hidden_states"]
         outputs = output[0] if isinstance(output, tuple) else output
         scale = layer_mask[index].to(device=outputs.device, dtype=outputs.dtype)

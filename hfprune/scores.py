@@ -13,7 +13,6 @@ moved to the model's device. A dataloader is iterated once per pass, so it must 
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -26,6 +25,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 from transformers.pytorch_utils import Conv1D
 
 from .arch import get_adapter
+from .arch.base import resolve
 from .errors import PruningError
 from .masks import apply_masks
 from .record import get_record, kept_ffn, kv_groups
@@ -294,11 +294,6 @@ def head_ablation_scores(
 
 
 # ---- data-free baselines -----------------------------------------------------------------------------
-def _resolve(layer: nn.Module, path: str):
-    """The module or parameter at a dotted path (XLNet keeps q/k/v/o as bare Parameters)."""
-    return functools.reduce(getattr, path.split("."), layer)
-
-
 def _head_rows(projection, heads_on_output: bool) -> torch.Tensor:
     """The projection's weight as a matrix whose rows are head units, heads one after another."""
     if isinstance(projection, nn.Parameter) and projection.dim() == 3:  # XLNet: [d_model, heads, d_head]
@@ -331,10 +326,10 @@ def magnitude_head_scores(model: nn.Module) -> torch.Tensor:
         groups = kv_groups(record, heads)
         paths = (adapter.query, adapter.key, adapter.value)
         if len(set(paths)) == 1:  # GPT-2: q, k and v side by side in one fused projection
-            q, k, v = _head_rows(_resolve(layer, adapter.query), True).chunk(3)
+            q, k, v = _head_rows(resolve(layer, adapter.query), True).chunk(3)
         else:
-            q, k, v = (_head_rows(_resolve(layer, path), True) for path in paths)
-        o = _head_rows(_resolve(layer, adapter.output), False)
+            q, k, v = (_head_rows(resolve(layer, path), True) for path in paths)
+        o = _head_rows(resolve(layer, adapter.output), False)
         kv = _squared_norms(k, len(groups)) + _squared_norms(v, len(groups))
         own_group = torch.tensor([groups.index(head // group_size) for head in heads])
         total = _squared_norms(q, len(heads)) + _squared_norms(o, len(heads)) + kv[own_group.to(kv.device)]

@@ -39,9 +39,10 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, set_s
 from transformers.utils import logging
 
 from .arch import get_adapter
+from .arch.base import resolve
 from .errors import PruningError
 from .gates import HeadGates
-from .plan import LAYER_STRATEGIES, ffn_to_prune, head_sparsity, heads_to_prune, layers_to_drop
+from .plan import LAYER_STRATEGIES, _round, ffn_to_prune, head_sparsity, heads_to_prune, layers_to_drop
 from .record import get_record, kept_ffn
 from .scores import (
     importance_scores,
@@ -74,11 +75,6 @@ _RESUME_KEYS = (
     "round_to_multiple",
     "round_heads_to_multiple",
 )
-
-
-def _round(value: float) -> int:
-    """Round half up, as `hfprune.plan` does (Python's `round` sends 2.5 to 2)."""
-    return math.floor(value + 0.5)
 
 
 def _is_number(value: Any) -> bool:
@@ -354,13 +350,6 @@ def restore_structure(model: nn.Module, record: dict[str, Any]) -> nn.Module:
     return model
 
 
-def _resolve(layer: nn.Module, path: str):
-    obj = layer
-    for name in path.split("."):
-        obj = getattr(obj, name)
-    return obj
-
-
 def _numel(obj) -> int:
     if isinstance(obj, nn.Parameter):
         return obj.numel()
@@ -377,7 +366,7 @@ def _parameter_split(model: nn.Module) -> dict[str, int]:
     split = {"heads": 0, "ffn": 0, "layers": 0, "total": _num_parameters(model)}
     for layer in adapter.get_layers(model):
         paths = {adapter.query, adapter.key, adapter.value, adapter.output}  # GPT-2: q, k, v share one module
-        attention = sum(_numel(_resolve(layer, path)) for path in paths)
+        attention = sum(_numel(resolve(layer, path)) for path in paths)
         ffn = sum(_numel(layer.get_submodule(path)) for path in (*adapter.ffn_inputs, adapter.ffn_output))
         split["heads"] += attention
         split["ffn"] += ffn

@@ -171,6 +171,28 @@ def test_mask_gradient_is_available():
     assert all(not layer.attention.output.dense._forward_pre_hooks for layer in model.bert.encoder.layer)
 
 
+@pytest.mark.parametrize("family", ["bert", "xlnet", "llama"])
+def test_eval_only_masks_act_in_eval_mode_only(family):
+    model, inputs = tiny_model(family), tiny_inputs()
+    masks = dict(
+        head_mask=hfprune.make_head_mask(model, head_spec(family)),
+        ffn_mask=hfprune.make_ffn_mask(model, FFN_SPEC),
+        layer_mask=hfprune.make_layer_mask(model, [1]),
+    )
+    dense = logits_of(model, inputs)
+    with hfprune.apply_masks(model, **masks):
+        masked = logits_of(model, inputs)
+    torch.manual_seed(0)
+    model.train()
+    dense_train = model(**inputs).logits
+    with hfprune.apply_masks(model, **masks, eval_only=True):
+        torch.manual_seed(0)
+        assert torch.equal(model(**inputs).logits, dense_train)  # train mode: untouched, bit for bit
+        model.eval()
+        assert torch.equal(logits_of(model, inputs), masked)
+    assert torch.equal(logits_of(model, inputs), dense)
+
+
 @pytest.mark.parametrize(
     "call, message",
     [

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from collections.abc import Callable, Sequence
 
 import torch
@@ -11,6 +13,12 @@ from transformers.pytorch_utils import Conv1D
 
 from ..errors import PruningError
 from ..structure import EmptyAttention
+
+
+def resolve(module: nn.Module, path: str):
+    """The module or parameter at a dotted path (XLNet keeps q/k/v/o as bare Parameters, which
+    `get_submodule` does not return)."""
+    return functools.reduce(getattr, path.split("."), module)
 
 
 def replace_parameter(module: nn.Module, name: str, value: torch.Tensor) -> None:
@@ -133,22 +141,26 @@ class ArchAdapter:
         return not isinstance(layer.get_submodule(self.attention), EmptyAttention)
 
     # ---- masks --------------------------------------------------------------------------------------
-    def register_head_mask(self, layer: nn.Module, factor: Callable[[torch.Tensor], torch.Tensor]):
-        """Scale each head's context by `factor(context)` (shape [heads]) before the output projection."""
+    def register_head_mask(self, layer: nn.Module, factor: Callable[[torch.Tensor], torch.Tensor | None]):
+        """Scale each head's context by `factor(context)` (shape [heads], or None: unchanged) before the
+        output projection."""
 
         def pre_hook(module, args):
             context = args[0]
             scale = factor(context)
+            if scale is None:
+                return None
             scale = scale.repeat_interleave(context.shape[-1] // scale.numel())
             return (context * scale,) + tuple(args[1:])
 
         return layer.get_submodule(self.output).register_forward_pre_hook(pre_hook)
 
-    def register_ffn_mask(self, layer: nn.Module, factor: Callable[[torch.Tensor], torch.Tensor]):
-        """Scale each intermediate neuron by `factor(activations)` (shape [neurons])."""
+    def register_ffn_mask(self, layer: nn.Module, factor: Callable[[torch.Tensor], torch.Tensor | None]):
+        """Scale each intermediate neuron by `factor(activations)` (shape [neurons], or None: unchanged)."""
 
         def pre_hook(module, args):
-            return (args[0] * factor(args[0]),) + tuple(args[1:])
+            scale = factor(args[0])
+            return None if scale is None else (args[0] * scale,) + tuple(args[1:])
 
         return layer.get_submodule(self.ffn_output).register_forward_pre_hook(pre_hook)
 

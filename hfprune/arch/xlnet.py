@@ -39,7 +39,8 @@ class XLNetAdapter(ArchAdapter):
         original = type(attention).post_attention.__get__(attention)
 
         def post_attention(h, attn_vec, residual=True):
-            return original(h, attn_vec * factor(attn_vec)[:, None], residual=residual)
+            scale = factor(attn_vec)
+            return original(h, attn_vec if scale is None else attn_vec * scale[:, None], residual=residual)
 
         attention.post_attention = post_attention  # instance attribute; removed by the handle
         return _Handle(attention)
