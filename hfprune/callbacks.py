@@ -21,7 +21,7 @@ from .arch import get_adapter
 from .errors import PruningError
 from .masks import MaskHandle, apply_masks, make_head_mask
 from .record import get_record
-from .surgery import _check_indices, _check_mapping
+from .checks import check_indices, check_mapping
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class HeadMaskCallback(TrainerCallback):
             self.remove()
         original = get_record(model)["original"]
         if self.head_mask is None:
-            checked = _check_mapping("heads_to_mask", self.heads_to_mask, original["num_layers"], original["num_heads"])
+            checked = check_mapping("heads_to_mask", self.heads_to_mask, original["num_layers"], original["num_heads"])
             mask = make_head_mask(model, checked)
         else:
             mask = self.head_mask
@@ -151,7 +151,7 @@ class LayerDropCallback(TrainerCallback):
             raise PruningError(f"seed must be an integer or None, got {seed!r}")
         self.p = float(p)
         self.seed = seed
-        self.layers = None if layers is None else _check_indices("layers", layers, 1 << 31)
+        self.layers = None if layers is None else check_indices("layers", layers, 1 << 31)
         self.dropped_layers: list[int] = []  # original ids dropped in the latest step
         self.history: list[tuple[int, list[int]]] = []  # (global_step, dropped original ids) of every step
         self._model: nn.Module | None = None

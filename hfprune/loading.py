@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import inspect
 import json
+import re
 from pathlib import Path
 
 import transformers
+from safetensors import SafetensorError, safe_open
 from torch import nn
 from transformers import AutoConfig, PretrainedConfig
 
 from . import structure
+from .arch import get_adapter
 from .errors import PruningError
+from .record import check_record, validate_record
 from .structure import PATCH_KEY, restructured_class
 
-_CONFIG_KWARGS = ("revision", "token", "cache_dir", "local_files_only", "subfolder", "trust_remote_code")
+_CONFIG_KWARGS = ("revision", "token", "cache_dir", "local_files_only", "subfolder", "trust_remote_code", "gguf_file")
 _AUTO_CLASSES = (
     "AutoModelForSequenceClassification",
     "AutoModelForCausalLM",
@@ -33,7 +37,16 @@ def _model_class(config: PretrainedConfig) -> type:
         model_class = getattr(transformers, name, None)
         if model_class is not None:
             return model_class
-    return transformers.AutoModel._model_mapping[type(config)]
+    return _auto_model_class(transformers.AutoModel, config)
+
+
+def _auto_model_class(auto_class: type, config: PretrainedConfig) -> type:
+    try:
+        return auto_class._model_mapping[type(config)]
+    except KeyError:
+        raise PruningError(
+            f"{auto_class.__name__} has no model class for model type '{config.model_type}'"
+        ) from None
 
 
 def from_pretrained(pretrained_model_name_or_path: str | Path, *model_args, model_class: type | None = None, **kwargs):
@@ -42,18 +55,132 @@ def from_pretrained(pretrained_model_name_or_path: str | Path, *model_args, mode
     The class comes from `config.architectures` unless `model_class` is given (e.g. `AutoModel` for the
     bare encoder). The pruned structure is rebuilt inside `__init__` before the normal `from_pretrained`
     loads the weights, so `dtype`, `device_map` and every other keyword work as usual.
+
+    A checkpoint that disagrees with itself is refused with a one-line `PruningError` instead of loading
+    with random weights: a corrupt `config.hfprune` record, a record or config whose shapes differ from
+    the weights, layers the weights do not hold, a truncated safetensors file or a folder without weights.
     """
     config = kwargs.pop("config", None)
     if config is None:
         config_kwargs = {key: kwargs[key] for key in _CONFIG_KWARGS if key in kwargs}
         config = AutoConfig.from_pretrained(pretrained_model_name_or_path, **config_kwargs)
+    record = getattr(config, PATCH_KEY, None)
+    if record:
+        validate_record(record, config)
     if model_class is None:
         model_class = _model_class(config)
     elif hasattr(model_class, "_model_mapping"):  # an Auto class: resolve it for this config
-        model_class = model_class._model_mapping[type(config)]
-    if (getattr(config, PATCH_KEY, None) or {}).get("patch"):
+        model_class = _auto_model_class(model_class, config)
+    if record and record.get("patch"):
         model_class = restructured_class(model_class)
-    return model_class.from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
+    check_weight_files(pretrained_model_name_or_path, kwargs)
+
+    return_info = kwargs.pop("output_loading_info", False)
+    reinit_mismatched = kwargs.pop("ignore_mismatched_sizes", False)
+    try:
+        model, info = model_class.from_pretrained(
+            pretrained_model_name_or_path,
+            *model_args,
+            config=config,
+            output_loading_info=True,
+            ignore_mismatched_sizes=True,  # mismatches are reported below, as one PruningError line
+            **kwargs,
+        )
+    except structure.PatchError as error:
+        raise PruningError(str(error)) from None
+    except SafetensorError as error:
+        raise PruningError(f"cannot read the weights of {pretrained_model_name_or_path}: {error}") from None
+    _check_loading_info(model, info, bool(record), reinit_mismatched)
+    if record:
+        check_record(model)
+    return (model, info) if return_info else model
+
+
+# ---- checks ---------------------------------------------------------------------------------------------
+_WEIGHT_NAMES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
+def _with_variant(name: str, variant: str | None) -> str:
+    if not variant:
+        return name
+    stem, _, suffix = name.partition(".")
+    return f"{stem}.{variant}.{suffix}"
+
+
+def check_weight_files(path: str | Path, kwargs: dict) -> None:
+    """For a local folder: the weights exist and every safetensors file is complete (headers only, cheap)."""
+    directory = Path(path).expanduser() / kwargs.get("subfolder", "")
+    if not directory.is_dir() or kwargs.get("gguf_file") or kwargs.get("state_dict") is not None:
+        return
+    names = [_with_variant(name, kwargs.get("variant")) for name in _WEIGHT_NAMES]
+    present = [name for name in names if (directory / name).is_file()]
+    if not present:
+        raise PruningError(f"{directory} holds no model weights (no {names[0]} or {names[2]})")
+    if kwargs.get("use_safetensors") is False:
+        return
+    files = []
+    if names[0] in present:
+        files = [directory / names[0]]
+    elif names[1] in present:
+        try:
+            weight_map = json.loads((directory / names[1]).read_text())["weight_map"]
+            files = [directory / shard for shard in sorted(set(weight_map.values()))]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+            raise PruningError(f"{directory / names[1]} is not a valid safetensors index ({error})") from None
+    for file in files:
+        if not file.is_file():
+            raise PruningError(f"{file} is missing (listed in {names[1]})")
+        try:
+            with safe_open(str(file), framework="pt"):
+                pass
+        except (SafetensorError, OSError) as error:
+            raise PruningError(f"{file} is truncated or corrupt ({str(error).splitlines()[0]})") from None
+
+
+def _layer_prefix(model: nn.Module) -> str | None:
+    """The state-dict prefix of the model's layer list (`bert.encoder.layer`), None for an unsupported family."""
+    try:
+        layers = get_adapter(model).get_layers(model)
+    except (PruningError, AttributeError):
+        return None
+    return next((name for name, module in model.named_modules() if module is layers), None)
+
+
+def _check_loading_info(model: nn.Module, info: dict, recorded: bool, reinit_mismatched: bool) -> None:
+    """Refuse a load in which the config's layers did not get their weights from the checkpoint."""
+    prefix = _layer_prefix(model)
+    pattern = re.compile(rf"^{re.escape(prefix)}\.(\d+)\.") if prefix is not None else None
+
+    def in_layers(key: str) -> bool:
+        return pattern is not None and pattern.match(key) is not None
+
+    missing = sorted(key for key in info.get("missing_keys", ()) if in_layers(key))
+    if missing:
+        layers = sorted({int(pattern.match(key).group(1)) for key in missing})
+        count = len(get_adapter(model).get_layers(model))
+        raise PruningError(
+            f"the checkpoint has no weights for {len(missing)} parameters of layer(s) {layers} (e.g. {missing[0]}): "
+            f"the config says {count} layers, and they would load randomly initialised"
+        )
+    for key, saved, expected in sorted(info.get("mismatched_keys", ()), key=lambda item: item[0]):
+        if in_layers(key) or not reinit_mismatched:
+            source = "config.hfprune or the config" if in_layers(key) else "the config"
+            raise PruningError(
+                f"{source} disagrees with the weights: {key} is {list(saved)} in the checkpoint but "
+                f"{list(expected)} in the model"
+                + ("" if in_layers(key) else "; pass ignore_mismatched_sizes=True to initialise it anew")
+            )
+    unexpected = sorted(key for key in info.get("unexpected_keys", ()) if in_layers(key))
+    if recorded and unexpected:
+        raise PruningError(
+            f"config.hfprune disagrees with the weights: the checkpoint has {len(unexpected)} layer weights the "
+            f"recorded structure has no place for (e.g. {unexpected[0]})"
+        )
 
 
 def _auto_class_names(model_class: type, config: PretrainedConfig) -> list[str]:

@@ -6,6 +6,11 @@ activations right before the FFN output projection, and blend a layer's output w
 (`out = x + m * (f(x) - x)`, so m = 0 makes the layer an identity). Masks are in ORIGINAL indices, so
 they mean the same thing on a model that was already pruned; a mask that requires grad gives
 d loss / d mask, the basis of importance scores.
+
+The mask builders read `{layer: [indices]}` exactly as surgery does (the same checks: no negative,
+float or bool indices), so a mask and a surgery call given the same dict always mean the same units.
+Hooks go on the model inside a PEFT or data-parallel wrapper; a `torch.compile` model is refused, as it
+ignores hooks added after compiling.
 """
 
 from __future__ import annotations
@@ -17,8 +22,9 @@ import torch
 from torch import nn
 
 from .arch import get_adapter
+from .checks import check_indices, check_mapping, model_for_config, model_for_masks
 from .errors import PruningError
-from .record import get_record, kept_ffn
+from .record import check_record, kept_ffn
 
 
 class MaskHandle:
@@ -63,7 +69,8 @@ def apply_masks(
         eval_only: the masks act only while `model` is in eval mode; in train mode the hooks leave every
             activation untouched (how `HeadMaskCallback` masks evaluation inside a training run).
     """
-    adapter, record = get_adapter(model), get_record(model)
+    model = model_for_masks(model)
+    adapter, record = get_adapter(model), check_record(model)
     original = record["original"]
     if head_mask is not None:
         _check_shape("head_mask", head_mask, (original["num_layers"], original["num_heads"]))
@@ -122,30 +129,40 @@ def skip_layers(model: nn.Module, layers: Iterable[int]):
         yield model
 
 
-def _ones(model: nn.Module, *shape_keys: str) -> torch.Tensor:
-    original = get_record(model)["original"]
+def _original_sizes(model: nn.Module) -> tuple[nn.Module, dict]:
+    model = model_for_config(model)
+    return model, check_record(model)["original"]
+
+
+def _ones(model: nn.Module, original: dict, *shape_keys: str) -> torch.Tensor:
     device = next(model.parameters()).device
     return torch.ones(*(original[key] for key in shape_keys), device=device)
 
 
 def make_head_mask(model: nn.Module, heads_to_prune: Mapping[int, Iterable[int]] | None = None) -> torch.Tensor:
     """A `[num_layers, num_heads]` mask of ones with zeros at `{layer: [heads]}` (original indices)."""
-    mask = _ones(model, "num_layers", "num_heads")
-    for layer, heads in (heads_to_prune or {}).items():
-        mask[layer, list(heads)] = 0
+    model, original = _original_sizes(model)
+    mask = _ones(model, original, "num_layers", "num_heads")
+    spec = {} if heads_to_prune is None else heads_to_prune
+    for layer, heads in check_mapping("heads_to_prune", spec, original["num_layers"], original["num_heads"]).items():
+        mask[layer, heads] = 0
     return mask
 
 
 def make_ffn_mask(model: nn.Module, neurons_to_prune: Mapping[int, Iterable[int]] | None = None) -> torch.Tensor:
     """A `[num_layers, intermediate_size]` mask of ones with zeros at `{layer: [neurons]}`."""
-    mask = _ones(model, "num_layers", "intermediate_size")
-    for layer, neurons in (neurons_to_prune or {}).items():
-        mask[layer, list(neurons)] = 0
+    model, original = _original_sizes(model)
+    mask = _ones(model, original, "num_layers", "intermediate_size")
+    spec = {} if neurons_to_prune is None else neurons_to_prune
+    size = original["intermediate_size"]
+    for layer, neurons in check_mapping("neurons_to_prune", spec, original["num_layers"], size).items():
+        mask[layer, neurons] = 0
     return mask
 
 
 def make_layer_mask(model: nn.Module, layers_to_skip: Iterable[int] = ()) -> torch.Tensor:
     """A `[num_layers]` mask of ones with zeros at the given original layers."""
-    mask = _ones(model, "num_layers")
-    mask[list(layers_to_skip)] = 0
+    model, original = _original_sizes(model)
+    mask = _ones(model, original, "num_layers")
+    mask[check_indices("layers_to_skip", layers_to_skip, original["num_layers"])] = 0
     return mask

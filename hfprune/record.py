@@ -12,7 +12,8 @@ from typing import Any
 from torch import nn
 
 from .arch import get_adapter
-from .structure import PATCH_KEY, structure_patch
+from .errors import PruningError
+from .structure import _MODULE_TYPES, PATCH_KEY, structure_patch
 
 
 def get_record(model_or_config) -> dict[str, Any]:
@@ -72,3 +73,120 @@ def save_record(model: nn.Module, record: dict[str, Any]) -> None:
     record["patch"] = structure_patch(model)
     record["stock_loadable"] = not record["patch"]
     setattr(config, PATCH_KEY, record)
+
+
+# ---- checks: a record read from disk or edited by hand is trusted only once it agrees with everything ----
+def _corrupt(message: str) -> PruningError:
+    return PruningError(f"config.hfprune is corrupt: {message}")
+
+
+def _is_int(value) -> bool:
+    return type(value) is int
+
+
+def _check_ids(name: str, ids, limit: int) -> None:
+    """`ids` must be a strictly increasing list of ints in [0, limit) (what surgery writes)."""
+    if not isinstance(ids, list) or not all(_is_int(i) for i in ids):
+        raise _corrupt(f"{name} must be a list of integers, got {ids!r:.60}")
+    for i in ids:
+        if not 0 <= i < limit:
+            raise _corrupt(f"{name} has index {i}, outside [0, {limit})")
+    if any(a >= b for a, b in zip(ids, ids[1:])):
+        raise _corrupt(f"{name} must be sorted and without repeats")
+
+
+def _check_patch(patch) -> None:
+    if not isinstance(patch, list):
+        raise _corrupt(f"patch must be a list, got {type(patch).__name__}")
+    for number, entry in enumerate(patch):
+        where = f"patch[{number}]"
+        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
+            raise _corrupt(f"{where} must be a dict with a 'path' string")
+        if "module" in entry:
+            if entry["module"] not in _MODULE_TYPES or not isinstance(entry.get("kwargs"), dict):
+                raise _corrupt(f"{where}: module must be one of {sorted(_MODULE_TYPES)}, with a kwargs dict")
+        elif "parameter" in entry:
+            shape = entry.get("shape")
+            if not isinstance(entry["parameter"], str) or not isinstance(shape, list) or not all(
+                _is_int(size) and size >= 0 for size in shape
+            ):
+                raise _corrupt(f"{where}: a parameter entry needs a name and a shape of non-negative integers")
+        elif "attribute" in entry:
+            if not isinstance(entry["attribute"], str) or not isinstance(entry.get("value"), (bool, int, float)):
+                raise _corrupt(f"{where}: an attribute entry needs a name and a number")
+        else:
+            raise _corrupt(f"{where} must name a module, a parameter or an attribute")
+
+
+def validate_record(record, config) -> None:
+    """Check a record's own consistency and that it fits `config` (types, lengths, index ranges, patch).
+
+    Raises a one-line `PruningError` saying what is wrong; never a KeyError/TypeError/IndexError.
+    """
+    if not isinstance(record, dict):
+        raise _corrupt(f"expected a dict, got {type(record).__name__}")
+    missing = [key for key in ("original", "kept_layers", "kept_heads", "kept_ffn") if key not in record]
+    if missing:
+        raise _corrupt(f"missing {', '.join(missing)}")
+    original = record["original"]
+    sizes = ("num_layers", "num_heads", "num_kv_heads", "intermediate_size")
+    if not isinstance(original, dict) or not all(_is_int(original.get(key)) and original[key] > 0 for key in sizes):
+        raise _corrupt(f"original must give positive integers {', '.join(sizes)}")
+    if original["num_heads"] % original["num_kv_heads"]:
+        raise _corrupt(
+            f"original num_heads {original['num_heads']} is not a multiple of num_kv_heads {original['num_kv_heads']}"
+        )
+
+    _check_ids("kept_layers", record["kept_layers"], original["num_layers"])
+    num_layers = len(record["kept_layers"])
+    if not num_layers:
+        raise _corrupt("kept_layers is empty")
+    for key in ("kept_heads", "kept_ffn"):
+        if not isinstance(record[key], list) or len(record[key]) != num_layers:
+            raise _corrupt(f"{key} must be a list with one entry per kept layer ({num_layers})")
+    for position, heads in enumerate(record["kept_heads"]):
+        _check_ids(f"kept_heads[{position}]", heads, original["num_heads"])
+    for position, neurons in enumerate(record["kept_ffn"]):
+        if neurons is not None:
+            _check_ids(f"kept_ffn[{position}]", neurons, original["intermediate_size"])
+    _check_patch(record.get("patch", []))
+    if not isinstance(record.get("stock_loadable", True), bool):
+        raise _corrupt("stock_loadable must be true or false")
+
+    configured = get_adapter(config).num_layers(config)
+    if configured != num_layers:
+        raise PruningError(
+            f"config.hfprune keeps {num_layers} layers but the config says {configured}; "
+            "the checkpoint disagrees with itself"
+        )
+
+
+def check_record(model: nn.Module) -> dict[str, Any]:
+    """The model's record (as `get_record`), refused with a `PruningError` if it is corrupt or disagrees
+    with the model's layers and weight shapes. An unpruned model (no record) is not checked."""
+    config = model.config
+    if not getattr(config, PATCH_KEY, None):
+        return get_record(model)
+    record = getattr(config, PATCH_KEY)
+    validate_record(record, config)
+    adapter = get_adapter(model)
+    layers = adapter.get_layers(model)
+    if len(layers) != len(record["kept_layers"]):
+        raise PruningError(f"config.hfprune keeps {len(record['kept_layers'])} layers but the model has {len(layers)}")
+    head_dim = adapter.head_dim(config)
+    for position, layer in enumerate(layers):
+        heads = record["kept_heads"][position]
+        expected = (len(heads) * head_dim, len(kv_groups(record, heads)) * head_dim, len(kept_ffn(record, position)))
+        actual = adapter.layer_widths(layer)
+        if actual != expected:
+            raise PruningError(
+                f"config.hfprune disagrees with the weights of layer {position} "
+                f"(original {record['kept_layers'][position]}): the record gives {_widths(expected, head_dim)}, "
+                f"the weights hold {_widths(actual, head_dim)}"
+            )
+    return record
+
+
+def _widths(widths: tuple[int, int, int], head_dim: int) -> str:
+    query, key, ffn = widths
+    return f"{query / head_dim:g} query heads, {key / head_dim:g} key/value heads and {ffn} FFN neurons"

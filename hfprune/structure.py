@@ -117,28 +117,42 @@ def structure_patch(model: nn.Module) -> list[dict[str, Any]]:
     return patch
 
 
+class PatchError(ValueError):
+    """A `config.hfprune` patch that does not fit the model the config builds (hand-edited or corrupt)."""
+
+
 def apply_structure_patch(model: nn.Module, patch: list[dict[str, Any]]) -> nn.Module:
     """Reshape a freshly built `model` as `patch` says; the new parameters are empty, ready to be loaded."""
-    base = model.base_model
-    for entry in patch:
-        path = entry["path"]
-        if "module" in entry:
-            parent_path, _, child = path.rpartition(".")
-            parent = base.get_submodule(parent_path)
-            old = parent.get_submodule(child)
-            reference = next(old.parameters(), None)
-            new = _MODULE_TYPES[entry["module"]](**entry["kwargs"])
-            if reference is not None:
-                new = new.to(device=reference.device, dtype=reference.dtype)
-            setattr(parent, child, new)
-        elif "parameter" in entry:
-            module = base.get_submodule(path)
-            old = getattr(module, entry["parameter"])
-            empty = torch.empty(entry["shape"], dtype=old.dtype, device=old.device)
-            setattr(module, entry["parameter"], nn.Parameter(empty, requires_grad=old.requires_grad))
-        else:
-            setattr(base.get_submodule(path), entry["attribute"], entry["value"])
+    for number, entry in enumerate(patch):
+        try:
+            _apply_entry(model.base_model, entry)
+        except (AttributeError, KeyError, TypeError, ValueError, IndexError, RuntimeError) as error:
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            path = entry.get("path") if isinstance(entry, dict) else entry
+            raise PatchError(
+                f"config.hfprune patch[{number}] ({path}) does not fit the model the config builds: {reason}"
+            ) from None
     return model
+
+
+def _apply_entry(base: nn.Module, entry: dict[str, Any]) -> None:
+    path = entry["path"]
+    if "module" in entry:
+        parent_path, _, child = path.rpartition(".")
+        parent = base.get_submodule(parent_path)
+        old = parent.get_submodule(child)
+        reference = next(old.parameters(), None)
+        new = _MODULE_TYPES[entry["module"]](**entry["kwargs"])
+        if reference is not None:
+            new = new.to(device=reference.device, dtype=reference.dtype)
+        setattr(parent, child, new)
+    elif "parameter" in entry:
+        module = base.get_submodule(path)
+        old = getattr(module, entry["parameter"])
+        empty = torch.empty(entry["shape"], dtype=old.dtype, device=old.device)
+        setattr(module, entry["parameter"], nn.Parameter(empty, requires_grad=old.requires_grad))
+    else:
+        setattr(base.get_submodule(path), entry["attribute"], entry["value"])
 
 
 _RESTRUCTURED_CLASSES: dict[type, type] = {}

@@ -12,7 +12,8 @@ from transformers import PretrainedConfig
 from transformers.pytorch_utils import Conv1D
 
 from ..errors import PruningError
-from ..structure import EmptyAttention
+from ..structure import EmptyAttention, EmptyMLP
+from ..transaction import replace_parameter, slice_parameter  # noqa: F401 (replace_parameter: for adapters)
 
 
 def resolve(module: nn.Module, path: str):
@@ -21,37 +22,41 @@ def resolve(module: nn.Module, path: str):
     return functools.reduce(getattr, path.split("."), module)
 
 
-def replace_parameter(module: nn.Module, name: str, value: torch.Tensor) -> None:
-    """Swap a parameter for a new tensor, keeping `requires_grad` (surgery keeps modules, so hooks survive)."""
-    old = getattr(module, name)
-    setattr(module, name, nn.Parameter(value.contiguous(), requires_grad=old.requires_grad))
-
-
 def slice_linear(layer: nn.Module, index: torch.Tensor, dim: int) -> None:
     """Keep only the rows (dim=0, outputs) or columns (dim=1, inputs) of a Linear or Conv1D in `index`.
 
     Works in place on the module: only the kept slice is copied, so no second copy of the model exists.
     """
     if isinstance(layer, Conv1D):  # weight is [in, out]: the transpose of Linear's
-        weight_dim = 1 - dim
-        index = index.to(layer.weight.device)
-        replace_parameter(layer, "weight", layer.weight.detach().index_select(weight_dim, index))
+        slice_parameter(layer, "weight", index, 1 - dim)
         if dim == 0:
-            replace_parameter(layer, "bias", layer.bias.detach().index_select(0, index))
+            slice_parameter(layer, "bias", index, 0)
             layer.nf = len(index)
         else:
             layer.nx = len(index)
         return
-    if not isinstance(layer, nn.Linear):
-        raise PruningError(f"cannot slice a {type(layer).__name__}; expected nn.Linear or Conv1D")
-    index = index.to(layer.weight.device)
-    replace_parameter(layer, "weight", layer.weight.detach().index_select(dim, index))
+    check_sliceable(layer)
+    slice_parameter(layer, "weight", index, dim)
     if dim == 0:
         if layer.bias is not None:
-            replace_parameter(layer, "bias", layer.bias.detach().index_select(0, index))
+            slice_parameter(layer, "bias", index, 0)
         layer.out_features = len(index)
     else:
         layer.in_features = len(index)
+
+
+def check_sliceable(module) -> None:
+    """Refuse, before anything changes, a projection that surgery cannot cut by indexing its weight: a
+    quantized or adapter-wrapped layer, or weights offloaded to the meta device."""
+    if isinstance(module, nn.Parameter):
+        weight = module
+    elif type(module) is nn.Linear or isinstance(module, Conv1D):
+        weight = module.weight
+    else:
+        raise PruningError(f"cannot slice a {type(module).__name__}; expected nn.Linear or Conv1D (quantized and "
+                           "adapter-wrapped layers are not supported: dequantize or merge them first)")
+    if weight.device.type == "meta":
+        raise PruningError("cannot slice weights on the meta device (offloaded?); load the model fully first")
 
 
 def stand_in(module_class: type, out_features: int, projection: nn.Module, **kwargs) -> nn.Module:
@@ -99,6 +104,7 @@ class ArchAdapter:
     uniform_heads_in_config: bool = False  # the config can express a smaller head count (explicit head_dim)
     can_remove_all_heads: bool = True
     time_major: bool = False  # layers see hidden states as [tokens, batch, dim] instead of [batch, tokens, dim]
+    causal_lm: bool = False  # a left-to-right decoder: perplexity means something (not for BERT-style encoders)
 
     # ---- config -------------------------------------------------------------------------------------
     def num_layers(self, config: PretrainedConfig) -> int:
@@ -164,6 +170,43 @@ class ArchAdapter:
 
         return layer.get_submodule(self.ffn_output).register_forward_pre_hook(pre_hook)
 
+    # ---- checks -------------------------------------------------------------------------------------
+    def check_prunable(self, layer: nn.Module, part: str) -> None:
+        """Refuse (before any change) a layer whose `part` ("heads" or "ffn") surgery cannot slice."""
+        if part == "heads":
+            paths = (self.query, self.key, self.value, self.output)
+        else:
+            paths = (*self.ffn_inputs, self.ffn_output)
+        for path in paths:
+            check_sliceable(resolve(layer, path))
+
+    def layer_widths(self, layer: nn.Module) -> tuple[int, int, int]:
+        """(query width, key/value width, FFN width) of one layer, read from its weight shapes.
+
+        How a `config.hfprune` record is checked against the weights; a layer whose projections disagree
+        with each other raises a `PruningError`.
+        """
+        if self.has_attention(layer):
+            query, key, value = (_rows(resolve(layer, path)) for path in (self.query, self.key, self.value))
+            output = _columns(resolve(layer, self.output))
+            if query != output or key != value:
+                raise PruningError(
+                    f"the attention projections of a layer disagree (query {query}, key {key}, value {value}, "
+                    f"output {output} features)"
+                )
+        else:
+            query = key = 0
+        return query, key, self.ffn_width(layer)
+
+    def ffn_width(self, layer: nn.Module) -> int:
+        if isinstance(layer.get_submodule(self.ffn_output.rpartition(".")[0]), EmptyMLP):
+            return 0
+        widths = {_rows(layer.get_submodule(path)) for path in self.ffn_inputs}
+        widths.add(_columns(layer.get_submodule(self.ffn_output)))
+        if len(widths) != 1:
+            raise PruningError(f"the FFN projections of a layer disagree ({sorted(widths)} neurons)")
+        return widths.pop()
+
     # ---- surgery ------------------------------------------------------------------------------------
     def slice_heads(self, layer: nn.Module, keep_heads: list[int], keep_kv_heads: list[int], head_dim: int) -> None:
         """Keep the given (current, local) query and key/value heads of one layer."""
@@ -207,3 +250,20 @@ class ArchAdapter:
 
 def _out_features(projection: nn.Module) -> int:
     return projection.nf if isinstance(projection, Conv1D) else projection.out_features
+
+
+def _weight(module: nn.Module) -> torch.Tensor:
+    module = getattr(module, "base_layer", module)  # a PEFT-wrapped projection
+    return module if isinstance(module, nn.Parameter) else module.weight
+
+
+def _rows(module: nn.Module) -> int:
+    """Output features of a projection (Conv1D stores its weight transposed)."""
+    module = getattr(module, "base_layer", module)
+    return module.weight.shape[1] if isinstance(module, Conv1D) else _weight(module).shape[0]
+
+
+def _columns(module: nn.Module) -> int:
+    """Input features of a projection."""
+    module = getattr(module, "base_layer", module)
+    return module.weight.shape[0] if isinstance(module, Conv1D) else _weight(module).shape[1]

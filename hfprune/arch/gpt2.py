@@ -2,12 +2,14 @@
 
 import torch
 
+from ..errors import PruningError
 from ..structure import EmptyMLP
 from .base import ArchAdapter, head_index, slice_linear, stand_in
 
 
 class GPT2Adapter(ArchAdapter):
     model_types = ("gpt2",)
+    causal_lm = True
     layers = "h"
     attention = "attn"
     query = key = value = "attn.c_attn"
@@ -30,6 +32,16 @@ class GPT2Adapter(ArchAdapter):
         slice_linear(attention.c_proj, q_index, dim=1)
         attention.num_heads = len(keep_heads)
         attention.split_size = len(keep_heads) * head_dim
+
+    def layer_widths(self, layer):
+        if not self.has_attention(layer):
+            return 0, 0, self.ffn_width(layer)
+        fused, output = layer.attn.c_attn.weight.shape[1], layer.attn.c_proj.weight.shape[0]
+        if fused != 3 * output:
+            raise PruningError(
+                f"the attention projections of a layer disagree (c_attn {fused}, c_proj {output} features)"
+            )
+        return output, output, self.ffn_width(layer)
 
     def slice_ffn(self, layer, keep):
         if keep:

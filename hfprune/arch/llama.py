@@ -9,6 +9,7 @@ from .base import ArchAdapter
 
 class LlamaAdapter(ArchAdapter):
     model_types = ("llama", "mistral", "qwen2", "qwen3")
+    causal_lm = True
     layers = "layers"
     attention = "self_attn"
     query = "self_attn.q_proj"

@@ -6,7 +6,8 @@ receives the per-head context `[len, batch, heads, d_head]` for both attention s
 
 import torch
 
-from .base import ArchAdapter, replace_parameter
+from ..errors import PruningError
+from .base import ArchAdapter, slice_parameter
 
 _HEAD_PARAMETERS = {"q": 1, "k": 1, "v": 1, "o": 1, "r": 1, "r_r_bias": 0, "r_s_bias": 0, "r_w_bias": 0, "seg_embed": 1}
 
@@ -49,8 +50,16 @@ class XLNetAdapter(ArchAdapter):
         attention = layer.rel_attn
         index = torch.as_tensor(keep_heads, dtype=torch.long, device=attention.q.device)
         for name, dim in _HEAD_PARAMETERS.items():
-            replace_parameter(attention, name, getattr(attention, name).detach().index_select(dim, index))
+            slice_parameter(attention, name, index, dim)
         attention.n_head = len(keep_heads)
+
+    def layer_widths(self, layer):
+        attention = layer.rel_attn
+        heads = {getattr(attention, name).shape[dim] for name, dim in _HEAD_PARAMETERS.items()}
+        if len(heads) != 1:
+            raise PruningError(f"the attention parameters of a layer disagree ({sorted(heads)} heads)")
+        width = heads.pop() * attention.q.shape[2]
+        return width, width, self.ffn_width(layer)
 
     def remove_attention(self, layer, layer_idx, head_dim):
         # Zero heads is a valid XLNet shape: every einsum over heads is empty, the block adds nothing.
