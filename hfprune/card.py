@@ -32,11 +32,14 @@ __all__ = [
     "IMPORTANCE_IMAGE",
     "RESULTS_FILE",
     "card_inputs",
+    "metrics_from_history",
     "plot_head_importance",
     "plot_surviving_heads",
     "regenerate_model_card",
+    "sanitize_paths",
     "sparsity_summary",
     "unpruned_twin",
+    "update_card_speed",
     "write_model_card",
 ]
 
@@ -50,6 +53,47 @@ _GLUE_DISPLAY = {
     "mnli": "MNLI", "qnli": "QNLI", "rte": "RTE", "wnli": "WNLI",
 }  # fmt: skip
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+# An absolute path (POSIX, ~, or Windows drive) that starts a token: at the start, after a space, a quote,
+# "=", "(", "[" or ","; so "me/model", "../data" and "https://..." are left alone. A quoted one may hold spaces.
+_QUOTED_PATH = re.compile(r"""(?<![^\s=(,\[])(['"])((?:~|[A-Za-z]:)?[/\\][^'"]*)\1""")
+_BARE_PATH = re.compile(r"""(?<![^\s'"=(,\[])(?:~|[A-Za-z]:)?[/\\][^\s'",)\]]*""")
+LOCAL_PLACEHOLDER = "<local>"
+
+
+# ---- paths ------------------------------------------------------------------------------------------
+def _local_name(path: str) -> str:
+    """The last component of a local path (its folder name), or `<local>` for a root."""
+    parts = [part for part in re.split(r"[/\\]", str(path)) if part not in ("", ".", "~") and not part.endswith(":")]
+    return parts[-1] if parts else LOCAL_PLACEHOLDER
+
+
+def sanitize_paths(text: str) -> str:
+    """`text` with every absolute local path (and `~/...`) replaced by its last component.
+
+    Cards and the commands they record travel to the Hub; a path such as `/home/alice/work/model` says
+    nothing useful to a stranger and something about the machine. Relative paths and Hub ids are kept.
+    """
+    text = _QUOTED_PATH.sub(lambda match: match.group(1) + _local_name(match.group(2)) + match.group(1), text)
+    return _BARE_PATH.sub(lambda match: _local_name(match.group(0)), text)
+
+
+def _sanitized(value: Any) -> Any:
+    return sanitize_paths(value) if isinstance(value, str) else value
+
+
+def _is_hub_id(name: str | None) -> bool:
+    """A Hub model id (`org/name` or a legacy `name`), not a path that exists here."""
+    return bool(name) and _REPO_ID.match(name) is not None and not Path(name).exists()
+
+
+def _base_model_ids(base_model: str | None, base_model_id: str | None) -> tuple[str | None, str | None, bool]:
+    """(Hub id for the metadata, name to show, whether the base is a local folder)."""
+    hub_id = base_model_id or (base_model if _is_hub_id(base_model) else None)
+    if hub_id:
+        return hub_id, hub_id, False
+    if base_model is None:
+        return None, None, False
+    return None, _local_name(base_model), True
 
 
 # ---- numbers ----------------------------------------------------------------------------------------
@@ -141,7 +185,7 @@ def _per_split(metrics: Mapping[str, Any] | None) -> dict[str, dict[str, float]]
 
 def _is_score(name: str) -> bool:
     """Metric keys worth a row: scores, not Trainer bookkeeping such as runtime or samples per second."""
-    skip = ("runtime", "samples_per_second", "steps_per_second", "epoch", "loss")
+    skip = ("runtime", "samples_per_second", "steps_per_second", "preparation_time", "epoch", "loss")
     return not any(part in name for part in skip) or name in ("perplexity",)
 
 
@@ -172,12 +216,24 @@ def _is_glue(task: str) -> bool:
         return False
 
 
-def _eval_results(task: dict[str, Any] | None, metrics_after: dict[str, dict[str, float]]) -> list[EvalResult]:
-    """model-index entries: this model's (pruned) results, one per split and metric."""
+def _subset(split: str, max_eval_samples: int | None) -> tuple[str, str]:
+    """(split as the model-index records it, words for the dataset name) of an eval set cut to its first
+    `max_eval_samples` examples: `validation[:200]`, "first 200 validation examples"."""
+    if not max_eval_samples:
+        return split, ""
+    return f"{split}[:{max_eval_samples}]", f"first {max_eval_samples:,} {split} examples"
+
+
+def _eval_results(
+    task: dict[str, Any] | None, metrics_after: dict[str, dict[str, float]], max_eval_samples: int | None = None
+) -> list[EvalResult]:
+    """model-index entries: this model's (pruned) results, one per split and metric; an eval set cut to its
+    first examples says so in the dataset name and the split."""
     if task is None:
         return []
     results = []
     for split, values in metrics_after.items():
+        split_name, subset = _subset(split, max_eval_samples)
         for metric, value in values.items():
             if not _is_score(metric) or value is None or (isinstance(value, float) and math.isnan(value)):
                 continue
@@ -185,9 +241,9 @@ def _eval_results(task: dict[str, Any] | None, metrics_after: dict[str, dict[str
                 EvalResult(
                     task_type=task["task_type"],
                     dataset_type=task["dataset"] or task["name"],
-                    dataset_name=task["display"],
+                    dataset_name=f"{task['display']} ({subset})" if subset else task["display"],
                     dataset_config=task["config"],
-                    dataset_split=split,
+                    dataset_split=split_name,
                     metric_type=metric,
                     metric_name=metric,
                     metric_value=round(float(value), 6),
@@ -281,14 +337,23 @@ def _importance_tensor(importance: Any) -> torch.Tensor | None:
 
 
 # ---- speed ------------------------------------------------------------------------------------------
+def _speed_report(speed: Any):
+    """A SpeedReport from a report or its JSON form (old JSON without noise gets the checks its rows allow)."""
+    from .speed import SpeedReport
+
+    return speed if isinstance(speed, SpeedReport) else SpeedReport.from_dict(speed)
+
+
 def _speed_info(speed: Any) -> dict[str, Any] | None:
-    """A SpeedReport (or its JSON form, `{"device": ..., "rows": [...]}`) as rows ready for the table."""
+    """A SpeedReport (or its JSON form, `{"device": ..., "rows": [...]}`) as rows ready for the table, with
+    the noise verdict: a warning and the reasons when the timing is not trustworthy."""
+    from .speed import NOISE_ADVICE
+
     if speed is None:
         return None
-    device = speed["device"] if isinstance(speed, Mapping) else speed.device
-    raw_rows = speed["rows"] if isinstance(speed, Mapping) else speed.rows
+    report = _speed_report(speed)
     rows = []
-    for row in raw_rows:
+    for row in report.rows:
         latency = _fmt(row.get("median_ms"), 2)
         if row.get("p25_ms") is not None and row.get("p75_ms") is not None:
             latency += f" [{row['p25_ms']:.2f}-{row['p75_ms']:.2f}]"
@@ -303,17 +368,21 @@ def _speed_info(speed: Any) -> dict[str, Any] | None:
                 "params": _fmt(row.get("params")),
                 "speedup": f"{speedup:.2f}x" if isinstance(speedup, (int, float)) else "n/a",
                 "ideal_speedup": f"{ideal:.2f}x" if isinstance(ideal, (int, float)) else "n/a",
+                "noise": "**noisy**" if row.get("noise", {}).get("noisy") else "ok",
             }
         )
-    return {"device": device, "rows": rows}
+    return {
+        "device": report.device,
+        "rows": rows,
+        "noisy": report.noisy,
+        "noisy_rows": sum(1 for row in report.rows if row.get("noise", {}).get("noisy")),
+        "reasons": list(report.noise.get("reasons", [])),
+        "advice": NOISE_ADVICE,
+    }
 
 
 def _speed_json(speed: Any) -> dict[str, Any] | None:
-    if speed is None:
-        return None
-    if isinstance(speed, Mapping):
-        return {"device": speed["device"], "rows": [dict(row) for row in speed["rows"]]}
-    return {"device": speed.device, "rows": [dict(row) for row in speed.rows]}
+    return None if speed is None else _speed_report(speed).to_dict()
 
 
 # ---- the card ---------------------------------------------------------------------------------------
@@ -347,25 +416,54 @@ def _summary(sparsity: dict[str, dict[str, float]]) -> str:
     return text
 
 
-def _metric_rows(before: dict, after: dict) -> list[dict[str, str]]:
+def _metric_rows(before: dict, after: dict, baselines: dict | None = None) -> list[dict[str, str]]:
+    """One row per (split, metric): the dense value, the pruned one, the change, and the majority-class
+    baseline when `baselines` has it."""
+    baselines = baselines or {}
     rows = []
     for split in dict.fromkeys([*before, *after]):
         names = dict.fromkeys([*before.get(split, {}), *after.get(split, {})])
         for metric in (name for name in names if _is_score(name)):
             b, a = before.get(split, {}).get(metric), after.get(split, {}).get(metric)
             delta = f"{a - b:+.4f}" if isinstance(a, (int, float)) and isinstance(b, (int, float)) else "n/a"
-            rows.append({"split": split, "metric": metric, "before": _fmt(b), "after": _fmt(a), "delta": delta})
+            majority = _fmt(baselines.get(split, {}).get(metric))
+            rows.append({"split": split, "metric": metric, "majority": majority, "before": _fmt(b), "after": _fmt(a), "delta": delta})
     return rows
+
+
+def _fine_tuning(finetuned_first: bool, pruning: Mapping[str, Any]) -> dict[str, Any]:
+    """What training really happened, for the card's wording: a head fine-tuned before pruning, and recovery
+    training after it (`recovery_steps`, else `recovery_epochs`, in the settings; absent means none)."""
+    epochs = _number(pruning.get("recovery_epochs"))
+    steps = _number(pruning.get("recovery_steps"))
+    if steps > 0:  # as in PruningArguments, steps override epochs
+        words = f"{steps:g} step{'' if steps == 1 else 's'}"
+    elif epochs > 0:
+        words = f"{epochs:g} epoch{'' if epochs == 1 else 's'}"
+    else:
+        words = None
+    return {"head_first": bool(finetuned_first), "recovery": words is not None, "recovery_words": words}
+
+
+def _number(value: Any) -> float:
+    try:
+        return float(value) if value is not None and not isinstance(value, bool) else 0.0
+    except (TypeError, ValueError):
+        return 0.0
 
 
 def write_model_card(
     model: nn.Module,
     output_dir: str | Path,
     *,
-    base_model: str,
+    base_model: str | None = None,
+    base_model_id: str | None = None,
     task: str | TaskSpec | None = None,
     metrics_before: Mapping[str, Any] | None = None,
     metrics_after: Mapping[str, Any] | None = None,
+    baselines: Mapping[str, Any] | None = None,
+    weak_baseline: str | None = None,
+    max_eval_samples: int | None = None,
     speed: Any = None,
     importance: torch.Tensor | Sequence[Sequence[float | None]] | None = None,
     command: str | None = None,
@@ -375,21 +473,33 @@ def write_model_card(
     finetuned_first: bool = False,
     importance_note: str | None = None,
     license: str | None = None,
+    tags: Sequence[str] | None = None,
     template_path: str | Path | None = None,
+    checkpoint_dir: str | Path | None = None,
 ) -> ModelCard:
     """Render README.md (+ `heads.png`, and `importance.png` when `importance` is given) into `output_dir`.
 
     Args:
         model: the pruned model; its `config.hfprune` record is the source of truth for what was removed.
-        base_model: the Hub id or path the model was pruned from (only a Hub id goes into the metadata).
+        base_model: the Hub id or path the model was pruned from; a local path is named by its folder name
+            only. `base_model_id`: the Hub id of the base, when `base_model` is a local copy of it. The Hub id
+            (given, or `base_model` itself when it is one) becomes the card's `base_model` metadata.
         metrics_before / metrics_after: `{metric: value}` or, for tasks with several eval sets such as
             MNLI, `{split: {metric: value}}`. The "after" values become the card's model-index.
-        speed: a `hfprune.speed.SpeedReport`, or its JSON form `{"device": ..., "rows": [...]}`.
+        baselines: the majority-class baseline in the same form, shown beside dense and pruned;
+            `weak_baseline`: a note shown at the top when the dense model is not clearly above it.
+        max_eval_samples: the eval sets were cut to their first N examples (default: the `pruning` setting
+            of that name); the model-index and the results say so.
+        speed: a `hfprune.speed.SpeedReport`, or its JSON form; a noisy one is marked as such.
         importance: `[num_layers, num_heads]` head importance of the unpruned model (original indices);
             `importance_note` says how it relates to what was pruned.
-        command: the command line that produced the checkpoint, shown verbatim.
+        command: the command line that produced the checkpoint (absolute paths reduced to their last part).
         repo_id: where the card says to load the model from (default: the folder name).
-        pruning: extra settings (method, schedule, ...) listed under "How it was made".
+        pruning: settings (method, schedule, `recovery_epochs`, ...) listed under "How it was made"; the card
+            claims recovery fine-tuning only when `recovery_epochs` or `recovery_steps` is above 0.
+        tags: extra metadata tags.
+        checkpoint_dir: the folder the card will sit in, when it is rendered elsewhere (default `output_dir`):
+            the card links `speed.png`, `modeling_hfprune.py` and the results file only if they are there.
     Returns:
         The rendered `ModelCard` (already saved as `output_dir/README.md`).
     """
@@ -397,58 +507,53 @@ def write_model_card(
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else output_dir
     record = get_record(model)
     task_info = _task_info(task)
     before, after = _per_split(metrics_before), _per_split(metrics_after)
+    majority = _per_split(baselines)
     sparsity = sparsity_summary(model, base_num_parameters)
+    pruning = dict(pruning or {})
+    if max_eval_samples is None:
+        max_eval_samples = pruning.get("max_eval_samples")
+    hub_id, base_name, base_local = _base_model_ids(base_model, base_model_id)
+    name = repo_id or output_dir.name
 
     plot_surviving_heads(record, output_dir / HEADS_IMAGE)
     scores = _importance_tensor(importance)
     if scores is not None:
         plot_head_importance(scores, record, output_dir / IMPORTANCE_IMAGE)
 
-    is_hub_id = _REPO_ID.match(base_model) is not None and not Path(base_model).exists()
     card_data = ModelCardData(
-        base_model=base_model if is_hub_id else None,
+        base_model=hub_id,
         datasets=[task_info["dataset"]] if task_info and task_info["dataset"] else None,
-        eval_results=_eval_results(task_info, after) or None,
+        eval_results=_eval_results(task_info, after, max_eval_samples) or None,
         library_name="transformers",
         license=license,
         metrics=sorted({m for values in after.values() for m in values if _is_score(m)}) or None,
-        model_name=repo_id or output_dir.name,
+        model_name=name,
         pipeline_tag=task_info["pipeline_tag"] if task_info else None,
-        tags=["hfprune", "pruned", "structured-pruning"],
+        tags=list(dict.fromkeys(["hfprune", "pruned", "structured-pruning", *(tags or [])])),
         hfprune={
-            "base_model": base_model,
+            "base_model": base_name,
             "sparsity": {unit: round(values["sparsity"], 6) for unit, values in sparsity.items()},
             "stock_loadable": bool(record["stock_loadable"]),
         },
     )
-    heads_rows = []
-    for current, layer in enumerate(record["kept_layers"]):
-        heads = record["kept_heads"][current]
-        heads_rows.append(
-            {
-                "layer": layer,
-                "count": f"{len(heads)}/{record['original']['num_heads']}",
-                "heads": ", ".join(map(str, heads)) if heads else "none (attention removed)",
-                "ffn": f"{len(kept_ffn(record, current))}/{record['original']['intermediate_size']}",
-            }
-        )
     dropped = sorted(set(range(record["original"]["num_layers"])) - set(record["kept_layers"]))
-    for layer in dropped:
-        heads_rows.append({"layer": layer, "count": "0", "heads": "layer dropped", "ffn": "0"})
-    heads_rows.sort(key=lambda row: row["layer"])
-
     card = ModelCard.from_template(
         card_data,
         template_path=str(template_path or DEFAULT_TEMPLATE),
-        model_name=repo_id or output_dir.name,
-        base_model=base_model,
+        model_name=name,
+        base_model=base_name,
+        base_local=base_local,
         summary=_summary(sparsity),
         task=task_info,
-        finetuned_first=finetuned_first,
-        metrics_rows=_metric_rows(before, after),
+        training=_fine_tuning(finetuned_first, pruning),
+        weak_baseline=weak_baseline,
+        eval_subset=f"the first {max_eval_samples:,} examples of each split" if max_eval_samples else None,
+        metrics_rows=_metric_rows(before, after, majority),
+        has_baselines=bool(majority),
         sparsity_rows=[
             {
                 "unit": _UNIT_LABELS[unit],
@@ -459,7 +564,7 @@ def write_model_card(
             }
             for unit, values in sparsity.items()
         ],
-        heads_rows=heads_rows,
+        heads_rows=_heads_rows(record, dropped),
         heads_image=HEADS_IMAGE,
         heads_legend="Blue: kept head, orange: pruned head, grey: dropped layer."
         + (f" Dropped layers: {', '.join(map(str, dropped))}." if dropped else ""),
@@ -467,14 +572,14 @@ def write_model_card(
         importance_source="scored on training examples, never on the evaluation split"
         + (f"; {importance_note}" if importance_note else ""),
         speed=_speed_info(speed),
-        speed_image=SPEED_IMAGE if speed is not None and (output_dir / SPEED_IMAGE).exists() else None,
-        repo_id=repo_id or output_dir.name,
+        speed_image=SPEED_IMAGE if speed is not None and (checkpoint_dir / SPEED_IMAGE).exists() else None,
+        repo_id=name,
         auto_class=_auto_class(model),
         stock_loadable=bool(record["stock_loadable"]),
-        remote_code=(output_dir / "modeling_hfprune.py").exists(),
-        pruning={key: _setting(value) for key, value in (pruning or {}).items()},
-        command=command,
-        results_file=RESULTS_FILE if (output_dir / RESULTS_FILE).exists() else None,
+        remote_code=(checkpoint_dir / "modeling_hfprune.py").exists(),
+        pruning={key: _setting(_sanitized(value)) for key, value in pruning.items()},
+        command=sanitize_paths(command) if command else None,
+        results_file=RESULTS_FILE if (checkpoint_dir / RESULTS_FILE).exists() else None,
         hfprune_version=__version__,
     )
     card = ModelCard(re.sub(r"\n{3,}", "\n\n", str(card)))  # Jinja leaves blank lines where blocks were
@@ -482,9 +587,26 @@ def write_model_card(
     return card
 
 
+def _heads_rows(record: dict[str, Any], dropped: list[int]) -> list[dict[str, Any]]:
+    """The surviving heads and FFN width of every ORIGINAL layer, dropped layers included."""
+    rows = []
+    for current, layer in enumerate(record["kept_layers"]):
+        heads = record["kept_heads"][current]
+        rows.append(
+            {
+                "layer": layer,
+                "count": f"{len(heads)}/{record['original']['num_heads']}",
+                "heads": ", ".join(map(str, heads)) if heads else "none (attention removed)",
+                "ffn": f"{len(kept_ffn(record, current))}/{record['original']['intermediate_size']}",
+            }
+        )
+    rows += [{"layer": layer, "count": "0", "heads": "layer dropped", "ffn": "0"} for layer in dropped]
+    return sorted(rows, key=lambda row: row["layer"])
+
+
 def card_inputs(
     *,
-    base_model: str,
+    base_model: str | None,
     task: str | None,
     metrics_before: Mapping[str, Any] | None,
     metrics_after: Mapping[str, Any] | None,
@@ -496,20 +618,34 @@ def card_inputs(
     finetuned_first: bool,
     repo_id: str | None = None,
     importance_note: str | None = None,
+    base_model_id: str | None = None,
+    baselines: Mapping[str, Any] | None = None,
+    weak_baseline: str | None = None,
+    max_eval_samples: int | None = None,
 ) -> dict[str, Any]:
-    """The JSON-safe keyword arguments of `write_model_card`, as stored in `hfprune_results.json`."""
+    """The JSON-safe keyword arguments of `write_model_card`, as stored in `hfprune_results.json`.
+
+    They travel with the checkpoint, so no absolute path is kept: the command and settings are sanitized,
+    and a local base model is stored as `./<folder name>` (resolved now, while the path exists, so a later
+    re-render cannot mistake the folder name for a Hub id).
+    """
     scores = _importance_tensor(importance)
+    hub_id, base_name, base_local = _base_model_ids(base_model, base_model_id)
     return {
-        "base_model": base_model,
+        "base_model": f"./{base_name}" if base_local else base_name,
+        "base_model_id": hub_id,
         "task": task,
         "metrics_before": _per_split(metrics_before),
         "metrics_after": _per_split(metrics_after),
+        "baselines": _per_split(baselines),
+        "weak_baseline": weak_baseline,
+        "max_eval_samples": max_eval_samples,
         "speed": _speed_json(speed),
         "importance": None
         if scores is None
         else [[None if math.isnan(v) else v for v in row] for row in scores.tolist()],
-        "command": command,
-        "pruning": dict(pruning or {}),
+        "command": sanitize_paths(command) if command else None,
+        "pruning": {key: _sanitized(value) for key, value in (pruning or {}).items()},
         "base_num_parameters": base_num_parameters,
         "finetuned_first": finetuned_first,
         "repo_id": repo_id,
@@ -517,16 +653,69 @@ def card_inputs(
     }
 
 
-def regenerate_model_card(checkpoint_dir: str | Path, *, template_path: str | Path | None = None, **overrides: Any) -> ModelCard:
+def _checkpoint_skeleton(checkpoint_dir: Path) -> nn.Module:
+    """The checkpoint's model with its pruned shapes on the meta device: all a card needs (structure and
+    parameter counts), without reading the weights."""
+    from transformers import AutoConfig
+
+    from .loading import _model_class
+    from .structure import restructured_class
+
+    config = AutoConfig.from_pretrained(checkpoint_dir)
+    model_class = _model_class(config)
+    if (getattr(config, PATCH_KEY, None) or {}).get("patch"):
+        model_class = restructured_class(model_class)
+    with torch.device("meta"):
+        return model_class(config)
+
+
+def regenerate_model_card(
+    checkpoint_dir: str | Path,
+    *,
+    template_path: str | Path | None = None,
+    output_dir: str | Path | None = None,
+    base_model_id: str | None = None,
+    **overrides: Any,
+) -> ModelCard:
     """Re-render README.md and the heatmaps of a checkpoint written by `hfprune prune` from the card inputs
     stored in its `hfprune_results.json`; `overrides` (e.g. `repo_id="me/model"`) replace stored values. Any
-    other pruned checkpoint gets a card of its structure. Only README.md and the PNGs are rewritten."""
-    from .loading import from_pretrained
+    other pruned checkpoint gets a card of its structure (what was removed, how to load it).
 
+    Only README.md and the PNGs are written: into the checkpoint, or into `output_dir` when given (the
+    checkpoint is then only read). The weights are not loaded.
+    """
     checkpoint_dir = Path(checkpoint_dir)
     results_path = checkpoint_dir / RESULTS_FILE
     stored = json.loads(results_path.read_text()).get("card", {}) if results_path.exists() else {}
+    overrides["base_model_id"] = base_model_id
     kwargs = {**stored, **{key: value for key, value in overrides.items() if value is not None}}
-    kwargs.setdefault("base_model", str(checkpoint_dir))
-    model = from_pretrained(checkpoint_dir)
-    return write_model_card(model, checkpoint_dir, template_path=template_path, **kwargs)
+    model = _checkpoint_skeleton(checkpoint_dir)
+    return write_model_card(
+        model, output_dir or checkpoint_dir, template_path=template_path, checkpoint_dir=checkpoint_dir, **kwargs
+    )
+
+
+def update_card_speed(checkpoint_dir: str | Path, report: Any) -> ModelCard:
+    """Store a new `SpeedReport` in a checkpoint (`hfprune_results.json`, `speed.json`, `speed.png`) and
+    re-render its card with it, so that a later `hfprune card` keeps the timings and their noise verdict."""
+    checkpoint_dir = Path(checkpoint_dir)
+    results_path = checkpoint_dir / RESULTS_FILE
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    results.setdefault("card", {})["speed"] = report.to_dict()
+    results["speed"] = report.to_dict()
+    results_path.write_text(json.dumps(results, indent=2) + "\n")
+    report.save_json(checkpoint_dir / "speed.json")
+    report.plot(checkpoint_dir / SPEED_IMAGE)
+    return regenerate_model_card(checkpoint_dir)
+
+
+def metrics_from_history(history: Sequence[Mapping[str, Any]]) -> tuple[dict[str, float], dict[str, float]]:
+    """(before, after) eval metrics from a `PruningTrainer.pruning_history`: step 0 is the model as given,
+    the last step the pruned one; `eval_accuracy` becomes `accuracy`."""
+
+    def metrics(entry: Mapping[str, Any]) -> dict[str, float]:
+        return {key[len("eval_"):]: value for key, value in entry.items() if key.startswith("eval_")}
+
+    if not history:
+        return {}, {}
+    return metrics(history[0]), metrics(history[-1])

@@ -1,19 +1,24 @@
 """Push a pruned model folder to the Hugging Face Hub.
 
 A thin layer over `HfApi.create_repo` + `HfApi.upload_folder`. It adds what a CLI user needs on top: the endpoint is
-read when the push happens, every failure becomes one actionable `HubPushError` line, and the token never shows up in
-a message.
+read when the push happens, every failure becomes one actionable `HubPushError` line, the token never shows up in
+a message, and a pruned folder without a README.md gets hfprune's model card in the same commit.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
+import shutil
+import tempfile
 from pathlib import Path
 
 from huggingface_hub import HfApi, get_token
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError, OfflineModeIsEnabled
+
+from .errors import PruningError
 
 
 try:
@@ -23,7 +28,7 @@ except ImportError:  # huggingface_hub 1.x is built on httpx
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["HubPushError", "push_to_hub"]
+__all__ = ["HubPushError", "check_repo_id", "needs_card", "push_to_hub"]
 
 # What `save_pretrained` (or a GGUF export) leaves behind; a folder without any of these is not worth pushing.
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.gguf")
@@ -44,6 +49,7 @@ def push_to_hub(
     commit_message: str = "Upload pruned model with hfprune",
     token: str | None = None,
     revision: str | None = None,
+    card: bool = True,
 ) -> str:
     """Upload `folder` (a `save_pretrained` output) to the model repo `repo_id` and return the commit URL.
 
@@ -51,14 +57,72 @@ def push_to_hub(
     `main` when missing. Files identical to the ones on the Hub are skipped, so pushing the same folder twice makes
     no new commit and an interrupted push can simply be re-run. The local folder is only read.
 
+    With `card=True` (the default), a pruned folder (`config.hfprune`) without a README.md gets hfprune's model card
+    in the same commit: from `hfprune_results.json` when the folder has one, else a card of its structure, with
+    loading code for `repo_id`. It is rendered in a temporary folder, never in `folder`.
+
     `token=None` lets `huggingface_hub` pick `HF_TOKEN` or the saved login. `HF_ENDPOINT` is read now, not when
     `huggingface_hub` was imported.
 
     Raises:
-        HubPushError: the folder holds no model, or the Hub could not be reached or refused the push.
+        PruningError: `repo_id` is not a valid Hub repo id (bad input; nothing was sent).
+        HubPushError: the folder holds no model, its card could not be made, or the Hub could not be reached or
+            refused the push.
     """
     folder = Path(folder).expanduser()
+    check_repo_id(repo_id)
     _check_folder(folder)
+    with tempfile.TemporaryDirectory(prefix="hfprune-push-") as staging:
+        upload = _with_card(folder, repo_id, Path(staging)) if card and needs_card(folder) else folder
+        return _upload(folder, upload, repo_id, private=private, commit_message=commit_message, token=token, revision=revision)
+
+
+def needs_card(folder: str | Path) -> bool:
+    """Whether `push_to_hub(..., card=True)` adds a card: a pruned model folder (its config.json has an `hfprune`
+    record) without a README.md."""
+    folder = Path(folder)
+    if (folder / "README.md").exists() or not (folder / "config.json").is_file():
+        return False
+    try:
+        return "hfprune" in json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+
+
+def _with_card(folder: Path, repo_id: str, staging: Path) -> Path:
+    """A folder to upload: `folder`'s files (linked, not copied, where the OS allows) plus the card and the
+    pictures it links that `folder` lacks. `folder` is only read."""
+    from .card import regenerate_model_card
+
+    card_dir, upload = staging / "card", staging / "upload"
+    try:
+        regenerate_model_card(folder, output_dir=card_dir, repo_id=repo_id)
+    except Exception as err:
+        raise HubPushError(
+            f"Could not push '{folder}': its model card could not be made ({type(err).__name__}: {_one_line(str(err))}). "
+            "Write one with `hfprune card`, or push with --no-card (card=False)."
+        ) from err
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            _link(path, upload / path.relative_to(folder))
+    for path in card_dir.iterdir():
+        if not (upload / path.name).exists():
+            shutil.move(str(path), upload / path.name)
+    return upload
+
+
+def _link(source: Path, target: Path) -> None:
+    """`target` -> `source` as a symlink (no copy of the weights), or a copy where symlinks are not allowed."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        target.symlink_to(source.resolve())
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def _upload(
+    folder: Path, upload: Path, repo_id: str, *, private: bool, commit_message: str, token: str | None, revision: str | None
+) -> str:
     endpoint = os.environ.get("HF_ENDPOINT", "").rstrip("/") or None
     api = HfApi(endpoint=endpoint, token=token)
     try:
@@ -67,7 +131,7 @@ def push_to_hub(
             api.create_branch(repo_url.repo_id, branch=revision, exist_ok=True)
         commit = api.upload_folder(
             repo_id=repo_url.repo_id,  # fully qualified, even if `repo_id` had no namespace
-            folder_path=folder,
+            folder_path=upload,
             commit_message=commit_message,
             revision=revision,
         )
@@ -78,6 +142,17 @@ def push_to_hub(
         raise HubPushError(message) from (None if _leaks(err, secret) else err)
     logger.info("Pushed %s to %s", folder, commit.commit_url)
     return commit.commit_url
+
+
+def check_repo_id(repo_id: str) -> str:
+    """A repo id the Hub accepts (`name` or `namespace/name`), or a `PruningError` (bad input) before any network call."""
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise PruningError(f"invalid Hub repo id: {str(error).splitlines()[0]}") from None
+    return repo_id
 
 
 def _check_folder(folder: Path) -> None:

@@ -13,9 +13,11 @@ the surgery actually left.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 import math
+import os
 import platform
 import statistics
 import time
@@ -120,6 +122,139 @@ def count_flops(model: nn.Module, batch_size: int, seq_len: int) -> int:
         model.train(training)
 
 
+# ---- noise ---------------------------------------------------------------------------------------------
+# On a quiet machine with a pinned thread count, repeated forwards of one model vary by a few percent (the
+# shipped MiniLM tables: p25-p75 within 1-9% of the median). The thresholds sit well above that and below
+# the effects a report is read for (50% of the heads is a 1.2x speedup), so a flagged row is one whose
+# speedup cannot be read to the first decimal.
+SPREAD_LIMIT = 0.2  # (p75 - p25) / median: the middle half of the timings spans more than 20% of the median
+DRIFT_LIMIT = 0.15  # medians of the first and second half of the rounds differ by more than 15%
+ABOVE_IDEAL_LIMIT = 1.1  # removing FLOPs cannot speed up what is left: > 1.1x the FLOPs ideal means the
+# baseline was slowed by something else (cache effects explain a few percent, not 10%)
+LOAD_MARGIN = 0.5  # an otherwise idle machine's load average sits at a few tenths (daemons, the kernel)
+NOISE_ADVICE = "re-measure on a quiet machine with `hfprune bench --threads 1` and more `--repeats`"
+
+
+def _drift(times: list[float]) -> float | None:
+    """Relative difference of the medians of the first and second half of the rounds (None: too few)."""
+    if len(times) < 4:
+        return None
+    half = len(times) // 2
+    first, second = statistics.median(times[:half]), statistics.median(times[-half:])
+    return abs(first - second) / min(first, second) if min(first, second) > 0 else None
+
+
+def noise_reasons(
+    median_ms: float | None,
+    p25_ms: float | None,
+    p75_ms: float | None,
+    *,
+    speedup: float | None = None,
+    ideal_speedup: float | None = None,
+    times_ms: list[float] | None = None,
+) -> list[str]:
+    """Why one row's timing should not be trusted (empty: no sign of noise). A pure function of the numbers.
+
+    `speedup` / `ideal_speedup` are checked for rows other than the baseline; `times_ms`, the timed rounds in
+    order, adds the drift check (at least 4 rounds).
+    """
+    reasons = []
+    if None not in (median_ms, p25_ms, p75_ms) and median_ms > 0 and (p75_ms - p25_ms) / median_ms > SPREAD_LIMIT:
+        reasons.append(f"p25-p75 spread is {(p75_ms - p25_ms) / median_ms:.0%} of the median (limit {SPREAD_LIMIT:.0%})")
+    drift = _drift(times_ms) if times_ms else None
+    if drift is not None and drift > DRIFT_LIMIT:
+        reasons.append(f"timings drifted {drift:.0%} between the first and second half of the rounds (limit {DRIFT_LIMIT:.0%})")
+    if (
+        isinstance(speedup, (int, float))
+        and isinstance(ideal_speedup, (int, float))
+        and math.isfinite(ideal_speedup)
+        and speedup > ABOVE_IDEAL_LIMIT * ideal_speedup
+    ):
+        reasons.append(f"measured speedup {speedup:.2f}x is more than 10% above the FLOPs ideal {ideal_speedup:.2f}x")
+    return reasons
+
+
+def load_reasons(load: float, cpus: int, threads: int, when: str) -> list[str]:
+    """Why a CPU timing may have waited for a core: the 1-minute load average (which counts this process
+    too) above the CPUs, or more timing threads than CPUs. A pure function of the numbers.
+
+    The machine is oversubscribed when more tasks want to run than there are CPUs; comparing with the CPU
+    count, not with `threads`, keeps a many-core machine with a few other jobs, or this process's own
+    training just before the timing, from being flagged.
+    """
+    reasons = []
+    if threads > cpus:
+        reasons.append(f"{threads} timing threads on {cpus} CPU{'s' if cpus != 1 else ''}")
+    if load > cpus + LOAD_MARGIN:
+        reasons.append(f"1-minute load average {load:.1f} {when} the measurement, above the {cpus} CPU{'s' if cpus != 1 else ''}")
+    return reasons
+
+
+def _cpu_count() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _load_average() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):  # Windows has no load average
+        return None
+
+
+def _machine_reasons(loads: Mapping[str, float | None], cpus: int, threads: int) -> list[str]:
+    """`load_reasons` for the readings taken before and after the measurement, each reason once."""
+    reasons: list[str] = []
+    for when, load in loads.items():
+        if load is not None:
+            reasons += [reason for reason in load_reasons(load, cpus, threads, when) if reason not in reasons]
+    return reasons
+
+
+def _verdict(reasons: list[str]) -> dict[str, Any]:
+    return {"noisy": bool(reasons), "reasons": list(reasons)}
+
+
+def _row_label(row: Mapping[str, Any]) -> str:
+    return f"{row['model']} at batch {row['batch_size']} x {row['seq_len']}"
+
+
+def assess_noise(
+    rows: list[dict[str, Any]],
+    times: Mapping[tuple[str, int, int], list[float]] | None = None,
+    machine_reasons: Iterable[str] = (),
+) -> dict[str, Any]:
+    """Set `row["noise"] = {"noisy", "reasons"}` on every row and return the overall verdict.
+
+    `times[(model, batch_size, seq_len)]` are the timed rounds (for the drift check); without them only
+    the checks that the rows themselves allow are made (a report saved before noise was recorded). A
+    non-baseline row whose baseline row at the same shape is noisy is noisy too: its speedup divides by it.
+    """
+    times = times or {}
+    base = rows[0]["model"] if rows else None
+    for row in rows:
+        key = (row["model"], row["batch_size"], row["seq_len"])
+        is_base = row["model"] == base
+        row["noise"] = _verdict(
+            noise_reasons(
+                row.get("median_ms"), row.get("p25_ms"), row.get("p75_ms"),
+                speedup=None if is_base else row.get("speedup"),
+                ideal_speedup=None if is_base else row.get("ideal_speedup"),
+                times_ms=times.get(key),
+            )
+        )  # fmt: skip
+    reasons = list(machine_reasons)
+    reasons += [f"{_row_label(row)}: {reason}" for row in rows for reason in row["noise"]["reasons"]]
+    baseline_noisy = {(r["batch_size"], r["seq_len"]) for r in rows if r["model"] == base and r["noise"]["noisy"]}
+    for row in rows:
+        if row["model"] != base and (row["batch_size"], row["seq_len"]) in baseline_noisy:
+            row["noise"]["reasons"].append(f"its baseline ({base}) timing at this shape is noisy")
+            row["noise"]["noisy"] = True
+    return _verdict(reasons)
+
+
 # ---- the report ----------------------------------------------------------------------------------------
 @dataclass
 class SpeedReport:
@@ -127,19 +262,28 @@ class SpeedReport:
 
     Each row: `model`, `batch_size`, `seq_len`, `median_ms`, `p25_ms`, `p75_ms` (the spread over repeats),
     `throughput` (examples/s at the median), `flops` (forward), `params`, `speedup` (first model's median /
-    this one's), `ideal_speedup` (first model's FLOPs / this one's) and `efficiency` (speedup / ideal).
+    this one's), `ideal_speedup` (first model's FLOPs / this one's), `efficiency` (speedup / ideal) and
+    `noise` (`{"noisy": bool, "reasons": [...]}`, see `noise_reasons`). `noise` on the report is the overall
+    verdict: the machine's load and every row's reasons.
     """
 
     device: str
     rows: list[dict[str, Any]] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
+    noise: dict[str, Any] = field(default_factory=lambda: _verdict([]))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SpeedReport:
-        return cls(device=data["device"], rows=[dict(row) for row in data["rows"]], settings=dict(data.get("settings", {})))
+        """The inverse of `to_dict`. A report saved before noise was recorded gets the checks its rows allow
+        (spread, speedup above the ideal); drift and load cannot be judged afterwards."""
+        rows = [copy.deepcopy(dict(row)) for row in data["rows"]]
+        noise = data.get("noise")
+        if noise is None or any("noise" not in row for row in rows):
+            noise = assess_noise(rows)
+        return cls(device=data["device"], rows=rows, settings=dict(data.get("settings", {})), noise=copy.deepcopy(dict(noise)))
 
     def save_json(self, path: str | Path) -> None:
         path = Path(path)
@@ -153,27 +297,56 @@ class SpeedReport:
     def models(self) -> list[str]:
         return list(dict.fromkeys(row["model"] for row in self.rows))
 
+    @property
+    def noisy(self) -> bool:
+        return bool(self.noise.get("noisy"))
+
+    def noise_warning(self) -> str | None:
+        """One line for a terminal or a card when the timing is noisy (None when it is not)."""
+        if not self.noisy:
+            return None
+        noisy_rows = sum(1 for row in self.rows if row.get("noise", {}).get("noisy"))
+        reasons = self.noise.get("reasons", [])
+        first = reasons[0] if reasons else "see the rows"
+        more = f" (+{len(reasons) - 1} more)" if len(reasons) > 1 else ""
+        return (
+            f"noisy timing ({noisy_rows} of {len(self.rows)} rows; {first}{more}): these speedups are not "
+            f"trustworthy; {NOISE_ADVICE}"
+        )
+
     def table(self) -> str:
-        """A markdown table, one row per model and shape, with the device and settings above it."""
+        """A markdown table, one row per model and shape, with the device and settings above it and a
+        warning below it when the timing is noisy."""
         lines = [
             f"Device: {self.device}; median of {self.settings.get('repeats', '?')} interleaved repeats "
             f"after {self.settings.get('warmup', '?')} warm-up, p25-p75 in brackets.",
             "",
-            "| model | batch | seq | median ms [p25-p75] | examples/s | GFLOPs | params (M) | speedup | ideal | speedup / ideal |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| model | batch | seq | median ms [p25-p75] | examples/s | GFLOPs | params (M) | speedup | ideal | speedup / ideal | noise |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for row in self.rows:
             lines.append(
                 f"| {row['model']} | {row['batch_size']} | {row['seq_len']} "
                 f"| {row['median_ms']:.1f} [{row['p25_ms']:.1f}-{row['p75_ms']:.1f}] "
                 f"| {row['throughput']:.1f} | {row['flops'] / 1e9:.2f} | {row['params'] / 1e6:.2f} "
-                f"| {row['speedup']:.2f}x | {row['ideal_speedup']:.2f}x | {row['efficiency']:.2f} |"
+                f"| {row['speedup']:.2f}x | {row['ideal_speedup']:.2f}x | {row['efficiency']:.2f} "
+                f"| {'NOISY' if row.get('noise', {}).get('noisy') else 'ok'} |"
             )
+        if self.noisy:
+            lines += ["", f"Warning: {self.noise_warning()}"]
+            lines += [f"- {reason}" for reason in self.noise.get("reasons", [])]
         return "\n".join(lines)
 
     def plot(self, path: str | Path) -> None:
         """A PNG: throughput vs batch size per model (left) and measured vs ideal speedup (right), one row of
-        panels per sequence length. Uses matplotlib's Agg canvas directly (no global backend change)."""
+        panels per sequence length, ticks at the measured batch sizes."""
+        figure = self._figure()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(path, dpi=110)
+
+    def _figure(self):
+        """The matplotlib Figure of `plot`, on its own Agg canvas (no global backend change)."""
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
@@ -201,18 +374,20 @@ class SpeedReport:
                 if name != models[0]:
                     right.plot(batches, [row["speedup"] for row in rows], "o-", color=color, label=f"{name} measured")
                     right.plot(batches, [row["ideal_speedup"] for row in rows], "--", color=color, label=f"{name} ideal (FLOPs)")
+            measured = sorted({row["batch_size"] for row in self.rows if row["seq_len"] == seq_len})
             left.set(xscale="log", xlabel="batch size", ylabel="examples / s", title=f"throughput, seq {seq_len}")
             right.set(xscale="log", xlabel="batch size", ylabel=f"speedup vs {models[0]}", title=f"speedup, seq {seq_len}")
             right.axhline(1.0, color="gray", lw=0.8)
             for axis in (left, right):
+                axis.set_xticks(measured, [str(batch) for batch in measured])
+                axis.set_xticks([], minor=True)  # no log-scale minor ticks between the measured sizes
                 axis.grid(alpha=0.3)
                 if axis.get_legend_handles_labels()[0]:
                     axis.legend(fontsize=7)
-        figure.suptitle(self.device, fontsize=9)
+        title = self.device + ("  (NOISY timing: " + NOISE_ADVICE + ")" if self.noisy else "")
+        figure.suptitle(title, fontsize=9)
         figure.tight_layout()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(path, dpi=110)
+        return figure
 
 
 def _throughput_spread(rows: list[dict[str, Any]]) -> list[list[float]]:
@@ -329,7 +504,10 @@ def measure_speed(
         progress: called as `progress(done, total, row)` after each row is measured.
 
     Returns:
-        A `SpeedReport`, rows ordered by sequence length, batch size, then model.
+        A `SpeedReport`, rows ordered by sequence length, batch size, then model. Its `noise` (and every
+        row's) says whether the timing can be trusted: a wide p25-p75 spread, timings that drift between
+        the first and second half of the rounds, a speedup more than 10% above the FLOPs ideal, or (CPU) a
+        load average above the CPU count before or after the measurement (`noise_reasons`, `load_reasons`).
     """
     if not isinstance(models, Mapping) or not models:
         raise PruningError("models must be a non-empty {name: model} mapping; the first one is the baseline")
@@ -357,7 +535,8 @@ def measure_speed(
         torch.set_num_threads(num_threads)
     threads = torch.get_num_threads()
     timer = _timer(device)
-    total, rows = len(names) * len(batch_sizes) * len(seq_lengths), []
+    total, rows, all_times = len(names) * len(batch_sizes) * len(seq_lengths), [], {}
+    load_start = _load_average() if device.type == "cpu" else None
     try:
         for model in models.values():
             if not getattr(model, "hf_device_map", None):
@@ -399,6 +578,7 @@ def measure_speed(
                     )
                     row["efficiency"] = row["speedup"] / row["ideal_speedup"]
                     rows.append(row)
+                    all_times[(name, batch_size, seq_len)] = times[name]
                     if progress is not None:
                         progress(len(rows), total, row)
     finally:
@@ -406,6 +586,8 @@ def measure_speed(
             torch.set_num_threads(previous_threads)
         for name, model in models.items():
             model.train(training[name])
+    load_end = _load_average() if device.type == "cpu" else None
+    cpus = _cpu_count()
     settings = dict(
         warmup=warmup,
         repeats=repeats,
@@ -416,7 +598,11 @@ def measure_speed(
         inputs="seeded random token ids, full attention mask",
         torch=torch.__version__,
     )
-    return SpeedReport(device=_device_name(device, threads), rows=rows, settings=settings)
+    if device.type == "cpu":
+        settings["load_average"] = {"before": load_start, "after": load_end, "cpus": cpus}
+    machine = _machine_reasons({"before": load_start, "after": load_end}, cpus, threads) if device.type == "cpu" else []
+    noise = assess_noise(rows, all_times, machine)
+    return SpeedReport(device=_device_name(device, threads), rows=rows, settings=settings, noise=noise)
 
 
 def _run(timer, model, inputs, kwargs, name: str, batch_size: int, seq_len: int) -> float:
@@ -428,4 +614,4 @@ def _run(timer, model, inputs, kwargs, name: str, batch_size: int, seq_len: int)
         ) from None
 
 
-__all__ = ["SpeedReport", "count_flops", "measure_speed"]
+__all__ = ["SpeedReport", "assess_noise", "count_flops", "load_reasons", "measure_speed", "noise_reasons"]

@@ -851,6 +851,62 @@ class PruningTrainer(Trainer):
             logs["l0_expected_heads"] = float(self._gates.expected_l0().detach())
         super().log(logs, start_time)
 
+    # ---- model card ------------------------------------------------------------------------------------
+    def create_model_card(
+        self,
+        language: str | None = None,
+        license: str | None = None,
+        tags: str | list[str] | None = None,
+        model_name: str | None = None,
+        finetuned_from: str | None = None,
+        tasks: str | list[str] | None = None,
+        dataset_tags: str | list[str] | None = None,
+        dataset: str | list[str] | None = None,
+        dataset_args: str | list[str] | None = None,
+    ) -> None:
+        """Write hfprune's card (what was removed, surviving heads, before/after metrics, how to load it) to
+        `output_dir/README.md` instead of transformers' generic one, so `push_to_hub()` uploads it.
+
+        The base model is `finetuned_from` (a Hub id) or the model's `_name_or_path`; the metrics are those of
+        `pruning_history` (step 0 = before pruning); `dataset_args` or `dataset` naming a GLUE task (e.g.
+        "sst2") becomes the card's task. `language`, `tasks` and `dataset_tags` are not used.
+        """
+        if not self.is_world_process_zero():
+            return
+        from .card import metrics_from_history, write_model_card
+
+        def first(value: str | list[str] | None) -> str | None:
+            return value[0] if isinstance(value, (list, tuple)) and value else (value or None)
+
+        model = self.accelerator.unwrap_model(self.model)
+        args = self.args
+        before, after = metrics_from_history(self.pruning_history)
+        write_model_card(
+            model,
+            args.output_dir,
+            base_model=getattr(model.config, "_name_or_path", None) or None,
+            base_model_id=finetuned_from,
+            task=first(dataset_args) or first(dataset),
+            metrics_before=before,
+            metrics_after=after,
+            repo_id=self.hub_model_id or model_name,
+            pruning={
+                "method": args.pruning_method,
+                "schedule": args.pruning_schedule,
+                "steps": args.pruning_steps,
+                "target_head_sparsity": args.target_head_sparsity,
+                "target_ffn_sparsity": args.target_ffn_sparsity,
+                "target_layer_sparsity": args.target_layer_sparsity,
+                "recovery_epochs": args.recovery_epochs,
+                "recovery_steps": args.recovery_steps,
+                "distillation_alpha": args.distillation_alpha,
+                "learning_rate": args.learning_rate,
+            },
+            base_num_parameters=self.pruning_history[0]["num_parameters"] if self.pruning_history else None,
+            license=license,
+            tags=[tags] if isinstance(tags, str) else tags,
+        )
+
     # ---- checkpoints -----------------------------------------------------------------------------------
     def _get_output_dir(self, trial) -> str:
         run_dir = super()._get_output_dir(trial)

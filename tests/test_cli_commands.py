@@ -321,3 +321,80 @@ def test_push_failures_are_one_line_exit_1_and_retryable(work: Path, in_process_
     assert result.exit_code == 0, result.stderr
     assert hub.repos["me/x"].files() == local
     assert snapshot(folder) == local
+
+
+# ---- issue 11: noisy timings and cards that travel with the model ----------------------------------------
+def test_bench_warns_once_on_stderr_and_records_a_noisy_timing(work: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import shutil
+
+    import hfprune.speed as speed_module
+    from huggingface_hub import ModelCard
+
+    out = tmp_path / "pruned"
+    shutil.copytree(work / "pruned", out)
+    monkeypatch.setattr(speed_module.os, "getloadavg", lambda: (64.0, 64.0, 64.0))  # far above any CPU count here
+    result = cli("bench", out, "--batch-sizes", "1", "--seq-lengths", "16", "--repeats", "2", "--warmup", "0",
+                 "--json", tmp_path / "speed.json", "--update-card", "-q")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(warnings) == 1 and warnings[0].startswith("Warning: noisy timing (")
+    assert "load average 64.0" in warnings[0] and "--threads 1" in warnings[0] and "quiet machine" in warnings[0]
+    noise = json.loads((tmp_path / "speed.json").read_text())["noise"]
+    assert noise["noisy"] is True and noise["reasons"][0].startswith("1-minute load average 64.0 before")
+    assert "Warning: noisy timing" in result.stdout  # under the table too
+    card = ModelCard.load(out / "README.md")
+    assert "> **Warning: noisy timing.**" in card.text and "> - 1-minute load average 64.0" in card.text
+    stored = json.loads((out / "hfprune_results.json").read_text())["card"]["speed"]
+    assert stored["noise"] == noise  # `hfprune card` re-renders the warning later
+
+
+def test_bench_on_a_quiet_machine_prints_no_warning(work: Path, monkeypatch: pytest.MonkeyPatch):
+    import hfprune.speed as speed_module
+
+    monkeypatch.setattr(speed_module.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    monkeypatch.setattr(speed_module, "_timer", lambda device: lambda fn: 5.0)  # steady: no real timing
+    result = cli("bench", work / "pruned", "--batch-sizes", "1", "--seq-lengths", "16", "--repeats", "4", "-q")
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr.strip() == "" and "Warning" not in result.stdout
+    assert [line.rsplit("|", 2)[1].strip() for line in result.stdout.splitlines() if line.startswith("| dense") or line.startswith("| pruned")] == ["ok", "ok"]
+
+
+def test_card_base_model_id_sets_the_metadata(work: Path, tmp_path: Path):
+    import shutil
+
+    from huggingface_hub import ModelCard
+
+    out = tmp_path / "pruned"
+    shutil.copytree(work / "pruned", out)
+    assert ModelCard.load(out / "README.md").data.base_model is None  # pruned from a local folder
+    result = cli("card", out, "--base-model-id", "sentence-transformers/all-MiniLM-L6-v2")
+    assert result.exit_code == 0, result.stderr
+    card = ModelCard.load(out / "README.md")
+    assert card.data.base_model == "sentence-transformers/all-MiniLM-L6-v2"
+    assert str(work) not in str(card) and str(tmp_path) not in str(card)  # no absolute path, command included
+
+
+def test_push_adds_the_card_when_the_folder_has_none_and_no_card_skips_it(work: Path, tmp_path: Path, in_process_hub):
+    import shutil
+
+    from huggingface_hub import ModelCard
+
+    hub, folder = in_process_hub, tmp_path / "pruned"
+    shutil.copytree(work / "pruned", folder)
+    (folder / "README.md").unlink()
+    local = snapshot(folder)
+
+    result = cli("push", folder, "me/tiny-card")
+    assert result.exit_code == 0, result.stderr
+    assert "with a generated model card (README.md)" in result.stdout
+    files = hub.repos["me/tiny-card"].files()
+    card = ModelCard(files["README.md"].decode())
+    assert "hfprune" in card.data.tags and 'hfprune.from_pretrained("me/tiny-card")' in card.text
+    recorded = json.loads((folder / "hfprune_results.json").read_text())["metrics_after"]["validation"]["accuracy"]
+    assert [r.metric_value for r in card.data.eval_results] == [round(recorded, 6)]  # from hfprune_results.json
+    assert {path: files[path] for path in local} == local
+    assert snapshot(folder) == local and not (folder / "README.md").exists()
+
+    result = cli("push", folder, "me/tiny-no-card", "--no-card")
+    assert result.exit_code == 0, result.stderr
+    assert hub.repos["me/tiny-no-card"].files() == local and "generated model card" not in result.stdout

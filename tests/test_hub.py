@@ -253,3 +253,123 @@ def test_missing_folder_or_no_weights(hub: FakeHub, tmp_path: Path):
         push_to_hub(tmp_path / "empty", "me/pruned")
 
     assert hub.requests == []  # failed before any network call
+
+
+# ---- the card that travels with the model (issue 11) ------------------------------------------------------
+@pytest.fixture
+def pruned_dir(tmp_path: Path) -> Path:
+    """A real pruned tiny BERT saved with save_pretrained: config.hfprune, weights, no README.md."""
+    import hfprune
+    from conftest import tiny_model
+
+    model = tiny_model("bert")
+    hfprune.prune_heads(model, {0: [1, 2]})
+    hfprune.drop_layers(model, [2])
+    folder = tmp_path / "tiny-pruned"
+    model.save_pretrained(folder)
+    return folder
+
+
+def _card(repo) -> "ModelCard":
+    from huggingface_hub import ModelCard
+
+    return ModelCard(repo.files()["README.md"].decode())
+
+
+def test_push_without_readme_adds_a_structure_card_in_the_same_commit(hub: FakeHub, pruned_dir: Path):
+    before = _snapshot(pruned_dir)
+    push_to_hub(pruned_dir, "me/tiny-pruned")
+
+    repo = hub.repos["me/tiny-pruned"]
+    card = _card(repo)
+    assert "hfprune" in card.data.tags and card.data.base_model is None  # nothing says where it came from
+    assert "### Surviving attention heads per layer" in card.text and "| 2 | 0 | layer dropped | 0 |" in card.text
+    assert 'hfprune.from_pretrained("me/tiny-pruned")' in card.text and "No evaluation was run." in card.text
+    assert repo.files()["heads.png"][:8] == b"\x89PNG\r\n\x1a\n"
+    assert {path: content for path, (content, _) in before.items()}.items() <= repo.files().items()
+    assert len(repo.commits) == 1 and set(repo.commits[0].paths) == {*before, "README.md", "heads.png"}
+    assert _snapshot(pruned_dir) == before  # bytes and mtimes: the local folder was only read
+    assert not (pruned_dir / "README.md").exists()
+
+
+def test_push_card_comes_from_the_stored_results(hub: FakeHub, pruned_dir: Path):
+    from hfprune.card import RESULTS_FILE, card_inputs
+
+    stored = card_inputs(
+        base_model="google-bert/bert-base-uncased", task="sst2", metrics_before={"accuracy": 0.91},
+        metrics_after={"accuracy": 0.9}, speed=None, importance=None, command="hfprune prune google-bert/bert-base-uncased",
+        pruning={"recovery_epochs": 1.0}, base_num_parameters=None, finetuned_first=False, repo_id="elsewhere/old-name",
+    )  # fmt: skip
+    (pruned_dir / RESULTS_FILE).write_text(json.dumps({"card": stored}))
+    before = _snapshot(pruned_dir)
+
+    push_to_hub(pruned_dir, "me/tiny-sst2")
+
+    card = _card(hub.repos["me/tiny-sst2"])
+    assert card.data.base_model == "google-bert/bert-base-uncased"
+    assert [(r.dataset_name, r.metric_value) for r in card.data.eval_results] == [("GLUE SST-2", 0.9)]
+    assert "| validation | accuracy | 0.9100 | 0.9000 | -0.0100 |" in card.text
+    assert 'hfprune.from_pretrained("me/tiny-sst2")' in card.text  # the repo it is pushed to, not the stored one
+    assert "every number on this card is in `hfprune_results.json`" in card.text
+    assert _snapshot(pruned_dir) == before
+
+
+def test_no_card_pushes_the_folder_as_it_is(hub: FakeHub, pruned_dir: Path):
+    before = _snapshot(pruned_dir)
+    push_to_hub(pruned_dir, "me/tiny-pruned", card=False)
+
+    assert hub.repos["me/tiny-pruned"].files() == {path: content for path, (content, _) in before.items()}
+    assert "/api/validate-yaml" not in hub.paths()  # no README.md was sent
+    assert _snapshot(pruned_dir) == before
+
+
+def test_repush_with_a_generated_card_makes_no_new_commit(hub: FakeHub, pruned_dir: Path):
+    first = push_to_hub(pruned_dir, "me/tiny-pruned")
+    second = push_to_hub(pruned_dir, "me/tiny-pruned")
+
+    assert second == first and len(hub.repos["me/tiny-pruned"].commits) == 1  # the card renders identically
+
+
+def test_a_folder_that_is_not_an_hfprune_model_gets_no_card(hub: FakeHub, model_dir: Path):
+    (model_dir / "README.md").unlink()  # config.json without an hfprune record
+    push_to_hub(model_dir, "me/plain")
+
+    assert "README.md" not in hub.repos["me/plain"].files()
+
+
+def test_a_card_that_cannot_be_made_fails_before_any_network_call(hub: FakeHub, model_dir: Path):
+    (model_dir / "README.md").unlink()
+    (model_dir / "config.json").write_text(json.dumps({"model_type": "bert", "hfprune": {"kept_layers": [0]}}))
+    before = _snapshot(model_dir)
+
+    with pytest.raises(HubPushError) as exc_info:
+        push_to_hub(model_dir, "me/broken")
+
+    assert "model card could not be made" in _assert_one_line(exc_info.value) and "--no-card" in str(exc_info.value)
+    assert hub.requests == [] and _snapshot(model_dir) == before
+
+
+def test_pruning_trainer_push_to_hub_uploads_the_hfprune_card(hub: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import torch
+    from conftest import tiny_model
+    from huggingface_hub import ModelCard
+    from transformers import default_data_collator
+
+    from hfprune.trainer import PruningArguments, PruningTrainer
+
+    monkeypatch.setattr(constants, "ENDPOINT", hub.url)  # transformers' Trainer uses the import-time endpoint
+    ids = torch.randint(3, 64, (16, 8), generator=torch.Generator().manual_seed(0))
+    examples = [{"input_ids": row, "attention_mask": torch.ones(8, dtype=torch.long), "labels": int(row[0] % 3)} for row in ids]
+    args = PruningArguments(
+        output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, target_head_sparsity=0.5, recovery_steps=1,
+        save_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True, hub_model_id="me/trained-pruned",
+    )  # fmt: skip
+    trainer = PruningTrainer(model=tiny_model("bert"), args=args, train_dataset=examples, data_collator=default_data_collator)
+    trainer.train()
+    trainer.push_to_hub()
+
+    files = hub.repos["me/trained-pruned"].files()
+    card = ModelCard(files["README.md"].decode())
+    assert "hfprune" in card.data.tags and "### Surviving attention heads per layer" in card.text
+    assert 'hfprune.from_pretrained("me/trained-pruned")' in card.text
+    assert "heads.png" in files and "model.safetensors" in files
