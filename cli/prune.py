@@ -8,7 +8,6 @@ from typing import Optional
 import typer
 
 from .common import (
-    Bars,
     DataDirOption,
     LabelColumnOption,
     LabelNameOption,
@@ -20,11 +19,14 @@ from .common import (
     ValidationFileOption,
     check_fraction,
     command_line,
+    GgufFileOption,
     data_kwargs,
     handle_errors,
     metrics_table,
     parse_ints,
+    progress_display,
     quiet_libraries,
+    warn,
 )
 
 PRUNE_PANEL = "What to prune"
@@ -47,6 +49,7 @@ def prune(
     text_column: Optional[list[str]] = TextColumnOption,
     label_column: str = LabelColumnOption,
     label_name: Optional[list[str]] = LabelNameOption,
+    gguf_file: Optional[str] = GgufFileOption,
     heads: float = typer.Option(0.4, "--heads", help="Fraction of all attention heads to remove, in [0, 1).", rich_help_panel=PRUNE_PANEL),
     ffn: float = typer.Option(0.0, "--ffn", help="Fraction of FFN neurons to remove, in [0, 1).", rich_help_panel=PRUNE_PANEL),
     layers: float = typer.Option(0.0, "--layers", help="Fraction of whole layers to drop, in [0, 1).", rich_help_panel=PRUNE_PANEL),
@@ -56,7 +59,9 @@ def prune(
     steps: int = typer.Option(1, "--steps", min=1, help="Pruning steps for the iterative schedule.", rich_help_panel=PRUNE_PANEL),
     per_layer: bool = typer.Option(False, "--per-layer", help="Rank heads within each layer instead of globally.", rich_help_panel=PRUNE_PANEL),
     epochs: float = typer.Option(1.0, "--epochs", min=0.0, help="Recovery fine-tuning epochs after pruning.", rich_help_panel=TRAIN_PANEL),
-    finetune_epochs: float = typer.Option(1.0, "--finetune-epochs", min=0.0, help="Epochs to train a new task head first, when the model has none.", rich_help_panel=TRAIN_PANEL),
+    finetune_epochs: Optional[float] = typer.Option(None, "--finetune-epochs", min=0.0, help="Most epochs to train a new task head first, when the model has none (early stopping on a slice of train); default 10 under 10,000 examples, else 3.", rich_help_panel=TRAIN_PANEL),
+    allow_weak_baseline: bool = typer.Option(False, "--allow-weak-baseline", help="Prune even when the dense model is not clearly above the majority class (the card says so).", rich_help_panel=TRAIN_PANEL),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N or mps for training and timing; default: the GPU if there is one.", rich_help_panel=TRAIN_PANEL),
     learning_rate: float = typer.Option(5e-5, "--lr", min=0.0, help="Learning rate (fine-tuning and recovery).", rich_help_panel=TRAIN_PANEL),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Training batch size (evaluation uses twice this).", rich_help_panel=TRAIN_PANEL),
     distill: float = typer.Option(0.0, "--distill", min=0.0, max=1.0, help="Weight of distillation from the dense model during recovery (0: none).", rich_help_panel=TRAIN_PANEL),
@@ -72,6 +77,8 @@ def prune(
     bench_batch_sizes: str = typer.Option("1,8,32", "--bench-batch-sizes", help="Batch sizes to time, comma-separated.", rich_help_panel=OUTPUT_PANEL),
     threads: Optional[int] = typer.Option(1, "--threads", min=1, help="CPU threads while timing (steadier on a shared machine).", rich_help_panel=OUTPUT_PANEL),
     repo_id: Optional[str] = typer.Option(None, "--repo-id", help="Hub repo id the card's loading code should use (see `hfprune push`).", rich_help_panel=OUTPUT_PANEL),
+    base_model_id: Optional[str] = typer.Option(None, "--base-model-id", help="Hub id of the base model, for the card's base_model field (when MODEL is a local folder).", rich_help_panel=OUTPUT_PANEL),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (what would be removed, FLOPs, parameters) without training or writing anything.", rich_help_panel=OUTPUT_PANEL),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars.", rich_help_panel=OUTPUT_PANEL),
 ) -> None:
     """Prune MODEL for TASK: fine-tune a head if needed, score, prune, recover, evaluate, time, write a model card.
@@ -87,12 +94,13 @@ def prune(
         quiet_libraries()
         from hfprune.pipeline import prune_for_task
 
-        with Bars(enabled=not quiet) as bars:
+        with progress_display(enabled=not quiet) as bars:
             result = prune_for_task(
                 model,
                 task,
                 output_dir=output_dir,
                 **data_kwargs(data_dir, train_file, validation_file, text_column, label_column, label_name),
+                gguf_file=gguf_file,
                 head_sparsity=heads,
                 ffn_sparsity=ffn,
                 layer_sparsity=layers,
@@ -111,6 +119,9 @@ def prune(
                 max_eval_samples=max_eval_samples,
                 max_length=max_length,
                 seed=seed,
+                allow_weak_baseline=allow_weak_baseline,
+                device=device,
+                dry_run=dry_run,
                 overwrite=overwrite,
                 resume=resume,
                 save_steps=save_steps,
@@ -118,6 +129,7 @@ def prune(
                 bench_batch_sizes=batch_sizes,
                 bench_threads=threads,
                 repo_id=repo_id,
+                base_model_id=base_model_id,
                 command=command_line(ctx),
                 progress=bars,
                 log=bars.log,
@@ -126,7 +138,13 @@ def prune(
     from rich.console import Console
 
     console = Console()
-    console.print(metrics_table(f"{result.task}: dense vs pruned", {"dense": result.metrics_before, "pruned": result.metrics_after}))
+    if result.dry_run:
+        _print_plan(console, result)
+        return
+    columns = {"dense": result.metrics_before, "pruned": result.metrics_after}
+    if result.baselines:
+        columns = {"majority class": {split: value["majority"] for split, value in result.baselines.items()}, **columns}
+    console.print(metrics_table(f"{result.task}: dense vs pruned", columns))
     for unit, values in result.sparsity.items():
         console.print(f"{unit}: kept {values['kept']:,} of {values['original']:,} ({values['sparsity']:.1%} removed)")
     if result.speed is not None:
@@ -134,6 +152,25 @@ def prune(
             if row["model"] != "dense":
                 console.print(f"speedup at batch {row['batch_size']} x {row['seq_len']}: {row['speedup']:.2f}x (ideal {row['ideal_speedup']:.2f}x)")
     console.print(f"saved to {result.output_dir} (model card: {result.output_dir / 'README.md'})")
+    if result.speed is not None and result.speed.noisy:
+        warn(result.speed.noise_warning())
+    if result.weak_baseline:
+        warn(f"weak baseline: {result.weak_baseline}; pruned anyway (--allow-weak-baseline), and the card says so")
+
+
+def _print_plan(console, result) -> None:
+    """What `--dry-run` shows: the structure the plan keeps, and what it saves."""
+    plan = result.settings
+    console.print(f"dry run: the one-shot plan for {result.base_model} on {result.task}; nothing was trained or written")
+    if plan.get("planned_on_untrained_head"):
+        console.print("the model has no trained head yet: the real run fine-tunes one first, which can change gradient-based choices")
+    layers = result.pruning_history[0] if result.pruning_history else {}
+    for layer, heads in zip(layers.get("kept_layers") or [], layers.get("kept_heads") or []):
+        console.print(f"layer {layer}: keeps {len(heads)} heads {heads}")
+    for unit, values in result.sparsity.items():
+        console.print(f"{unit}: would keep {values['kept']:,} of {values['original']:,} ({values['sparsity']:.1%} removed)")
+    before, after = plan["flops_per_sequence_before"], plan["flops_per_sequence_after"]
+    console.print(f"FLOPs per sequence of {plan['max_length']} tokens: {before / 1e9:.3f} G -> {after / 1e9:.3f} G (ideal speedup {plan['ideal_speedup']:.2f}x)")
 
 
 def drop_layers_command(
@@ -150,10 +187,13 @@ def drop_layers_command(
     text_column: Optional[list[str]] = TextColumnOption,
     label_column: str = LabelColumnOption,
     label_name: Optional[list[str]] = LabelNameOption,
+    gguf_file: Optional[str] = GgufFileOption,
     max_eval_samples: Optional[int] = MaxEvalOption,
     max_length: int = MaxLengthOption,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty output directory."),
     repo_id: Optional[str] = typer.Option(None, "--repo-id", help="Hub repo id for the card's loading code."),
+    base_model_id: Optional[str] = typer.Option(None, "--base-model-id", help="Hub id of the base model, for the card's base_model field."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ) -> None:
     """Drop whole layers (Sajjad et al. 2020 strategies) without fine-tuning and write the checkpoint + card.
 
@@ -169,19 +209,24 @@ def drop_layers_command(
 
         kwargs = data_kwargs(data_dir, train_file, validation_file, text_column, label_column, label_name)
         kwargs["max_eval_samples"] = max_eval_samples
-        summary = drop_layers_for_task(
-            model,
-            output_dir,
-            k=k,
-            layers=layer or None,
-            strategy=strategy,
-            task=task,
-            data_kwargs=kwargs,
-            max_length=max_length,
-            overwrite=overwrite,
-            repo_id=repo_id,
-            command=command_line(ctx),
-        )
+        with progress_display(enabled=not quiet) as bars:
+            summary = drop_layers_for_task(
+                model,
+                output_dir,
+                k=k,
+                layers=layer or None,
+                strategy=strategy,
+                task=task,
+                data_kwargs=kwargs,
+                max_length=max_length,
+                overwrite=overwrite,
+                repo_id=repo_id,
+                base_model_id=base_model_id,
+                gguf_file=gguf_file,
+                command=command_line(ctx),
+                progress=bars,
+                log=bars.log,
+            )
     from rich.console import Console
 
     console = Console()

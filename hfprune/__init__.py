@@ -1,49 +1,63 @@
-"""hfprune: structured pruning of attention heads, FFN neurons and layers for Hugging Face transformers 5."""
+"""hfprune: structured pruning of attention heads, FFN neurons and layers for Hugging Face transformers 5.
 
-from .arch import ArchAdapter, get_adapter, register_adapter, supported_model_types
-from .callbacks import HeadMaskCallback, LayerDropCallback
-from .card import write_model_card
-from .errors import PruningError
-from .gates import HeadGates
-from .hub import HubPushError, push_to_hub
-from .loading import from_pretrained, save_for_remote_code
-from .masks import MaskHandle, apply_masks, make_ffn_mask, make_head_mask, make_layer_mask, skip_layers
-from .pipeline import PruneResult, prune_for_task
-from .plan import (
-    best_head_per_layer,
-    ffn_to_prune,
-    head_sparsity,
-    heads_to_prune,
-    iterative_head_pruning,
-    layers_to_drop,
-)
-from .record import get_record
-from .scores import (
-    angular_distance,
-    block_influence,
-    ffn_importance,
-    head_ablation_scores,
-    head_importance,
-    importance_scores,
-    layer_cosine_scores,
-    magnitude_ffn_scores,
-    magnitude_head_scores,
-    mlp_importance,
-    random_head_scores,
-    taylor_head_scores,
-)
-from .speed import SpeedReport, count_flops, measure_speed
-from .structure import EmptyAttention
-from .surgery import drop_layers, prune_ffn, prune_heads
-from .trainer import PruningArguments, PruningTrainer
+The public API is imported lazily (PEP 562), as transformers does: `import hfprune` costs nothing until a
+name is used, so `hfprune --help`, `--version` and bad-input errors answer without importing torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# module -> the public names it provides
+_EXPORTS: dict[str, tuple[str, ...]] = {
+    "arch": ("ArchAdapter", "get_adapter", "register_adapter", "supported_model_types"),
+    "callbacks": ("HeadMaskCallback", "LayerDropCallback"),
+    "card": ("write_model_card",),
+    "errors": ("PipelineInputError", "PruningError", "WeakBaselineError"),
+    "gates": ("HeadGates",),
+    "hub": ("HubPushError", "push_to_hub"),
+    "loading": ("from_pretrained", "save_for_remote_code"),
+    "masks": ("MaskHandle", "apply_masks", "make_ffn_mask", "make_head_mask", "make_layer_mask", "skip_layers"),
+    "pipeline": ("PruneResult", "prune_for_task"),
+    "plan": (
+        "best_head_per_layer",
+        "ffn_to_prune",
+        "head_sparsity",
+        "heads_to_prune",
+        "iterative_head_pruning",
+        "layers_to_drop",
+    ),
+    "record": ("get_record",),
+    "scores": (
+        "angular_distance",
+        "block_influence",
+        "ffn_importance",
+        "head_ablation_scores",
+        "head_importance",
+        "importance_scores",
+        "layer_cosine_scores",
+        "magnitude_ffn_scores",
+        "magnitude_head_scores",
+        "mlp_importance",
+        "random_head_scores",
+        "taylor_head_scores",
+    ),
+    "speed": ("SpeedReport", "count_flops", "measure_speed"),
+    "structure": ("EmptyAttention",),
+    "surgery": ("drop_layers", "prune_ffn", "prune_heads"),
+    "trainer": ("PruningArguments", "PruningTrainer"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __all__ = [
     # engine
     "ArchAdapter",
     "EmptyAttention",
     "MaskHandle",
+    "PipelineInputError",
     "PruningError",
     "apply_masks",
     "drop_layers",
@@ -91,8 +105,54 @@ __all__ = [
     # the main job, model cards and speed
     "PruneResult",
     "SpeedReport",
+    "WeakBaselineError",
     "count_flops",
     "measure_speed",
     "prune_for_task",
     "write_model_card",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'hfprune' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # import once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # what type checkers and IDEs see
+    from .arch import ArchAdapter, get_adapter, register_adapter, supported_model_types
+    from .callbacks import HeadMaskCallback, LayerDropCallback
+    from .card import write_model_card
+    from .errors import PipelineInputError, PruningError, WeakBaselineError
+    from .gates import HeadGates
+    from .hub import HubPushError, push_to_hub
+    from .loading import from_pretrained, save_for_remote_code
+    from .masks import MaskHandle, apply_masks, make_ffn_mask, make_head_mask, make_layer_mask, skip_layers
+    from .pipeline import PruneResult, prune_for_task
+    from .plan import best_head_per_layer, ffn_to_prune, head_sparsity, heads_to_prune, iterative_head_pruning, layers_to_drop
+    from .record import get_record
+    from .scores import (
+        angular_distance,
+        block_influence,
+        ffn_importance,
+        head_ablation_scores,
+        head_importance,
+        importance_scores,
+        layer_cosine_scores,
+        magnitude_ffn_scores,
+        magnitude_head_scores,
+        mlp_importance,
+        random_head_scores,
+        taylor_head_scores,
+    )
+    from .speed import SpeedReport, count_flops, measure_speed
+    from .structure import EmptyAttention
+    from .surgery import drop_layers, prune_ffn, prune_heads
+    from .trainer import PruningArguments, PruningTrainer

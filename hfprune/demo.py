@@ -46,7 +46,7 @@ class DemoReport:
     max_abs_diff_vs_masked: float = 0.0
     reload_identical: bool = False
     stock_loadable: bool = False
-    output_dir: str = ""
+    output_dir: str | None = None  # None: saved to a temporary folder for the reload check, then removed
 
     def table(self) -> str:
         width = max(len(row[0]) for row in self.rows)
@@ -118,14 +118,15 @@ def run_demo(
         ("CPU latency, 8x128", f"{dense_latency * 1e3:.1f} ms", f"{pruned_latency * 1e3:.1f} ms")
     )
 
-    output_dir = Path(output_dir) if output_dir else Path(tempfile.mkdtemp(prefix="hfprune-demo-"))
-    model.save_pretrained(output_dir)
-    tokenizer.save_pretrained(output_dir)
-    reloaded = from_pretrained(output_dir, attn_implementation="eager").eval()
+    with tempfile.TemporaryDirectory(prefix="hfprune-demo-") as scratch:
+        folder = Path(output_dir) if output_dir else Path(scratch)
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        reloaded = from_pretrained(folder, attn_implementation="eager").eval()
     state = reloaded.state_dict()
     with torch.no_grad():
         same_outputs = torch.equal(reloaded(**inputs).last_hidden_state, actual)
     report.reload_identical = same_outputs and all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
     report.stock_loadable = bool(model.config.hfprune["stock_loadable"])
-    report.output_dir = str(output_dir)
+    report.output_dir = str(output_dir) if output_dir else None
     return report

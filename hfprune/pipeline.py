@@ -14,6 +14,7 @@ failed or interrupted run never leaves a half-written checkpoint (or destroys th
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import logging
 import math
@@ -21,7 +22,6 @@ import os
 import shutil
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,10 +29,12 @@ from typing import Any
 
 import torch
 from datasets import Dataset
-from transformers.trainer_utils import get_last_checkpoint
 from torch import nn
 
-from .errors import PruningError
+from .checkpoint import ModelSource, load_tokenizer, resolve_model
+from .baselines import task_baselines, weak_baseline_reason
+from .errors import PipelineInputError, PruningError, WeakBaselineError
+from .output import check_output_dir, write_atomically
 from .tasks import (
     GLUE_TASKS,
     TaskDataError,
@@ -56,15 +58,20 @@ __all__ = [
     "PipelineInputError",
     "PruneResult",
     "TaskData",
+    "WeakBaselineError",
     "benchmark_checkpoint",
     "check_output_dir",
     "check_sparsity",
+    "default_finetune_epochs",
     "drop_layers_for_task",
     "evaluate_model",
     "load_model_for_task",
     "load_task_data",
+    "micro_batches",
     "prune_for_task",
     "score_heads",
+    "validation_slice",
+    "work_dir_for",
     "write_atomically",
 ]
 
@@ -78,10 +85,6 @@ Progress = Callable[[str, int, "int | None"], None]
 """`progress(stage, done, total)`: called as long work advances (`total` None when unknown)."""
 
 
-class PipelineInputError(ValueError):
-    """The job cannot run as asked (bad option, missing file, unknown model...); nothing was written."""
-
-
 def _first_line(error: BaseException) -> str:
     text = str(error).strip() or type(error).__name__
     return text.splitlines()[0]
@@ -93,74 +96,6 @@ def check_sparsity(name: str, value: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
         raise PipelineInputError(f"{name} must be a fraction in [0, 1), got {value!r}")
     return float(value)
-
-
-def check_output_dir(output_dir: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Refuse an existing non-empty directory (or a file) unless `overwrite`; nothing is touched here."""
-    output_dir = Path(output_dir).expanduser()
-    if output_dir.exists():
-        if not output_dir.is_dir():
-            raise PipelineInputError(f"output path {output_dir} exists and is not a directory")
-        if any(output_dir.iterdir()) and not overwrite:
-            raise PipelineInputError(
-                f"output directory {output_dir} is not empty; choose another one or pass overwrite=True (--overwrite)"
-            )
-    return output_dir
-
-
-def write_atomically(output_dir: str | os.PathLike, write: Callable[[Path], Any], overwrite: bool = False) -> Any:
-    """Run `write(tmp_dir)` in a fresh directory next to `output_dir`, then rename it into place.
-
-    On any failure the temporary directory is removed and `output_dir` is left as it was. With `overwrite`,
-    an existing `output_dir` is replaced only after the new one is complete.
-    """
-    output_dir = check_output_dir(output_dir, overwrite)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
-    try:
-        result = write(staging)
-        if output_dir.exists():
-            old = output_dir.with_name(f".{output_dir.name}.old-{uuid.uuid4().hex[:8]}")
-            output_dir.rename(old)
-            try:
-                staging.rename(output_dir)
-            except BaseException:
-                old.rename(output_dir)
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            staging.rename(output_dir)
-        return result
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-
-
-def _resolve_model(model_name_or_path: str):
-    """The model's config; a path that does not exist or a Hub id that cannot be resolved is bad input."""
-    from transformers import AutoConfig
-
-    from .arch import get_adapter
-
-    path = Path(model_name_or_path).expanduser()
-    # A Hub id is "name" or "org/name"; anything else that does not exist locally is a mistyped path.
-    looks_local = model_name_or_path.startswith((".", "/", "~")) or model_name_or_path.count("/") > 1
-    if looks_local and not path.exists():
-        raise PipelineInputError(f"model path {model_name_or_path} does not exist")
-    if path.exists() and path.is_dir() and not (path / "config.json").is_file():
-        raise PipelineInputError(f"{model_name_or_path} is not a model directory (no config.json)")
-    try:
-        config = AutoConfig.from_pretrained(str(path) if path.exists() else model_name_or_path)
-    except (OSError, ValueError) as error:
-        raise PipelineInputError(
-            f"cannot load model {model_name_or_path!r}: not a local model directory, and the Hub lookup failed "
-            f"({_first_line(error)})"
-        ) from None
-    try:
-        get_adapter(config)
-    except PruningError as error:
-        raise PipelineInputError(_first_line(error)) from None
-    return config
 
 
 # ---- tasks --------------------------------------------------------------------------------------------
@@ -264,8 +199,10 @@ def load_task_data(
             evals = {split: load_task(spec, data_dir, split) for split in spec.eval_splits}
         except TaskDataError:
             raise
-        except Exception as error:  # the Hub could not be reached, or the dataset was not found
-            raise TaskDataError(
+        except Exception as error:
+            if data_dir is not None:  # a local file that exists but cannot be read: say which one
+                raise TaskDataError(f"could not read GLUE {spec.name!r} from {data_dir} ({_first_line(error)})") from None
+            raise TaskDataError(  # the Hub could not be reached, or the dataset was not found
                 f"could not load GLUE {spec.name!r} from the Hub ({_first_line(error)}); "
                 "pass --data-dir with the original GLUE TSV files to work offline"
             ) from None
@@ -279,24 +216,30 @@ def load_task_data(
 
 
 # ---- model --------------------------------------------------------------------------------------------
-def load_model_for_task(model_name_or_path: str, data: TaskData, *, config=None, **kwargs) -> tuple[nn.Module, Any, bool]:
+def load_model_for_task(
+    model_name_or_path: str | ModelSource, data: TaskData, *, gguf_file: str | None = None, **kwargs
+) -> tuple[nn.Module, Any, bool]:
     """Load `(model, tokenizer, has_trained_head)` for a task, pruned checkpoints included.
 
     A sequence-classification model gets `num_labels` and the task's label names; when the checkpoint has
     no classifier for them (a bare encoder such as `bert-base-uncased`, or another label count) a new head
     is initialised and `has_trained_head` is False: fine-tune before trusting any score or metric.
+    `gguf_file` names a GGUF checkpoint inside the folder (`from_pretrained(dir, gguf_file=...)`).
     """
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     from .loading import from_pretrained
 
-    config = config if config is not None else _resolve_model(model_name_or_path)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
-    except (OSError, ValueError, TypeError) as error:
-        raise PipelineInputError(f"cannot load a tokenizer from {model_name_or_path!r} ({_first_line(error)})") from None
+    source = model_name_or_path
+    if not isinstance(source, ModelSource):
+        source = resolve_model(source, gguf_file=gguf_file, causal_lm=data.is_lm)
+    config = copy.deepcopy(source.config)
+    tokenizer = load_tokenizer(source)
+    kwargs = {**source.load_kwargs, **kwargs}
     if data.is_lm:
-        model = from_pretrained(model_name_or_path, config=config, model_class=AutoModelForCausalLM, **kwargs)
+        if source.gguf_file:
+            kwargs.setdefault("dtype", torch.float32)  # GGUF weights are dequantized; keep them in fp32
+        model = from_pretrained(source.name_or_path, config=config, model_class=AutoModelForCausalLM, **kwargs)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         return model, tokenizer, True
@@ -314,7 +257,7 @@ def load_model_for_task(model_name_or_path: str, data: TaskData, *, config=None,
     if spec.is_regression:
         config.problem_type = "regression"
     model, info = from_pretrained(
-        model_name_or_path,
+        source.name_or_path,
         config=config,
         model_class=AutoModelForSequenceClassification,
         output_loading_info=True,
@@ -438,14 +381,34 @@ def _quiet(trainer) -> None:
         trainer.remove_callback(callback)
 
 
+MAX_MICRO_BATCH = 16  # examples per forward/backward; larger batches accumulate gradients
+
+
+def micro_batches(batch_size: int) -> tuple[int, int]:
+    """`(micro_batch, accumulation_steps)` with micro_batch * steps == batch_size and micro_batch <= 16.
+
+    Activations, not weights, dominate training memory for a model of MiniLM's size: a batch of 32 x 128
+    tokens holds about 1 GB of them. Accumulating two batches of 16 computes the same update with half of that.
+    """
+    for steps in range(math.ceil(batch_size / MAX_MICRO_BATCH), batch_size + 1):
+        if batch_size % steps == 0 and batch_size // steps >= 4:
+            return batch_size // steps, steps
+    return batch_size, 1
+
+
 def _training_kwargs(
-    output_dir: Path, *, batch_size: int, learning_rate: float, seed: int, quiet: bool, save_steps: int = 0
+    output_dir: Path, *, batch_size: int, learning_rate: float, seed: int, quiet: bool, save_steps: int = 0,
+    device: str | None = None,
 ) -> dict[str, Any]:
-    """Shared arguments; `save_steps > 0` checkpoints training every so many steps (for `resume=True`)."""
+    """Shared arguments; `save_steps > 0` checkpoints training every so many steps (for `resume=True`);
+    `device="cpu"` trains on the CPU even where there is a GPU."""
+    micro_batch, accumulation = micro_batches(batch_size)
     return dict(
+        use_cpu=device == "cpu",
         output_dir=str(output_dir),
-        per_device_train_batch_size=batch_size,
-        per_device_eval_batch_size=batch_size * 2,
+        per_device_train_batch_size=micro_batch,
+        gradient_accumulation_steps=accumulation,
+        per_device_eval_batch_size=micro_batch * 2,
         learning_rate=learning_rate,
         weight_decay=0.01,
         warmup_steps=0.06,
@@ -461,25 +424,77 @@ def _training_kwargs(
     )
 
 
-def _finetune(model, tokenizer, train: Dataset, data: TaskData, work_dir: Path, *, epochs: float, progress, **kwargs):
-    """Train a fresh task head (and the encoder) with a plain `Trainer`: pruning scores and the "before"
-    metrics only mean something for a model that solves the task."""
-    from transformers import Trainer, TrainingArguments
+FINETUNE_PATIENCE = 3  # evaluations without a lower validation loss before fine-tuning stops
+MAX_EVAL_INTERVAL = 500  # steps between evaluations on large training sets
 
-    args = TrainingArguments(num_train_epochs=epochs, **_training_kwargs(work_dir / "finetune", quiet=progress is not None, **kwargs))
+
+def default_finetune_epochs(num_examples: int) -> float:
+    """The most epochs a new task head trains for; early stopping usually ends it sooner.
+
+    Small sets (RTE, MRPC, CoLA, a few thousand examples) need many passes before a fresh classifier learns
+    anything: one epoch of 2,000 MRPC examples stays exactly at the majority class. Large sets converge in few.
+    """
+    return 10.0 if num_examples < 10_000 else 3.0
+
+
+def validation_slice(train: Dataset, seed: int) -> tuple[Dataset, Dataset]:
+    """Carve `(train, validation)` from the training set: 10% of it, 32 to 1,000 examples (at most a quarter).
+
+    Choosing when to stop on a slice of train keeps the reported dev split untouched by every decision.
+    """
+    size = min(1000, max(32, len(train) // 10), len(train) // 4)
+    if size < 1:
+        return train, train.select([])
+    parts = train.train_test_split(test_size=size, seed=seed, shuffle=True)
+    return parts["train"], parts["test"]
+
+
+def _finetune(
+    model, tokenizer, train: Dataset, validation: Dataset, data: TaskData, work_dir: Path, *, epochs: float, progress, **kwargs
+):
+    """Train a fresh task head (and the encoder) with a plain `Trainer` until the validation slice stops improving.
+
+    Pruning scores and the "before" metrics only mean something for a model that solves the task. Training is
+    evaluated on `validation` about once an epoch (at most every 500 steps), stops after three evaluations
+    without a lower loss (smoother than accuracy on a few hundred examples), and ends on the best weights.
+    """
+    from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
+
+    steps_per_epoch = max(1, math.ceil(len(train) / kwargs["batch_size"]))
+    interval = min(steps_per_epoch, MAX_EVAL_INTERVAL)
+    settings = _training_kwargs(work_dir / "finetune", quiet=progress is not None, **{**kwargs, "save_steps": interval})
+    settings.update(
+        eval_strategy="steps", eval_steps=interval, load_best_model_at_end=True, save_total_limit=2,
+        metric_for_best_model="eval_loss", greater_is_better=False, warmup_steps=0.1,
+    )  # fmt: skip
+    args = TrainingArguments(num_train_epochs=epochs, **settings)
     trainer = Trainer(
         model=model,
         args=args,
         train_dataset=train,
+        eval_dataset=validation,
         processing_class=tokenizer,
-        data_collator=None if data.is_lm else _collator(tokenizer),
-        callbacks=_progress_callback(progress, "fine-tune the task head"),
+        data_collator=_collator(tokenizer),
+        compute_metrics=make_compute_metrics(data.spec),
+        callbacks=[EarlyStoppingCallback(FINETUNE_PATIENCE), *_progress_callback(progress, "fine-tune the task head")],
     )
     if progress is not None:
         _quiet(trainer)
-    trainer.train(resume_from_checkpoint=get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None)
+    trainer.train(resume_from_checkpoint=_last_complete_checkpoint(Path(args.output_dir)))
     model.eval()
-    return model
+    best = trainer.state.best_metric
+    return {"epochs": round(trainer.state.epoch or 0.0, 2), "steps": trainer.state.global_step, "best_validation": best}
+
+
+def _last_complete_checkpoint(folder: Path) -> str | None:
+    """The newest `checkpoint-N` that was written to the end; a half-written one (killed, or a full disk) is removed."""
+    if not folder.is_dir():
+        return None
+    for checkpoint in sorted(folder.glob("checkpoint-*"), key=lambda path: int(path.name.rpartition("-")[2] or 0), reverse=True):
+        if (checkpoint / "trainer_state.json").is_file():
+            return str(checkpoint)
+        shutil.rmtree(checkpoint, ignore_errors=True)
+    return None
 
 
 # ---- resuming an interrupted run ------------------------------------------------------------------------
@@ -504,11 +519,14 @@ def _open_work_dir(work_dir: Path, run: dict[str, Any], resume: bool) -> dict[st
                 f"{work_dir} holds an interrupted run: pass --resume (resume=True) to continue it, or delete it"
             )
         work_dir.mkdir(parents=True)
-        state_file.write_text(json.dumps(_jsonable(run), indent=2) + "\n")
+        _save_state(work_dir, run)
         return dict(run)
     if not state_file.is_file():
         raise PipelineInputError(f"nothing to resume: no interrupted run in {work_dir}")
-    state = json.loads(state_file.read_text())
+    try:
+        state = json.loads(state_file.read_text())
+    except (OSError, ValueError) as error:
+        raise PipelineInputError(f"the run state {state_file} cannot be read ({_first_line(error)}); delete {work_dir}") from None
     differ = sorted(key for key in run if state.get(key) != _jsonable(run[key]))
     if differ:
         raise PipelineInputError(f"the interrupted run in {work_dir} used other settings ({', '.join(differ)}); cannot resume")
@@ -519,6 +537,15 @@ def _save_state(work_dir: Path, state: dict[str, Any]) -> None:
     staging = work_dir / f"{RUN_STATE}.tmp"
     staging.write_text(json.dumps(_jsonable(state), indent=2) + "\n")
     staging.replace(work_dir / RUN_STATE)  # atomic: a kill never leaves half a state file
+
+
+def _save_folder(folder: Path, model: nn.Module, tokenizer: Any) -> None:
+    """Save next to `folder`, then rename: a run killed (or out of disk) while saving leaves no half a model."""
+    staging = folder.with_name(f"{folder.name}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    staging.rename(folder)
 
 
 def _has_pruning_checkpoint(folder: Path) -> bool:
@@ -542,6 +569,10 @@ class PruneResult:
     pruning_history: list[dict[str, Any]] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    baselines: dict[str, dict[str, dict[str, float]]] | None = None  # {split: {"majority"|"chance": metrics}}
+    weak_baseline: str | None = None  # why the dense model is not clearly above them (None: it is)
+    finetune: dict[str, Any] | None = None  # epochs, steps and best validation score of the head's fine-tuning
+    dry_run: bool = False  # the plan only: nothing was trained or written
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -556,6 +587,10 @@ class PruneResult:
             "pruning_history": _jsonable(self.pruning_history),
             "settings": _jsonable(self.settings),
             "timings_s": {key: round(value, 2) for key, value in self.timings.items()},
+            "baselines": _jsonable(self.baselines),
+            "weak_baseline": self.weak_baseline,
+            "finetune": _jsonable(self.finetune),
+            "dry_run": self.dry_run,
         }
 
 
@@ -579,6 +614,35 @@ def _python_call(model_name_or_path: str, task: str, settings: Mapping[str, Any]
     return f"hfprune.pipeline.prune_for_task({model_name_or_path!r}, {task!r}, {args})"
 
 
+def _check_device(device: str | None) -> str | None:
+    """`None` (the GPU when there is one), "cpu", "cuda", "cuda:N" or "mps", checked before any work."""
+    if device is None:
+        return None
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise PipelineInputError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps") from None
+    if parsed.type == "cuda" and (not torch.cuda.is_available() or (parsed.index or 0) >= torch.cuda.device_count()):
+        raise PipelineInputError(f"device {device!r} is not available here (CUDA devices: {torch.cuda.device_count()})")
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise PipelineInputError("device 'mps' is not available here")
+    if parsed.type not in ("cpu", "cuda", "mps"):
+        raise PipelineInputError(f"unsupported device {device!r}; use cpu, cuda, cuda:N or mps")
+    return str(parsed)
+
+
+def _config_has_head(config: Any, data: TaskData) -> bool:
+    """Whether the checkpoint's config declares a trained classifier for this task (no weights are read)."""
+    if data.is_lm:
+        return True
+    architectures = getattr(config, "architectures", None) or []
+    return any(name.endswith("ForSequenceClassification") for name in architectures) and config.num_labels == data.spec.num_labels
+
+
+def _eval_labels(data: TaskData) -> dict[str, list]:
+    return {split: list(dataset["label"]) for split, dataset in data.eval.items()}
+
+
 def prune_for_task(
     model_name_or_path: str,
     task: str,
@@ -590,6 +654,7 @@ def prune_for_task(
     text_columns: Sequence[str] | None = None,
     label_column: str = "label",
     label_names: Sequence[str] | None = None,
+    gguf_file: str | None = None,
     head_sparsity: float = 0.4,
     ffn_sparsity: float = 0.0,
     layer_sparsity: float = 0.0,
@@ -599,7 +664,7 @@ def prune_for_task(
     steps: int = 1,
     per_layer: bool = False,
     recovery_epochs: float = 1.0,
-    finetune_epochs: float = 1.0,
+    finetune_epochs: float | None = None,
     learning_rate: float = 5e-5,
     batch_size: int = 32,
     distillation_alpha: float = 0.0,
@@ -608,6 +673,9 @@ def prune_for_task(
     max_eval_samples: int | None = None,
     max_length: int = 128,
     seed: int = 42,
+    allow_weak_baseline: bool = False,
+    device: str | None = None,
+    dry_run: bool = False,
     overwrite: bool = False,
     resume: bool = False,
     save_steps: int = 200,
@@ -616,18 +684,26 @@ def prune_for_task(
     bench_threads: int | None = None,
     bench_repeats: int = 10,
     repo_id: str | None = None,
+    base_model_id: str | None = None,
     command: str | None = None,
     progress: Progress | None = None,
     log: Callable[[str], None] | None = None,
 ) -> PruneResult:
     """Prune `model_name_or_path` for `task` end to end and save the result to `output_dir`.
 
-    Steps: load the task (see `load_task_data`) and the model; fine-tune first when the checkpoint has no
-    trained head for the task (`finetune_epochs`); evaluate ("before"); score head importance on train
-    examples (for the card's heatmap); prune to the targets and recover with `PruningTrainer`
-    (`method`, `schedule`, `steps`, `recovery_epochs`, optional distillation from the dense model);
-    evaluate ("after"); time dense vs pruned (`bench`); write model, tokenizer, README.md model card,
+    Steps: load the task (see `load_task_data`) and the model (`gguf_file`: a GGUF checkpoint in that folder);
+    when the checkpoint has no trained head for the task, fine-tune one first, for at most `finetune_epochs`
+    (default: 10 on sets under 10,000 examples, else 3) with early stopping on a validation slice carved from
+    train; evaluate ("before") and compare with the majority-class and chance baselines of every eval split;
+    score head importance on train examples (for the card's heatmap); prune to the targets and recover with
+    `PruningTrainer` (`method`, `schedule`, `steps`, `recovery_epochs`, optional distillation from the dense
+    model); evaluate ("after"); time dense vs pruned (`bench`); write model, tokenizer, README.md model card,
     heatmaps and `hfprune_results.json` atomically.
+
+    A dense model that is not clearly above the trivial baselines raises `WeakBaselineError` (its state is kept:
+    resume with `allow_weak_baseline=True` to prune it anyway, and the card then says so). `dry_run=True` loads
+    and scores the model and returns the one-shot plan (`PruneResult.sparsity`, FLOPs in `settings`) without
+    training or writing anything.
 
     Until it succeeds, the run keeps its state in `work_dir_for(output_dir)`: the fine-tuned model, the "before"
     metrics and scores, and training checkpoints every `save_steps` steps. After a crash or a kill, the same call
@@ -655,12 +731,20 @@ def prune_for_task(
     if head_sparsity == ffn_sparsity == layer_sparsity == 0.0:
         raise PipelineInputError("nothing to prune: give a head, FFN or layer sparsity above 0")
     for name, value in (("recovery_epochs", recovery_epochs), ("finetune_epochs", finetune_epochs)):
+        if value is None and name == "finetune_epochs":
+            continue
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             raise PipelineInputError(f"{name} must be a number >= 0, got {value!r}")
     if not 0.0 <= distillation_alpha <= 1.0:
         raise PipelineInputError(f"distillation_alpha must be in [0, 1], got {distillation_alpha!r}")
-    output_dir = check_output_dir(output_dir, overwrite)
-    config = _resolve_model(model_name_or_path)
+    if isinstance(save_steps, bool) or not isinstance(save_steps, int) or save_steps < 1:
+        raise PipelineInputError(f"save_steps must be a positive integer, got {save_steps!r}")
+    device = _check_device(device)
+    if not dry_run:
+        output_dir = check_output_dir(output_dir, overwrite)
+    output_dir = Path(output_dir).expanduser()
+    is_lm = task.lower() == LM_TASK
+    source = resolve_model(model_name_or_path, gguf_file=gguf_file, causal_lm=is_lm)
     data = load_task_data(
         task,
         data_dir=data_dir,
@@ -673,6 +757,11 @@ def prune_for_task(
         max_eval_samples=max_eval_samples,
         seed=seed,
     )
+    if finetune_epochs == 0 and not _config_has_head(source.config, data):
+        raise PipelineInputError(
+            f"{model_name_or_path} has no trained head for {data.name}; it needs finetune_epochs > 0",
+            cli_message=f"{model_name_or_path} has no trained head for {data.name}; it needs --finetune-epochs above 0",
+        )
     from .trainer import PruningArguments, PruningTrainer  # noqa: F401  (fails early if missing)
 
     settings = dict(
@@ -694,8 +783,6 @@ def prune_for_task(
         max_length=max_length,
         seed=seed,
     )
-    if isinstance(save_steps, bool) or not isinstance(save_steps, int) or save_steps < 1:
-        raise PipelineInputError(f"save_steps must be a positive integer, got {save_steps!r}")
     work_dir = work_dir_for(output_dir)
     run = {"model": str(model_name_or_path), "task": task, "settings": settings, "finetune_epochs": finetune_epochs}
     # Building the arguments validates method, schedule and steps before the model is loaded.
@@ -710,15 +797,18 @@ def prune_for_task(
             layer_strategy=layer_strategy,
             per_layer_ranking=per_layer,
             score_num_examples=score_num_examples,
-            recovery_epochs=recovery_epochs,
-            distillation_alpha=distillation_alpha,
+            recovery_epochs=0.0 if dry_run else recovery_epochs,
+            distillation_alpha=0.0 if dry_run else distillation_alpha,
             **_training_kwargs(
                 work_dir / "prune", batch_size=batch_size, learning_rate=learning_rate, seed=seed,
-                quiet=progress is not None, save_steps=save_steps,
+                quiet=progress is not None, save_steps=0 if dry_run else save_steps, device=device,
             ),
         )  # fmt: skip
     except (ValueError, PruningError) as error:
         raise PipelineInputError(_first_line(error)) from None
+    if dry_run:
+        return _plan_only(source, data, pruning_args, settings, output_dir, seed=seed, max_length=max_length, say=say)
+
     state = _open_work_dir(work_dir, run, resume)
     try:
         lap("check inputs")
@@ -731,25 +821,28 @@ def prune_for_task(
             say(f"resuming from the fine-tuned model in {finetuned}")
             model, tokenizer, _ = load_model_for_task(str(finetuned), data)
         else:
-            say(f"loading {model_name_or_path} for {data.name} ({data.source})")
-            model, tokenizer, has_head = load_model_for_task(model_name_or_path, data, config=config)
+            say(f"loading {source.display_name} for {data.name} ({data.source})")
+            model, tokenizer, has_head = load_model_for_task(source, data)
             state["finetuned_first"] = not has_head
         train = _tokenized(data, data.train, tokenizer, max_length)
         lap("load")
 
         finetuned_first = state["finetuned_first"]
+        if finetuned_first:
+            # The slice that decides when fine-tuning stops is kept out of every later training step as well.
+            train, validation = validation_slice(train, seed)
         if finetuned_first and not finetuned.is_dir():
-            if finetune_epochs == 0:
-                raise PipelineInputError(
-                    f"{model_name_or_path} has no trained head for {data.name}; it needs finetune_epochs > 0"
-                )
-            say(f"{model_name_or_path} has no trained {data.name} head: fine-tuning it first ({finetune_epochs:g} epoch(s), {len(train)} examples)")
-            _finetune(
-                model, tokenizer, train, data, work_dir, epochs=finetune_epochs, progress=progress,
-                batch_size=batch_size, learning_rate=learning_rate, seed=seed, save_steps=save_steps,
+            epochs = finetune_epochs if finetune_epochs is not None else default_finetune_epochs(len(train))
+            say(
+                f"{source.display_name} has no trained {data.name} head: fine-tuning it first (at most {epochs:g} epochs "
+                f"on {len(train)} examples, early stopping on {len(validation)} held-out training examples)"
+            )
+            state["finetune"] = _finetune(
+                model, tokenizer, train, validation, data, work_dir, epochs=epochs, progress=progress,
+                batch_size=batch_size, learning_rate=learning_rate, seed=seed, device=device,
             )  # fmt: skip
-            model.save_pretrained(finetuned)
-            tokenizer.save_pretrained(finetuned)
+            _save_folder(finetuned, model, tokenizer)
+            _save_state(work_dir, state)
             lap("fine-tune head")
 
         eval_batch = batch_size * 2
@@ -764,6 +857,19 @@ def prune_for_task(
             _save_state(work_dir, state)
         lap("evaluate before")
 
+        baselines, weak = None, None
+        if not data.is_lm:
+            baselines = task_baselines(data.spec, _eval_labels(data))
+            weak = weak_baseline_reason(data.spec, metrics_before, baselines, {s: len(d) for s, d in data.eval.items()})
+        if weak and not allow_weak_baseline:
+            advice = "pruning a model that learned nothing is not a result; train it longer or on more data, or prune it anyway with"
+            raise WeakBaselineError(
+                f"{weak}: {advice} allow_weak_baseline=True, resume=True",
+                cli_message=f"{weak}: {advice} --allow-weak-baseline --resume",
+            )
+        if weak:
+            say(f"weak baseline, pruning anyway: {weak}")
+
         # The card's importance heatmap is computed on exactly the examples (and batches) the trainer scores on,
         # so for one-shot importance pruning it shows the very scores that chose the heads.
         score_dataset = train.shuffle(seed=seed + 1).select(range(min(score_num_examples, len(train))))
@@ -776,19 +882,23 @@ def prune_for_task(
         if (work_dir / IMPORTANCE_FILE).is_file():
             importance = torch.load(work_dir / IMPORTANCE_FILE)
         else:
-            importance = head_importance(model, DataLoader(score_dataset, batch_size=eval_batch, collate_fn=collate))
-            torch.save(importance, work_dir / IMPORTANCE_FILE)
+            loader = DataLoader(score_dataset, batch_size=pruning_args.per_device_eval_batch_size, collate_fn=collate)
+            importance = head_importance(model, loader)  # the trainer's scoring batches: the same scores
+            torch.save(importance, work_dir / f"{IMPORTANCE_FILE}.tmp")
+            (work_dir / f"{IMPORTANCE_FILE}.tmp").replace(work_dir / IMPORTANCE_FILE)  # a full disk never leaves half a file
         lap("score")
 
-        # The dense model stays for timing and as the distillation teacher; the pruned one is edited in place.
-        dense = copy.deepcopy(model).eval() if bench or distillation_alpha > 0 else None
+        # The dense model stays only as the distillation teacher; the pruned one is edited in place. For timing,
+        # a dense twin with the original shapes is built afterwards (speed does not depend on weight values).
+        teacher = copy.deepcopy(model).eval() if distillation_alpha > 0 else None
         base_parameters = sum(p.numel() for p in model.parameters())
         # The trainer evaluates after every pruning step when given an eval set: worth it only for an iterative
         # schedule (the curve goes into the history); before/after on every split is measured here anyway.
         step_eval = None
         if schedule == "iterative" and steps > 1:
             step_eval = _tokenized(data, next(iter(data.eval.values())), tokenizer, max_length)
-        say(f"pruning ({method}, {schedule}) and recovering ({recovery_epochs:g} epoch(s))")
+        recovery = f"recovering ({recovery_epochs:g} epochs)" if recovery_epochs > 0 else "no recovery fine-tuning"
+        say(f"pruning ({method}, {schedule.replace('_', '-')}), {recovery}")
         trainer = PruningTrainer(
             model=model,
             args=pruning_args,
@@ -798,7 +908,7 @@ def prune_for_task(
             data_collator=None if data.is_lm else _collator(tokenizer),
             compute_metrics=None if data.is_lm else make_compute_metrics(data.spec),
             score_dataset=score_dataset,
-            teacher_model=dense if distillation_alpha > 0 else None,
+            teacher_model=teacher,
             callbacks=_progress_callback(progress, "prune + recover"),
         )
         if progress is not None:
@@ -818,7 +928,11 @@ def prune_for_task(
         if bench:
             from .speed import measure_speed
 
+            from .card import unpruned_twin
+
             say("timing dense vs pruned")
+            reference = next(model.parameters())
+            dense = teacher if teacher is not None else unpruned_twin(model).to(reference.device, reference.dtype).eval()
             speed_progress = (lambda done, total, row: progress("time dense vs pruned", done, total)) if progress else None
             speed = measure_speed(
                 {"dense": dense, "pruned": model},
@@ -826,16 +940,18 @@ def prune_for_task(
                 seq_lengths=(max_length,),
                 num_threads=bench_threads,
                 repeats=bench_repeats,
+                device=device,
                 progress=speed_progress,
             )
+            del dense
             lap("time")
-        del dense
+        del teacher
 
         from .card import card_inputs, sparsity_summary, write_model_card
 
         result = PruneResult(
             output_dir=output_dir,
-            base_model=model_name_or_path,
+            base_model=source.display_name,
             task=data.name,
             metrics_before=metrics_before,
             metrics_after=metrics_after,
@@ -846,13 +962,19 @@ def prune_for_task(
             pruning_history=history,
             settings=settings,
             timings=timings,
+            baselines=baselines,
+            weak_baseline=weak,
+            finetune=state.get("finetune"),
         )
-        command = command or _python_call(model_name_or_path, task, {"output_dir": str(output_dir), **settings})
+        command = command or _python_call(source.display_name, task, {"output_dir": output_dir.name, **settings})
         card_kwargs = card_inputs(
             base_model=model_name_or_path,
+            base_model_id=base_model_id,
             task=data.card_task if isinstance(data.card_task, str) else data.name,
             metrics_before=metrics_before,
             metrics_after=metrics_after,
+            baselines={split: value["majority"] for split, value in baselines.items()} if baselines else None,
+            weak_baseline=weak,
             speed=speed,
             importance=importance,
             command=command,
@@ -870,7 +992,7 @@ def prune_for_task(
         def write(folder: Path) -> None:
             model.save_pretrained(folder)
             tokenizer.save_pretrained(folder)
-            payload = {**result.to_dict(), "output_dir": str(output_dir), "card": card_kwargs}
+            payload = {**result.to_dict(), "output_dir": output_dir.name, "card": card_kwargs}
             (folder / RESULTS_FILE).write_text(json.dumps(_jsonable(payload), indent=2) + "\n")
             if speed is not None:
                 speed.save_json(folder / "speed.json")
@@ -880,12 +1002,53 @@ def prune_for_task(
         say(f"writing {output_dir}")
         write_atomically(output_dir, write, overwrite=overwrite)
         lap("write")
-    except PipelineInputError:
-        if not resume:  # bad input found late (e.g. a model without a head and no fine-tuning): nothing to resume
+    except (PipelineInputError, PruningError, TaskDataError):
+        if not resume:  # bad input found late (e.g. weights that disagree with their config): nothing to resume
             shutil.rmtree(work_dir, ignore_errors=True)
         raise
     shutil.rmtree(work_dir, ignore_errors=True)  # only now: any failure above leaves it for resume=True
     return result
+
+
+def _plan_only(source: ModelSource, data: TaskData, args, settings: dict[str, Any], output_dir: Path, *, seed: int, max_length: int, say) -> PruneResult:
+    """What `dry_run=True` returns: the one-shot plan on the model as loaded (no fine-tuning, no recovery, nothing written).
+
+    A model without a trained head is planned with its untrained one: gradient scores then differ from what the
+    real run (which fine-tunes first) uses; magnitude and random plans are the same.
+    """
+    from .card import sparsity_summary
+    from .speed import count_flops
+    from .trainer import PruningTrainer
+
+    say(f"dry run: loading {source.display_name} for {data.name}")
+    model, tokenizer, has_head = load_model_for_task(source, data)
+    train = _tokenized(data, data.train, tokenizer, max_length)
+    base_parameters = sum(p.numel() for p in model.parameters())
+    flops_before = count_flops(model.eval(), 1, max_length)
+    score_dataset = train.shuffle(seed=seed + 1).select(range(min(args.score_num_examples, len(train))))
+    with tempfile.TemporaryDirectory() as scratch:
+        args.output_dir = scratch  # nothing is saved: save_strategy is "no" and there is no recovery
+        trainer = PruningTrainer(
+            model=model, args=args, train_dataset=train, processing_class=tokenizer,
+            data_collator=None if data.is_lm else _collator(tokenizer), score_dataset=score_dataset,
+        )  # fmt: skip
+        _quiet(trainer)
+        trainer.train()
+    model.eval()
+    flops_after = count_flops(model, 1, max_length)
+    plan = {
+        **settings,
+        "flops_per_sequence_before": flops_before,
+        "flops_per_sequence_after": flops_after,
+        "ideal_speedup": flops_before / flops_after if flops_after else None,
+        "planned_on_untrained_head": not has_head,
+    }
+    record = copy.deepcopy(getattr(model.config, "hfprune", None) or {})
+    return PruneResult(
+        output_dir=output_dir, base_model=source.display_name, task=data.name, metrics_before={}, metrics_after={},
+        sparsity=sparsity_summary(model, base_parameters), finetuned_first=not has_head, settings=plan,
+        pruning_history=[{"kept_layers": record.get("kept_layers"), "kept_heads": record.get("kept_heads")}], dry_run=True,
+    )  # fmt: skip
 
 
 # ---- the smaller jobs ---------------------------------------------------------------------------------
@@ -902,12 +1065,16 @@ def drop_layers_for_task(
     batch_size: int = 32,
     overwrite: bool = False,
     repo_id: str | None = None,
+    base_model_id: str | None = None,
+    gguf_file: str | None = None,
     command: str | None = None,
     progress: Progress | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Drop `k` layers chosen by a Sajjad et al. strategy (or the given original `layers`) and save the
     checkpoint with its card. With a `task`, the model is evaluated before and after (no fine-tuning), and
-    the "contribution" strategy scores layers on its training examples."""
+    the "contribution" strategy scores layers on its training examples. `gguf_file` names a GGUF checkpoint
+    inside the model folder."""
     from .loading import from_pretrained
     from .plan import LAYER_STRATEGIES, layers_to_drop
     from .record import get_record
@@ -919,52 +1086,65 @@ def drop_layers_for_task(
         raise PipelineInputError(f"unknown strategy {strategy!r}; choose from {', '.join(LAYER_STRATEGIES)}")
     if strategy == "contribution" and task is None:
         raise PipelineInputError("strategy 'contribution' scores layers on data: give a task")
+    say = log or (lambda message: logger.info(message))
     output_dir = check_output_dir(output_dir, overwrite)
-    config = _resolve_model(model_name_or_path)
+    is_lm = task is not None and task.lower() == LM_TASK
+    source = resolve_model(model_name_or_path, gguf_file=gguf_file, need_tokenizer=task is not None, causal_lm=is_lm)
     data = load_task_data(task, need_train=strategy == "contribution", **(data_kwargs or {})) if task else None
 
-    if data is not None:
-        model, tokenizer, _ = load_model_for_task(model_name_or_path, data, config=config)
-    else:
-        from transformers import AutoTokenizer
-
-        model = from_pretrained(model_name_or_path, config=config)
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
-        except (OSError, ValueError, TypeError):
-            tokenizer = None
-    model.eval()
-    kept = get_record(model)["kept_layers"]
-    if layers is None:
-        scores = None
-        if strategy == "contribution":
-            from torch.utils.data import DataLoader
-
-            from .scores import layer_cosine_scores
-
-            dataset = _tokenized(data, data.train, tokenizer, max_length).select(range(min(512, len(data.train))))
-            loader = list(DataLoader(dataset, batch_size=batch_size, collate_fn=None if data.is_lm else _collator(tokenizer)))
-            scores = layer_cosine_scores(model, loader)
-            scores = scores[kept] if scores.shape[0] != len(kept) else scores
-        try:
-            positions = layers_to_drop(len(kept), k, strategy, scores)
-        except PruningError as error:
-            raise PipelineInputError(_first_line(error)) from None
-        layers = [kept[i] for i in positions]
-    else:
+    # What can be planned from the config is checked before any weights load.
+    kept = get_record(source.config)["kept_layers"]
+    if layers is not None:
         unknown = sorted(set(layers) - set(kept))
         if unknown or len(set(layers)) >= len(kept):
             raise PipelineInputError(f"layers {sorted(set(layers))} cannot be dropped: the model has layers {kept}")
+    elif strategy != "contribution":
+        try:
+            layers = [kept[i] for i in layers_to_drop(len(kept), k, strategy)]
+        except PruningError as error:
+            raise PipelineInputError(_first_line(error)) from None
+    elif not 0 < k < len(kept):
+        raise PipelineInputError(f"k must be an integer in [1, {len(kept) - 1}] for a model with {len(kept)} layers, got {k}")
 
-    before = evaluate_model(model, tokenizer, data, batch_size=batch_size * 2, max_length=max_length, progress=progress) if data else None
+    say(f"loading {source.display_name}")
+    if data is not None:
+        model, tokenizer, _ = load_model_for_task(source, data)
+    else:
+        kwargs = {**source.load_kwargs, **({"dtype": torch.float32} if source.gguf_file else {})}
+        model = from_pretrained(source.name_or_path, config=copy.deepcopy(source.config), **kwargs)
+        try:
+            tokenizer = load_tokenizer(source)
+        except PipelineInputError:
+            tokenizer = None  # a checkpoint without a tokenizer is still a checkpoint; the card says how to load it
+    model.eval()
+    if layers is None:  # the contribution strategy scores layers on training examples
+        from torch.utils.data import DataLoader
+
+        from .scores import layer_cosine_scores
+
+        say("scoring layers on training examples")
+        dataset = _tokenized(data, data.train, tokenizer, max_length).select(range(min(512, len(data.train))))
+        loader = list(DataLoader(dataset, batch_size=batch_size, collate_fn=None if data.is_lm else _collator(tokenizer)))
+        scores = layer_cosine_scores(model, loader)
+        scores = scores[kept] if scores.shape[0] != len(kept) else scores
+        layers = [kept[i] for i in layers_to_drop(len(kept), k, strategy, scores)]
+
+    evaluate = functools.partial(evaluate_model, batch_size=batch_size * 2, max_length=max_length, progress=progress)
+    if data:
+        say("evaluating before the drop")
+    before = evaluate(model, tokenizer, data, stage="evaluate before") if data else None
     base_parameters = sum(p.numel() for p in model.parameters())
+    say(f"dropping layers {sorted(layers)}")
     drop_layers(model, list(layers))
-    after = evaluate_model(model, tokenizer, data, batch_size=batch_size * 2, max_length=max_length, progress=progress) if data else None
+    if data:
+        say("evaluating after the drop")
+    after = evaluate(model, tokenizer, data, stage="evaluate after") if data else None
 
     from .card import card_inputs, write_model_card
 
     card_kwargs = card_inputs(
-        base_model=model_name_or_path, task=data.name if data else None, metrics_before=before, metrics_after=after,
+        base_model=model_name_or_path, base_model_id=base_model_id, task=data.name if data else None,
+        metrics_before=before, metrics_after=after, max_eval_samples=(data_kwargs or {}).get("max_eval_samples"),
         speed=None, importance=None, command=command, pruning={"layers dropped": ", ".join(map(str, sorted(layers))), "strategy": strategy if k is not None else "given"},
         base_num_parameters=base_parameters, finetuned_first=False, repo_id=repo_id or output_dir.name,
     )  # fmt: skip
@@ -977,6 +1157,7 @@ def drop_layers_for_task(
         (folder / RESULTS_FILE).write_text(json.dumps(_jsonable({**summary, "card": card_kwargs}), indent=2) + "\n")
         write_model_card(model, folder, **{**card_kwargs, "task": data.card_task if data else None})
 
+    say(f"writing {output_dir}")
     write_atomically(output_dir, write, overwrite=overwrite)
     return summary
 
@@ -991,12 +1172,14 @@ def benchmark_checkpoint(
     repeats: int = 10,
     warmup: int = 3,
     device: str | None = None,
+    base_gguf_file: str | None = None,
     progress: Progress | None = None,
 ):
     """Time a pruned checkpoint against its dense original with `hfprune.speed.measure_speed`.
 
-    The dense model is `base_model` when given, else a random-weight model with the original shapes
-    (`hfprune.card.unpruned_twin`): timing does not depend on weight values, so no download is needed.
+    The dense model is `base_model` when given (`base_gguf_file`: a GGUF checkpoint in that folder), else a
+    random-weight model with the original shapes (`hfprune.card.unpruned_twin`): timing does not depend on
+    weight values, so no download is needed.
     """
     from .loading import from_pretrained
     from .speed import measure_speed
@@ -1004,14 +1187,15 @@ def benchmark_checkpoint(
     checkpoint = Path(checkpoint)
     if not (checkpoint / "config.json").is_file():
         raise PipelineInputError(f"{checkpoint} is not a model directory (no config.json)")
-    _resolve_model(str(checkpoint))
+    resolve_model(checkpoint, need_tokenizer=False)
     pruned = from_pretrained(checkpoint).eval()
     if base_model is not None:
-        config = _resolve_model(base_model)
+        source = resolve_model(base_model, gguf_file=base_gguf_file, need_tokenizer=False)
         stock_class = type(pruned)
         while getattr(stock_class, "_hfprune_restructured", False):
             stock_class = stock_class.__base__
-        dense = from_pretrained(base_model, config=config, model_class=stock_class).eval()
+        kwargs = {**source.load_kwargs, "dtype": next(pruned.parameters()).dtype}
+        dense = from_pretrained(source.name_or_path, config=source.config, model_class=stock_class, **kwargs).eval()
     else:
         from .card import unpruned_twin
 

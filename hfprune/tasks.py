@@ -3,7 +3,7 @@
 Covers GLUE sequence classification (from the Hugging Face Hub or from the original GLUE TSV files),
 plain CSV/JSON classification files, and causal language modelling (blocks + perplexity).
 
-Metrics are computed with scikit-learn / scipy rather than ``evaluate.load("glue", ...)`` so that they
+Metrics are computed with `hfprune.metrics` (numpy) rather than ``evaluate.load("glue", ...)`` so that they
 work offline; the numbers and key names are the same as the official GLUE metric.
 """
 
@@ -22,8 +22,8 @@ import datasets
 import numpy as np
 import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
-from scipy.stats import pearsonr, spearmanr
-from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
+from . import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -254,6 +254,15 @@ def load_task(name: str | TaskSpec, data_dir: str | os.PathLike | None = None, s
 
 
 def _read_glue_tsv(spec: TaskSpec, path: Path) -> Dataset:
+    try:
+        return _parse_glue_tsv(spec, path)
+    except UnicodeDecodeError as error:
+        raise TaskDataError(f"{path} is not UTF-8 text ({error.reason} at byte {error.start}); re-save it as UTF-8") from None
+    except csv.Error as error:
+        raise TaskDataError(f"{path} cannot be parsed as a GLUE TSV file ({error})") from None
+
+
+def _parse_glue_tsv(spec: TaskSpec, path: Path) -> Dataset:
     layout = spec.tsv
     assert layout is not None
     if not path.is_file():
@@ -330,13 +339,19 @@ def _read_table(path: str | os.PathLike) -> Dataset:
     if not path.is_file():
         raise TaskDataError(f"Data file not found: {path}.")
     suffix = path.suffix.lower()
-    if suffix == ".csv":
-        return Dataset.from_csv(str(path))
-    if suffix == ".tsv":
-        return Dataset.from_csv(str(path), sep="\t")
-    if suffix in (".json", ".jsonl"):
-        return Dataset.from_json(str(path))
-    raise TaskDataError(f"{path}: unsupported file type {suffix!r}; expected .csv, .tsv, .json or .jsonl.")
+    readers = {
+        ".csv": lambda: Dataset.from_csv(str(path)),
+        ".tsv": lambda: Dataset.from_csv(str(path), sep="\t"),
+        ".json": lambda: Dataset.from_json(str(path)),
+        ".jsonl": lambda: Dataset.from_json(str(path)),
+    }
+    if suffix not in readers:
+        raise TaskDataError(f"{path}: unsupported file type {suffix!r}; expected .csv, .tsv, .json or .jsonl.")
+    try:
+        return readers[suffix]()
+    except Exception as error:  # pandas / pyarrow parser errors, bad encodings: all mean "this file cannot be read"
+        text = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise TaskDataError(f"{path} cannot be read as {suffix[1:].upper()} ({text})") from None
 
 
 def load_files(
@@ -453,11 +468,11 @@ def compute_metrics(task_name: str | TaskSpec, predictions: Any, labels: Any) ->
         preds = preds.argmax(axis=-1)
 
     scorers: dict[str, Callable[[], float]] = {
-        "accuracy": lambda: accuracy_score(refs, preds),
-        "f1": lambda: f1_score(refs, preds),
-        "matthews_correlation": lambda: matthews_corrcoef(refs, preds),
-        "pearson": lambda: pearsonr(preds, refs)[0],
-        "spearmanr": lambda: spearmanr(preds, refs)[0],
+        "accuracy": lambda: metrics.accuracy(refs, preds),
+        "f1": lambda: metrics.binary_f1(refs, preds),
+        "matthews_correlation": lambda: metrics.matthews_correlation(refs, preds),
+        "pearson": lambda: metrics.pearson(preds, refs),
+        "spearmanr": lambda: metrics.spearman(preds, refs),
     }
     results = {name: float(scorers[name]()) for name in spec.metrics if name != "combined_score"}
     if "combined_score" in spec.metrics:

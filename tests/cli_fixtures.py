@@ -32,7 +32,7 @@ def sentences(n: int, seed: int) -> list[tuple[str, int]]:
     return rows
 
 
-def write_sst2(glue_dir: Path, n_train: int = 64, n_dev: int = 24) -> Path:
+def write_sst2(glue_dir: Path, n_train: int = 256, n_dev: int = 24) -> Path:
     """`glue_dir/SST-2/{train,dev}.tsv` with GLUE's header and layout."""
     folder = glue_dir / "SST-2"
     folder.mkdir(parents=True, exist_ok=True)
@@ -49,9 +49,10 @@ def write_tiny_bert(folder: Path, *, with_head: bool = False, seed: int = 0) -> 
     task must fine-tune a new classifier first.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    vocab_file = folder / "vocab.txt"
-    vocab_file.write_text("\n".join(VOCAB) + "\n")
-    tokenizer = transformers.BertTokenizerFast(vocab_file=str(vocab_file), do_lower_case=True)
+    # transformers 5 takes the vocabulary itself (a `vocab_file=` keyword is silently ignored, leaving a
+    # 5-token tokenizer that reads every word as [UNK])
+    tokenizer = transformers.BertTokenizer(vocab={token: i for i, token in enumerate(VOCAB)}, do_lower_case=True)
+    assert len(tokenizer) == len(VOCAB)
     config = transformers.BertConfig(
         vocab_size=len(VOCAB),
         hidden_size=32,

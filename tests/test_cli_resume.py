@@ -33,7 +33,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 def test_prune_killed_mid_run_resumes_from_the_cli(tmp_path: Path):
     write_tiny_bert(tmp_path / "bert")
-    write_sst2(tmp_path / "glue", n_train=128)
+    write_sst2(tmp_path / "glue")
     reference = run(prune_command(tmp_path, tmp_path / "reference"))
     assert reference.returncode == 0, reference.stderr[-3000:]
 
