@@ -52,65 +52,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
-__all__ = [
-    # engine
-    "ArchAdapter",
-    "EmptyAttention",
-    "MaskHandle",
-    "PipelineInputError",
-    "PruningError",
-    "apply_masks",
-    "drop_layers",
-    "get_adapter",
-    "get_record",
-    "make_ffn_mask",
-    "make_head_mask",
-    "make_layer_mask",
-    "prune_ffn",
-    "prune_heads",
-    "register_adapter",
-    "skip_layers",
-    "supported_model_types",
-    # save / load / share
-    "HubPushError",
-    "from_pretrained",
-    "push_to_hub",
-    "save_for_remote_code",
-    # scores
-    "angular_distance",
-    "block_influence",
-    "ffn_importance",
-    "head_ablation_scores",
-    "head_importance",
-    "importance_scores",
-    "layer_cosine_scores",
-    "magnitude_ffn_scores",
-    "magnitude_head_scores",
-    "mlp_importance",
-    "random_head_scores",
-    "taylor_head_scores",
-    # strategies
-    "best_head_per_layer",
-    "ffn_to_prune",
-    "head_sparsity",
-    "heads_to_prune",
-    "iterative_head_pruning",
-    "layers_to_drop",
-    # Trainer integration
-    "HeadGates",
-    "HeadMaskCallback",
-    "LayerDropCallback",
-    "PruningArguments",
-    "PruningTrainer",
-    # the main job, model cards and speed
-    "PruneResult",
-    "SpeedReport",
-    "WeakBaselineError",
-    "count_flops",
-    "measure_speed",
-    "prune_for_task",
-    "write_model_card",
-]
+__all__ = [name for names in _EXPORTS.values() for name in names]
 
 
 def __getattr__(name: str) -> Any:

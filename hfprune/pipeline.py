@@ -516,7 +516,8 @@ def _open_work_dir(work_dir: Path, run: dict[str, Any], resume: bool) -> dict[st
     if not resume:
         if work_dir.exists():
             raise PipelineInputError(
-                f"{work_dir} holds an interrupted run: pass --resume (resume=True) to continue it, or delete it"
+                f"{work_dir} holds an interrupted run: pass resume=True to continue it, or delete it",
+                cli_message=f"{work_dir} holds an interrupted run: pass --resume to continue it, or delete it",
             )
         work_dir.mkdir(parents=True)
         _save_state(work_dir, run)

@@ -73,3 +73,12 @@ def write_tiny_bert(folder: Path, *, with_head: bool = False, seed: int = 0) -> 
 def snapshot(folder: Path) -> dict[str, bytes]:
     """Every file under `folder` with its bytes (to check that nothing changed)."""
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def one_error_line(result, code: int = 2) -> str:
+    """The result failed with `code` and printed exactly one line, an "Error: ..." one, and no traceback."""
+    stderr = result.stderr.strip()
+    assert result.exit_code == code, (result.exit_code, result.stdout[-2000:], stderr[-2000:])
+    assert len(stderr.splitlines()) == 1 and stderr.startswith("Error: "), stderr
+    assert "Traceback" not in result.stdout + stderr
+    return stderr

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from cli_fixtures import snapshot, write_sst2, write_tiny_bert
+from cli_fixtures import one_error_line, snapshot, write_sst2, write_tiny_bert
 from typer.testing import CliRunner
 
 from hfprune.cli import app
@@ -32,15 +32,6 @@ def run_process(*args: str, env: dict | None = None) -> subprocess.CompletedProc
         [sys.executable, "-m", "hfprune.cli", *map(str, args)],
         capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
     )  # fmt: skip
-
-
-def one_error_line(result, code: int = 2) -> str:
-    """The result failed with `code` and printed exactly one line, an "Error: ..." one, and no traceback."""
-    stderr = result.stderr.strip()
-    assert result.exit_code == code, (result.exit_code, result.stdout[-2000:], stderr[-2000:])
-    assert len(stderr.splitlines()) == 1 and stderr.startswith("Error: "), stderr
-    assert "Traceback" not in result.stdout + stderr
-    return stderr
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from cli_fixtures import snapshot, write_sst2, write_tiny_bert
+from cli_fixtures import one_error_line, snapshot, write_sst2, write_tiny_bert
 from typer.testing import CliRunner
 
 from hfprune.cli import app
@@ -28,13 +28,6 @@ FAST = ["--lr", "1e-3", "--batch-size", "16", "--max-length", "32", "--no-bench"
 
 def cli(*args):
     return runner.invoke(app, [str(arg) for arg in args])
-
-
-def one_error_line(result, code: int = 2) -> str:
-    stderr = result.stderr.strip()
-    assert result.exit_code == code, (result.exit_code, result.stdout[-2000:], stderr[-2000:])
-    assert len(stderr.splitlines()) == 1 and stderr.startswith("Error: "), stderr
-    return stderr
 
 
 @pytest.fixture(scope="module")

@@ -113,7 +113,7 @@ def test_overwrite_replaces_the_old_checkpoint_only_once_the_new_one_is_complete
     assert snapshot(out) == {"old.txt": b"previous run"}  # the failed run changed nothing
     # no half-written staging folder; only the failed run's state, kept for resume=True
     assert sorted(p.name for p in tmp_path.iterdir()) == [".out.hfprune-work", "bert", "glue", "out"]
-    with pytest.raises(PipelineInputError, match="interrupted run: pass --resume"):
+    with pytest.raises(PipelineInputError, match="interrupted run: pass resume=True"):
         prune_for_task(str(tmp_path / "bert"), "sst2", overwrite=True, **kwargs)
 
     prune_for_task(str(tmp_path / "bert"), "sst2", overwrite=True, resume=True, **kwargs)
@@ -171,3 +171,23 @@ def test_language_modelling_task_is_scored_by_perplexity(tmp_path: Path):
     assert card.data.pipeline_tag == "text-generation"
     assert [r.metric_type for r in card.data.eval_results] == ["perplexity"]
     assert hfprune.from_pretrained(tmp_path / "out").config.hfprune["kept_heads"] != [[0, 1, 2, 3]] * 2
+
+
+@pytest.mark.parametrize("batch, expected", [(8, (8, 1)), (16, (16, 1)), (32, (16, 2)), (48, (16, 3)), (20, (10, 2)), (17, (17, 1))])
+def test_micro_batches_split_large_batches_exactly(batch: int, expected: tuple[int, int]):
+    from hfprune.pipeline import micro_batches
+
+    micro, steps = micro_batches(batch)
+    assert (micro, steps) == expected and micro * steps == batch
+
+
+def test_the_validation_slice_is_carved_from_train_and_disjoint(tmp_path: Path):
+    from datasets import Dataset
+
+    from hfprune.pipeline import validation_slice
+
+    train = Dataset.from_dict({"idx": list(range(5000))})
+    rest, validation = validation_slice(train, seed=0)
+    assert len(validation) == 500 and len(rest) == 4500
+    assert not set(rest["idx"]) & set(validation["idx"])
+    assert len(validation_slice(Dataset.from_dict({"idx": list(range(100))}), seed=0)[1]) == 25  # at most a quarter
