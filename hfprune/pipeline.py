@@ -14,7 +14,9 @@ failed or interrupted run never leaves a half-written checkpoint (or destroys th
 from __future__ import annotations
 
 import copy
+import ctypes
 import functools
+import gc
 import json
 import logging
 import math
@@ -482,8 +484,23 @@ def _finetune(
         _quiet(trainer)
     trainer.train(resume_from_checkpoint=_last_complete_checkpoint(Path(args.output_dir)))
     model.eval()
-    best = trainer.state.best_metric
-    return {"epochs": round(trainer.state.epoch or 0.0, 2), "steps": trainer.state.global_step, "best_validation": best}
+    summary = {"epochs": round(trainer.state.epoch or 0.0, 2), "steps": trainer.state.global_step, "best_validation": trainer.state.best_metric}
+    del trainer
+    release_memory()
+    return summary
+
+
+def release_memory() -> None:
+    """Free what a finished stage left behind before the next one allocates.
+
+    A `Trainer` sits in reference cycles (its callbacks point back at it), so without a collection its optimizer
+    state, twice the model's size, lives on into the next stage; and glibc keeps freed heap pages until trimmed.
+    """
+    gc.collect()
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (AttributeError, OSError):  # not glibc
+        pass
 
 
 def _last_complete_checkpoint(folder: Path) -> str | None:
@@ -898,7 +915,8 @@ def prune_for_task(
         step_eval = None
         if schedule == "iterative" and steps > 1:
             step_eval = _tokenized(data, next(iter(data.eval.values())), tokenizer, max_length)
-        recovery = f"recovering ({recovery_epochs:g} epochs)" if recovery_epochs > 0 else "no recovery fine-tuning"
+        plural = "" if recovery_epochs == 1 else "s"
+        recovery = f"recovering ({recovery_epochs:g} epoch{plural})" if recovery_epochs > 0 else "no recovery fine-tuning"
         say(f"pruning ({method}, {schedule.replace('_', '-')}), {recovery}")
         trainer = PruningTrainer(
             model=model,
@@ -917,6 +935,8 @@ def prune_for_task(
         trainer.train(resume_from_checkpoint=True if resume and _has_pruning_checkpoint(work_dir / "prune") else None)
         model = trainer.model.eval()
         history = list(getattr(trainer, "pruning_history", []) or [])
+        del trainer
+        release_memory()
         lap("prune + recover")
 
         say("evaluating the pruned model")

@@ -29,7 +29,8 @@ from hfprune.tasks import (
     tokenize_task,
 )
 
-GLUE_DIR = Path("/work/shared/data/glue")
+# shared/ lies beside the project's checkout (for CI too); GLUE_DIR overrides it
+GLUE_DIR = Path(os.environ.get("GLUE_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"))
 needs_sst2 = pytest.mark.skipif(not (GLUE_DIR / "SST-2" / "dev.tsv").is_file(), reason="real SST-2 copy not present")
 
 

@@ -47,6 +47,9 @@ def main() -> None:
     state = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
     rank = int(os.environ.get("RANK", "0"))
     torch.save({"history": callback.history, "world_size": args.world_size, "state": state}, os.path.join(out_dir, f"rank{rank}.pt"))
+    if torch.distributed.is_initialized():  # tear down before exit: see trainer_distributed.py
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

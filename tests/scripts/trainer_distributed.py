@@ -91,6 +91,11 @@ def main() -> None:
     result = {method: run(out_dir, method) for method in ("importance", "l0")}
     with open(os.path.join(out_dir, f"rank-{result['l0']['rank']}.json"), "w") as handle:
         json.dump(result, handle, indent=2)
+    # Tear the process group down before exit: left to the interpreter's shutdown, gloo's threads can abort
+    # the process ("terminate called without an active exception") on a loaded machine.
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
