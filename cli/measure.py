@@ -8,6 +8,8 @@ from typing import Optional
 
 import typer
 
+from hfprune.constants import DATA_FREE_METHODS, IMPORTANCE_IMAGE, SCORING_METHODS, choices
+
 from .common import (
     DataDirOption,
     GgufFileOption,
@@ -35,8 +37,8 @@ SCORES_FILE = "head_scores.json"
 def score(
     model: str = typer.Argument(..., help="Model directory or Hub id (ideally already fine-tuned on the task)."),
     task: str = TaskOption,
-    output_dir: Path = typer.Option(..., "--output-dir", "-o", help=f"Where to write {SCORES_FILE} and importance.png."),
-    method: str = typer.Option("importance", "--method", help="importance (Michel et al.), taylor, ablation, magnitude or random."),
+    output_dir: Path = typer.Option(..., "--output-dir", "-o", help=f"Where to write {SCORES_FILE} and {IMPORTANCE_IMAGE}."),
+    method: str = typer.Option("importance", "--method", help=f"{choices(SCORING_METHODS)} (importance: Michel et al.)."),
     num_examples: int = typer.Option(512, "--num-examples", "-n", min=1, help="Training examples to score on (never the eval split)."),
     data_dir: Optional[Path] = DataDirOption,
     train_file: Optional[Path] = TrainFileOption,
@@ -58,7 +60,7 @@ def score(
         quiet_libraries()
         import torch
 
-        from hfprune.card import IMPORTANCE_IMAGE, plot_head_importance
+        from hfprune.card import plot_head_importance
         from hfprune.pipeline import (
             check_output_dir,
             load_model_for_task,
@@ -68,13 +70,13 @@ def score(
         )
         from hfprune.record import get_record
 
-        if method not in ("importance", "taylor", "ablation", "magnitude", "random"):
-            fail(f"unknown --method {method!r}; choose importance, taylor, ablation, magnitude or random")
+        if method not in SCORING_METHODS:
+            fail(f"unknown --method {method!r}; choose {choices(SCORING_METHODS)}")
         check_output_dir(output_dir, overwrite)
         kwargs = data_kwargs(data_dir, train_file, validation_file, text_column, label_column, label_name)
         data = load_task_data(task, max_train_samples=num_examples, seed=seed, **kwargs)
         loaded, tokenizer, has_head = load_model_for_task(model, data, gguf_file=gguf_file)
-        if not has_head and method not in ("magnitude", "random"):
+        if not has_head and method not in DATA_FREE_METHODS:
             warn(f"{model} has no trained {data.name} head: gradient scores reflect a random classifier (fine-tune first, or use `hfprune prune`)")
         scores = score_heads(loaded, tokenizer, data, method=method, num_examples=num_examples, batch_size=batch_size, max_length=max_length, seed=seed)
         record = get_record(loaded)

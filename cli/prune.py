@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from hfprune.constants import PRUNING_METHODS, PRUNING_SCHEDULES
+
 from .common import (
     DataDirOption,
     LabelColumnOption,
@@ -54,8 +56,8 @@ def prune(
     ffn: float = typer.Option(0.0, "--ffn", help="Fraction of FFN neurons to remove, in [0, 1).", rich_help_panel=PRUNE_PANEL),
     layers: float = typer.Option(0.0, "--layers", help="Fraction of whole layers to drop, in [0, 1).", rich_help_panel=PRUNE_PANEL),
     layer_strategy: str = typer.Option("top", "--layer-strategy", help="Which layers go: top, bottom, even, odd, symmetric, contribution.", rich_help_panel=PRUNE_PANEL),
-    method: str = typer.Option("importance", "--method", help="Scores that pick what goes: importance, taylor, magnitude, random, l0.", rich_help_panel=PRUNE_PANEL),
-    schedule: str = typer.Option("one_shot", "--schedule", help="one_shot, or iterative (prune in --steps steps during recovery).", rich_help_panel=PRUNE_PANEL),
+    method: str = typer.Option("importance", "--method", help=f"Scores that pick what goes: {', '.join(PRUNING_METHODS)}.", rich_help_panel=PRUNE_PANEL),
+    schedule: str = typer.Option("one_shot", "--schedule", help=f"{PRUNING_SCHEDULES[0]}, or {PRUNING_SCHEDULES[1]} (prune in --steps steps during recovery).", rich_help_panel=PRUNE_PANEL),
     steps: int = typer.Option(1, "--steps", min=1, help="Pruning steps for the iterative schedule.", rich_help_panel=PRUNE_PANEL),
     per_layer: bool = typer.Option(False, "--per-layer", help="Rank heads within each layer instead of globally.", rich_help_panel=PRUNE_PANEL),
     epochs: float = typer.Option(1.0, "--epochs", min=0.0, help="Recovery fine-tuning epochs after pruning.", rich_help_panel=TRAIN_PANEL),

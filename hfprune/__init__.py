@@ -42,7 +42,9 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "magnitude_ffn_scores",
         "magnitude_head_scores",
         "mlp_importance",
+        "random_ffn_scores",
         "random_head_scores",
+        "score_units",
         "taylor_head_scores",
     ),
     "speed": ("SpeedReport", "count_flops", "measure_speed"),
@@ -91,7 +93,9 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
         magnitude_ffn_scores,
         magnitude_head_scores,
         mlp_importance,
+        random_ffn_scores,
         random_head_scores,
+        score_units,
         taylor_head_scores,
     )
     from .speed import SpeedReport, count_flops, measure_speed

@@ -22,6 +22,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from torch import nn
 
 from .arch import get_adapter
+from .constants import HEADS_IMAGE, IMPORTANCE_IMAGE, README_FILE, REMOTE_CODE_FILE, RESULTS_FILE, SPEED_FILE, SPEED_IMAGE
 from .record import get_record, kept_ffn
 from .structure import PATCH_KEY
 from .tasks import GLUE_HUB_ID, GLUE_TASKS, TaskSpec, get_task
@@ -44,10 +45,6 @@ __all__ = [
 ]
 
 DEFAULT_TEMPLATE = Path(str(importlib.resources.files("hfprune.model_cards") / "hfprune_template.md"))
-HEADS_IMAGE = "heads.png"
-IMPORTANCE_IMAGE = "importance.png"
-SPEED_IMAGE = "speed.png"  # written by `SpeedReport.plot` when a speed report is saved with the checkpoint
-RESULTS_FILE = "hfprune_results.json"
 _GLUE_DISPLAY = {
     "cola": "CoLA", "sst2": "SST-2", "mrpc": "MRPC", "qqp": "QQP", "stsb": "STS-B",
     "mnli": "MNLI", "qnli": "QNLI", "rte": "RTE", "wnli": "WNLI",
@@ -576,14 +573,14 @@ def write_model_card(
         repo_id=name,
         auto_class=_auto_class(model),
         stock_loadable=bool(record["stock_loadable"]),
-        remote_code=(checkpoint_dir / "modeling_hfprune.py").exists(),
+        remote_code=(checkpoint_dir / REMOTE_CODE_FILE).exists(),
         pruning={key: _setting(_sanitized(value)) for key, value in pruning.items()},
         command=sanitize_paths(command) if command else None,
         results_file=RESULTS_FILE if (checkpoint_dir / RESULTS_FILE).exists() else None,
         hfprune_version=__version__,
     )
     card = ModelCard(re.sub(r"\n{3,}", "\n\n", str(card)))  # Jinja leaves blank lines where blocks were
-    card.save(output_dir / "README.md")
+    card.save(output_dir / README_FILE)
     return card
 
 
@@ -704,7 +701,7 @@ def update_card_speed(checkpoint_dir: str | Path, report: Any) -> ModelCard:
     results.setdefault("card", {})["speed"] = report.to_dict()
     results["speed"] = report.to_dict()
     results_path.write_text(json.dumps(results, indent=2) + "\n")
-    report.save_json(checkpoint_dir / "speed.json")
+    report.save_json(checkpoint_dir / SPEED_FILE)
     report.plot(checkpoint_dir / SPEED_IMAGE)
     return regenerate_model_card(checkpoint_dir)
 

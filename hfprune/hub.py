@@ -18,6 +18,7 @@ from pathlib import Path
 from huggingface_hub import HfApi, get_token
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError, OfflineModeIsEnabled
 
+from .constants import README_FILE
 from .errors import PruningError
 
 
@@ -81,7 +82,7 @@ def needs_card(folder: str | Path) -> bool:
     """Whether `push_to_hub(..., card=True)` adds a card: a pruned model folder (its config.json has an `hfprune`
     record) without a README.md."""
     folder = Path(folder)
-    if (folder / "README.md").exists() or not (folder / "config.json").is_file():
+    if (folder / README_FILE).exists() or not (folder / "config.json").is_file():
         return False
     try:
         return "hfprune" in json.loads((folder / "config.json").read_text())

@@ -14,6 +14,7 @@ from transformers import AutoConfig, PretrainedConfig
 
 from . import structure
 from .arch import get_adapter
+from .constants import REMOTE_CODE_FILE
 from .errors import PruningError
 from .record import check_record, validate_record
 from .structure import PATCH_KEY, restructured_class
@@ -28,7 +29,6 @@ _AUTO_CLASSES = (
     "AutoModelForMultipleChoice",
     "AutoModel",
 )
-REMOTE_CODE_FILE = "modeling_hfprune.py"
 
 
 def _model_class(config: PretrainedConfig) -> type:

@@ -34,6 +34,7 @@ from datasets import Dataset
 from torch import nn
 
 from .checkpoint import ModelSource, load_tokenizer, resolve_model
+from .constants import DATA_FREE_METHODS, RESULTS_FILE, SCORING_METHODS, SPEED_FILE, SPEED_IMAGE, choices
 from .baselines import task_baselines, weak_baseline_reason
 from .errors import PipelineInputError, PruningError, WeakBaselineError
 from .output import check_output_dir, write_atomically
@@ -79,7 +80,6 @@ __all__ = [
 
 LM_TASK = "lm"
 CUSTOM_TASK = "custom"
-RESULTS_FILE = "hfprune_results.json"
 _DATA_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl")
 _TEXT_SUFFIXES = (".txt", ".text", ".raw")
 
@@ -337,28 +337,23 @@ def score_heads(
     seed: int = 42,
 ) -> torch.Tensor:
     """`[num_layers, num_heads]` head scores on the first `num_examples` train examples (never the eval
-    split): "importance" (Michel et al. gradient), "taylor", "magnitude", "random" or "ablation"."""
+    split), by one of `SCORING_METHODS`: "importance" (Michel et al. gradient), "taylor", "ablation",
+    "magnitude" or "random" (see `hfprune.scores.score_units`)."""
     from torch.utils.data import DataLoader
 
-    from . import scores
+    from .scores import score_units
 
-    if method == "magnitude":
-        return scores.magnitude_head_scores(model)
-    if method == "random":
-        return scores.random_head_scores(model, seed=seed)
+    if method not in SCORING_METHODS:
+        raise PipelineInputError(f"unknown scoring method {method!r}; choose {choices(SCORING_METHODS)}")
+    if method in DATA_FREE_METHODS:
+        return score_units(model, method, ("heads",), seed=seed)["heads"]
     if data.train is None:
         raise TaskDataError("scoring needs training examples")
     dataset = _tokenized(data, data.train, tokenizer, max_length)
     dataset = dataset.select(range(min(num_examples, len(dataset))))
     collate = None if data.is_lm else _collator(tokenizer)
     loader = list(DataLoader(dataset, batch_size=batch_size, collate_fn=collate))
-    if method == "importance":
-        return scores.head_importance(model, loader)
-    if method == "taylor":
-        return scores.taylor_head_scores(model, loader)
-    if method == "ablation":
-        return scores.head_ablation_scores(model, loader)
-    raise PipelineInputError(f"unknown scoring method {method!r}; choose importance, taylor, ablation, magnitude or random")
+    return score_units(model, method, ("heads",), loader, seed=seed)["heads"]
 
 
 # ---- training -----------------------------------------------------------------------------------------
@@ -383,14 +378,16 @@ def _quiet(trainer) -> None:
         trainer.remove_callback(callback)
 
 
-MAX_MICRO_BATCH = 16  # examples per forward/backward; larger batches accumulate gradients
+MAX_MICRO_BATCH = 8  # examples per forward/backward; larger batches accumulate gradients
 
 
 def micro_batches(batch_size: int) -> tuple[int, int]:
-    """`(micro_batch, accumulation_steps)` with micro_batch * steps == batch_size and micro_batch <= 16.
+    """`(micro_batch, accumulation_steps)` with micro_batch * steps == batch_size and micro_batch <= 8.
 
     Activations, not weights, dominate training memory for a model of MiniLM's size: a batch of 32 x 128
-    tokens holds about 1 GB of them. Accumulating two batches of 16 computes the same update with half of that.
+    tokens holds about 1 GB of them. Accumulating four micro-batches of 8 trains on the same examples with the
+    same mean loss per update (dropout draws and float summation order differ) at a quarter of that; it took
+    the peak of `prune_for_task` on MiniLM-L6 from 1.55 to 1.41 GB (benchmarks/results/memory.json).
     """
     for steps in range(math.ceil(batch_size / MAX_MICRO_BATCH), batch_size + 1):
         if batch_size % steps == 0 and batch_size // steps >= 4:
@@ -1016,8 +1013,8 @@ def prune_for_task(
             payload = {**result.to_dict(), "output_dir": output_dir.name, "card": card_kwargs}
             (folder / RESULTS_FILE).write_text(json.dumps(_jsonable(payload), indent=2) + "\n")
             if speed is not None:
-                speed.save_json(folder / "speed.json")
-                speed.plot(folder / "speed.png")
+                speed.save_json(folder / SPEED_FILE)
+                speed.plot(folder / SPEED_IMAGE)
             write_model_card(model, folder, **{**card_kwargs, "task": data.card_task})
 
         say(f"writing {output_dir}")

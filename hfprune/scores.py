@@ -26,6 +26,7 @@ from transformers.pytorch_utils import Conv1D
 
 from .arch import get_adapter
 from .arch.base import resolve
+from .constants import SCORING_METHODS, choices
 from .errors import PruningError
 from .masks import apply_masks
 from .record import get_record, kept_ffn, kv_groups
@@ -363,6 +364,73 @@ def random_head_scores(model: nn.Module, seed: int = 0) -> torch.Tensor:
     return _missing_as_nan(torch.rand(present.shape, generator=generator, dtype=torch.float64), present)
 
 
+def random_ffn_scores(model: nn.Module, seed: int = 0) -> torch.Tensor:
+    """`[num_layers, intermediate_size]` uniform random scores (the random-pruning baseline for FFN neurons);
+    NaN for neurons gone."""
+    present = magnitude_ffn_scores(model)  # only its NaN pattern is used: which neurons still exist
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.rand(present.shape, generator=generator, dtype=torch.float64)
+    return noise.masked_fill(present.isnan(), float("nan"))
+
+
+# ---- the method registry -----------------------------------------------------------------------------
+# method -> the unit kinds it can score
+_METHOD_KINDS: dict[str, tuple[str, ...]] = {
+    "importance": GATE_KINDS,
+    "taylor": GATE_KINDS,
+    "ablation": ("heads",),
+    "magnitude": ("heads", "ffn"),
+    "random": ("heads", "ffn"),
+}
+_DATA_FREE = {
+    "magnitude": {"heads": magnitude_head_scores, "ffn": magnitude_ffn_scores},
+    "random": {"heads": random_head_scores, "ffn": random_ffn_scores},
+}
+
+
+def score_units(
+    model: nn.Module,
+    method: str,
+    kinds: str | Iterable[str] = ("heads",),
+    dataloader: Iterable[Batch] | None = None,
+    seed: int = 0,
+    *,
+    normalize: bool | None = None,
+    loss_fn: LossFn | None = None,
+    metric: str | Callable[[nn.Module, Iterable[Batch]], float] = "loss",
+) -> dict[str, torch.Tensor]:
+    """`{kind: scores}` of `kinds` ("heads", "ffn", "mlp") by one of `hfprune.constants.SCORING_METHODS`.
+
+    The one dispatcher from a method name to the functions above, used by `PruningTrainer`,
+    `pipeline.score_heads` and `hfprune score`:
+
+    - "importance" / "taylor": `importance_scores` (per batch / per example), all kinds from the same passes;
+      `normalize` defaults to True for "importance" (Michel et al.) and False for "taylor"; `loss_fn` as there.
+    - "ablation": `head_ablation_scores(model, dataloader, metric)`, heads only.
+    - "magnitude": `magnitude_head_scores` / `magnitude_ffn_scores`; "random": `random_head_scores` /
+      `random_ffn_scores` with `seed`. Both read no data (`dataloader` is not used).
+    """
+    if method not in SCORING_METHODS:
+        raise PruningError(f"unknown scoring method {method!r}; choose {choices(SCORING_METHODS)}")
+    kinds = (kinds,) if isinstance(kinds, str) else tuple(dict.fromkeys(kinds))
+    supported = _METHOD_KINDS[method]
+    unknown = [kind for kind in kinds if kind not in supported]
+    if unknown or not kinds:
+        raise PruningError(f"{method!r} cannot score the unit kinds {unknown}; choose from {list(supported)}")
+    if method in _DATA_FREE:
+        functions = _DATA_FREE[method]
+        if method == "random":
+            return {kind: functions[kind](model, seed=seed) for kind in kinds}
+        return {kind: functions[kind](model) for kind in kinds}
+    if dataloader is None:
+        raise PruningError(f"{method!r} scores need data: pass a dataloader")
+    if method == "ablation":
+        return {"heads": head_ablation_scores(model, dataloader, metric)}
+    if normalize is None:
+        normalize = method == "importance"
+    return importance_scores(model, dataloader, kinds, normalize, loss_fn, per_example=method == "taylor")
+
+
 # ---- layer similarity --------------------------------------------------------------------------------
 def _token_mask(batch: Batch, last_token: bool) -> torch.Tensor:
     """[batch, tokens] bool: the non-padding tokens, or only each example's last one."""
@@ -468,6 +536,8 @@ __all__ = [
     "magnitude_head_scores",
     "mlp_importance",
     "normalize_per_layer",
+    "random_ffn_scores",
     "random_head_scores",
+    "score_units",
     "taylor_head_scores",
 ]

@@ -40,24 +40,16 @@ from transformers.utils import logging
 
 from .arch import get_adapter
 from .arch.base import resolve
+from .constants import DATA_FREE_METHODS, PRUNING_METHODS, PRUNING_SCHEDULES
 from .errors import PruningError
 from .gates import HeadGates
 from .plan import LAYER_STRATEGIES, _round, ffn_to_prune, head_sparsity, heads_to_prune, layers_to_drop
 from .record import get_record, kept_ffn
-from .scores import (
-    importance_scores,
-    layer_cosine_scores,
-    magnitude_ffn_scores,
-    magnitude_head_scores,
-    normalize_per_layer,
-    random_head_scores,
-)
+from .scores import layer_cosine_scores, normalize_per_layer, score_units
 from .surgery import drop_layers, prune_ffn, prune_heads
 
 logger = logging.get_logger(__name__)
 
-PRUNING_METHODS = ("importance", "taylor", "magnitude", "random", "l0")
-PRUNING_SCHEDULES = ("one_shot", "iterative")
 PRUNING_STATE_NAME = "pruning_state.json"
 L0_GATES_NAME = "l0_gates.pt"
 _PHASES = ("l0", "recovery")  # order of the phases inside one pruning step
@@ -727,27 +719,13 @@ class PruningTrainer(Trainer):
     def _unit_scores(self, kinds: list[str], step: int) -> dict[str, torch.Tensor]:
         """Scores of `kinds` ("heads", "ffn") by `pruning_method`, identical on every process."""
         method, model = self.args.pruning_method, self.model
-        if method in ("importance", "taylor"):
-            loader = self._score_dataloader()
-            scores = importance_scores(model, loader, kinds, normalize=False, per_example=method == "taylor")
-            scores = {kind: _average(value, self._score_weight, self.args.device) for kind, value in scores.items()}
-            if method == "importance":  # Michel et al. normalise each layer before ranking globally
-                scores = {kind: normalize_per_layer(value) for kind, value in scores.items()}
-            return scores
-        scores = {}
-        if method == "magnitude":
-            if "heads" in kinds:
-                scores["heads"] = magnitude_head_scores(model)
-            if "ffn" in kinds:
-                scores["ffn"] = magnitude_ffn_scores(model)
-        else:  # random: seeded, so every process draws the same numbers
-            if "heads" in kinds:
-                scores["heads"] = random_head_scores(model, seed=self.args.seed + step)
-            if "ffn" in kinds:
-                present = magnitude_ffn_scores(model)
-                generator = torch.Generator().manual_seed(self.args.seed + step)
-                noise = torch.rand(present.shape, generator=generator, dtype=torch.float64)
-                scores["ffn"] = noise.masked_fill(present.isnan(), float("nan"))
+        if method in DATA_FREE_METHODS:  # random is seeded, so every process draws the same numbers
+            return score_units(model, method, kinds, seed=self.args.seed + step)
+        # gradient scores: each process scores its shard, unnormalised; average first, then normalise
+        scores = score_units(model, method, kinds, self._score_dataloader(), normalize=False)
+        scores = {kind: _average(value, self._score_weight, self.args.device) for kind, value in scores.items()}
+        if method == "importance":  # Michel et al. normalise each layer before ranking globally
+            scores = {kind: normalize_per_layer(value) for kind, value in scores.items()}
         return scores
 
     def _score_dataloader(self) -> DataLoader:

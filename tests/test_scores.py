@@ -1,6 +1,9 @@
 """Importance scores, checked against finite differences and direct computations on tiny models."""
 
 
+import inspect
+import re
+
 import pytest
 import torch
 
@@ -14,9 +17,12 @@ from hfprune.scores import (
     head_importance,
     importance_scores,
     layer_cosine_scores,
+    magnitude_ffn_scores,
     magnitude_head_scores,
     mlp_importance,
+    random_ffn_scores,
     random_head_scores,
+    score_units,
     taylor_head_scores,
 )
 
@@ -376,3 +382,87 @@ def test_magnitude_ffn_scores_match_weights_and_survive_surgery():
     after = hfprune.magnitude_ffn_scores(model)
     assert torch.isnan(after[1, :3]).all()
     assert torch.allclose(after[1, 3:], scores[1, 3:]) and torch.allclose(after[0], scores[0])
+
+
+# ---- the method registry -----------------------------------------------------------------------------
+def same(a, b):
+    """Bit-identical, NaN where the other is NaN."""
+    assert a.dtype == b.dtype and a.shape == b.shape
+    torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("family", ["bert", "llama"])
+def test_score_units_returns_what_the_direct_calls_do(family):
+    model = tiny_model(family).double()
+    hfprune.prune_heads(model, {0: [0, 1]} if family in GQA else {0: [1, 3]})  # NaN patterns must match too
+    hfprune.prune_ffn(model, {1: [0, 5]})
+    data = batches(family, count=2)
+    both = ("heads", "ffn")
+    same(score_units(model, "importance", dataloader=data)["heads"], head_importance(model, data))
+    direct = importance_scores(model, data, both, normalize=False)
+    for kind, value in score_units(model, "importance", both, data, normalize=False).items():
+        same(value, direct[kind])
+    same(score_units(model, "importance", "mlp", data)["mlp"], mlp_importance(model, data))
+    same(score_units(model, "taylor", dataloader=data)["heads"], taylor_head_scores(model, data))
+    direct = importance_scores(model, data, both, normalize=False, per_example=True)
+    for kind, value in score_units(model, "taylor", both, data).items():
+        same(value, direct[kind])
+    same(score_units(model, "ablation", dataloader=data)["heads"], head_ablation_scores(model, data))
+    magnitude = score_units(model, "magnitude", both)
+    same(magnitude["heads"], magnitude_head_scores(model))
+    same(magnitude["ffn"], magnitude_ffn_scores(model))
+    random = score_units(model, "random", both, seed=7)
+    same(random["heads"], random_head_scores(model, seed=7))
+    # what PruningTrainer built inline before random_ffn_scores existed
+    present = magnitude_ffn_scores(model)
+    noise = torch.rand(present.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    same(random["ffn"], noise.masked_fill(present.isnan(), float("nan")))
+    same(random["ffn"], random_ffn_scores(model, seed=7))
+    assert random["ffn"].isnan().sum().item() == 2 and not random_ffn_scores(model, seed=8).equal(random["ffn"])
+    assert list(score_units(model, "magnitude", ["ffn", "heads", "ffn"])) == ["ffn", "heads"]
+
+
+def test_score_units_rejects_what_it_cannot_score():
+    model, data = tiny_model("bert"), batches("bert")
+    for call, message in (
+        (lambda: score_units(model, "l0"), "unknown scoring method 'l0'; choose importance, taylor, ablation"),
+        (lambda: score_units(model, "ablation", "ffn", data), "'ablation' cannot score the unit kinds ['ffn']"),
+        (lambda: score_units(model, "magnitude", "mlp"), "cannot score the unit kinds ['mlp']"),
+        (lambda: score_units(model, "random", ()), "cannot score"),
+        (lambda: score_units(model, "importance"), "need data"),
+    ):
+        with pytest.raises(hfprune.PruningError, match=re.escape(message)):
+            call()
+
+
+def test_method_names_have_one_source(tmp_path):
+    from hfprune.cli import measure, prune
+    from hfprune.constants import DATA_FREE_METHODS, PRUNING_METHODS, PRUNING_SCHEDULES, SCORING_METHODS
+    from hfprune.pipeline import score_heads
+    from hfprune.scores import _DATA_FREE, _METHOD_KINDS
+    from hfprune.trainer import PruningArguments
+
+    assert tuple(_METHOD_KINDS) == SCORING_METHODS and tuple(_DATA_FREE) == DATA_FREE_METHODS
+    assert set(PRUNING_METHODS) == set(SCORING_METHODS) - {"ablation"} | {"l0"}
+    assert hfprune.trainer.PRUNING_METHODS is PRUNING_METHODS
+    assert hfprune.trainer.PRUNING_SCHEDULES is PRUNING_SCHEDULES
+
+    def help_of(command, option):
+        return inspect.signature(command).parameters[option].default.help
+
+    listed = lambda text, names: sorted({name for name in re.findall(r"[a-z_0-9]+", text) if name in names})
+    assert listed(help_of(prune.prune, "method"), PRUNING_METHODS + SCORING_METHODS) == sorted(PRUNING_METHODS)
+    assert listed(help_of(prune.prune, "schedule"), PRUNING_SCHEDULES) == sorted(PRUNING_SCHEDULES)
+    assert listed(help_of(measure.score, "method"), PRUNING_METHODS + SCORING_METHODS) == sorted(SCORING_METHODS)
+
+    def accepted(method):
+        try:
+            PruningArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True, pruning_method=method)
+        except hfprune.PruningError as error:
+            assert "pruning_method must be one of" in str(error)
+            return False
+        return True
+
+    assert [m for m in (*SCORING_METHODS, "l0", "obd") if accepted(m)] == list(PRUNING_METHODS)
+    with pytest.raises(hfprune.PipelineInputError, match="unknown scoring method 'l0'"):
+        score_heads(tiny_model("bert"), None, None, method="l0")  # refused before any data is touched

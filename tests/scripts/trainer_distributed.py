@@ -27,17 +27,17 @@ from hfprune.record import get_record
 from hfprune.trainer import PruningArguments, PruningTrainer
 
 local_scores: list[str] = []
-_importance_scores = hfprune.trainer.importance_scores
+_score_units = hfprune.trainer.score_units  # the trainer's scores of its own shard, before the average
 
 
-def recording_importance_scores(*args, **kwargs):
-    scores = _importance_scores(*args, **kwargs)
+def recording_score_units(*args, **kwargs):
+    scores = _score_units(*args, **kwargs)
     for kind in sorted(scores):
         local_scores.append(hashlib.sha256(scores[kind].nan_to_num(-1).double().numpy().tobytes()).hexdigest())
     return scores
 
 
-hfprune.trainer.importance_scores = recording_importance_scores
+hfprune.trainer.score_units = recording_score_units
 
 
 def run(out_dir: str, method: str) -> dict:

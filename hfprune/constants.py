@@ -1,0 +1,51 @@
+"""The names hfprune shares between modules: scoring and pruning methods, schedules, and the files it writes.
+
+One definition each; every module (the CLI included) imports them from here. Imports nothing, so the CLI can
+build its help text and check an option without importing torch.
+"""
+
+from __future__ import annotations
+
+# ---- methods -----------------------------------------------------------------------------------------
+SCORING_METHODS: tuple[str, ...] = ("importance", "taylor", "ablation", "magnitude", "random")
+"""Head scores of `hfprune.scores.score_units`, `pipeline.score_heads` and `hfprune score --method`."""
+
+DATA_FREE_METHODS: tuple[str, ...] = ("magnitude", "random")
+"""The scoring methods that read only the weights (or a seed): no dataloader, no trained task head."""
+
+PRUNING_METHODS: tuple[str, ...] = tuple(method for method in SCORING_METHODS if method != "ablation") + ("l0",)
+"""`PruningArguments.pruning_method` and `hfprune prune --method`: every scoring method but ablation (one
+evaluation pass per head, heads only), plus "l0" (trained hard-concrete gates instead of scores)."""
+
+# ---- schedules ---------------------------------------------------------------------------------------
+PRUNING_SCHEDULES: tuple[str, ...] = ("one_shot", "iterative")
+
+# ---- files -------------------------------------------------------------------------------------------
+README_FILE = "README.md"  # the model card
+RESULTS_FILE = "hfprune_results.json"  # what a job measured, plus the card's inputs
+REMOTE_CODE_FILE = "modeling_hfprune.py"  # `save_for_remote_code`'s self-contained loader
+SPEED_FILE = "speed.json"  # `SpeedReport.save_json` next to a checkpoint
+HEADS_IMAGE = "heads.png"
+IMPORTANCE_IMAGE = "importance.png"
+SPEED_IMAGE = "speed.png"  # written by `SpeedReport.plot` when a speed report is saved with the checkpoint
+
+
+def choices(names: tuple[str, ...]) -> str:
+    """`("a", "b", "c")` -> "a, b or c", for messages and help text."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
+__all__ = [
+    "DATA_FREE_METHODS",
+    "HEADS_IMAGE",
+    "IMPORTANCE_IMAGE",
+    "PRUNING_METHODS",
+    "PRUNING_SCHEDULES",
+    "README_FILE",
+    "REMOTE_CODE_FILE",
+    "RESULTS_FILE",
+    "SCORING_METHODS",
+    "SPEED_FILE",
+    "SPEED_IMAGE",
+    "choices",
+]
