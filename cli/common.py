@@ -240,7 +240,7 @@ class PlainProgress:
 
 
 class Bars:
-    """Rich progress bars on stderr, one per stage, fed by `hfprune.pipeline`'s `progress(stage, done, total)`."""
+    """Rich progress bars on stderr, one per stage, fed by a job's `progress(stage, done, total)`."""
 
     def __init__(self, enabled: bool = True):
         from rich.console import Console
@@ -307,7 +307,7 @@ MaxLengthOption = typer.Option(128, "--max-length", min=8, help="Truncate inputs
 def data_kwargs(
     data_dir: Any, train_file: Any, validation_file: Any, text_column: list[str] | None, label_column: str, label_name: list[str] | None
 ) -> dict[str, Any]:
-    """Keyword arguments of `hfprune.pipeline.load_task_data` from the shared options."""
+    """Keyword arguments of `hfprune.tasks.load_task_data` from the shared options."""
     return dict(
         data_dir=data_dir,
         train_file=train_file,

@@ -61,13 +61,10 @@ def score(
         import torch
 
         from hfprune.card import plot_head_importance
-        from hfprune.pipeline import (
-            check_output_dir,
-            load_model_for_task,
-            load_task_data,
-            score_heads,
-            write_atomically,
-        )
+        from hfprune.checkpoint import load_model_for_task
+        from hfprune.output import check_output_dir, write_atomically
+        from hfprune.pipeline import score_heads
+        from hfprune.tasks import load_task_data
         from hfprune.record import get_record
 
         if method not in SCORING_METHODS:
@@ -122,7 +119,8 @@ def evaluate(
     """
     with handle_errors():
         quiet_libraries()
-        from hfprune.pipeline import evaluate_model, load_model_for_task, load_task_data
+        from hfprune.checkpoint import load_model_for_task
+        from hfprune.tasks import evaluate_model, load_task_data
 
         kwargs = data_kwargs(data_dir, train_file, validation_file, text_column, label_column, label_name)
         data = load_task_data(task, need_train=False, max_eval_samples=max_eval_samples, **kwargs)

@@ -30,6 +30,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "iterative_head_pruning",
         "layers_to_drop",
     ),
+    "pruning_config": ("PruningArguments", "PruningConfig"),
     "record": ("get_record",),
     "scores": (
         "angular_distance",
@@ -50,7 +51,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "speed": ("SpeedReport", "count_flops", "measure_speed"),
     "structure": ("EmptyAttention",),
     "surgery": ("drop_layers", "prune_ffn", "prune_heads"),
-    "trainer": ("PruningArguments", "PruningTrainer"),
+    "trainer": ("PruningTrainer",),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
@@ -81,6 +82,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from .masks import MaskHandle, apply_masks, make_ffn_mask, make_head_mask, make_layer_mask, skip_layers
     from .pipeline import PruneResult, prune_for_task
     from .plan import best_head_per_layer, ffn_to_prune, head_sparsity, heads_to_prune, iterative_head_pruning, layers_to_drop
+    from .pruning_config import PruningArguments, PruningConfig
     from .record import get_record
     from .scores import (
         angular_distance,
@@ -101,4 +103,4 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from .speed import SpeedReport, count_flops, measure_speed
     from .structure import EmptyAttention
     from .surgery import drop_layers, prune_ffn, prune_heads
-    from .trainer import PruningArguments, PruningTrainer
+    from .trainer import PruningTrainer

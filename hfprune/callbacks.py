@@ -1,17 +1,19 @@
 """`transformers.Trainer` callbacks: head masks at evaluation time, and LayerDrop during training.
 
-Both plug into a stock `Trainer(..., callbacks=[...])` and change neither the optimizer nor the data.
+They plug into a stock `Trainer(..., callbacks=[...])` and change neither the optimizer nor the data.
 
 * `HeadMaskCallback` evaluates and predicts with some heads masked while training sees the full model.
 * `LayerDropCallback` is LayerDrop (Fan et al. 2020, "Reducing Transformer Depth on Demand with Structured
   Dropout"): whole layers are skipped at random in training steps, so that any depth can be kept at
   inference time (`hfprune.drop_layers`) without fine-tuning again.
+* `StageProgressCallback` reports training steps to a job's `progress(stage, done, total)`, which is how the
+  CLI draws its bars.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 import torch
 from torch import nn
 from transformers import TrainerCallback
@@ -25,7 +27,10 @@ from .checks import check_indices, check_mapping
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["HeadMaskCallback", "LayerDropCallback"]
+__all__ = ["HeadMaskCallback", "LayerDropCallback", "Progress", "StageProgressCallback", "progress_callbacks"]
+
+Progress = Callable[[str, int, "int | None"], None]
+"""`progress(stage, done, total)`: called as long work advances (`total` None when unknown)."""
 
 
 # ---- head masks at evaluation time ---------------------------------------------------------------------
@@ -273,3 +278,24 @@ class LayerDropCallback(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         self._restore()
         self._drop, self._model, self._layers, self._layer_types, self._indexed = [], None, None, None, []
+
+
+# ---- progress of a job's training stages --------------------------------------------------------------
+
+
+class StageProgressCallback(TrainerCallback):
+    """Report a training run as `progress(stage, steps done, max steps)`: 0 when it begins, then after each step."""
+
+    def __init__(self, progress: Progress, stage: str):
+        self.progress, self.stage = progress, stage
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.progress(self.stage, 0, state.max_steps)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.progress(self.stage, state.global_step, state.max_steps)
+
+
+def progress_callbacks(progress: Progress | None, stage: str) -> list[TrainerCallback]:
+    """The callbacks to pass a `Trainer` for `progress` (none without one)."""
+    return [StageProgressCallback(progress, stage)] if progress is not None else []

@@ -4,27 +4,29 @@ Everything that would make a job fail late, or worse succeed with a meaningless 
 with one `PipelineInputError` line: a missing folder, a folder without weights or with a truncated
 safetensors file, a folder without tokenizer files (transformers 5 silently builds an empty 5-token
 tokenizer there, and every word then reads as [UNK]), a model type hfprune has no adapter for, and
-perplexity asked of an encoder that was never a left-to-right language model.
+perplexity asked of an encoder that was never a left-to-right language model. `load_model_for_task` then
+loads it with the head a task needs, and says whether that head was trained.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .errors import PipelineInputError, PruningError
+from .errors import PipelineInputError, PruningError, _first_line
 from .loading import check_weight_files
 
-__all__ = ["ModelSource", "load_tokenizer", "resolve_model"]
+if TYPE_CHECKING:
+    from torch import nn
+
+    from .tasks import TaskData
+
+__all__ = ["ModelSource", "load_model_for_task", "load_tokenizer", "resolve_model"]
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model", "tokenizer.model")
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0]
 
 
 @dataclass
@@ -130,3 +132,56 @@ def load_tokenizer(source: ModelSource) -> Any:
             "its tokenizer files are missing or broken"
         )
     return tokenizer
+
+
+def load_model_for_task(
+    model_name_or_path: str | ModelSource, data: TaskData, *, gguf_file: str | None = None, **kwargs
+) -> tuple[nn.Module, Any, bool]:
+    """Load `(model, tokenizer, has_trained_head)` for a task, pruned checkpoints included.
+
+    A sequence-classification model gets `num_labels` and the task's label names; when the checkpoint has
+    no classifier for them (a bare encoder such as `bert-base-uncased`, or another label count) a new head
+    is initialised and `has_trained_head` is False: fine-tune before trusting any score or metric.
+    `gguf_file` names a GGUF checkpoint inside the folder (`from_pretrained(dir, gguf_file=...)`).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from .loading import from_pretrained
+
+    source = model_name_or_path
+    if not isinstance(source, ModelSource):
+        source = resolve_model(source, gguf_file=gguf_file, causal_lm=data.is_lm)
+    config = copy.deepcopy(source.config)
+    tokenizer = load_tokenizer(source)
+    kwargs = {**source.load_kwargs, **kwargs}
+    if data.is_lm:
+        if source.gguf_file:
+            kwargs.setdefault("dtype", torch.float32)  # GGUF weights are dequantized; keep them in fp32
+        model = from_pretrained(source.name_or_path, config=config, model_class=AutoModelForCausalLM, **kwargs)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        return model, tokenizer, True
+
+    spec = data.spec
+    architectures = getattr(config, "architectures", None) or []
+    had_head = any(name.endswith("ForSequenceClassification") for name in architectures)
+    same_labels = had_head and config.num_labels == spec.num_labels
+    if not same_labels:
+        config.num_labels = spec.num_labels
+    generic = all(str(label).startswith("LABEL_") for label in (config.id2label or {}).values())
+    if spec.label_names and (not same_labels or generic):
+        config.id2label = dict(enumerate(spec.label_names))
+        config.label2id = {name: i for i, name in enumerate(spec.label_names)}
+    if spec.is_regression:
+        config.problem_type = "regression"
+    model, info = from_pretrained(
+        source.name_or_path,
+        config=config,
+        model_class=AutoModelForSequenceClassification,
+        output_loading_info=True,
+        ignore_mismatched_sizes=True,
+        **kwargs,
+    )
+    new_weights = list(info.get("missing_keys", ())) + list(info.get("mismatched_keys", ()))
+    return model, tokenizer, same_labels and not new_weights

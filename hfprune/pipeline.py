@@ -3,7 +3,9 @@
 `prune_for_task` is what `hfprune prune MODEL --task TASK` runs: load the task and the model, fine-tune a
 new task head first when the checkpoint has none, evaluate, score, prune and recover with `PruningTrainer`,
 evaluate again, time dense vs pruned, and write the checkpoint, its model card and `hfprune_results.json`.
-The CLI only parses options and prints; everything here is usable from Python as is.
+The CLI only parses options and prints; everything here is usable from Python as is. What the jobs share
+lives beside them: task data and evaluation in `tasks`, model loading in `checkpoint`, fine-tuning and the
+Trainer arguments in `finetune`, the resume state in `rundir`.
 
 Bad input (unknown task, missing file or column, a model that does not exist, a sparsity outside [0, 1),
 an output directory that already holds something) raises `PipelineInputError` before any heavy work. The
@@ -14,12 +16,9 @@ failed or interrupted run never leaves a half-written checkpoint (or destroys th
 from __future__ import annotations
 
 import copy
-import ctypes
 import functools
-import gc
 import json
 import logging
-import math
 import os
 import shutil
 import tempfile
@@ -30,30 +29,66 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from datasets import Dataset
 from torch import nn
 
-from .checkpoint import ModelSource, load_tokenizer, resolve_model
-from .constants import DATA_FREE_METHODS, RESULTS_FILE, SCORING_METHODS, SPEED_FILE, SPEED_IMAGE, choices
 from .baselines import task_baselines, weak_baseline_reason
-from .errors import PipelineInputError, PruningError, WeakBaselineError
+from .callbacks import Progress, progress_callbacks
+from .checkpoint import ModelSource, load_model_for_task, load_tokenizer, resolve_model
+from .constants import DATA_FREE_METHODS, RESULTS_FILE, SCORING_METHODS, SPEED_FILE, SPEED_IMAGE, choices
+from .errors import PipelineInputError, PruningError, WeakBaselineError, _first_line
+from .finetune import (  # noqa: F401  (the training helpers lived here; their old import path still works)
+    FINETUNE_PATIENCE,
+    MAX_EVAL_INTERVAL,
+    MAX_MICRO_BATCH,
+    _finetune,
+    _last_complete_checkpoint,
+    _quiet,
+    _training_kwargs,
+    default_finetune_epochs,
+    micro_batches,
+    release_memory,
+    validation_slice,
+)
 from .output import check_output_dir, write_atomically
-from .tasks import (
+from .rundir import (  # noqa: F401  (the resume state lived here too)
+    FINETUNED_DIR,
+    IMPORTANCE_FILE,
+    RUN_STATE,
+    _has_pruning_checkpoint,
+    _jsonable,
+    _open_work_dir,
+    _save_folder,
+    _save_state,
+    work_dir_for,
+)
+from .tasks import (  # noqa: F401  (as did the task data and evaluation)
+    _DATA_SUFFIXES,
+    _TEXT_SUFFIXES,
+    CUSTOM_TASK,
     GLUE_TASKS,
+    LM_TASK,
+    TaskData,
     TaskDataError,
     TaskSpec,
+    _collator,
+    _find_file,
+    _tokenized,
     compute_metrics,
+    evaluate_model,
     get_task,
     lm_blocks,
     load_files,
     load_lm_texts,
     load_task,
+    load_task_data,
     make_compute_metrics,
     perplexity,
     tokenize_task,
 )
 
 logger = logging.getLogger(__name__)
+
+_progress_callback = progress_callbacks  # its old name
 
 __all__ = [
     "LM_TASK",
@@ -78,19 +113,6 @@ __all__ = [
     "write_atomically",
 ]
 
-LM_TASK = "lm"
-CUSTOM_TASK = "custom"
-_DATA_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl")
-_TEXT_SUFFIXES = (".txt", ".text", ".raw")
-
-Progress = Callable[[str, int, "int | None"], None]
-"""`progress(stage, done, total)`: called as long work advances (`total` None when unknown)."""
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0]
-
 
 # ---- input checks -------------------------------------------------------------------------------------
 def check_sparsity(name: str, value: float) -> float:
@@ -98,231 +120,6 @@ def check_sparsity(name: str, value: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
         raise PipelineInputError(f"{name} must be a fraction in [0, 1), got {value!r}")
     return float(value)
-
-
-# ---- tasks --------------------------------------------------------------------------------------------
-@dataclass
-class TaskData:
-    """A task's splits, untokenized: `train` and one or more eval sets (MNLI has two)."""
-
-    name: str
-    spec: TaskSpec | None  # None for the language-modelling task
-    train: Dataset | list[str] | None
-    eval: dict[str, Dataset | list[str]]
-    source: str
-
-    @property
-    def is_lm(self) -> bool:
-        return self.spec is None
-
-    @property
-    def card_task(self) -> str | TaskSpec:
-        return LM_TASK if self.spec is None else (self.spec.name if self.spec.name in GLUE_TASKS else self.spec)
-
-
-def _find_file(data_dir: Path, stems: Sequence[str], suffixes: Sequence[str]) -> Path | None:
-    for stem in stems:
-        for suffix in suffixes:
-            if (data_dir / f"{stem}{suffix}").is_file():
-                return data_dir / f"{stem}{suffix}"
-    return None
-
-
-def load_task_data(
-    task: str,
-    *,
-    data_dir: str | os.PathLike | None = None,
-    train_file: str | os.PathLike | None = None,
-    validation_file: str | os.PathLike | None = None,
-    text_columns: Sequence[str] | None = None,
-    label_column: str = "label",
-    label_names: Sequence[str] | None = None,
-    max_train_samples: int | None = None,
-    max_eval_samples: int | None = None,
-    seed: int = 42,
-    need_train: bool = True,
-) -> TaskData:
-    """Load a task by name: a GLUE task (`"sst2"`, `"mnli"`, ...; Hub `nyu-mll/glue`, or the original TSV
-    layout under `data_dir`), `"custom"` (CSV/TSV/JSON files with named text and label columns, given as
-    `train_file`/`validation_file` or found as `data_dir/train.*` and `data_dir/validation.*`/`dev.*`), or
-    `"lm"` (plain text files, scored by perplexity).
-
-    `max_train_samples` takes a seeded random subset of train; `max_eval_samples` the first examples of
-    every eval split. Raises `TaskDataError` (a `ValueError`) for any data problem.
-    """
-    for name, value in (("max_train_samples", max_train_samples), ("max_eval_samples", max_eval_samples)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise TaskDataError(f"{name} must be a positive integer, got {value!r}")
-    if data_dir is not None and not Path(data_dir).is_dir():
-        raise TaskDataError(f"data directory {data_dir} does not exist")
-    key = task.lower().replace("-", "").replace("_", "")
-
-    if key == LM_TASK:
-        data_dir = Path(data_dir) if data_dir is not None else None
-        if train_file is None and data_dir is not None:
-            train_file = _find_file(data_dir, ["train"], _TEXT_SUFFIXES)
-        if validation_file is None and data_dir is not None:
-            validation_file = _find_file(data_dir, ["validation", "valid", "dev", "test"], _TEXT_SUFFIXES)
-        if validation_file is None:
-            raise TaskDataError("task 'lm' needs a text file to evaluate on: --validation-file or DATA_DIR/validation.txt")
-        train = load_lm_texts(train_file) if need_train and train_file is not None else None
-        if need_train and train is None:
-            raise TaskDataError("task 'lm' needs a training text file: --train-file or DATA_DIR/train.txt")
-        return TaskData(LM_TASK, None, train, {"validation": load_lm_texts(validation_file)}, f"text files ({validation_file})")
-
-    if key == CUSTOM_TASK:
-        data_dir = Path(data_dir) if data_dir is not None else None
-        if train_file is None and data_dir is not None:
-            train_file = _find_file(data_dir, ["train"], _DATA_SUFFIXES)
-        if validation_file is None and data_dir is not None:
-            validation_file = _find_file(data_dir, ["validation", "dev", "test"], _DATA_SUFFIXES)
-        if train_file is None or validation_file is None:
-            raise TaskDataError(
-                "task 'custom' needs a train and a validation file (CSV/TSV/JSON): --train-file/--validation-file, "
-                "or DATA_DIR/train.csv and DATA_DIR/validation.csv"
-            )
-        columns = tuple(text_columns or ("text",))
-        files = load_files(train_file, validation_file, columns, label_column, label_names)
-        feature = files["train"].features["label"]
-        spec = TaskSpec.custom(columns, getattr(feature, "names", ()), name=CUSTOM_TASK)
-        train, evals = files["train"], {"validation": files["validation"]}
-        source = f"files {train_file}, {validation_file}"
-    else:
-        if train_file is not None or validation_file is not None:
-            raise TaskDataError(f"--train-file/--validation-file are for task 'custom' or 'lm', not {task!r}")
-        try:
-            spec = get_task(task)
-        except TaskDataError:
-            raise TaskDataError(
-                f"unknown task {task!r}; choose a GLUE task ({', '.join(GLUE_TASKS)}), 'custom' (CSV/JSON files) or 'lm'"
-            ) from None
-        try:
-            train = load_task(spec, data_dir, "train") if need_train else None
-            evals = {split: load_task(spec, data_dir, split) for split in spec.eval_splits}
-        except TaskDataError:
-            raise
-        except Exception as error:
-            if data_dir is not None:  # a local file that exists but cannot be read: say which one
-                raise TaskDataError(f"could not read GLUE {spec.name!r} from {data_dir} ({_first_line(error)})") from None
-            raise TaskDataError(  # the Hub could not be reached, or the dataset was not found
-                f"could not load GLUE {spec.name!r} from the Hub ({_first_line(error)}); "
-                "pass --data-dir with the original GLUE TSV files to work offline"
-            ) from None
-        source = f"GLUE TSV files in {data_dir}" if data_dir is not None else "Hub dataset nyu-mll/glue"
-
-    if train is not None and max_train_samples is not None and max_train_samples < len(train):
-        train = train.shuffle(seed=seed).select(range(max_train_samples))
-    if max_eval_samples is not None:
-        evals = {split: ds.select(range(min(max_eval_samples, len(ds)))) for split, ds in evals.items()}
-    return TaskData(spec.name, spec, train, evals, source)
-
-
-# ---- model --------------------------------------------------------------------------------------------
-def load_model_for_task(
-    model_name_or_path: str | ModelSource, data: TaskData, *, gguf_file: str | None = None, **kwargs
-) -> tuple[nn.Module, Any, bool]:
-    """Load `(model, tokenizer, has_trained_head)` for a task, pruned checkpoints included.
-
-    A sequence-classification model gets `num_labels` and the task's label names; when the checkpoint has
-    no classifier for them (a bare encoder such as `bert-base-uncased`, or another label count) a new head
-    is initialised and `has_trained_head` is False: fine-tune before trusting any score or metric.
-    `gguf_file` names a GGUF checkpoint inside the folder (`from_pretrained(dir, gguf_file=...)`).
-    """
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    from .loading import from_pretrained
-
-    source = model_name_or_path
-    if not isinstance(source, ModelSource):
-        source = resolve_model(source, gguf_file=gguf_file, causal_lm=data.is_lm)
-    config = copy.deepcopy(source.config)
-    tokenizer = load_tokenizer(source)
-    kwargs = {**source.load_kwargs, **kwargs}
-    if data.is_lm:
-        if source.gguf_file:
-            kwargs.setdefault("dtype", torch.float32)  # GGUF weights are dequantized; keep them in fp32
-        model = from_pretrained(source.name_or_path, config=config, model_class=AutoModelForCausalLM, **kwargs)
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        return model, tokenizer, True
-
-    spec = data.spec
-    architectures = getattr(config, "architectures", None) or []
-    had_head = any(name.endswith("ForSequenceClassification") for name in architectures)
-    same_labels = had_head and config.num_labels == spec.num_labels
-    if not same_labels:
-        config.num_labels = spec.num_labels
-    generic = all(str(label).startswith("LABEL_") for label in (config.id2label or {}).values())
-    if spec.label_names and (not same_labels or generic):
-        config.id2label = dict(enumerate(spec.label_names))
-        config.label2id = {name: i for i, name in enumerate(spec.label_names)}
-    if spec.is_regression:
-        config.problem_type = "regression"
-    model, info = from_pretrained(
-        source.name_or_path,
-        config=config,
-        model_class=AutoModelForSequenceClassification,
-        output_loading_info=True,
-        ignore_mismatched_sizes=True,
-        **kwargs,
-    )
-    new_weights = list(info.get("missing_keys", ())) + list(info.get("mismatched_keys", ()))
-    return model, tokenizer, same_labels and not new_weights
-
-
-def _collator(tokenizer):
-    from transformers import DataCollatorWithPadding
-
-    return DataCollatorWithPadding(tokenizer)
-
-
-def _tokenized(data: TaskData, split: Dataset | list[str], tokenizer, max_length: int) -> Dataset:
-    if data.is_lm:
-        return lm_blocks(split, tokenizer, block_size=max_length)
-    return tokenize_task(split, tokenizer, data.spec, max_length=max_length)
-
-
-def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
-def evaluate_model(
-    model: nn.Module,
-    tokenizer: Any,
-    data: TaskData,
-    *,
-    batch_size: int = 64,
-    max_length: int = 128,
-    progress: Progress | None = None,
-    stage: str = "evaluate",
-) -> dict[str, dict[str, float]]:
-    """`{split: {metric: value}}` on every eval split of the task (GLUE's metrics, or perplexity);
-    `progress(f"{stage} {split}", batches done, batches)` follows it."""
-    from torch.utils.data import DataLoader
-
-    results: dict[str, dict[str, float]] = {}
-    training = model.training
-    model.eval()
-    try:
-        for split, raw in data.eval.items():
-            dataset = _tokenized(data, raw, tokenizer, max_length)
-            if data.is_lm:
-                results[split] = {"perplexity": perplexity(model, DataLoader(dataset, batch_size=max(1, batch_size // 8)))}
-                continue
-            loader = DataLoader(dataset, batch_size=batch_size, collate_fn=_collator(tokenizer))
-            predictions, labels = [], []
-            label = f"{stage} {split}"
-            with torch.no_grad():
-                for step, batch in enumerate(loader, start=1):
-                    labels.append(batch.pop("labels"))
-                    batch = {key: value.to(_device(model)) for key, value in batch.items()}
-                    predictions.append(model(**batch).logits.float().cpu())
-                    if progress is not None:
-                        progress(label, step, len(loader))
-            results[split] = compute_metrics(data.spec, torch.cat(predictions).numpy(), torch.cat(labels).numpy())
-    finally:
-        model.train(training)
-    return results
 
 
 def score_heads(
@@ -354,217 +151,6 @@ def score_heads(
     collate = None if data.is_lm else _collator(tokenizer)
     loader = list(DataLoader(dataset, batch_size=batch_size, collate_fn=collate))
     return score_units(model, method, ("heads",), loader, seed=seed)["heads"]
-
-
-# ---- training -----------------------------------------------------------------------------------------
-def _progress_callback(progress: Progress | None, stage: str):
-    from transformers import TrainerCallback
-
-    class _Progress(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):
-            progress(stage, 0, state.max_steps)
-
-        def on_step_end(self, args, state, control, **kwargs):
-            progress(stage, state.global_step, state.max_steps)
-
-    return [_Progress()] if progress is not None else []
-
-
-def _quiet(trainer) -> None:
-    """With a progress callback the Trainer's own tqdm bars and log printing only add noise."""
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
-    for callback in (PrinterCallback, ProgressCallback):
-        trainer.remove_callback(callback)
-
-
-MAX_MICRO_BATCH = 8  # examples per forward/backward; larger batches accumulate gradients
-
-
-def micro_batches(batch_size: int) -> tuple[int, int]:
-    """`(micro_batch, accumulation_steps)` with micro_batch * steps == batch_size and micro_batch <= 8.
-
-    Activations, not weights, dominate training memory for a model of MiniLM's size: a batch of 32 x 128
-    tokens holds about 1 GB of them. Accumulating four micro-batches of 8 trains on the same examples with the
-    same mean loss per update (dropout draws and float summation order differ) at a quarter of that; it took
-    the peak of `prune_for_task` on MiniLM-L6 from 1.55 to 1.41 GB (benchmarks/results/memory.json).
-    """
-    for steps in range(math.ceil(batch_size / MAX_MICRO_BATCH), batch_size + 1):
-        if batch_size % steps == 0 and batch_size // steps >= 4:
-            return batch_size // steps, steps
-    return batch_size, 1
-
-
-def _training_kwargs(
-    output_dir: Path, *, batch_size: int, learning_rate: float, seed: int, quiet: bool, save_steps: int = 0,
-    device: str | None = None,
-) -> dict[str, Any]:
-    """Shared arguments; `save_steps > 0` checkpoints training every so many steps (for `resume=True`);
-    `device="cpu"` trains on the CPU even where there is a GPU."""
-    micro_batch, accumulation = micro_batches(batch_size)
-    return dict(
-        use_cpu=device == "cpu",
-        output_dir=str(output_dir),
-        per_device_train_batch_size=micro_batch,
-        gradient_accumulation_steps=accumulation,
-        per_device_eval_batch_size=micro_batch * 2,
-        learning_rate=learning_rate,
-        weight_decay=0.01,
-        warmup_steps=0.06,
-        seed=seed,
-        save_strategy="steps" if save_steps else "no",
-        save_steps=save_steps or 500,
-        save_total_limit=2 if save_steps else None,
-        eval_strategy="no",
-        report_to="none",
-        logging_steps=50,
-        disable_tqdm=quiet,
-        dataloader_pin_memory=torch.cuda.is_available(),
-    )
-
-
-FINETUNE_PATIENCE = 3  # evaluations without a lower validation loss before fine-tuning stops
-MAX_EVAL_INTERVAL = 500  # steps between evaluations on large training sets
-
-
-def default_finetune_epochs(num_examples: int) -> float:
-    """The most epochs a new task head trains for; early stopping usually ends it sooner.
-
-    Small sets (RTE, MRPC, CoLA, a few thousand examples) need many passes before a fresh classifier learns
-    anything: one epoch of 2,000 MRPC examples stays exactly at the majority class. Large sets converge in few.
-    """
-    return 10.0 if num_examples < 10_000 else 3.0
-
-
-def validation_slice(train: Dataset, seed: int) -> tuple[Dataset, Dataset]:
-    """Carve `(train, validation)` from the training set: 10% of it, 32 to 1,000 examples (at most a quarter).
-
-    Choosing when to stop on a slice of train keeps the reported dev split untouched by every decision.
-    """
-    size = min(1000, max(32, len(train) // 10), len(train) // 4)
-    if size < 1:
-        return train, train.select([])
-    parts = train.train_test_split(test_size=size, seed=seed, shuffle=True)
-    return parts["train"], parts["test"]
-
-
-def _finetune(
-    model, tokenizer, train: Dataset, validation: Dataset, data: TaskData, work_dir: Path, *, epochs: float, progress, **kwargs
-):
-    """Train a fresh task head (and the encoder) with a plain `Trainer` until the validation slice stops improving.
-
-    Pruning scores and the "before" metrics only mean something for a model that solves the task. Training is
-    evaluated on `validation` about once an epoch (at most every 500 steps), stops after three evaluations
-    without a lower loss (smoother than accuracy on a few hundred examples), and ends on the best weights.
-    """
-    from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
-
-    steps_per_epoch = max(1, math.ceil(len(train) / kwargs["batch_size"]))
-    interval = min(steps_per_epoch, MAX_EVAL_INTERVAL)
-    settings = _training_kwargs(work_dir / "finetune", quiet=progress is not None, **{**kwargs, "save_steps": interval})
-    settings.update(
-        eval_strategy="steps", eval_steps=interval, load_best_model_at_end=True, save_total_limit=2,
-        metric_for_best_model="eval_loss", greater_is_better=False, warmup_steps=0.1,
-    )  # fmt: skip
-    args = TrainingArguments(num_train_epochs=epochs, **settings)
-    trainer = Trainer(
-        model=model,
-        args=args,
-        train_dataset=train,
-        eval_dataset=validation,
-        processing_class=tokenizer,
-        data_collator=_collator(tokenizer),
-        compute_metrics=make_compute_metrics(data.spec),
-        callbacks=[EarlyStoppingCallback(FINETUNE_PATIENCE), *_progress_callback(progress, "fine-tune the task head")],
-    )
-    if progress is not None:
-        _quiet(trainer)
-    trainer.train(resume_from_checkpoint=_last_complete_checkpoint(Path(args.output_dir)))
-    model.eval()
-    summary = {"epochs": round(trainer.state.epoch or 0.0, 2), "steps": trainer.state.global_step, "best_validation": trainer.state.best_metric}
-    del trainer
-    release_memory()
-    return summary
-
-
-def release_memory() -> None:
-    """Free what a finished stage left behind before the next one allocates.
-
-    A `Trainer` sits in reference cycles (its callbacks point back at it), so without a collection its optimizer
-    state, twice the model's size, lives on into the next stage; and glibc keeps freed heap pages until trimmed.
-    """
-    gc.collect()
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (AttributeError, OSError):  # not glibc
-        pass
-
-
-def _last_complete_checkpoint(folder: Path) -> str | None:
-    """The newest `checkpoint-N` that was written to the end; a half-written one (killed, or a full disk) is removed."""
-    if not folder.is_dir():
-        return None
-    for checkpoint in sorted(folder.glob("checkpoint-*"), key=lambda path: int(path.name.rpartition("-")[2] or 0), reverse=True):
-        if (checkpoint / "trainer_state.json").is_file():
-            return str(checkpoint)
-        shutil.rmtree(checkpoint, ignore_errors=True)
-    return None
-
-
-# ---- resuming an interrupted run ------------------------------------------------------------------------
-RUN_STATE = "run.json"
-FINETUNED_DIR = "finetuned"
-IMPORTANCE_FILE = "importance.pt"
-
-
-def work_dir_for(output_dir: str | os.PathLike) -> Path:
-    """Where `prune_for_task` keeps checkpoints until the run succeeds: next to `output_dir`, so that running the
-    same command again with `resume=True` (`hfprune prune ... --resume`) finds them after a crash or a kill."""
-    output_dir = Path(output_dir)
-    return output_dir.parent / f".{output_dir.name}.hfprune-work"
-
-
-def _open_work_dir(work_dir: Path, run: dict[str, Any], resume: bool) -> dict[str, Any]:
-    """Start a run's work directory, or check that the interrupted one in it is the same run and return its state."""
-    state_file = work_dir / RUN_STATE
-    if not resume:
-        if work_dir.exists():
-            raise PipelineInputError(
-                f"{work_dir} holds an interrupted run: pass resume=True to continue it, or delete it",
-                cli_message=f"{work_dir} holds an interrupted run: pass --resume to continue it, or delete it",
-            )
-        work_dir.mkdir(parents=True)
-        _save_state(work_dir, run)
-        return dict(run)
-    if not state_file.is_file():
-        raise PipelineInputError(f"nothing to resume: no interrupted run in {work_dir}")
-    try:
-        state = json.loads(state_file.read_text())
-    except (OSError, ValueError) as error:
-        raise PipelineInputError(f"the run state {state_file} cannot be read ({_first_line(error)}); delete {work_dir}") from None
-    differ = sorted(key for key in run if state.get(key) != _jsonable(run[key]))
-    if differ:
-        raise PipelineInputError(f"the interrupted run in {work_dir} used other settings ({', '.join(differ)}); cannot resume")
-    return state
-
-
-def _save_state(work_dir: Path, state: dict[str, Any]) -> None:
-    staging = work_dir / f"{RUN_STATE}.tmp"
-    staging.write_text(json.dumps(_jsonable(state), indent=2) + "\n")
-    staging.replace(work_dir / RUN_STATE)  # atomic: a kill never leaves half a state file
-
-
-def _save_folder(folder: Path, model: nn.Module, tokenizer: Any) -> None:
-    """Save next to `folder`, then rename: a run killed (or out of disk) while saving leaves no half a model."""
-    staging = folder.with_name(f"{folder.name}.tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    staging.rename(folder)
-
-
-def _has_pruning_checkpoint(folder: Path) -> bool:
-    return any(folder.glob("pruning-step-*/checkpoint-*/trainer_state.json"))
 
 
 # ---- the main job -------------------------------------------------------------------------------------
@@ -607,21 +193,6 @@ class PruneResult:
             "finetune": _jsonable(self.finetune),
             "dry_run": self.dry_run,
         }
-
-
-def _jsonable(value: Any) -> Any:
-    """JSON without NaN/inf (null instead) and with tensors as lists."""
-    if isinstance(value, torch.Tensor):
-        value = value.tolist()
-    if isinstance(value, Mapping):
-        return {str(key): _jsonable(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(item) for item in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)
 
 
 def _python_call(model_name_or_path: str, task: str, settings: Mapping[str, Any]) -> str:
@@ -925,7 +496,7 @@ def prune_for_task(
             compute_metrics=None if data.is_lm else make_compute_metrics(data.spec),
             score_dataset=score_dataset,
             teacher_model=teacher,
-            callbacks=_progress_callback(progress, "prune + recover"),
+            callbacks=progress_callbacks(progress, "prune + recover"),
         )
         if progress is not None:
             _quiet(trainer)

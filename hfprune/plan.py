@@ -9,16 +9,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+from .arch import get_adapter
+from .arch.base import resolve
 from .errors import PruningError
 from .masks import apply_masks, make_head_mask
-from .record import get_record
+from .record import get_record, kept_ffn
 from .scores import head_importance
 from .surgery import prune_heads
+
+if TYPE_CHECKING:  # pruning_config imports this module
+    from .pruning_config import PruningConfig
 
 LAYER_STRATEGIES = ("top", "bottom", "even", "odd", "symmetric", "contribution")
 
@@ -332,10 +337,89 @@ def iterative_head_pruning(
     return history
 
 
+# ---- the trainer's targets: sparsities reached, parameter budget -------------------------------------
+def _num_parameters(model: nn.Module) -> int:
+    return sum(parameter.numel() for parameter in model.parameters())
+
+
+def _sparsities(model: nn.Module) -> dict[str, float]:
+    """Fractions of the original heads, FFN neurons and layers that are gone (dropped layers count as gone)."""
+    record = get_record(model)
+    original = record["original"]
+    neurons = sum(len(kept_ffn(record, position)) for position in range(len(record["kept_layers"])))
+    return {
+        "head_sparsity": head_sparsity(model),
+        "ffn_sparsity": 1 - neurons / (original["num_layers"] * original["intermediate_size"]),
+        "layer_sparsity": 1 - len(record["kept_layers"]) / original["num_layers"],
+    }
+
+
+def _numel(obj) -> int:
+    if isinstance(obj, nn.Parameter):
+        return obj.numel()
+    return sum(parameter.numel() for parameter in obj.parameters())
+
+
+def _parameter_split(model: nn.Module) -> dict[str, int]:
+    """The parameters of an unpruned model, split into what head, FFN and layer pruning can remove.
+
+    `heads`: the q/k/v/o projections of every layer; `ffn`: the FFN projections; `layers`: the rest of the
+    layers (norms...); `total`: everything. Removing a fraction f of the heads removes about f of `heads`.
+    """
+    adapter = get_adapter(model)
+    split = {"heads": 0, "ffn": 0, "layers": 0, "total": _num_parameters(model)}
+    for layer in adapter.get_layers(model):
+        paths = {adapter.query, adapter.key, adapter.value, adapter.output}  # GPT-2: q, k, v share one module
+        attention = sum(_numel(resolve(layer, path)) for path in paths)
+        ffn = sum(_numel(layer.get_submodule(path)) for path in (*adapter.ffn_inputs, adapter.ffn_output))
+        split["heads"] += attention
+        split["ffn"] += ffn
+        split["layers"] += _numel(layer) - attention - ffn
+    return split
+
+
+def final_targets(args: PruningConfig, model: nn.Module) -> dict[str, float]:
+    """The sparsities the last pruning step reaches, after `target_param_budget` scaled them.
+
+    With a budget b, the mix (h, f, l) of the given sparsities (or (1, 1, 0)) is scaled by s so that the
+    removed parameters, s * (max(h, l) * heads + max(f, l) * ffn + l * rest of layers), equal (1 - b) * total.
+    """
+    targets = {
+        "heads": args.target_head_sparsity,
+        "ffn": args.target_ffn_sparsity,
+        "layers": args.target_layer_sparsity,
+    }
+    if args.target_param_budget is None:
+        return targets
+    record = get_record(model)
+    if any(heads != list(range(record["original"]["num_heads"])) for heads in record["kept_heads"]) or any(
+        kept is not None for kept in record["kept_ffn"]
+    ) or len(record["kept_layers"]) != record["original"]["num_layers"]:
+        raise PruningError("target_param_budget needs an unpruned model to measure the budget against")
+    if not any(targets.values()):
+        targets = {"heads": 1.0, "ffn": 1.0, "layers": 0.0}
+    split = _parameter_split(model)
+    removable = (
+        max(targets["heads"], targets["layers"]) * split["heads"]
+        + max(targets["ffn"], targets["layers"]) * split["ffn"]
+        + targets["layers"] * split["layers"]
+    )
+    scale = (1 - args.target_param_budget) * split["total"] / removable
+    scaled = {kind: value * scale for kind, value in targets.items()}
+    if max(scaled.values()) >= 1:
+        raise PruningError(
+            f"target_param_budget={args.target_param_budget} is out of reach with this mix of sparsities "
+            f"(it would need {', '.join(f'{k} {v:.2f}' for k, v in scaled.items())}); "
+            "raise the budget or change the mix"
+        )
+    return scaled
+
+
 __all__ = [
     "LAYER_STRATEGIES",
     "best_head_per_layer",
     "ffn_to_prune",
+    "final_targets",
     "head_sparsity",
     "heads_to_prune",
     "iterative_head_pruning",

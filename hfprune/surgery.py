@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from torch import nn
 
 from .arch import get_adapter
 from .checks import check_indices, check_mapping, model_for_surgery
 from .errors import PruningError
-from .record import check_record, kept_ffn, kv_groups, save_record
+from .record import check_record, get_record, kept_ffn, kv_groups, save_record
 from .transaction import all_or_nothing
 
 
@@ -169,4 +170,36 @@ def drop_layers(model: nn.Module, layers_to_drop: Iterable[int]) -> nn.Module:
             record[key] = [record[key][position] for position in keep]
         save_record(target, record)
     _finish(target)
+    return model
+
+
+def restore_structure(model: nn.Module, record: dict[str, Any]) -> nn.Module:
+    """Prune `model` in place to the structure in `record` (a `config.hfprune` record), weights left as they are.
+
+    `model` must be the model that `record` was pruned from (unpruned, or pruned less); used to rebuild a
+    checkpoint's structure before its weights are loaded.
+    """
+    current = get_record(model)
+    if current["original"] != record["original"]:
+        raise PruningError(
+            f"the checkpoint was pruned from a model with sizes {record['original']}, "
+            f"this one has {current['original']}"
+        )
+    wanted_layers = record["kept_layers"]
+    if not set(wanted_layers) <= set(current["kept_layers"]):
+        raise PruningError("the checkpoint keeps layers this model has already lost; start from the original model")
+    heads, neurons = {}, {}
+    for position, layer in enumerate(current["kept_layers"]):
+        if layer not in wanted_layers:
+            continue
+        wanted = wanted_layers.index(layer)
+        keep_heads, keep_ffn = set(record["kept_heads"][wanted]), set(kept_ffn(record, wanted))
+        have_heads, have_ffn = current["kept_heads"][position], kept_ffn(current, position)
+        if not keep_heads <= set(have_heads) or not keep_ffn <= set(have_ffn):
+            raise PruningError(f"the checkpoint keeps units of layer {layer} this model has already lost")
+        heads[layer] = [head for head in have_heads if head not in keep_heads]
+        neurons[layer] = [neuron for neuron in have_ffn if neuron not in keep_ffn]
+    prune_heads(model, {layer: drop for layer, drop in heads.items() if drop})
+    prune_ffn(model, {layer: drop for layer, drop in neurons.items() if drop})
+    drop_layers(model, [layer for layer in current["kept_layers"] if layer not in wanted_layers])
     return model

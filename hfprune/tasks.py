@@ -1,7 +1,8 @@
 """Tasks, data loading and metrics for pruning experiments.
 
 Covers GLUE sequence classification (from the Hugging Face Hub or from the original GLUE TSV files),
-plain CSV/JSON classification files, and causal language modelling (blocks + perplexity).
+plain CSV/JSON classification files, and causal language modelling (blocks + perplexity). Every job
+names its task the same way (`load_task_data` -> `TaskData`) and is measured the same way (`evaluate_model`).
 
 Metrics are computed with `hfprune.metrics` (numpy) rather than ``evaluate.load("glue", ...)`` so that they
 work offline; the numbers and key names are the same as the official GLUE metric.
@@ -16,7 +17,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import datasets
 import numpy as np
@@ -24,23 +25,34 @@ import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
 from . import metrics
+from .errors import _first_line
+
+if TYPE_CHECKING:
+    from .callbacks import Progress
 
 logger = logging.getLogger(__name__)
 
 GLUE_HUB_ID = "nyu-mll/glue"
+LM_TASK = "lm"
+CUSTOM_TASK = "custom"
 
 __all__ = [
+    "CUSTOM_TASK",
     "GLUE_HUB_ID",
     "GLUE_TASKS",
+    "LM_TASK",
+    "TaskData",
     "TaskDataError",
     "TaskSpec",
     "TsvLayout",
     "compute_metrics",
+    "evaluate_model",
     "get_task",
     "lm_blocks",
     "load_files",
     "load_lm_texts",
     "load_task",
+    "load_task_data",
     "make_compute_metrics",
     "metric_for_task",
     "perplexity",
@@ -497,7 +509,7 @@ def make_compute_metrics(task_name: str | TaskSpec) -> Callable[[Any], dict[str,
 # Language modelling
 # --------------------------------------------------------------------------------------------------
 
-_TEXT_SUFFIXES = {".txt", ".text", ".raw"}
+_TEXT_SUFFIXES = (".txt", ".text", ".raw")  # in the order a data folder is searched
 
 
 def load_lm_texts(
@@ -574,3 +586,181 @@ def perplexity(model: torch.nn.Module, dataloader: Iterable[Mapping[str, torch.T
     if total_tokens == 0:
         raise TaskDataError("No tokens to score: the dataloader is empty or every label is -100.")
     return math.exp(total_nll / total_tokens)
+
+
+# --------------------------------------------------------------------------------------------------
+# A task as the jobs see it: found by name, its splits, evaluated on every eval split
+# --------------------------------------------------------------------------------------------------
+
+_DATA_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl")
+
+
+@dataclass
+class TaskData:
+    """A task's splits, untokenized: `train` and one or more eval sets (MNLI has two)."""
+
+    name: str
+    spec: TaskSpec | None  # None for the language-modelling task
+    train: Dataset | list[str] | None
+    eval: dict[str, Dataset | list[str]]
+    source: str
+
+    @property
+    def is_lm(self) -> bool:
+        return self.spec is None
+
+    @property
+    def card_task(self) -> str | TaskSpec:
+        return LM_TASK if self.spec is None else (self.spec.name if self.spec.name in GLUE_TASKS else self.spec)
+
+
+def _find_file(data_dir: Path, stems: Sequence[str], suffixes: Sequence[str]) -> Path | None:
+    for stem in stems:
+        for suffix in suffixes:
+            if (data_dir / f"{stem}{suffix}").is_file():
+                return data_dir / f"{stem}{suffix}"
+    return None
+
+
+def load_task_data(
+    task: str,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    train_file: str | os.PathLike | None = None,
+    validation_file: str | os.PathLike | None = None,
+    text_columns: Sequence[str] | None = None,
+    label_column: str = "label",
+    label_names: Sequence[str] | None = None,
+    max_train_samples: int | None = None,
+    max_eval_samples: int | None = None,
+    seed: int = 42,
+    need_train: bool = True,
+) -> TaskData:
+    """Load a task by name: a GLUE task (`"sst2"`, `"mnli"`, ...; Hub `nyu-mll/glue`, or the original TSV
+    layout under `data_dir`), `"custom"` (CSV/TSV/JSON files with named text and label columns, given as
+    `train_file`/`validation_file` or found as `data_dir/train.*` and `data_dir/validation.*`/`dev.*`), or
+    `"lm"` (plain text files, scored by perplexity).
+
+    `max_train_samples` takes a seeded random subset of train; `max_eval_samples` the first examples of
+    every eval split. Raises `TaskDataError` (a `ValueError`) for any data problem.
+    """
+    for name, value in (("max_train_samples", max_train_samples), ("max_eval_samples", max_eval_samples)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise TaskDataError(f"{name} must be a positive integer, got {value!r}")
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise TaskDataError(f"data directory {data_dir} does not exist")
+    key = task.lower().replace("-", "").replace("_", "")
+
+    if key == LM_TASK:
+        data_dir = Path(data_dir) if data_dir is not None else None
+        if train_file is None and data_dir is not None:
+            train_file = _find_file(data_dir, ["train"], _TEXT_SUFFIXES)
+        if validation_file is None and data_dir is not None:
+            validation_file = _find_file(data_dir, ["validation", "valid", "dev", "test"], _TEXT_SUFFIXES)
+        if validation_file is None:
+            raise TaskDataError("task 'lm' needs a text file to evaluate on: --validation-file or DATA_DIR/validation.txt")
+        train = load_lm_texts(train_file) if need_train and train_file is not None else None
+        if need_train and train is None:
+            raise TaskDataError("task 'lm' needs a training text file: --train-file or DATA_DIR/train.txt")
+        return TaskData(LM_TASK, None, train, {"validation": load_lm_texts(validation_file)}, f"text files ({validation_file})")
+
+    if key == CUSTOM_TASK:
+        data_dir = Path(data_dir) if data_dir is not None else None
+        if train_file is None and data_dir is not None:
+            train_file = _find_file(data_dir, ["train"], _DATA_SUFFIXES)
+        if validation_file is None and data_dir is not None:
+            validation_file = _find_file(data_dir, ["validation", "dev", "test"], _DATA_SUFFIXES)
+        if train_file is None or validation_file is None:
+            raise TaskDataError(
+                "task 'custom' needs a train and a validation file (CSV/TSV/JSON): --train-file/--validation-file, "
+                "or DATA_DIR/train.csv and DATA_DIR/validation.csv"
+            )
+        columns = tuple(text_columns or ("text",))
+        files = load_files(train_file, validation_file, columns, label_column, label_names)
+        feature = files["train"].features["label"]
+        spec = TaskSpec.custom(columns, getattr(feature, "names", ()), name=CUSTOM_TASK)
+        train, evals = files["train"], {"validation": files["validation"]}
+        source = f"files {train_file}, {validation_file}"
+    else:
+        if train_file is not None or validation_file is not None:
+            raise TaskDataError(f"--train-file/--validation-file are for task 'custom' or 'lm', not {task!r}")
+        try:
+            spec = get_task(task)
+        except TaskDataError:
+            raise TaskDataError(
+                f"unknown task {task!r}; choose a GLUE task ({', '.join(GLUE_TASKS)}), 'custom' (CSV/JSON files) or 'lm'"
+            ) from None
+        try:
+            train = load_task(spec, data_dir, "train") if need_train else None
+            evals = {split: load_task(spec, data_dir, split) for split in spec.eval_splits}
+        except TaskDataError:
+            raise
+        except Exception as error:
+            if data_dir is not None:  # a local file that exists but cannot be read: say which one
+                raise TaskDataError(f"could not read GLUE {spec.name!r} from {data_dir} ({_first_line(error)})") from None
+            raise TaskDataError(  # the Hub could not be reached, or the dataset was not found
+                f"could not load GLUE {spec.name!r} from the Hub ({_first_line(error)}); "
+                "pass --data-dir with the original GLUE TSV files to work offline"
+            ) from None
+        source = f"GLUE TSV files in {data_dir}" if data_dir is not None else "Hub dataset nyu-mll/glue"
+
+    if train is not None and max_train_samples is not None and max_train_samples < len(train):
+        train = train.shuffle(seed=seed).select(range(max_train_samples))
+    if max_eval_samples is not None:
+        evals = {split: ds.select(range(min(max_eval_samples, len(ds)))) for split, ds in evals.items()}
+    return TaskData(spec.name, spec, train, evals, source)
+
+
+def _collator(tokenizer):
+    from transformers import DataCollatorWithPadding
+
+    return DataCollatorWithPadding(tokenizer)
+
+
+def _tokenized(data: TaskData, split: Dataset | list[str], tokenizer, max_length: int) -> Dataset:
+    if data.is_lm:
+        return lm_blocks(split, tokenizer, block_size=max_length)
+    return tokenize_task(split, tokenizer, data.spec, max_length=max_length)
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def evaluate_model(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    data: TaskData,
+    *,
+    batch_size: int = 64,
+    max_length: int = 128,
+    progress: Progress | None = None,
+    stage: str = "evaluate",
+) -> dict[str, dict[str, float]]:
+    """`{split: {metric: value}}` on every eval split of the task (GLUE's metrics, or perplexity);
+    `progress(f"{stage} {split}", batches done, batches)` follows it."""
+    from torch.utils.data import DataLoader
+
+    results: dict[str, dict[str, float]] = {}
+    training = model.training
+    model.eval()
+    try:
+        for split, raw in data.eval.items():
+            dataset = _tokenized(data, raw, tokenizer, max_length)
+            if data.is_lm:
+                results[split] = {"perplexity": perplexity(model, DataLoader(dataset, batch_size=max(1, batch_size // 8)))}
+                continue
+            loader = DataLoader(dataset, batch_size=batch_size, collate_fn=_collator(tokenizer))
+            predictions, labels = [], []
+            label = f"{stage} {split}"
+            with torch.no_grad():
+                for step, batch in enumerate(loader, start=1):
+                    labels.append(batch.pop("labels"))
+                    batch = {key: value.to(_device(model)) for key, value in batch.items()}
+                    predictions.append(model(**batch).logits.float().cpu())
+                    if progress is not None:
+                        progress(label, step, len(loader))
+            results[split] = compute_metrics(data.spec, torch.cat(predictions).numpy(), torch.cat(labels).numpy())
+    finally:
+        model.train(training)
+    return results

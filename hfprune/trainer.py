@@ -1,4 +1,4 @@
-"""`PruningArguments` and `PruningTrainer`: score -> prune -> fine-tune loops on top of `transformers.Trainer`.
+"""`PruningTrainer`: score -> prune -> fine-tune loops on top of `transformers.Trainer`.
 
 `PruningTrainer` is a drop-in replacement for `Trainer`. `train()` runs an outer loop over pruning steps; each
 step scores the model, removes heads / FFN neurons / layers with `hfprune`'s surgery, and fine-tunes the smaller
@@ -22,11 +22,9 @@ import copy
 import gc
 import itertools
 import json
-import math
 import os
 import re
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,19 +32,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
-from transformers import Trainer, TrainerState, TrainingArguments
+from transformers import Trainer, TrainerState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, set_seed
 from transformers.utils import logging
 
 from .arch import get_adapter
-from .arch.base import resolve
-from .constants import DATA_FREE_METHODS, PRUNING_METHODS, PRUNING_SCHEDULES
+from .constants import DATA_FREE_METHODS, PRUNING_METHODS, PRUNING_SCHEDULES  # noqa: F401 (re-exported)
 from .errors import PruningError
 from .gates import HeadGates
-from .plan import LAYER_STRATEGIES, _round, ffn_to_prune, head_sparsity, heads_to_prune, layers_to_drop
+from .plan import _num_parameters, _round, _sparsities, ffn_to_prune, final_targets, heads_to_prune, layers_to_drop
+from .pruning_config import PruningArguments, PruningConfig  # noqa: F401 (PruningArguments: re-exported)
 from .record import get_record, kept_ffn
 from .scores import layer_cosine_scores, normalize_per_layer, score_units
-from .surgery import drop_layers, prune_ffn, prune_heads
+from .surgery import drop_layers, prune_ffn, prune_heads, restore_structure
 
 logger = logging.get_logger(__name__)
 
@@ -67,340 +65,6 @@ _RESUME_KEYS = (
     "round_to_multiple",
     "round_heads_to_multiple",
 )
-
-
-def _is_number(value: Any) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-
-
-def _is_count(value: Any, low: int) -> bool:
-    return not isinstance(value, bool) and isinstance(value, int) and value >= low
-
-
-@dataclass
-class PruningArguments(TrainingArguments):
-    r"""
-    Configuration class for [`PruningTrainer`].
-
-    Only the pruning parameters are listed here; every [`~transformers.TrainingArguments`] field works as usual,
-    except `num_train_epochs` and `max_steps`: the length of training is set per pruning step by
-    `recovery_epochs` / `recovery_steps` (and `l0_epochs` / `l0_steps` for the gate training). Learning-rate
-    warm-up and decay restart with every pruning step, since each one gets a fresh optimizer and scheduler.
-
-    Parameters:
-        > What is pruned, and how much
-
-        pruning_method (`str`, defaults to `"importance"`):
-            How heads and FFN neurons are ranked: `"importance"` (Michel et al. 2019, |d loss / d gate| per batch,
-            per-layer normalised), `"taylor"` (the same per example, not normalised), `"magnitude"` (weight
-            norms, no data), `"random"`, or `"l0"` (trained hard-concrete gates on the heads, see below).
-        pruning_schedule (`str`, defaults to `"one_shot"`):
-            `"one_shot"` prunes to the targets in one step; `"iterative"` in `pruning_steps` equal steps, scoring
-            the pruned model again before each one (Michel et al.'s loop, with recovery in between).
-        pruning_steps (`int`, defaults to `1`):
-            Number of steps of the iterative schedule (step k reaches k / pruning_steps of every target).
-        target_head_sparsity (`float`, defaults to `0.0`):
-            Fraction in [0, 1) of the ORIGINAL model's attention heads to remove; heads of dropped layers count
-            as removed (as in `hfprune.plan.head_sparsity`).
-        target_ffn_sparsity (`float`, defaults to `0.0`):
-            Fraction in [0, 1) of the original FFN neurons to remove; neurons of dropped layers count as removed.
-        target_layer_sparsity (`float`, defaults to `0.0`):
-            Fraction in [0, 1) of the original layers to drop (rounded to whole layers; at least one layer stays).
-        target_param_budget (`float` or `None`, defaults to `None`):
-            Fraction in (0, 1] of the model's parameter count to keep. The three sparsities then only give the
-            MIX: they are all multiplied by one factor, chosen so that the removed heads, neurons and layers
-            account for the parameters over budget (all zero: heads and FFN neurons at the same sparsity).
-            Embeddings and the task head are never pruned, so a small budget may be unreachable (PruningError).
-        layer_strategy (`str`, defaults to `"top"`):
-            Which layers go: one of `hfprune.plan.LAYER_STRATEGIES` (`"contribution"` scores them with
-            `hfprune.layer_cosine_scores` on the scoring data).
-        per_layer_ranking (`bool`, defaults to `False`):
-            Rank heads and FFN neurons within each layer (every layer loses the same share) instead of over the
-            whole model.
-        round_to_multiple (`int`, defaults to `1`):
-            Round every layer's kept FFN width to a multiple of this (e.g. 64) for faster dense kernels.
-        round_heads_to_multiple (`int`, defaults to `1`):
-            Round every layer's kept number of heads to a multiple of this (a multiple of the KV group size).
-
-        > Scoring and recovery
-
-        score_num_examples (`int`, defaults to `512`):
-            Examples used to score, drawn (seeded) from `score_dataset`, else from the TRAINING set: scoring on the
-            evaluation split would leak it into the pruning decisions.
-        recovery_epochs (`float`, defaults to `1.0`):
-            Fine-tuning epochs after each pruning step (0: none).
-        recovery_steps (`int`, defaults to `0`):
-            If > 0, fine-tuning optimizer steps after each pruning step, instead of `recovery_epochs`.
-        distillation_alpha (`float`, defaults to `0.0`):
-            Weight of a KL distillation term from the unpruned teacher: loss = (1 - alpha) * task +
-            alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)). The teacher is `teacher_model`, or a
-            copy of the model taken before the first pruning step.
-        distillation_temperature (`float`, defaults to `2.0`):
-            The temperature T of the distillation term.
-
-        > L0 gates (`pruning_method="l0"`, one-shot, heads only)
-
-        l0_lambda (`float`, defaults to `1.0`):
-            Coefficient of the L0 penalty, `l0_lambda` times the expected fraction of heads kept: larger closes
-            more heads. The number of heads removed follows from it (no `target_head_sparsity`).
-        l0_warmup_steps (`int`, defaults to `0`):
-            Steps over which the penalty coefficient ramps up linearly from 0 (Shim et al. 2021).
-        l0_init_keep (`float`, defaults to `0.95`):
-            Initial probability that a gate is open.
-        l0_scale_attention (`bool`, defaults to `True`):
-            Scale each layer's gated attention output by n / (expected open heads) (Shim et al. 2021).
-        l0_learning_rate (`float`, defaults to `0.05`):
-            Learning rate of the gates' log-alpha (Adam moves it about this much per step; it starts near +1.35 at
-            `l0_init_keep=0.95` and a gate closes below 0). Too high closes every gate the task does not defend.
-        l0_epochs (`float`, defaults to `1.0`):
-            Epochs of gate training before the closed heads are removed.
-        l0_steps (`int`, defaults to `0`):
-            If > 0, optimizer steps of gate training, instead of `l0_epochs`.
-    """
-
-    pruning_method: str = field(
-        default="importance",
-        metadata={"help": "How heads and FFN neurons are ranked.", "choices": list(PRUNING_METHODS)},
-    )
-    pruning_schedule: str = field(
-        default="one_shot",
-        metadata={"help": "Prune in one step, or in `pruning_steps` steps.", "choices": list(PRUNING_SCHEDULES)},
-    )
-    pruning_steps: int = field(
-        default=1, metadata={"help": "Iterative schedule: number of steps to reach the targets."}
-    )
-    target_head_sparsity: float = field(
-        default=0.0, metadata={"help": "Fraction of the original attention heads to remove, in [0, 1)."}
-    )
-    target_ffn_sparsity: float = field(
-        default=0.0, metadata={"help": "Fraction of the original FFN neurons to remove, in [0, 1)."}
-    )
-    target_layer_sparsity: float = field(
-        default=0.0, metadata={"help": "Fraction of the original layers to drop, in [0, 1)."}
-    )
-    target_param_budget: float | None = field(
-        default=None,
-        metadata={
-            "help": "Fraction (0, 1] of the parameters to keep; the sparsities are scaled by one factor to meet it."
-        },
-    )
-    layer_strategy: str = field(
-        default="top", metadata={"help": "Which layers to drop.", "choices": list(LAYER_STRATEGIES)}
-    )
-    per_layer_ranking: bool = field(
-        default=False, metadata={"help": "Rank heads and FFN neurons within each layer instead of globally."}
-    )
-    round_to_multiple: int = field(
-        default=1, metadata={"help": "Round every layer's kept FFN width to a multiple of this (e.g. 64)."}
-    )
-    round_heads_to_multiple: int = field(
-        default=1, metadata={"help": "Round every layer's kept number of heads to a multiple of this."}
-    )
-    score_num_examples: int = field(
-        default=512, metadata={"help": "Examples for scoring, from score_dataset or the train set (not eval)."}
-    )
-    recovery_epochs: float = field(
-        default=1.0, metadata={"help": "Fine-tuning epochs after each pruning step (0: none)."}
-    )
-    recovery_steps: int = field(
-        default=0, metadata={"help": "If > 0, fine-tuning steps after each pruning step (overrides recovery_epochs)."}
-    )
-    distillation_alpha: float = field(
-        default=0.0, metadata={"help": "Weight in [0, 1] of the KL term from the unpruned teacher's logits."}
-    )
-    distillation_temperature: float = field(default=2.0, metadata={"help": "Distillation temperature (> 0)."})
-    l0_lambda: float = field(
-        default=1.0, metadata={"help": "L0 method: penalty coefficient (times the expected fraction of heads kept)."}
-    )
-    l0_warmup_steps: int = field(default=0, metadata={"help": "L0 method: steps to ramp the penalty up from 0."})
-    l0_init_keep: float = field(default=0.95, metadata={"help": "L0 method: initial probability a gate is open."})
-    l0_scale_attention: bool = field(
-        default=True, metadata={"help": "L0 method: rescale attention output by n / expected open heads."}
-    )
-    l0_learning_rate: float = field(default=0.05, metadata={"help": "L0 method: learning rate of the gates."})
-    l0_epochs: float = field(default=1.0, metadata={"help": "L0 method: epochs of gate training."})
-    l0_steps: int = field(default=0, metadata={"help": "L0 method: if > 0, steps of gate training."})
-
-    def __post_init__(self):
-        self._check_pruning_arguments()
-        super().__post_init__()
-
-    def _check_pruning_arguments(self) -> None:
-        """One-line PruningErrors for bad values, before TrainingArguments does any setup."""
-        checks = [
-            (self.pruning_method in PRUNING_METHODS, f"pruning_method must be one of {list(PRUNING_METHODS)}"),
-            (self.pruning_schedule in PRUNING_SCHEDULES, f"pruning_schedule must be one of {list(PRUNING_SCHEDULES)}"),
-            (self.layer_strategy in LAYER_STRATEGIES, f"layer_strategy must be one of {list(LAYER_STRATEGIES)}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                value = message.split(" must")[0]
-                raise PruningError(f"{message}, got {getattr(self, value)!r}")
-        for name in ("target_head_sparsity", "target_ffn_sparsity", "target_layer_sparsity"):
-            value = getattr(self, name)
-            if not _is_number(value) or not 0 <= value < 1:
-                raise PruningError(f"{name} must be a number in [0, 1), got {value!r}")
-        budget = self.target_param_budget
-        if budget is not None and (not _is_number(budget) or not 0 < budget <= 1):
-            raise PruningError(f"target_param_budget must be None or a number in (0, 1], got {budget!r}")
-        for name, low in (
-            ("pruning_steps", 1),
-            ("round_to_multiple", 1),
-            ("round_heads_to_multiple", 1),
-            ("score_num_examples", 1),
-            ("recovery_steps", 0),
-            ("l0_warmup_steps", 0),
-            ("l0_steps", 0),
-        ):
-            if not _is_count(getattr(self, name), low):
-                raise PruningError(f"{name} must be an integer >= {low}, got {getattr(self, name)!r}")
-        for name in ("recovery_epochs", "l0_epochs", "l0_lambda"):
-            if not _is_number(getattr(self, name)) or getattr(self, name) < 0:
-                raise PruningError(f"{name} must be a number >= 0, got {getattr(self, name)!r}")
-        if not _is_number(self.distillation_alpha) or not 0 <= self.distillation_alpha <= 1:
-            raise PruningError(f"distillation_alpha must be a number in [0, 1], got {self.distillation_alpha!r}")
-        for name in ("distillation_temperature", "l0_learning_rate"):
-            if not _is_number(getattr(self, name)) or getattr(self, name) <= 0:
-                raise PruningError(f"{name} must be a number > 0, got {getattr(self, name)!r}")
-        if not _is_number(self.l0_init_keep) or not 0 < self.l0_init_keep < 1:
-            raise PruningError(f"l0_init_keep must be a number in (0, 1), got {self.l0_init_keep!r}")
-        if self.pruning_schedule == "one_shot" and self.pruning_steps != 1:
-            raise PruningError(
-                f"pruning_steps={self.pruning_steps} needs pruning_schedule='iterative' (one_shot is one step)"
-            )
-        if self.pruning_method == "l0":
-            if self.pruning_schedule != "one_shot":
-                raise PruningError("pruning_method='l0' trains its gates once: use pruning_schedule='one_shot'")
-            if self.target_ffn_sparsity or self.target_layer_sparsity or self.target_param_budget is not None:
-                raise PruningError(
-                    "pruning_method='l0' prunes heads only: leave the FFN, layer and budget targets unset"
-                )
-            if self.target_head_sparsity:
-                raise PruningError(
-                    "pruning_method='l0' sets the sparsity through l0_lambda: leave target_head_sparsity at 0"
-                )
-            if self.l0_steps == 0 and self.l0_epochs == 0:
-                raise PruningError("pruning_method='l0' needs gate training: set l0_epochs > 0 or l0_steps > 0")
-        if self.max_steps != -1:
-            raise PruningError("PruningArguments ignores max_steps: set recovery_steps (per pruning step) instead")
-        if self.num_train_epochs != 3.0:  # TrainingArguments' default
-            raise PruningError(
-                "PruningArguments ignores num_train_epochs: set recovery_epochs (per pruning step) instead"
-            )
-
-    @property
-    def num_pruning_steps(self) -> int:
-        return self.pruning_steps if self.pruning_schedule == "iterative" else 1
-
-
-# ---- model helpers -------------------------------------------------------------------------------------
-def _num_parameters(model: nn.Module) -> int:
-    return sum(parameter.numel() for parameter in model.parameters())
-
-
-def _sparsities(model: nn.Module) -> dict[str, float]:
-    """Fractions of the original heads, FFN neurons and layers that are gone (dropped layers count as gone)."""
-    record = get_record(model)
-    original = record["original"]
-    neurons = sum(len(kept_ffn(record, position)) for position in range(len(record["kept_layers"])))
-    return {
-        "head_sparsity": head_sparsity(model),
-        "ffn_sparsity": 1 - neurons / (original["num_layers"] * original["intermediate_size"]),
-        "layer_sparsity": 1 - len(record["kept_layers"]) / original["num_layers"],
-    }
-
-
-def restore_structure(model: nn.Module, record: dict[str, Any]) -> nn.Module:
-    """Prune `model` in place to the structure in `record` (a `config.hfprune` record), weights left as they are.
-
-    `model` must be the model that `record` was pruned from (unpruned, or pruned less); used to rebuild a
-    checkpoint's structure before its weights are loaded.
-    """
-    current = get_record(model)
-    if current["original"] != record["original"]:
-        raise PruningError(
-            f"the checkpoint was pruned from a model with sizes {record['original']}, "
-            f"this one has {current['original']}"
-        )
-    wanted_layers = record["kept_layers"]
-    if not set(wanted_layers) <= set(current["kept_layers"]):
-        raise PruningError("the checkpoint keeps layers this model has already lost; start from the original model")
-    heads, neurons = {}, {}
-    for position, layer in enumerate(current["kept_layers"]):
-        if layer not in wanted_layers:
-            continue
-        wanted = wanted_layers.index(layer)
-        keep_heads, keep_ffn = set(record["kept_heads"][wanted]), set(kept_ffn(record, wanted))
-        have_heads, have_ffn = current["kept_heads"][position], kept_ffn(current, position)
-        if not keep_heads <= set(have_heads) or not keep_ffn <= set(have_ffn):
-            raise PruningError(f"the checkpoint keeps units of layer {layer} this model has already lost")
-        heads[layer] = [head for head in have_heads if head not in keep_heads]
-        neurons[layer] = [neuron for neuron in have_ffn if neuron not in keep_ffn]
-    prune_heads(model, {layer: drop for layer, drop in heads.items() if drop})
-    prune_ffn(model, {layer: drop for layer, drop in neurons.items() if drop})
-    drop_layers(model, [layer for layer in current["kept_layers"] if layer not in wanted_layers])
-    return model
-
-
-def _numel(obj) -> int:
-    if isinstance(obj, nn.Parameter):
-        return obj.numel()
-    return sum(parameter.numel() for parameter in obj.parameters())
-
-
-def _parameter_split(model: nn.Module) -> dict[str, int]:
-    """The parameters of an unpruned model, split into what head, FFN and layer pruning can remove.
-
-    `heads`: the q/k/v/o projections of every layer; `ffn`: the FFN projections; `layers`: the rest of the
-    layers (norms...); `total`: everything. Removing a fraction f of the heads removes about f of `heads`.
-    """
-    adapter = get_adapter(model)
-    split = {"heads": 0, "ffn": 0, "layers": 0, "total": _num_parameters(model)}
-    for layer in adapter.get_layers(model):
-        paths = {adapter.query, adapter.key, adapter.value, adapter.output}  # GPT-2: q, k, v share one module
-        attention = sum(_numel(resolve(layer, path)) for path in paths)
-        ffn = sum(_numel(layer.get_submodule(path)) for path in (*adapter.ffn_inputs, adapter.ffn_output))
-        split["heads"] += attention
-        split["ffn"] += ffn
-        split["layers"] += _numel(layer) - attention - ffn
-    return split
-
-
-def final_targets(args: PruningArguments, model: nn.Module) -> dict[str, float]:
-    """The sparsities the last pruning step reaches, after `target_param_budget` scaled them.
-
-    With a budget b, the mix (h, f, l) of the given sparsities (or (1, 1, 0)) is scaled by s so that the
-    removed parameters, s * (max(h, l) * heads + max(f, l) * ffn + l * rest of layers), equal (1 - b) * total.
-    """
-    targets = {
-        "heads": args.target_head_sparsity,
-        "ffn": args.target_ffn_sparsity,
-        "layers": args.target_layer_sparsity,
-    }
-    if args.target_param_budget is None:
-        return targets
-    record = get_record(model)
-    if any(heads != list(range(record["original"]["num_heads"])) for heads in record["kept_heads"]) or any(
-        kept is not None for kept in record["kept_ffn"]
-    ) or len(record["kept_layers"]) != record["original"]["num_layers"]:
-        raise PruningError("target_param_budget needs an unpruned model to measure the budget against")
-    if not any(targets.values()):
-        targets = {"heads": 1.0, "ffn": 1.0, "layers": 0.0}
-    split = _parameter_split(model)
-    removable = (
-        max(targets["heads"], targets["layers"]) * split["heads"]
-        + max(targets["ffn"], targets["layers"]) * split["ffn"]
-        + targets["layers"] * split["layers"]
-    )
-    scale = (1 - args.target_param_budget) * split["total"] / removable
-    scaled = {kind: value * scale for kind, value in targets.items()}
-    if max(scaled.values()) >= 1:
-        raise PruningError(
-            f"target_param_budget={args.target_param_budget} is out of reach with this mix of sparsities "
-            f"(it would need {', '.join(f'{k} {v:.2f}' for k, v in scaled.items())}); "
-            "raise the budget or change the mix"
-        )
-    return scaled
 
 
 # ---- distributed helpers -------------------------------------------------------------------------------
@@ -450,15 +114,15 @@ class PruningTrainer(Trainer):
     def __init__(
         self,
         model: nn.Module | None = None,
-        args: PruningArguments | None = None,
+        args: PruningConfig | None = None,
         *trainer_args,
         score_dataset: Dataset | None = None,
         teacher_model: nn.Module | None = None,
         **kwargs,
     ):
         if args is None:
-            args = PruningArguments(output_dir="trainer_output")
-        if not isinstance(args, PruningArguments):
+            args = PruningConfig(output_dir="trainer_output")
+        if not isinstance(args, PruningConfig):
             raise PruningError(f"PruningTrainer needs PruningArguments, got {type(args).__name__}")
         if kwargs.get("model_init") is not None:
             raise PruningError("PruningTrainer does not support model_init: pass the model to prune")
@@ -997,6 +661,7 @@ __all__ = [
     "PRUNING_METHODS",
     "PRUNING_SCHEDULES",
     "PruningArguments",
+    "PruningConfig",
     "PruningTrainer",
     "final_targets",
     "restore_structure",

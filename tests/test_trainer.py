@@ -126,6 +126,18 @@ def test_arguments_parse_from_the_command_line(tmp_path):
         parser.parse_args_into_dataclasses(["--output_dir", str(tmp_path), "--pruning_method", "obd"])
 
 
+def test_pruning_config_is_the_arguments_class_and_parses(tmp_path):
+    from hfprune.pruning_config import PruningConfig
+
+    assert PruningConfig is PruningArguments is hfprune.PruningConfig is hfprune.PruningArguments
+    (args,) = HfArgumentParser(PruningConfig).parse_args_into_dataclasses(
+        ["--output_dir", str(tmp_path), "--pruning_method", "magnitude", "--target_ffn_sparsity", "0.5",
+         "--report_to", "none"]
+    )
+    assert isinstance(args, PruningConfig)
+    assert (args.pruning_method, args.target_ffn_sparsity, args.num_pruning_steps) == ("magnitude", 0.5, 1)
+
+
 def test_trainer_rejects_what_cannot_follow_surgery(tmp_path):
     model = tiny_model("bert")
     with pytest.raises(PruningError, match="needs PruningArguments"):

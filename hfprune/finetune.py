@@ -1,0 +1,173 @@
+"""Train a task head until a validation slice stops improving, and the Trainer arguments the jobs share.
+
+A job prunes a model only once it solves the task, so a checkpoint without a trained head is fine-tuned here
+first; the micro-batch split, checkpointing and memory release between stages are the same for every job.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import math
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .callbacks import progress_callbacks
+from .tasks import TaskData, _collator, make_compute_metrics
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+
+__all__ = [
+    "FINETUNE_PATIENCE",
+    "MAX_EVAL_INTERVAL",
+    "MAX_MICRO_BATCH",
+    "default_finetune_epochs",
+    "micro_batches",
+    "release_memory",
+    "validation_slice",
+]
+
+
+def _quiet(trainer) -> None:
+    """With a progress callback the Trainer's own tqdm bars and log printing only add noise."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    for callback in (PrinterCallback, ProgressCallback):
+        trainer.remove_callback(callback)
+
+
+MAX_MICRO_BATCH = 8  # examples per forward/backward; larger batches accumulate gradients
+
+
+def micro_batches(batch_size: int) -> tuple[int, int]:
+    """`(micro_batch, accumulation_steps)` with micro_batch * steps == batch_size and micro_batch <= 8.
+
+    Activations, not weights, dominate training memory for a model of MiniLM's size: a batch of 32 x 128
+    tokens holds about 1 GB of them. Accumulating four micro-batches of 8 trains on the same examples with the
+    same mean loss per update (dropout draws and float summation order differ) at a quarter of that; it took
+    the peak of `prune_for_task` on MiniLM-L6 from 1.55 to 1.41 GB (benchmarks/results/memory.json).
+    """
+    for steps in range(math.ceil(batch_size / MAX_MICRO_BATCH), batch_size + 1):
+        if batch_size % steps == 0 and batch_size // steps >= 4:
+            return batch_size // steps, steps
+    return batch_size, 1
+
+
+def _training_kwargs(
+    output_dir: Path, *, batch_size: int, learning_rate: float, seed: int, quiet: bool, save_steps: int = 0,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """Shared arguments; `save_steps > 0` checkpoints training every so many steps (for `resume=True`);
+    `device="cpu"` trains on the CPU even where there is a GPU."""
+    micro_batch, accumulation = micro_batches(batch_size)
+    return dict(
+        use_cpu=device == "cpu",
+        output_dir=str(output_dir),
+        per_device_train_batch_size=micro_batch,
+        gradient_accumulation_steps=accumulation,
+        per_device_eval_batch_size=micro_batch * 2,
+        learning_rate=learning_rate,
+        weight_decay=0.01,
+        warmup_steps=0.06,
+        seed=seed,
+        save_strategy="steps" if save_steps else "no",
+        save_steps=save_steps or 500,
+        save_total_limit=2 if save_steps else None,
+        eval_strategy="no",
+        report_to="none",
+        logging_steps=50,
+        disable_tqdm=quiet,
+        dataloader_pin_memory=torch.cuda.is_available(),
+    )
+
+
+FINETUNE_PATIENCE = 3  # evaluations without a lower validation loss before fine-tuning stops
+MAX_EVAL_INTERVAL = 500  # steps between evaluations on large training sets
+
+
+def default_finetune_epochs(num_examples: int) -> float:
+    """The most epochs a new task head trains for; early stopping usually ends it sooner.
+
+    Small sets (RTE, MRPC, CoLA, a few thousand examples) need many passes before a fresh classifier learns
+    anything: one epoch of 2,000 MRPC examples stays exactly at the majority class. Large sets converge in few.
+    """
+    return 10.0 if num_examples < 10_000 else 3.0
+
+
+def validation_slice(train: Dataset, seed: int) -> tuple[Dataset, Dataset]:
+    """Carve `(train, validation)` from the training set: 10% of it, 32 to 1,000 examples (at most a quarter).
+
+    Choosing when to stop on a slice of train keeps the reported dev split untouched by every decision.
+    """
+    size = min(1000, max(32, len(train) // 10), len(train) // 4)
+    if size < 1:
+        return train, train.select([])
+    parts = train.train_test_split(test_size=size, seed=seed, shuffle=True)
+    return parts["train"], parts["test"]
+
+
+def _finetune(
+    model, tokenizer, train: Dataset, validation: Dataset, data: TaskData, work_dir: Path, *, epochs: float, progress, **kwargs
+):
+    """Train a fresh task head (and the encoder) with a plain `Trainer` until the validation slice stops improving.
+
+    Pruning scores and the "before" metrics only mean something for a model that solves the task. Training is
+    evaluated on `validation` about once an epoch (at most every 500 steps), stops after three evaluations
+    without a lower loss (smoother than accuracy on a few hundred examples), and ends on the best weights.
+    """
+    from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
+
+    steps_per_epoch = max(1, math.ceil(len(train) / kwargs["batch_size"]))
+    interval = min(steps_per_epoch, MAX_EVAL_INTERVAL)
+    settings = _training_kwargs(work_dir / "finetune", quiet=progress is not None, **{**kwargs, "save_steps": interval})
+    settings.update(
+        eval_strategy="steps", eval_steps=interval, load_best_model_at_end=True, save_total_limit=2,
+        metric_for_best_model="eval_loss", greater_is_better=False, warmup_steps=0.1,
+    )  # fmt: skip
+    args = TrainingArguments(num_train_epochs=epochs, **settings)
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train,
+        eval_dataset=validation,
+        processing_class=tokenizer,
+        data_collator=_collator(tokenizer),
+        compute_metrics=make_compute_metrics(data.spec),
+        callbacks=[EarlyStoppingCallback(FINETUNE_PATIENCE), *progress_callbacks(progress, "fine-tune the task head")],
+    )
+    if progress is not None:
+        _quiet(trainer)
+    trainer.train(resume_from_checkpoint=_last_complete_checkpoint(Path(args.output_dir)))
+    model.eval()
+    summary = {"epochs": round(trainer.state.epoch or 0.0, 2), "steps": trainer.state.global_step, "best_validation": trainer.state.best_metric}
+    del trainer
+    release_memory()
+    return summary
+
+
+def release_memory() -> None:
+    """Free what a finished stage left behind before the next one allocates.
+
+    A `Trainer` sits in reference cycles (its callbacks point back at it), so without a collection its optimizer
+    state, twice the model's size, lives on into the next stage; and glibc keeps freed heap pages until trimmed.
+    """
+    gc.collect()
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (AttributeError, OSError):  # not glibc
+        pass
+
+
+def _last_complete_checkpoint(folder: Path) -> str | None:
+    """The newest `checkpoint-N` that was written to the end; a half-written one (killed, or a full disk) is removed."""
+    if not folder.is_dir():
+        return None
+    for checkpoint in sorted(folder.glob("checkpoint-*"), key=lambda path: int(path.name.rpartition("-")[2] or 0), reverse=True):
+        if (checkpoint / "trainer_state.json").is_file():
+            return str(checkpoint)
+        shutil.rmtree(checkpoint, ignore_errors=True)
+    return None

@@ -1,0 +1,247 @@
+"""`PruningConfig`, the `TrainingArguments` of `PruningTrainer`.
+
+Kept apart from the trainer (as TRL pairs `X_config.py` with `X_trainer.py`) so the options, their help text
+and their checks can be read, parsed (`HfArgumentParser`) and documented without the training loop.
+`PruningArguments` is the same class under its first name.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import TrainingArguments
+
+from .constants import PRUNING_METHODS, PRUNING_SCHEDULES
+from .errors import PruningError
+from .plan import LAYER_STRATEGIES
+
+
+def _is_number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _is_count(value: Any, low: int) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int) and value >= low
+
+
+@dataclass
+class PruningConfig(TrainingArguments):
+    r"""
+    Configuration class for [`PruningTrainer`].
+
+    Only the pruning parameters are listed here; every [`~transformers.TrainingArguments`] field works as usual,
+    except `num_train_epochs` and `max_steps`: the length of training is set per pruning step by
+    `recovery_epochs` / `recovery_steps` (and `l0_epochs` / `l0_steps` for the gate training). Learning-rate
+    warm-up and decay restart with every pruning step, since each one gets a fresh optimizer and scheduler.
+
+    Parameters:
+        > What is pruned, and how much
+
+        pruning_method (`str`, defaults to `"importance"`):
+            How heads and FFN neurons are ranked: `"importance"` (Michel et al. 2019, |d loss / d gate| per batch,
+            per-layer normalised), `"taylor"` (the same per example, not normalised), `"magnitude"` (weight
+            norms, no data), `"random"`, or `"l0"` (trained hard-concrete gates on the heads, see below).
+        pruning_schedule (`str`, defaults to `"one_shot"`):
+            `"one_shot"` prunes to the targets in one step; `"iterative"` in `pruning_steps` equal steps, scoring
+            the pruned model again before each one (Michel et al.'s loop, with recovery in between).
+        pruning_steps (`int`, defaults to `1`):
+            Number of steps of the iterative schedule (step k reaches k / pruning_steps of every target).
+        target_head_sparsity (`float`, defaults to `0.0`):
+            Fraction in [0, 1) of the ORIGINAL model's attention heads to remove; heads of dropped layers count
+            as removed (as in `hfprune.plan.head_sparsity`).
+        target_ffn_sparsity (`float`, defaults to `0.0`):
+            Fraction in [0, 1) of the original FFN neurons to remove; neurons of dropped layers count as removed.
+        target_layer_sparsity (`float`, defaults to `0.0`):
+            Fraction in [0, 1) of the original layers to drop (rounded to whole layers; at least one layer stays).
+        target_param_budget (`float` or `None`, defaults to `None`):
+            Fraction in (0, 1] of the model's parameter count to keep. The three sparsities then only give the
+            MIX: they are all multiplied by one factor, chosen so that the removed heads, neurons and layers
+            account for the parameters over budget (all zero: heads and FFN neurons at the same sparsity).
+            Embeddings and the task head are never pruned, so a small budget may be unreachable (PruningError).
+        layer_strategy (`str`, defaults to `"top"`):
+            Which layers go: one of `hfprune.plan.LAYER_STRATEGIES` (`"contribution"` scores them with
+            `hfprune.layer_cosine_scores` on the scoring data).
+        per_layer_ranking (`bool`, defaults to `False`):
+            Rank heads and FFN neurons within each layer (every layer loses the same share) instead of over the
+            whole model.
+        round_to_multiple (`int`, defaults to `1`):
+            Round every layer's kept FFN width to a multiple of this (e.g. 64) for faster dense kernels.
+        round_heads_to_multiple (`int`, defaults to `1`):
+            Round every layer's kept number of heads to a multiple of this (a multiple of the KV group size).
+
+        > Scoring and recovery
+
+        score_num_examples (`int`, defaults to `512`):
+            Examples used to score, drawn (seeded) from `score_dataset`, else from the TRAINING set: scoring on the
+            evaluation split would leak it into the pruning decisions.
+        recovery_epochs (`float`, defaults to `1.0`):
+            Fine-tuning epochs after each pruning step (0: none).
+        recovery_steps (`int`, defaults to `0`):
+            If > 0, fine-tuning optimizer steps after each pruning step, instead of `recovery_epochs`.
+        distillation_alpha (`float`, defaults to `0.0`):
+            Weight of a KL distillation term from the unpruned teacher: loss = (1 - alpha) * task +
+            alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)). The teacher is `teacher_model`, or a
+            copy of the model taken before the first pruning step.
+        distillation_temperature (`float`, defaults to `2.0`):
+            The temperature T of the distillation term.
+
+        > L0 gates (`pruning_method="l0"`, one-shot, heads only)
+
+        l0_lambda (`float`, defaults to `1.0`):
+            Coefficient of the L0 penalty, `l0_lambda` times the expected fraction of heads kept: larger closes
+            more heads. The number of heads removed follows from it (no `target_head_sparsity`).
+        l0_warmup_steps (`int`, defaults to `0`):
+            Steps over which the penalty coefficient ramps up linearly from 0 (Shim et al. 2021).
+        l0_init_keep (`float`, defaults to `0.95`):
+            Initial probability that a gate is open.
+        l0_scale_attention (`bool`, defaults to `True`):
+            Scale each layer's gated attention output by n / (expected open heads) (Shim et al. 2021).
+        l0_learning_rate (`float`, defaults to `0.05`):
+            Learning rate of the gates' log-alpha (Adam moves it about this much per step; it starts near +1.35 at
+            `l0_init_keep=0.95` and a gate closes below 0). Too high closes every gate the task does not defend.
+        l0_epochs (`float`, defaults to `1.0`):
+            Epochs of gate training before the closed heads are removed.
+        l0_steps (`int`, defaults to `0`):
+            If > 0, optimizer steps of gate training, instead of `l0_epochs`.
+    """
+
+    pruning_method: str = field(
+        default="importance",
+        metadata={"help": "How heads and FFN neurons are ranked.", "choices": list(PRUNING_METHODS)},
+    )
+    pruning_schedule: str = field(
+        default="one_shot",
+        metadata={"help": "Prune in one step, or in `pruning_steps` steps.", "choices": list(PRUNING_SCHEDULES)},
+    )
+    pruning_steps: int = field(
+        default=1, metadata={"help": "Iterative schedule: number of steps to reach the targets."}
+    )
+    target_head_sparsity: float = field(
+        default=0.0, metadata={"help": "Fraction of the original attention heads to remove, in [0, 1)."}
+    )
+    target_ffn_sparsity: float = field(
+        default=0.0, metadata={"help": "Fraction of the original FFN neurons to remove, in [0, 1)."}
+    )
+    target_layer_sparsity: float = field(
+        default=0.0, metadata={"help": "Fraction of the original layers to drop, in [0, 1)."}
+    )
+    target_param_budget: float | None = field(
+        default=None,
+        metadata={
+            "help": "Fraction (0, 1] of the parameters to keep; the sparsities are scaled by one factor to meet it."
+        },
+    )
+    layer_strategy: str = field(
+        default="top", metadata={"help": "Which layers to drop.", "choices": list(LAYER_STRATEGIES)}
+    )
+    per_layer_ranking: bool = field(
+        default=False, metadata={"help": "Rank heads and FFN neurons within each layer instead of globally."}
+    )
+    round_to_multiple: int = field(
+        default=1, metadata={"help": "Round every layer's kept FFN width to a multiple of this (e.g. 64)."}
+    )
+    round_heads_to_multiple: int = field(
+        default=1, metadata={"help": "Round every layer's kept number of heads to a multiple of this."}
+    )
+    score_num_examples: int = field(
+        default=512, metadata={"help": "Examples for scoring, from score_dataset or the train set (not eval)."}
+    )
+    recovery_epochs: float = field(
+        default=1.0, metadata={"help": "Fine-tuning epochs after each pruning step (0: none)."}
+    )
+    recovery_steps: int = field(
+        default=0, metadata={"help": "If > 0, fine-tuning steps after each pruning step (overrides recovery_epochs)."}
+    )
+    distillation_alpha: float = field(
+        default=0.0, metadata={"help": "Weight in [0, 1] of the KL term from the unpruned teacher's logits."}
+    )
+    distillation_temperature: float = field(default=2.0, metadata={"help": "Distillation temperature (> 0)."})
+    l0_lambda: float = field(
+        default=1.0, metadata={"help": "L0 method: penalty coefficient (times the expected fraction of heads kept)."}
+    )
+    l0_warmup_steps: int = field(default=0, metadata={"help": "L0 method: steps to ramp the penalty up from 0."})
+    l0_init_keep: float = field(default=0.95, metadata={"help": "L0 method: initial probability a gate is open."})
+    l0_scale_attention: bool = field(
+        default=True, metadata={"help": "L0 method: rescale attention output by n / expected open heads."}
+    )
+    l0_learning_rate: float = field(default=0.05, metadata={"help": "L0 method: learning rate of the gates."})
+    l0_epochs: float = field(default=1.0, metadata={"help": "L0 method: epochs of gate training."})
+    l0_steps: int = field(default=0, metadata={"help": "L0 method: if > 0, steps of gate training."})
+
+    def __post_init__(self):
+        self._check_pruning_arguments()
+        super().__post_init__()
+
+    def _check_pruning_arguments(self) -> None:
+        """One-line PruningErrors for bad values, before TrainingArguments does any setup."""
+        checks = [
+            (self.pruning_method in PRUNING_METHODS, f"pruning_method must be one of {list(PRUNING_METHODS)}"),
+            (self.pruning_schedule in PRUNING_SCHEDULES, f"pruning_schedule must be one of {list(PRUNING_SCHEDULES)}"),
+            (self.layer_strategy in LAYER_STRATEGIES, f"layer_strategy must be one of {list(LAYER_STRATEGIES)}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                value = message.split(" must")[0]
+                raise PruningError(f"{message}, got {getattr(self, value)!r}")
+        for name in ("target_head_sparsity", "target_ffn_sparsity", "target_layer_sparsity"):
+            value = getattr(self, name)
+            if not _is_number(value) or not 0 <= value < 1:
+                raise PruningError(f"{name} must be a number in [0, 1), got {value!r}")
+        budget = self.target_param_budget
+        if budget is not None and (not _is_number(budget) or not 0 < budget <= 1):
+            raise PruningError(f"target_param_budget must be None or a number in (0, 1], got {budget!r}")
+        for name, low in (
+            ("pruning_steps", 1),
+            ("round_to_multiple", 1),
+            ("round_heads_to_multiple", 1),
+            ("score_num_examples", 1),
+            ("recovery_steps", 0),
+            ("l0_warmup_steps", 0),
+            ("l0_steps", 0),
+        ):
+            if not _is_count(getattr(self, name), low):
+                raise PruningError(f"{name} must be an integer >= {low}, got {getattr(self, name)!r}")
+        for name in ("recovery_epochs", "l0_epochs", "l0_lambda"):
+            if not _is_number(getattr(self, name)) or getattr(self, name) < 0:
+                raise PruningError(f"{name} must be a number >= 0, got {getattr(self, name)!r}")
+        if not _is_number(self.distillation_alpha) or not 0 <= self.distillation_alpha <= 1:
+            raise PruningError(f"distillation_alpha must be a number in [0, 1], got {self.distillation_alpha!r}")
+        for name in ("distillation_temperature", "l0_learning_rate"):
+            if not _is_number(getattr(self, name)) or getattr(self, name) <= 0:
+                raise PruningError(f"{name} must be a number > 0, got {getattr(self, name)!r}")
+        if not _is_number(self.l0_init_keep) or not 0 < self.l0_init_keep < 1:
+            raise PruningError(f"l0_init_keep must be a number in (0, 1), got {self.l0_init_keep!r}")
+        if self.pruning_schedule == "one_shot" and self.pruning_steps != 1:
+            raise PruningError(
+                f"pruning_steps={self.pruning_steps} needs pruning_schedule='iterative' (one_shot is one step)"
+            )
+        if self.pruning_method == "l0":
+            if self.pruning_schedule != "one_shot":
+                raise PruningError("pruning_method='l0' trains its gates once: use pruning_schedule='one_shot'")
+            if self.target_ffn_sparsity or self.target_layer_sparsity or self.target_param_budget is not None:
+                raise PruningError(
+                    "pruning_method='l0' prunes heads only: leave the FFN, layer and budget targets unset"
+                )
+            if self.target_head_sparsity:
+                raise PruningError(
+                    "pruning_method='l0' sets the sparsity through l0_lambda: leave target_head_sparsity at 0"
+                )
+            if self.l0_steps == 0 and self.l0_epochs == 0:
+                raise PruningError("pruning_method='l0' needs gate training: set l0_epochs > 0 or l0_steps > 0")
+        if self.max_steps != -1:
+            raise PruningError("PruningArguments ignores max_steps: set recovery_steps (per pruning step) instead")
+        if self.num_train_epochs != 3.0:  # TrainingArguments' default
+            raise PruningError(
+                "PruningArguments ignores num_train_epochs: set recovery_epochs (per pruning step) instead"
+            )
+
+    @property
+    def num_pruning_steps(self) -> int:
+        return self.pruning_steps if self.pruning_schedule == "iterative" else 1
+
+
+PruningArguments = PruningConfig  # the first name, kept for existing code
+
+__all__ = ["PruningArguments", "PruningConfig"]
