@@ -40,6 +40,15 @@ class ModelSource:
     load_kwargs: dict[str, Any] = field(default_factory=dict)  # what from_pretrained needs besides the path
 
     @property
+    def model_kwargs(self) -> dict[str, Any]:
+        """What `from_pretrained` needs for the weights: a GGUF checkpoint is dequantized, and kept in fp32."""
+        if not self.gguf_file:
+            return dict(self.load_kwargs)
+        import torch
+
+        return {**self.load_kwargs, "dtype": torch.float32}
+
+    @property
     def display_name(self) -> str:
         """How to name the model to a stranger: a Hub id as it is, a local folder by its name only."""
         return Path(self.name_or_path).name if self.is_local else self.name_or_path
@@ -144,7 +153,6 @@ def load_model_for_task(
     is initialised and `has_trained_head` is False: fine-tune before trusting any score or metric.
     `gguf_file` names a GGUF checkpoint inside the folder (`from_pretrained(dir, gguf_file=...)`).
     """
-    import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     from .loading import from_pretrained
@@ -154,10 +162,8 @@ def load_model_for_task(
         source = resolve_model(source, gguf_file=gguf_file, causal_lm=data.is_lm)
     config = copy.deepcopy(source.config)
     tokenizer = load_tokenizer(source)
-    kwargs = {**source.load_kwargs, **kwargs}
+    kwargs = {**source.model_kwargs, **kwargs}
     if data.is_lm:
-        if source.gguf_file:
-            kwargs.setdefault("dtype", torch.float32)  # GGUF weights are dequantized; keep them in fp32
         model = from_pretrained(source.name_or_path, config=config, model_class=AutoModelForCausalLM, **kwargs)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token

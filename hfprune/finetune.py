@@ -44,7 +44,8 @@ MAX_MICRO_BATCH = 8  # examples per forward/backward; larger batches accumulate 
 
 
 def micro_batches(batch_size: int) -> tuple[int, int]:
-    """`(micro_batch, accumulation_steps)` with micro_batch * steps == batch_size and micro_batch <= 8.
+    """`(micro_batch, accumulation_steps)` with micro_batch * steps == batch_size: micro-batches of at most 8
+    (and at least 4) where the batch divides evenly into them, else the batch as it is (e.g. 17).
 
     Activations, not weights, dominate training memory for a model of MiniLM's size: a batch of 32 x 128
     tokens holds about 1 GB of them. Accumulating four micro-batches of 8 trains on the same examples with the

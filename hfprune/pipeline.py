@@ -36,12 +36,8 @@ from .callbacks import Progress, progress_callbacks
 from .checkpoint import ModelSource, load_model_for_task, load_tokenizer, resolve_model
 from .constants import DATA_FREE_METHODS, RESULTS_FILE, SCORING_METHODS, SPEED_FILE, SPEED_IMAGE, choices
 from .errors import PipelineInputError, PruningError, WeakBaselineError, _first_line
-from .finetune import (  # noqa: F401  (the training helpers lived here; their old import path still works)
-    FINETUNE_PATIENCE,
-    MAX_EVAL_INTERVAL,
-    MAX_MICRO_BATCH,
+from .finetune import (  # noqa: F401  (default_finetune_epochs, micro_batches, validation_slice: old import path)
     _finetune,
-    _last_complete_checkpoint,
     _quiet,
     _training_kwargs,
     default_finetune_epochs,
@@ -50,10 +46,9 @@ from .finetune import (  # noqa: F401  (the training helpers lived here; their o
     validation_slice,
 )
 from .output import check_output_dir, write_atomically
-from .rundir import (  # noqa: F401  (the resume state lived here too)
+from .rundir import (  # noqa: F401  (work_dir_for: old import path)
     FINETUNED_DIR,
     IMPORTANCE_FILE,
-    RUN_STATE,
     _has_pruning_checkpoint,
     _jsonable,
     _open_work_dir,
@@ -61,34 +56,19 @@ from .rundir import (  # noqa: F401  (the resume state lived here too)
     _save_state,
     work_dir_for,
 )
-from .tasks import (  # noqa: F401  (as did the task data and evaluation)
-    _DATA_SUFFIXES,
-    _TEXT_SUFFIXES,
+from .tasks import (  # noqa: F401  (TaskData, load_task_data, evaluate_model: old import path)
     CUSTOM_TASK,
-    GLUE_TASKS,
     LM_TASK,
     TaskData,
     TaskDataError,
-    TaskSpec,
     _collator,
-    _find_file,
     _tokenized,
-    compute_metrics,
     evaluate_model,
-    get_task,
-    lm_blocks,
-    load_files,
-    load_lm_texts,
-    load_task,
     load_task_data,
     make_compute_metrics,
-    perplexity,
-    tokenize_task,
 )
 
 logger = logging.getLogger(__name__)
-
-_progress_callback = progress_callbacks  # its old name
 
 __all__ = [
     "LM_TASK",
@@ -699,8 +679,7 @@ def drop_layers_for_task(
     if data is not None:
         model, tokenizer, _ = load_model_for_task(source, data)
     else:
-        kwargs = {**source.load_kwargs, **({"dtype": torch.float32} if source.gguf_file else {})}
-        model = from_pretrained(source.name_or_path, config=copy.deepcopy(source.config), **kwargs)
+        model = from_pretrained(source.name_or_path, config=copy.deepcopy(source.config), **source.model_kwargs)
         try:
             tokenizer = load_tokenizer(source)
         except PipelineInputError:
@@ -783,7 +762,7 @@ def benchmark_checkpoint(
         stock_class = type(pruned)
         while getattr(stock_class, "_hfprune_restructured", False):
             stock_class = stock_class.__base__
-        kwargs = {**source.load_kwargs, "dtype": next(pruned.parameters()).dtype}
+        kwargs = {**source.model_kwargs, "dtype": next(pruned.parameters()).dtype}
         dense = from_pretrained(source.name_or_path, config=source.config, model_class=stock_class, **kwargs).eval()
     else:
         from .card import unpruned_twin
