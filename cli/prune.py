@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from hfprune.constants import PRUNING_METHODS, PRUNING_SCHEDULES
+from hfprune.constants import LAYER_STRATEGIES, PRUNING_METHODS, PRUNING_SCHEDULES, choices
 
 from .common import (
     DataDirOption,
@@ -55,7 +55,7 @@ def prune(
     heads: float = typer.Option(0.4, "--heads", help="Fraction of all attention heads to remove, in [0, 1).", rich_help_panel=PRUNE_PANEL),
     ffn: float = typer.Option(0.0, "--ffn", help="Fraction of FFN neurons to remove, in [0, 1).", rich_help_panel=PRUNE_PANEL),
     layers: float = typer.Option(0.0, "--layers", help="Fraction of whole layers to drop, in [0, 1).", rich_help_panel=PRUNE_PANEL),
-    layer_strategy: str = typer.Option("top", "--layer-strategy", help="Which layers go: top, bottom, even, odd, symmetric, contribution.", rich_help_panel=PRUNE_PANEL),
+    layer_strategy: str = typer.Option("top", "--layer-strategy", help=f"Which layers go: {choices(LAYER_STRATEGIES)}.", rich_help_panel=PRUNE_PANEL),
     method: str = typer.Option("importance", "--method", help=f"Scores that pick what goes: {', '.join(PRUNING_METHODS)}.", rich_help_panel=PRUNE_PANEL),
     schedule: str = typer.Option("one_shot", "--schedule", help=f"{PRUNING_SCHEDULES[0]}, or {PRUNING_SCHEDULES[1]} (prune in --steps steps during recovery).", rich_help_panel=PRUNE_PANEL),
     steps: int = typer.Option(1, "--steps", min=1, help="Pruning steps for the iterative schedule.", rich_help_panel=PRUNE_PANEL),
@@ -179,7 +179,7 @@ def drop_layers_command(
     ctx: typer.Context,
     model: str = typer.Argument(..., help="Model directory or Hub id."),
     k: Optional[int] = typer.Option(None, "-k", "--num-layers", min=1, help="How many layers to drop (with --strategy)."),
-    strategy: str = typer.Option("top", "--strategy", "-s", help="top, bottom, even, odd, symmetric, or contribution (needs --task)."),
+    strategy: str = typer.Option("top", "--strategy", "-s", help=f"{choices(LAYER_STRATEGIES)} (contribution needs --task)."),
     layer: Optional[list[int]] = typer.Option(None, "--layer", help="Drop this original layer index instead (repeatable)."),
     output_dir: Path = typer.Option(..., "--output-dir", "-o", help="Where to write the checkpoint."),
     task: Optional[str] = typer.Option(None, "--task", "-t", help="Evaluate before/after on this task (and score layers for 'contribution')."),

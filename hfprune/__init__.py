@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from .constants import __version__  # noqa: F401  (imports nothing: `import hfprune` stays cheap)
 
 # module -> the public names it provides
 _EXPORTS: dict[str, tuple[str, ...]] = {

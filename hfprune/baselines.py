@@ -14,9 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from .tasks import TaskSpec, compute_metrics
+from .errors import WeakBaselineError
+from .tasks import TaskData, TaskSpec, compute_metrics
 
-__all__ = ["Z_ONE_SIDED_95", "split_baselines", "task_baselines", "weak_baseline_reason"]
+__all__ = ["Z_ONE_SIDED_95", "check_dense_model", "split_baselines", "task_baselines", "weak_baseline_reason"]
 
 Z_ONE_SIDED_95 = 1.645
 _CHANCE_DRAWS = 20
@@ -87,3 +88,24 @@ def weak_baseline_reason(
         if values.get(main, 0.0) <= best:
             return f"on {split}, the dense model's {main} {values.get(main, 0.0):.4f} is not above the trivial baselines' {best:.4f}"
     return None
+
+
+def check_dense_model(
+    data: TaskData, metrics: Mapping[str, Mapping[str, float]], *, allow_weak: bool = False
+) -> tuple[dict[str, dict[str, dict[str, float]]] | None, str | None]:
+    """`(baselines, weak)` of a task's eval splits for the dense model's `metrics` (`(None, None)` for `lm`).
+
+    A weak dense model raises `WeakBaselineError` unless `allow_weak`: the job stops before pruning, with its
+    state kept so that the same call with `allow_weak_baseline=True, resume=True` goes on.
+    """
+    if data.is_lm:
+        return None, None
+    baselines = task_baselines(data.spec, {split: list(dataset["label"]) for split, dataset in data.eval.items()})
+    weak = weak_baseline_reason(data.spec, metrics, baselines, {split: len(dataset) for split, dataset in data.eval.items()})
+    if weak and not allow_weak:
+        advice = "pruning a model that learned nothing is not a result; train it longer or on more data, or prune it anyway with"
+        raise WeakBaselineError(
+            f"{weak}: {advice} allow_weak_baseline=True, resume=True",
+            cli_message=f"{weak}: {advice} --allow-weak-baseline --resume",
+        )
+    return baselines, weak

@@ -19,6 +19,7 @@ from torch import nn
 from transformers import TrainerCallback
 from transformers.training_args import ParallelMode
 
+from ._validation import check_fraction, is_integer
 from .arch import get_adapter
 from .errors import PruningError
 from .masks import MaskHandle, apply_masks, make_head_mask
@@ -150,11 +151,9 @@ class LayerDropCallback(TrainerCallback):
     """
 
     def __init__(self, p: float = 0.2, seed: int | None = None, layers: Iterable[int] | None = None):
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
-            raise PruningError(f"LayerDrop probability p must be a number in [0, 1), got {p!r}")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        self.p = check_fraction("LayerDrop probability p", p)
+        if seed is not None and not is_integer(seed):
             raise PruningError(f"seed must be an integer or None, got {seed!r}")
-        self.p = float(p)
         self.seed = seed
         self.layers = None if layers is None else check_indices("layers", layers, 1 << 31)
         self.dropped_layers: list[int] = []  # original ids dropped in the latest step

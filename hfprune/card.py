@@ -24,7 +24,7 @@ from torch import nn
 from .arch import get_adapter
 from .constants import HEADS_IMAGE, IMPORTANCE_IMAGE, README_FILE, REMOTE_CODE_FILE, RESULTS_FILE, SPEED_FILE, SPEED_IMAGE
 from .record import get_record, kept_ffn
-from .structure import PATCH_KEY
+from .structure import PATCH_KEY, stock_class
 from .tasks import GLUE_HUB_ID, GLUE_TASKS, TaskSpec, get_task
 
 __all__ = [
@@ -106,11 +106,8 @@ def unpruned_twin(model: nn.Module, device: str | torch.device | None = None) ->
     adapter.set_intermediate_size(config, original["intermediate_size"])
     if adapter.uniform_heads_in_config:
         adapter.set_head_counts(config, original["num_heads"], original["num_kv_heads"], adapter.head_dim(config))
-    stock_class = type(model)
-    while getattr(stock_class, "_hfprune_restructured", False):
-        stock_class = stock_class.__base__
     with torch.device(device or "cpu"):
-        return stock_class(config)
+        return stock_class(model)(config)
 
 
 def _original_parameter_count(model: nn.Module) -> int | None:
@@ -500,7 +497,7 @@ def write_model_card(
     Returns:
         The rendered `ModelCard` (already saved as `output_dir/README.md`).
     """
-    from . import __version__
+    from .constants import __version__
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -648,6 +645,41 @@ def card_inputs(
         "repo_id": repo_id,
         "importance_note": importance_note,
     }
+
+
+def prune_card_inputs(
+    result: Any,
+    *,
+    base_model: str,
+    base_model_id: str | None,
+    task_name: str,
+    command: str,
+    repo_id: str,
+    base_num_parameters: int,
+) -> dict[str, Any]:
+    """`card_inputs` of a `prune_for_task` run, from its `PruneResult` (`task_name`: the card's task line)."""
+    method, schedule = result.settings["method"], result.settings["schedule"]
+    return card_inputs(
+        base_model=base_model,
+        base_model_id=base_model_id,
+        task=task_name,
+        metrics_before=result.metrics_before,
+        metrics_after=result.metrics_after,
+        baselines={split: value["majority"] for split, value in result.baselines.items()} if result.baselines else None,
+        weak_baseline=result.weak_baseline,
+        speed=result.speed,
+        importance=result.importance,
+        command=command,
+        pruning={key: value for key, value in result.settings.items() if value is not None},
+        base_num_parameters=base_num_parameters,
+        finetuned_first=result.finetuned_first,
+        repo_id=repo_id,
+        importance_note=(
+            "the same scores, on the same training examples, that chose the heads to remove"
+            if method == "importance" and schedule == "one_shot"
+            else f"for reference: the heads were chosen by {method!r} scores ({schedule.replace('_', '-')} schedule)"
+        ),
+    )
 
 
 def _checkpoint_skeleton(checkpoint_dir: Path) -> nn.Module:

@@ -126,6 +126,14 @@ def resolve_model(
     return ModelSource(name_or_path, config, gguf_file, is_local, load_kwargs)
 
 
+def config_has_head(config: Any, data: TaskData) -> bool:
+    """Whether the checkpoint's config declares a trained classifier for this task (no weights are read)."""
+    if data.is_lm:
+        return True
+    architectures = getattr(config, "architectures", None) or []
+    return any(name.endswith("ForSequenceClassification") for name in architectures) and config.num_labels == data.spec.num_labels
+
+
 def load_tokenizer(source: ModelSource) -> Any:
     """The model's tokenizer, refused when it is the empty stand-in transformers builds from nothing."""
     from transformers import AutoTokenizer

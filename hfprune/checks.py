@@ -14,14 +14,25 @@ surgery cuts, so those are refused before anything changes.
 from __future__ import annotations
 
 import operator
+import sys
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
-from transformers import PreTrainedModel
 
 from .errors import PruningError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+
+def _is_pretrained(value) -> bool:
+    """`isinstance(value, PreTrainedModel)` without importing transformers' modeling code, which pulls in scipy:
+    until something has imported it, no model can exist."""
+    modeling = sys.modules.get("transformers.modeling_utils")
+    return modeling is not None and isinstance(value, modeling.PreTrainedModel)
 
 _PEFT_ADVICE = (
     "call model.merge_and_unload() first (or prune before adding adapters): LoRA layers wrap the "
@@ -123,7 +134,7 @@ def _unwrap(model, *, through_compile: bool):
 
 
 def _expect_pretrained(model) -> None:
-    if not isinstance(model, PreTrainedModel):
+    if not _is_pretrained(model):
         raise PruningError(f"expected a transformers PreTrainedModel, got {type(model).__name__}")
 
 
@@ -133,7 +144,7 @@ def model_for_surgery(model) -> PreTrainedModel:
     name = type(inner).__name__
     if isinstance(inner, nn.Module) and any(_is_peft(module) for module in inner.modules()):
         raise PruningError(f"cannot prune a model with PEFT adapters ({name}); {_PEFT_ADVICE}")
-    if not isinstance(inner, PreTrainedModel) and isinstance(getattr(inner, "module", None), nn.Module):
+    if not _is_pretrained(inner) and isinstance(getattr(inner, "module", None), nn.Module):
         raise PruningError(
             f"cannot prune through a {name} wrapper: it keeps its own references to the parameters that surgery "
             f"replaces; prune the model inside it ({name}.module) before wrapping it"
@@ -164,9 +175,9 @@ def model_for_config(model) -> PreTrainedModel:
 def _config_holder(model) -> PreTrainedModel:
     if _is_peft(model) and hasattr(model, "get_base_model"):  # PeftModel
         model = model.get_base_model()
-    elif _is_peft(model) and isinstance(getattr(model, "model", None), PreTrainedModel):  # LoraModel & co
+    elif _is_peft(model) and _is_pretrained(getattr(model, "model", None)):  # LoraModel & co
         model = model.model
-    elif not isinstance(model, PreTrainedModel) and isinstance(getattr(model, "module", None), PreTrainedModel):
+    elif not _is_pretrained(model) and _is_pretrained(getattr(model, "module", None)):
         model = model.module  # DDP and other wrappers: hooks on the inner modules run inside their forward
     _expect_pretrained(model)
     return model

@@ -6,6 +6,8 @@ build its help text and check an option without importing torch.
 
 from __future__ import annotations
 
+__version__ = "0.1.0"
+
 # ---- methods -----------------------------------------------------------------------------------------
 SCORING_METHODS: tuple[str, ...] = ("importance", "taylor", "ablation", "magnitude", "random")
 """Head scores of `hfprune.scores.score_units`, `pipeline.score_heads` and `hfprune score --method`."""
@@ -17,8 +19,11 @@ PRUNING_METHODS: tuple[str, ...] = tuple(method for method in SCORING_METHODS if
 """`PruningArguments.pruning_method` and `hfprune prune --method`: every scoring method but ablation (one
 evaluation pass per head, heads only), plus "l0" (trained hard-concrete gates instead of scores)."""
 
-# ---- schedules ---------------------------------------------------------------------------------------
+# ---- schedules and strategies ------------------------------------------------------------------------
 PRUNING_SCHEDULES: tuple[str, ...] = ("one_shot", "iterative")
+
+LAYER_STRATEGIES: tuple[str, ...] = ("top", "bottom", "even", "odd", "symmetric", "contribution")
+"""Which layers `hfprune.plan.layers_to_drop` drops (Sajjad et al. 2020, plus "contribution": by layer scores)."""
 
 # ---- files -------------------------------------------------------------------------------------------
 README_FILE = "README.md"  # the model card
@@ -28,6 +33,8 @@ SPEED_FILE = "speed.json"  # `SpeedReport.save_json` next to a checkpoint
 HEADS_IMAGE = "heads.png"
 IMPORTANCE_IMAGE = "importance.png"
 SPEED_IMAGE = "speed.png"  # written by `SpeedReport.plot` when a speed report is saved with the checkpoint
+PRUNING_STATE_FILE = "pruning_state.json"  # `PruningTrainer`'s resume state, inside each of its checkpoints
+L0_GATES_FILE = "l0_gates.pt"  # the L0 gates of a checkpoint taken while they train
 
 
 def choices(names: tuple[str, ...]) -> str:
@@ -39,13 +46,17 @@ __all__ = [
     "DATA_FREE_METHODS",
     "HEADS_IMAGE",
     "IMPORTANCE_IMAGE",
+    "L0_GATES_FILE",
+    "LAYER_STRATEGIES",
     "PRUNING_METHODS",
     "PRUNING_SCHEDULES",
+    "PRUNING_STATE_FILE",
     "README_FILE",
     "REMOTE_CODE_FILE",
     "RESULTS_FILE",
     "SCORING_METHODS",
     "SPEED_FILE",
     "SPEED_IMAGE",
+    "__version__",
     "choices",
 ]

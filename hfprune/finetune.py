@@ -10,13 +10,16 @@ import ctypes
 import gc
 import math
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .callbacks import progress_callbacks
-from .tasks import TaskData, _collator, make_compute_metrics
+from .checkpoint import ModelSource, load_model_for_task
+from .rundir import FINETUNED_DIR, _save_folder, _save_state
+from .tasks import TaskData, _collator, _tokenized, make_compute_metrics
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -27,6 +30,7 @@ __all__ = [
     "MAX_MICRO_BATCH",
     "default_finetune_epochs",
     "micro_batches",
+    "prepare_dense_model",
     "release_memory",
     "validation_slice",
 ]
@@ -148,6 +152,53 @@ def _finetune(
     del trainer
     release_memory()
     return summary
+
+
+def prepare_dense_model(
+    source: ModelSource,
+    data: TaskData,
+    work_dir: Path,
+    state: dict[str, Any],
+    *,
+    finetune_epochs: float | None,
+    max_length: int,
+    progress,
+    say: Callable[[str], None],
+    **training: Any,
+) -> tuple[Any, Any, Dataset]:
+    """`(model, tokenizer, train)`: the model to prune, solving the task, and the examples later stages train on.
+
+    A checkpoint with a trained head for the task is used as it is. One without gets a head fine-tuned first (at
+    most `finetune_epochs`, default `default_finetune_epochs`), with early stopping on a validation slice of train
+    that is then left out of `train`, so no later step trains on what chose when to stop. The fine-tuned model is
+    kept in `work_dir` and `state["finetuned_first"]` records the choice, so a resumed run reloads it.
+    `training`: `batch_size`, `learning_rate`, `seed` and `device`.
+    """
+    from transformers import set_seed
+
+    set_seed(training["seed"])
+    finetuned = work_dir / FINETUNED_DIR
+    if state.get("finetuned_first") and finetuned.is_dir():
+        say(f"resuming from the fine-tuned model in {finetuned}")
+        model, tokenizer, _ = load_model_for_task(str(finetuned), data)
+    else:
+        say(f"loading {source.display_name} for {data.name} ({data.source})")
+        model, tokenizer, has_head = load_model_for_task(source, data)
+        state["finetuned_first"] = not has_head
+    train = _tokenized(data, data.train, tokenizer, max_length)
+    if not state["finetuned_first"]:
+        return model, tokenizer, train
+    train, validation = validation_slice(train, training["seed"])
+    if not finetuned.is_dir():
+        epochs = finetune_epochs if finetune_epochs is not None else default_finetune_epochs(len(train))
+        say(
+            f"{source.display_name} has no trained {data.name} head: fine-tuning it first (at most {epochs:g} epochs "
+            f"on {len(train)} examples, early stopping on {len(validation)} held-out training examples)"
+        )
+        state["finetune"] = _finetune(model, tokenizer, train, validation, data, work_dir, epochs=epochs, progress=progress, **training)
+        _save_folder(finetuned, model, tokenizer)
+        _save_state(work_dir, state)
+    return model, tokenizer, train
 
 
 def release_memory() -> None:

@@ -38,9 +38,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ._validation import check_count, check_number
 from .arch import get_adapter
 from .errors import PruningError
-from .record import get_record
+from .record import get_record, gqa_group_size
 from .surgery import prune_heads
 
 GAMMA, ZETA = -0.1, 1.1  # stretch limits of the hard-concrete distribution (Louizos et al. 2018)
@@ -56,21 +57,6 @@ class _Slot:
     index: int  # original layer index
     heads: list[int]  # original query heads that still exist
     units: torch.Tensor  # gate unit (head, or KV group) of each of `heads`
-
-
-def _check_number(name: str, value, low: float, high: float, *, closed: bool = False) -> float:
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-    ok = ok and (low <= value <= high if closed else low < value < high)
-    if not ok:
-        interval = f"[{low}, {high}]" if closed else f"({low}, {high})"
-        raise PruningError(f"{name} must be a number in {interval}, got {value!r}")
-    return float(value)
-
-
-def _check_step(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise PruningError(f"{name} must be a non-negative integer, got {value!r}")
-    return value
 
 
 class HeadGates(nn.Module):
@@ -101,18 +87,18 @@ class HeadGates(nn.Module):
         scale_attention_output: bool = True,
     ):
         super().__init__()
-        self.init_keep = _check_number("init_keep", init_keep, 0.0, 1.0)
-        self.temperature = _check_number("temperature", temperature, 0.0, math.inf)
-        self.l0_lambda = _check_number("l0_lambda", l0_lambda, 0.0, math.inf, closed=True)
-        self.warmup_steps = _check_step("warmup_steps", warmup_steps)
+        self.init_keep = check_number("init_keep", init_keep, 0, 1, open_low=True, open_high=True)
+        self.temperature = check_number("temperature", temperature, 0, open_low=True)
+        self.l0_lambda = check_number("l0_lambda", l0_lambda, 0)
+        self.warmup_steps = check_count("warmup_steps", warmup_steps)
         if not isinstance(scale_attention_output, bool):
             raise PruningError(f"scale_attention_output must be True or False, got {scale_attention_output!r}")
         self.scale_attention_output = scale_attention_output
 
         self.adapter = get_adapter(model)
-        original = get_record(model)["original"]
-        self.num_layers, self.num_heads = original["num_layers"], original["num_heads"]
-        self.group_size = self.num_heads // original["num_kv_heads"]
+        record = get_record(model)
+        self.num_layers, self.num_heads = record["original"]["num_layers"], record["original"]["num_heads"]
+        self.group_size = gqa_group_size(record)
         num_units = self.num_heads // self.group_size
         device = next(model.parameters()).device
         # P(z > 0) = sigmoid(log_alpha - beta log(-gamma / zeta)), solved for P = init_keep.
@@ -200,7 +186,7 @@ class HeadGates(nn.Module):
 
     def warmup_factor(self, step: int) -> float:
         """min(1, step / warmup_steps): Shim et al.'s linear sparsity-loss warm-up (1 without warm-up)."""
-        step = _check_step("step", step)
+        step = check_count("step", step)
         return 1.0 if self.warmup_steps == 0 else min(1.0, step / self.warmup_steps)
 
     def penalty(self, step: int) -> torch.Tensor:

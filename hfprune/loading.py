@@ -17,7 +17,7 @@ from .arch import get_adapter
 from .constants import REMOTE_CODE_FILE
 from .errors import PruningError
 from .record import check_record, validate_record
-from .structure import PATCH_KEY, restructured_class
+from .structure import PATCH_KEY, restructured_class, stock_class
 
 _CONFIG_KWARGS = ("revision", "token", "cache_dir", "local_files_only", "subfolder", "trust_remote_code", "gguf_file")
 _AUTO_CLASSES = (
@@ -201,20 +201,18 @@ def save_for_remote_code(model: nn.Module, save_directory: str | Path, **save_kw
     if not hasattr(model, "save_pretrained"):
         raise PruningError(f"expected a transformers PreTrainedModel, got {type(model).__name__}")
     save_directory = Path(save_directory)
-    stock_class = type(model)
-    while getattr(stock_class, "_hfprune_restructured", False):
-        stock_class = stock_class.__base__
-    auto_names = _auto_class_names(stock_class, model.config)
+    base_class = stock_class(model)
+    auto_names = _auto_class_names(base_class, model.config)
     if not auto_names:
-        raise PruningError(f"{stock_class.__name__} has no Auto class in transformers; it cannot be exported")
+        raise PruningError(f"{base_class.__name__} has no Auto class in transformers; it cannot be exported")
 
     model.save_pretrained(save_directory, **save_kwargs)
-    class_name = f"Pruned{stock_class.__name__}"
+    class_name = f"Pruned{base_class.__name__}"
     source = inspect.getsource(structure)
     source += (
-        f"\n\nfrom transformers import {stock_class.__name__}\n\n\n"
-        f"class {class_name}(restructured_class({stock_class.__name__})):\n"
-        f'    """{stock_class.__name__} with the pruned structure recorded in `config.hfprune`."""\n'
+        f"\n\nfrom transformers import {base_class.__name__}\n\n\n"
+        f"class {class_name}(restructured_class({base_class.__name__})):\n"
+        f'    """{base_class.__name__} with the pruned structure recorded in `config.hfprune`."""\n'
     )
     (save_directory / REMOTE_CODE_FILE).write_text(source)
 

@@ -14,18 +14,18 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from ._validation import check_count, check_fraction, check_number
 from .arch import get_adapter
 from .arch.base import resolve
+from .constants import LAYER_STRATEGIES  # re-exported: its first home
 from .errors import PruningError
 from .masks import apply_masks, make_head_mask
-from .record import get_record, kept_ffn
+from .record import get_record, gqa_group_size, kept_ffn
 from .scores import head_importance
 from .surgery import prune_heads
 
 if TYPE_CHECKING:  # pruning_config imports this module
     from .pruning_config import PruningConfig
-
-LAYER_STRATEGIES = ("top", "bottom", "even", "odd", "symmetric", "contribution")
 
 
 def _round(value: float) -> int:
@@ -33,30 +33,11 @@ def _round(value: float) -> int:
     return math.floor(value + 0.5)
 
 
-def _check_fraction(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-        raise PruningError(f"{name} must be a number in [0, 1), got {value!r}")
-    return float(value)
-
-
-def _check_unit_interval(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
-        raise PruningError(f"{name} must be a number in (0, 1], got {value!r}")
-    return float(value)
-
-
-def _check_count(name: str, value: int, limit: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= limit:
-        raise PruningError(f"{name} must be an integer in [0, {limit}], got {value!r}")
-    return value
-
-
 def _check_scores(scores: torch.Tensor, gqa_group_size: int) -> torch.Tensor:
     if not isinstance(scores, torch.Tensor) or scores.dim() != 2:
         raise PruningError("scores must be a 2-D [num_layers, units per layer] tensor (see hfprune.scores)")
     num_heads = scores.shape[1]
-    if isinstance(gqa_group_size, bool) or not isinstance(gqa_group_size, int) or gqa_group_size < 1:
-        raise PruningError(f"gqa_group_size must be a positive integer, got {gqa_group_size!r}")
+    check_count("gqa_group_size", gqa_group_size, 1, expected="a positive integer")
     if num_heads % gqa_group_size:
         raise PruningError(f"gqa_group_size {gqa_group_size} does not divide the {num_heads} heads per layer")
     return scores.detach().double().cpu()
@@ -82,8 +63,7 @@ def _units(scores: torch.Tensor, group_size: int) -> list[list[tuple[float, int,
 
 def _check_multiple(multiple_of: int, unit_size: int) -> int:
     """`multiple_of` in heads (or neurons), as a number of units; it must be made of whole units (1: no rounding)."""
-    if isinstance(multiple_of, bool) or not isinstance(multiple_of, int) or multiple_of < 1:
-        raise PruningError(f"multiple_of must be a positive integer, got {multiple_of!r}")
+    check_count("multiple_of", multiple_of, 1, expected="a positive integer")
     if multiple_of == 1:
         return 1
     if multiple_of % unit_size:
@@ -155,9 +135,9 @@ def heads_to_prune(
 
     def unit_budget(available_heads: int, limit: int) -> int:
         heads = (
-            _round(_check_fraction("fraction", fraction) * available_heads)
+            _round(check_fraction("fraction", fraction) * available_heads)
             if count is None
-            else _check_count("count", count, limit)
+            else check_count("count", count, 0, limit)
         )
         return _round(heads / gqa_group_size)
 
@@ -237,9 +217,8 @@ def layers_to_drop(
     - "contribution": the k layers with the highest input/output cosine similarity (`scores`, from
       `hfprune.scores.layer_cosine_scores`); ties drop the lower index first, NaN layers are never picked.
     """
-    if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
-        raise PruningError(f"num_layers must be a positive integer, got {num_layers!r}")
-    k = _check_count("k", k, num_layers - 1)
+    check_count("num_layers", num_layers, 1, expected="a positive integer")
+    k = check_count("k", k, 0, num_layers - 1)
     if strategy not in LAYER_STRATEGIES:
         raise PruningError(f"unknown layer-dropping strategy {strategy!r}; choose from {list(LAYER_STRATEGIES)}")
     if strategy == "contribution":
@@ -302,14 +281,13 @@ def iterative_head_pruning(
         heads), `metric` (None without `eval_fn`), `heads_pruned` (that step's plan) and `applied` (False
         only for a last step rejected by `min_metric_fraction`).
     """
-    target_sparsity = _check_fraction("target_sparsity", target_sparsity)
-    _check_unit_interval("step", step)
+    target_sparsity = check_fraction("target_sparsity", target_sparsity)
+    check_number("step", step, 0, 1, open_low=True)
     if min_metric_fraction is not None:
-        _check_unit_interval("min_metric_fraction", min_metric_fraction)
+        check_number("min_metric_fraction", min_metric_fraction, 0, 1, open_low=True)
         if eval_fn is None:
             raise PruningError("min_metric_fraction needs an eval_fn to measure the metric")
-    original = get_record(model)["original"]
-    group_size = original["num_heads"] // original["num_kv_heads"]
+    group_size = gqa_group_size(get_record(model))
     pruned, total = _pruned_heads(model)
     target, per_step = _round(target_sparsity * total), max(1, _round(step * total))
 
@@ -415,6 +393,69 @@ def final_targets(args: PruningConfig, model: nn.Module) -> dict[str, float]:
     return scaled
 
 
+def step_targets(targets: dict[str, float], step: int, num_steps: int) -> dict[str, float]:
+    """The sparsities pruning step `step` of `num_steps` reaches: an equal share of every final target per step."""
+    return {kind: value * step / num_steps for kind, value in targets.items()}
+
+
+def plan_to_goal(
+    scores: torch.Tensor,
+    kept_goal: int,
+    planner: Callable[..., dict[int, list[int]]],
+    kept: list[list[int]],
+    kept_layers: list[int],
+    *,
+    per_layer: bool,
+) -> dict[int, list[int]]:
+    """Plan heads or neurons (`planner`: `heads_to_prune` or `ffn_to_prune`) so that `kept_goal` remain in all.
+
+    `kept[i]` are the units current layer `i` (original id `kept_layers[i]`) still has. Globally: one call for
+    the difference. Per layer: every remaining layer keeps kept_goal / layers of them, planned layer by layer
+    (a layer already below that loses nothing).
+    """
+    current = sum(len(units) for units in kept)
+    if not per_layer:
+        return planner(scores, count=max(current - kept_goal, 0), per_layer=False)
+    per_layer_goal = _round(kept_goal / len(kept_layers))
+    plan = {}
+    for position, layer in enumerate(kept_layers):
+        count = len(kept[position]) - per_layer_goal
+        if count <= 0:
+            continue
+        row = torch.full_like(scores, float("nan"))
+        row[layer] = scores[layer]
+        plan.update(planner(row, count=count, per_layer=True))
+    return plan
+
+
+def resolve_layers_to_drop(
+    kept_layers: list[int],
+    *,
+    k: int | None = None,
+    layers: Iterable[int] | None = None,
+    strategy: str = "top",
+    scores: torch.Tensor | None = None,
+) -> list[int] | None:
+    """Original ids of the layers a drop request removes from a model that keeps `kept_layers` (original ids).
+
+    The request is `layers` (original ids) or `k` layers chosen by `strategy`. "contribution" ranks by the layer
+    `scores` (`hfprune.scores.layer_cosine_scores`); without them the request is only checked and None returned,
+    so that a bad one fails before the model is loaded to score it.
+    """
+    if layers is not None:
+        layers = list(layers)
+        if set(layers) - set(kept_layers) or len(set(layers)) >= len(kept_layers):
+            raise PruningError(f"layers {sorted(set(layers))} cannot be dropped: the model has layers {kept_layers}")
+        return layers
+    if strategy == "contribution":
+        count = len(kept_layers)
+        check_count("k", k, 1, count - 1, expected=f"an integer in [1, {count - 1}] for a model with {count} layers")
+        if scores is None:
+            return None
+        scores = scores[kept_layers] if scores.shape[0] != count else scores
+    return [kept_layers[i] for i in layers_to_drop(len(kept_layers), k, strategy, scores)]
+
+
 __all__ = [
     "LAYER_STRATEGIES",
     "best_head_per_layer",
@@ -424,4 +465,7 @@ __all__ = [
     "heads_to_prune",
     "iterative_head_pruning",
     "layers_to_drop",
+    "plan_to_goal",
+    "resolve_layers_to_drop",
+    "step_targets",
 ]

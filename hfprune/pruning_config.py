@@ -7,23 +7,14 @@ and their checks can be read, parsed (`HfArgumentParser`) and documented without
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from transformers import TrainingArguments
 
-from .constants import PRUNING_METHODS, PRUNING_SCHEDULES
+from ._validation import check_count, check_fraction, check_number
+from .constants import LAYER_STRATEGIES, PRUNING_METHODS, PRUNING_SCHEDULES
 from .errors import PruningError
-from .plan import LAYER_STRATEGIES
-
-
-def _is_number(value: Any) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-
-
-def _is_count(value: Any, low: int) -> bool:
-    return not isinstance(value, bool) and isinstance(value, int) and value >= low
 
 
 @dataclass
@@ -186,12 +177,9 @@ class PruningConfig(TrainingArguments):
                 value = message.split(" must")[0]
                 raise PruningError(f"{message}, got {getattr(self, value)!r}")
         for name in ("target_head_sparsity", "target_ffn_sparsity", "target_layer_sparsity"):
-            value = getattr(self, name)
-            if not _is_number(value) or not 0 <= value < 1:
-                raise PruningError(f"{name} must be a number in [0, 1), got {value!r}")
-        budget = self.target_param_budget
-        if budget is not None and (not _is_number(budget) or not 0 < budget <= 1):
-            raise PruningError(f"target_param_budget must be None or a number in (0, 1], got {budget!r}")
+            check_fraction(name, getattr(self, name))
+        if self.target_param_budget is not None:
+            check_number("target_param_budget", self.target_param_budget, 0, 1, open_low=True, expected="None or a number in (0, 1]")
         for name, low in (
             ("pruning_steps", 1),
             ("round_to_multiple", 1),
@@ -201,18 +189,13 @@ class PruningConfig(TrainingArguments):
             ("l0_warmup_steps", 0),
             ("l0_steps", 0),
         ):
-            if not _is_count(getattr(self, name), low):
-                raise PruningError(f"{name} must be an integer >= {low}, got {getattr(self, name)!r}")
+            check_count(name, getattr(self, name), low)
         for name in ("recovery_epochs", "l0_epochs", "l0_lambda"):
-            if not _is_number(getattr(self, name)) or getattr(self, name) < 0:
-                raise PruningError(f"{name} must be a number >= 0, got {getattr(self, name)!r}")
-        if not _is_number(self.distillation_alpha) or not 0 <= self.distillation_alpha <= 1:
-            raise PruningError(f"distillation_alpha must be a number in [0, 1], got {self.distillation_alpha!r}")
+            check_number(name, getattr(self, name), 0)
+        check_number("distillation_alpha", self.distillation_alpha, 0, 1)
         for name in ("distillation_temperature", "l0_learning_rate"):
-            if not _is_number(getattr(self, name)) or getattr(self, name) <= 0:
-                raise PruningError(f"{name} must be a number > 0, got {getattr(self, name)!r}")
-        if not _is_number(self.l0_init_keep) or not 0 < self.l0_init_keep < 1:
-            raise PruningError(f"l0_init_keep must be a number in (0, 1), got {self.l0_init_keep!r}")
+            check_number(name, getattr(self, name), 0, open_low=True)
+        check_number("l0_init_keep", self.l0_init_keep, 0, 1, open_low=True, open_high=True)
         if self.pruning_schedule == "one_shot" and self.pruning_steps != 1:
             raise PruningError(
                 f"pruning_steps={self.pruning_steps} needs pruning_schedule='iterative' (one_shot is one step)"
@@ -237,6 +220,21 @@ class PruningConfig(TrainingArguments):
                 "PruningArguments ignores num_train_epochs: set recovery_epochs (per pruning step) instead"
             )
 
+    def card_settings(self) -> dict[str, Any]:
+        """What the model card's pruning table shows of these arguments."""
+        return {
+            "method": self.pruning_method,
+            "schedule": self.pruning_schedule,
+            "steps": self.pruning_steps,
+            "target_head_sparsity": self.target_head_sparsity,
+            "target_ffn_sparsity": self.target_ffn_sparsity,
+            "target_layer_sparsity": self.target_layer_sparsity,
+            "recovery_epochs": self.recovery_epochs,
+            "recovery_steps": self.recovery_steps,
+            "distillation_alpha": self.distillation_alpha,
+            "learning_rate": self.learning_rate,
+        }
+
     @property
     def num_pruning_steps(self) -> int:
         return self.pruning_steps if self.pruning_schedule == "iterative" else 1
@@ -244,4 +242,26 @@ class PruningConfig(TrainingArguments):
 
 PruningArguments = PruningConfig  # the first name, kept for existing code
 
-__all__ = ["PruningArguments", "PruningConfig"]
+# The jobs' setting names (`prune_for_task(head_sparsity=...)`, the card's pruning table) and the fields they set.
+FIELD_OF_SETTING = {
+    "method": "pruning_method",
+    "schedule": "pruning_schedule",
+    "steps": "pruning_steps",
+    "head_sparsity": "target_head_sparsity",
+    "ffn_sparsity": "target_ffn_sparsity",
+    "layer_sparsity": "target_layer_sparsity",
+    "layer_strategy": "layer_strategy",
+    "per_layer": "per_layer_ranking",
+    "score_num_examples": "score_num_examples",
+    "recovery_epochs": "recovery_epochs",
+    "distillation_alpha": "distillation_alpha",
+}
+
+
+def config_from_settings(settings: dict[str, Any], **training_arguments: Any) -> PruningConfig:
+    """The `PruningConfig` of a job's `settings` (keys of `FIELD_OF_SETTING`; others are ignored)."""
+    fields = {FIELD_OF_SETTING[key]: value for key, value in settings.items() if key in FIELD_OF_SETTING}
+    return PruningConfig(**fields, **training_arguments)
+
+
+__all__ = ["FIELD_OF_SETTING", "PruningArguments", "PruningConfig", "config_from_settings"]

@@ -45,10 +45,14 @@ def kept_ffn(record: dict[str, Any], layer: int) -> list[int]:
     return list(range(record["original"]["intermediate_size"])) if kept is None else kept
 
 
+def gqa_group_size(record: dict[str, Any]) -> int:
+    """Query heads per key/value head in the original model (1 without grouped-query attention)."""
+    return record["original"]["num_heads"] // record["original"]["num_kv_heads"]
+
+
 def kv_groups(record: dict[str, Any], heads: list[int]) -> list[int]:
     """Original key/value heads used by the given original query heads."""
-    original = record["original"]
-    group_size = original["num_heads"] // original["num_kv_heads"]
+    group_size = gqa_group_size(record)
     return sorted({head // group_size for head in heads})
 
 

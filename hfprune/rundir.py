@@ -11,7 +11,7 @@ import json
 import math
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +22,7 @@ from .errors import PipelineInputError, _first_line
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["FINETUNED_DIR", "IMPORTANCE_FILE", "RUN_STATE", "work_dir_for"]
+__all__ = ["FINETUNED_DIR", "IMPORTANCE_FILE", "RUN_STATE", "load_or_compute", "work_dir_for"]
 
 RUN_STATE = "run.json"
 FINETUNED_DIR = "finetuned"
@@ -73,6 +73,20 @@ def _save_folder(folder: Path, model: nn.Module, tokenizer: Any) -> None:
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
     staging.rename(folder)
+
+
+def load_or_compute(path: Path, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """The tensor an earlier try of the run saved at `path`, or `compute()` saved there now.
+
+    It is written next to `path` and renamed, so a kill or a full disk never leaves half a file to resume from.
+    """
+    if path.is_file():
+        return torch.load(path)
+    value = compute()
+    staging = path.with_name(f"{path.name}.tmp")
+    torch.save(value, staging)
+    staging.replace(path)
+    return value
 
 
 def _has_pruning_checkpoint(folder: Path) -> bool:

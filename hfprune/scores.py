@@ -29,7 +29,7 @@ from .arch.base import resolve
 from .constants import SCORING_METHODS, choices
 from .errors import PruningError
 from .masks import apply_masks
-from .record import get_record, kept_ffn, kv_groups
+from .record import get_record, gqa_group_size, kept_ffn, kv_groups
 
 Batch = Mapping[str, Any]
 LossFn = Callable[[Any, Batch], torch.Tensor]
@@ -317,8 +317,7 @@ def magnitude_head_scores(model: nn.Module) -> torch.Tensor:
     Biases are left out. NaN for heads already gone.
     """
     adapter, record = get_adapter(model), get_record(model)
-    original = record["original"]
-    group_size = original["num_heads"] // original["num_kv_heads"]
+    original, group_size = record["original"], gqa_group_size(record)
     scores = torch.full((original["num_layers"], original["num_heads"]), float("nan"), dtype=torch.float64)
     for position, layer in enumerate(adapter.get_layers(model)):
         heads = record["kept_heads"][position]

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+from ._validation import check_count, is_integer
 from .errors import PruningError
 
 ProgressFn = Callable[[int, int, dict[str, Any]], None]
@@ -53,15 +54,13 @@ def _check_positive_ints(name: str, values: Iterable[int]) -> tuple[int, ...]:
     if not values:
         raise PruningError(f"{name} is empty: give at least one positive integer")
     for value in values:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if not is_integer(value) or value < 1:
             raise PruningError(f"{name} must be positive integers, got {value!r}")
     return tuple(dict.fromkeys(values))
 
 
 def _check_int(name: str, value: int, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise PruningError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
+    return check_count(name, value, minimum)
 
 
 def _check_model(name: str, model: Any) -> nn.Module:
@@ -605,6 +604,28 @@ def measure_speed(
     return SpeedReport(device=_device_name(device, threads), rows=rows, settings=settings, noise=noise)
 
 
+def time_against_dense(
+    pruned: nn.Module,
+    dense: nn.Module | None = None,
+    *,
+    progress: Callable[[str, int, int], None] | None = None,
+    **measure_kwargs: Any,
+) -> SpeedReport:
+    """`measure_speed` of a pruned model beside its dense original, named "dense" and "pruned".
+
+    Without `dense`, the baseline is a random-weight model with the original shapes, on the pruned model's
+    device and dtype: timing does not depend on weight values, so the dense checkpoint is not needed.
+    `progress(stage, done, total)` is the jobs' progress callback.
+    """
+    if dense is None:
+        from .card import unpruned_twin
+
+        reference = next(pruned.parameters())
+        dense = unpruned_twin(pruned).to(reference.device, reference.dtype).eval()
+    callback = (lambda done, total, row: progress("time dense vs pruned", done, total)) if progress else None
+    return measure_speed({"dense": dense, "pruned": pruned}, progress=callback, **measure_kwargs)
+
+
 def _run(timer, model, inputs, kwargs, name: str, batch_size: int, seq_len: int) -> float:
     try:
         return timer(lambda: model(**inputs, **kwargs))
@@ -614,4 +635,12 @@ def _run(timer, model, inputs, kwargs, name: str, batch_size: int, seq_len: int)
         ) from None
 
 
-__all__ = ["SpeedReport", "assess_noise", "count_flops", "load_reasons", "measure_speed", "noise_reasons"]
+__all__ = [
+    "SpeedReport",
+    "assess_noise",
+    "count_flops",
+    "load_reasons",
+    "measure_speed",
+    "noise_reasons",
+    "time_against_dense",
+]

@@ -76,16 +76,21 @@ class EmptyMLP(nn.Module):
 _MODULE_TYPES = {"EmptyAttention": EmptyAttention, "EmptyMLP": EmptyMLP}
 
 
+def stock_class(model_or_class: nn.Module | type) -> type:
+    """The transformers class under hfprune's restructured subclass (the class itself when it is stock)."""
+    cls = model_or_class if isinstance(model_or_class, type) else type(model_or_class)
+    while getattr(cls, "_hfprune_restructured", False):
+        cls = cls.__base__
+    return cls
+
+
 def _reference_model(model: nn.Module) -> nn.Module:
     """The model that `model.config` alone builds, on the meta device (no memory, no init cost)."""
-    stock_class = type(model)
-    while getattr(stock_class, "_hfprune_restructured", False):
-        stock_class = stock_class.__base__
     config = copy.deepcopy(model.config)
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     with torch.device("meta"):
-        return stock_class(config)
+        return stock_class(model)(config)
 
 
 def structure_patch(model: nn.Module) -> list[dict[str, Any]]:

@@ -25,7 +25,7 @@ from torch import nn
 from .arch import get_adapter
 from .checks import check_indices, check_mapping, model_for_surgery
 from .errors import PruningError
-from .record import check_record, get_record, kept_ffn, kv_groups, save_record
+from .record import check_record, get_record, gqa_group_size, kept_ffn, kv_groups, save_record
 from .transaction import all_or_nothing
 
 
@@ -96,8 +96,7 @@ def prune_heads(model: nn.Module, heads_to_prune: Mapping[int, Iterable[int]]) -
 
 
 def _check_even_groups(record: dict, layer: int, kept: list[int]) -> None:
-    original = record["original"]
-    group_size = original["num_heads"] // original["num_kv_heads"]
+    group_size = gqa_group_size(record)
     if group_size == 1 or not kept:
         return
     per_group = {}

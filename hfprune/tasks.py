@@ -25,6 +25,7 @@ import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
 from . import metrics
+from ._validation import check_count
 from .errors import _first_line
 
 if TYPE_CHECKING:
@@ -645,8 +646,8 @@ def load_task_data(
     every eval split. Raises `TaskDataError` (a `ValueError`) for any data problem.
     """
     for name, value in (("max_train_samples", max_train_samples), ("max_eval_samples", max_eval_samples)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise TaskDataError(f"{name} must be a positive integer, got {value!r}")
+        if value is not None:
+            check_count(name, value, 1, error=TaskDataError, expected="a positive integer")
     if data_dir is not None and not Path(data_dir).is_dir():
         raise TaskDataError(f"data directory {data_dir} does not exist")
     key = task.lower().replace("-", "").replace("_", "")
@@ -721,6 +722,18 @@ def _tokenized(data: TaskData, split: Dataset | list[str], tokenizer, max_length
     if data.is_lm:
         return lm_blocks(split, tokenizer, block_size=max_length)
     return tokenize_task(split, tokenizer, data.spec, max_length=max_length)
+
+
+def scoring_batches(data: TaskData, tokenizer: Any, *, num_examples: int, batch_size: int, max_length: int) -> list[dict]:
+    """The first `num_examples` training examples in batches: what head and layer scores are computed on
+    (never the eval splits, which only report)."""
+    from torch.utils.data import DataLoader
+
+    if data.train is None:
+        raise TaskDataError("scoring needs training examples")
+    dataset = _tokenized(data, data.train, tokenizer, max_length)
+    dataset = dataset.select(range(min(num_examples, len(dataset))))
+    return list(DataLoader(dataset, batch_size=batch_size, collate_fn=None if data.is_lm else _collator(tokenizer)))
 
 
 def _device(model: torch.nn.Module) -> torch.device:

@@ -37,61 +37,27 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, set_s
 from transformers.utils import logging
 
 from .arch import get_adapter
-from .constants import DATA_FREE_METHODS, PRUNING_METHODS, PRUNING_SCHEDULES  # noqa: F401 (re-exported)
+from .constants import DATA_FREE_METHODS, L0_GATES_FILE, PRUNING_METHODS, PRUNING_SCHEDULES, PRUNING_STATE_FILE  # noqa: F401
+from .distributed import average_over_processes, check_same_plan, is_distributed
 from .errors import PruningError
 from .gates import HeadGates
 from .plan import _num_parameters, _round, _sparsities, ffn_to_prune, final_targets, heads_to_prune, layers_to_drop
+from .plan import plan_to_goal, step_targets
 from .pruning_config import PruningArguments, PruningConfig  # noqa: F401 (PruningArguments: re-exported)
-from .record import get_record, kept_ffn
+from .record import get_record, gqa_group_size, kept_ffn
 from .scores import layer_cosine_scores, normalize_per_layer, score_units
 from .surgery import drop_layers, prune_ffn, prune_heads, restore_structure
 
 logger = logging.get_logger(__name__)
 
-PRUNING_STATE_NAME = "pruning_state.json"
-L0_GATES_NAME = "l0_gates.pt"
+PRUNING_STATE_NAME, L0_GATES_NAME = PRUNING_STATE_FILE, L0_GATES_FILE  # their first names
 _PHASES = ("l0", "recovery")  # order of the phases inside one pruning step
 # Arguments that define what a run prunes: a checkpoint made with other values cannot be resumed.
 _RESUME_KEYS = (
-    "pruning_method",
-    "pruning_schedule",
-    "pruning_steps",
-    "target_head_sparsity",
-    "target_ffn_sparsity",
-    "target_layer_sparsity",
-    "target_param_budget",
-    "layer_strategy",
-    "per_layer_ranking",
-    "round_to_multiple",
+    "pruning_method", "pruning_schedule", "pruning_steps", "target_head_sparsity", "target_ffn_sparsity",
+    "target_layer_sparsity", "target_param_budget", "layer_strategy", "per_layer_ranking", "round_to_multiple",
     "round_heads_to_multiple",
-)
-
-
-# ---- distributed helpers -------------------------------------------------------------------------------
-def _distributed() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
-def _average(tensor: torch.Tensor, weight: int, device: torch.device) -> torch.Tensor:
-    """The `weight`-weighted mean of `tensor` over all processes (the tensor itself when not distributed)."""
-    if not _distributed() or torch.distributed.get_world_size() == 1:
-        return tensor
-    dtype = tensor.dtype
-    packed = torch.cat([tensor.double().flatten() * weight, torch.tensor([float(weight)], dtype=torch.float64)])
-    packed = packed.to(device)
-    torch.distributed.all_reduce(packed)
-    packed = packed.cpu()
-    return (packed[:-1] / packed[-1]).reshape(tensor.shape).to(dtype)
-
-
-def _check_same_plan(plan: Any) -> None:
-    """Raise rather than let DDP hang or silently diverge if the ranks planned different surgeries."""
-    if not _distributed() or torch.distributed.get_world_size() == 1:
-        return
-    plans: list[Any] = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(plans, json.dumps(plan, sort_keys=True))
-    if len(set(plans)) > 1:
-        raise PruningError("the processes planned different pruning steps; scores must be identical on every rank")
+)  # fmt: skip
 
 
 # ---- the trainer ---------------------------------------------------------------------------------------
@@ -109,6 +75,8 @@ class PruningTrainer(Trainer):
     After `train()`, `pruning_history` holds one dict per pruning step (step 0: the model as given): `step`,
     `head_sparsity`, `ffn_sparsity`, `layer_sparsity`, `num_parameters`, `train_steps` and the eval metrics.
     Each entry is also sent through `self.log` (with `step` renamed `pruning_step`), so `report_to` sees it.
+    `pruning_scores[step]` holds the scores (`{"heads" | "ffn": [num_layers, units]}`) that step ranked by, so
+    a card or a plot can show them without scoring the model again.
     """
 
     def __init__(
@@ -137,6 +105,7 @@ class PruningTrainer(Trainer):
         self.score_dataset = score_dataset
         self.teacher_model = teacher_model
         self.pruning_history: list[dict[str, Any]] = []
+        self.pruning_scores: dict[int, dict[str, torch.Tensor]] = {}  # the scores each pruning step ranked by
         self._stage: tuple[int, str] | None = None  # (pruning step, phase) being trained: where checkpoints go
         self._gates: HeadGates | None = None
         self._gates_grad_step: int | None = None  # the optimizer step whose gradient log_alpha.grad holds
@@ -230,7 +199,7 @@ class PruningTrainer(Trainer):
             output = self._run_phase((step, "l0"), args.l0_epochs, args.l0_steps, resuming, state, ignore_keys_for_eval)
             plan = self._gates.heads_to_prune()
             self.l0_gate_values = self._gates.gate_values().cpu()
-            _check_same_plan(plan)
+            check_same_plan(plan)
             self._gates.finalize(self.model)
         finally:
             self._gates.detach()
@@ -293,13 +262,10 @@ class PruningTrainer(Trainer):
         self.log(logs)
 
     # ---- one pruning step ------------------------------------------------------------------------------
-    def _targets_at(self, step: int, targets: dict[str, float]) -> dict[str, float]:
-        return {kind: value * step / self.args.num_pruning_steps for kind, value in targets.items()}
-
     def _prune_step(self, step: int, targets: dict[str, float]) -> dict[str, Any]:
         """Drop layers, then score and prune heads and FFN neurons, up to this step's share of the targets."""
         args, model = self.args, self.model
-        targets = self._targets_at(step, targets)
+        targets = step_targets(targets, step, args.num_pruning_steps)
         original = get_record(model)["original"]
         num_layers, num_heads = original["num_layers"], original["num_heads"]
         plan: dict[str, Any] = {"layers": [], "heads": {}, "ffn": {}}
@@ -308,7 +274,7 @@ class PruningTrainer(Trainer):
         dropped = num_layers - len(get_record(model)["kept_layers"])
         if to_drop > dropped:
             plan["layers"] = self._plan_layers(to_drop, dropped, step)
-            _check_same_plan(plan["layers"])
+            check_same_plan(plan["layers"])
             drop_layers(model, plan["layers"])
 
         record = get_record(model)
@@ -322,51 +288,23 @@ class PruningTrainer(Trainer):
         if ffn_goal > ffn_total - ffn_kept:
             kinds.append("ffn")
         if kinds:
-            scores = self._unit_scores(kinds, step)
-            group_size = num_heads // original["num_kv_heads"]
-            if "heads" in scores:
-                plan["heads"] = self._plan_units(
-                    scores["heads"],
-                    num_layers * num_heads - heads_goal,
-                    lambda s, **kw: heads_to_prune(
-                        s, gqa_group_size=group_size, multiple_of=args.round_heads_to_multiple, **kw
-                    ),
-                    record["kept_heads"],
-                    record["kept_layers"],
+            scores = self.pruning_scores[step] = self._unit_scores(kinds, step)
+            group_size = gqa_group_size(record)
+            planners = {
+                "heads": lambda s, **kw: heads_to_prune(s, gqa_group_size=group_size, multiple_of=args.round_heads_to_multiple, **kw),
+                "ffn": lambda s, **kw: ffn_to_prune(s, multiple_of=args.round_to_multiple, **kw),
+            }  # fmt: skip
+            kept = {"heads": record["kept_heads"], "ffn": [kept_ffn(record, i) for i in range(len(record["kept_layers"]))]}
+            goals = {"heads": num_layers * num_heads - heads_goal, "ffn": ffn_total - ffn_goal}
+            for kind, unit_scores in scores.items():
+                plan[kind] = plan_to_goal(
+                    unit_scores, goals[kind], planners[kind], kept[kind], record["kept_layers"], per_layer=args.per_layer_ranking
                 )
-            if "ffn" in scores:
-                plan["ffn"] = self._plan_units(
-                    scores["ffn"],
-                    ffn_total - ffn_goal,
-                    lambda s, **kw: ffn_to_prune(s, multiple_of=args.round_to_multiple, **kw),
-                    [kept_ffn(record, position) for position in range(len(record["kept_layers"]))],
-                    record["kept_layers"],
-                )
-            _check_same_plan({"heads": plan["heads"], "ffn": plan["ffn"]})
+            check_same_plan({"heads": plan["heads"], "ffn": plan["ffn"]})
             prune_heads(model, plan["heads"])
             prune_ffn(model, plan["ffn"])
         self._after_surgery()
         logger.info(f"Pruning step {step}: {_sparsities(model)}")
-        return plan
-
-    def _plan_units(self, scores, kept_goal: int, planner, kept: list[list[int]], kept_layers: list[int]):
-        """Plan heads or neurons so that `kept_goal` of them remain over the whole model.
-
-        Globally: one call for the difference. Per layer: every remaining layer keeps kept_goal / layers of
-        them, planned layer by layer (a layer already below that loses nothing).
-        """
-        current = sum(len(units) for units in kept)
-        if not self.args.per_layer_ranking:
-            return planner(scores, count=max(current - kept_goal, 0), per_layer=False)
-        per_layer = _round(kept_goal / len(kept_layers))
-        plan = {}
-        for position, layer in enumerate(kept_layers):
-            count = len(kept[position]) - per_layer
-            if count <= 0:
-                continue
-            row = torch.full_like(scores, float("nan"))
-            row[layer] = scores[layer]
-            plan.update(planner(row, count=count, per_layer=True))
         return plan
 
     def _plan_layers(self, to_drop: int, dropped: int, step: int) -> list[int]:
@@ -375,7 +313,7 @@ class PruningTrainer(Trainer):
         kept = get_record(self.model)["kept_layers"]
         if strategy == "contribution":
             loader = self._score_dataloader()
-            scores = _average(layer_cosine_scores(self.model, loader), self._score_weight, self.args.device)
+            scores = average_over_processes(layer_cosine_scores(self.model, loader), self._score_weight, self.args.device)
             return layers_to_drop(num_layers, to_drop - dropped, strategy, scores)
         candidates = [layer for layer in layers_to_drop(num_layers, to_drop, strategy) if layer in kept]
         return candidates[: to_drop - dropped]
@@ -387,7 +325,7 @@ class PruningTrainer(Trainer):
             return score_units(model, method, kinds, seed=self.args.seed + step)
         # gradient scores: each process scores its shard, unnormalised; average first, then normalise
         scores = score_units(model, method, kinds, self._score_dataloader(), normalize=False)
-        scores = {kind: _average(value, self._score_weight, self.args.device) for kind, value in scores.items()}
+        scores = {kind: average_over_processes(value, self._score_weight, self.args.device) for kind, value in scores.items()}
         if method == "importance":  # Michel et al. normalise each layer before ranking globally
             scores = {kind: normalize_per_layer(value) for kind, value in scores.items()}
         return scores
@@ -408,13 +346,9 @@ class PruningTrainer(Trainer):
         if world > 1 and len(indices) >= world:
             indices = indices[rank::world]
         self._score_weight = len(indices)
-        try:
-            import datasets
+        import datasets
 
-            is_hf_dataset = isinstance(dataset, datasets.Dataset)
-        except ImportError:
-            is_hf_dataset = False
-        if is_hf_dataset:
+        if isinstance(dataset, datasets.Dataset):
             subset = self._remove_unused_columns(dataset.select(indices), description="scoring")
             collator = self.data_collator
         else:
@@ -472,7 +406,7 @@ class PruningTrainer(Trainer):
             gates.log_alpha.grad = None
             self._gates_grad_step = self.state.global_step
         loss = super().training_step(model, inputs, num_items_in_batch)
-        if gates is not None and gates.log_alpha.grad is not None and _distributed():
+        if gates is not None and gates.log_alpha.grad is not None and is_distributed():
             # the gates are not part of the DDP module: average their gradient by hand
             torch.distributed.all_reduce(gates.log_alpha.grad)
             gates.log_alpha.grad /= torch.distributed.get_world_size()
@@ -532,18 +466,7 @@ class PruningTrainer(Trainer):
             metrics_before=before,
             metrics_after=after,
             repo_id=self.hub_model_id or model_name,
-            pruning={
-                "method": args.pruning_method,
-                "schedule": args.pruning_schedule,
-                "steps": args.pruning_steps,
-                "target_head_sparsity": args.target_head_sparsity,
-                "target_ffn_sparsity": args.target_ffn_sparsity,
-                "target_layer_sparsity": args.target_layer_sparsity,
-                "recovery_epochs": args.recovery_epochs,
-                "recovery_steps": args.recovery_steps,
-                "distillation_alpha": args.distillation_alpha,
-                "learning_rate": args.learning_rate,
-            },
+            pruning=args.card_settings(),
             base_num_parameters=self.pruning_history[0]["num_parameters"] if self.pruning_history else None,
             license=license,
             tags=[tags] if isinstance(tags, str) else tags,
