@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from hfprune.constants import DATA_FREE_METHODS, IMPORTANCE_IMAGE, SCORING_METHODS, choices
+from hfprune.constants import IMPORTANCE_IMAGE, SCORES_FILE, SCORING_METHODS, choices
 
 from .common import (
     DataDirOption,
@@ -31,7 +31,6 @@ from .common import (
     warn,
 )
 
-SCORES_FILE = "head_scores.json"
 
 
 def score(
@@ -60,37 +59,16 @@ def score(
         quiet_libraries()
         import torch
 
-        from hfprune.card import plot_head_importance
-        from hfprune.checkpoint import load_model_for_task
-        from hfprune.output import check_output_dir, write_atomically
-        from hfprune.pipeline import score_heads
-        from hfprune.tasks import load_task_data
-        from hfprune.record import get_record
+        from hfprune.pipeline import score_task
 
         if method not in SCORING_METHODS:
             fail(f"unknown --method {method!r}; choose {choices(SCORING_METHODS)}")
-        check_output_dir(output_dir, overwrite)
         kwargs = data_kwargs(data_dir, train_file, validation_file, text_column, label_column, label_name)
-        data = load_task_data(task, max_train_samples=num_examples, seed=seed, **kwargs)
-        loaded, tokenizer, has_head = load_model_for_task(model, data, gguf_file=gguf_file)
-        if not has_head and method not in DATA_FREE_METHODS:
-            warn(f"{model} has no trained {data.name} head: gradient scores reflect a random classifier (fine-tune first, or use `hfprune prune`)")
-        scores = score_heads(loaded, tokenizer, data, method=method, num_examples=num_examples, batch_size=batch_size, max_length=max_length, seed=seed)
-        record = get_record(loaded)
-        payload = {
-            "model": model,
-            "task": data.name,
-            "method": method,
-            "num_examples": min(num_examples, len(data.train)),
-            "shape": list(scores.shape),
-            "scores": [[None if torch.isnan(v) else float(v) for v in row] for row in scores],
-        }
-
-        def write(folder: Path) -> None:
-            (folder / SCORES_FILE).write_text(json.dumps(payload, indent=2) + "\n")
-            plot_head_importance(scores.float(), record, folder / IMPORTANCE_IMAGE, title=f"head scores ({method}), {data.name}")
-
-        write_atomically(output_dir, write, overwrite=overwrite)
+        payload = score_task(
+            model, task, output_dir=output_dir, method=method, num_examples=num_examples, batch_size=batch_size,
+            max_length=max_length, seed=seed, gguf_file=gguf_file, data_kwargs=kwargs, overwrite=overwrite, log=warn,
+        )  # fmt: skip
+    scores = torch.tensor([[float("nan") if v is None else v for v in row] for row in payload["scores"]])
     finite = scores[~torch.isnan(scores)]
     typer.echo(f"scored {scores.shape[0]} layers x {scores.shape[1]} heads ({method}, {payload['num_examples']} examples); "
                f"min {finite.min():.4f}, max {finite.max():.4f}")  # fmt: skip

@@ -151,6 +151,18 @@ def load_tokenizer(source: ModelSource) -> Any:
     return tokenizer
 
 
+def load_model(source: ModelSource) -> tuple[nn.Module, Any]:
+    """`(model, tokenizer)` for jobs without a task; `tokenizer` is None for a checkpoint that has none (it is
+    still a checkpoint: the card then says how to load it)."""
+    from .loading import from_pretrained
+
+    model = from_pretrained(source.name_or_path, config=copy.deepcopy(source.config), **source.model_kwargs)
+    try:
+        return model, load_tokenizer(source)
+    except PipelineInputError:
+        return model, None
+
+
 def load_model_for_task(
     model_name_or_path: str | ModelSource, data: TaskData, *, gguf_file: str | None = None, **kwargs
 ) -> tuple[nn.Module, Any, bool]:

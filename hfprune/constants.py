@@ -29,6 +29,7 @@ LAYER_STRATEGIES: tuple[str, ...] = ("top", "bottom", "even", "odd", "symmetric"
 README_FILE = "README.md"  # the model card
 RESULTS_FILE = "hfprune_results.json"  # what a job measured, plus the card's inputs
 REMOTE_CODE_FILE = "modeling_hfprune.py"  # `save_for_remote_code`'s self-contained loader
+SCORES_FILE = "head_scores.json"  # `score_task`'s head scores
 SPEED_FILE = "speed.json"  # `SpeedReport.save_json` next to a checkpoint
 HEADS_IMAGE = "heads.png"
 IMPORTANCE_IMAGE = "importance.png"
@@ -54,6 +55,7 @@ __all__ = [
     "README_FILE",
     "REMOTE_CODE_FILE",
     "RESULTS_FILE",
+    "SCORES_FILE",
     "SCORING_METHODS",
     "SPEED_FILE",
     "SPEED_IMAGE",

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 import logging
 import os
 import shutil
@@ -27,45 +28,28 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from ._validation import check_count, check_device, check_fraction, check_number
 from .baselines import check_dense_model
 from .callbacks import Progress, progress_callbacks
-from .checkpoint import config_has_head, load_model_for_task, load_tokenizer, resolve_model
-from .constants import DATA_FREE_METHODS, SCORING_METHODS, choices
-from .errors import PipelineInputError, PruningError, WeakBaselineError, _first_line
+from .checkpoint import config_has_head, load_model, load_model_for_task, resolve_model
+from .constants import DATA_FREE_METHODS, IMPORTANCE_IMAGE, SCORES_FILE, SCORING_METHODS, choices
+from .errors import PipelineInputError, PruningError, WeakBaselineError, _first_line  # noqa: F401  (WeakBaselineError: old path)
 from .finetune import _quiet, _training_kwargs, prepare_dense_model, release_memory
 from .finetune import default_finetune_epochs, micro_batches, validation_slice  # noqa: F401  (old import path)
 from .output import check_output_dir, write_atomically
 from .results import PruneResult, write_output_folder
 from .rundir import IMPORTANCE_FILE, _has_pruning_checkpoint, _open_work_dir, _save_state, load_or_compute, work_dir_for
-from .tasks import CUSTOM_TASK, LM_TASK, TaskData, TaskDataError, _collator, _tokenized, make_compute_metrics
+from .scores import head_importance
+from .speed import time_against_dense
+from .tasks import CUSTOM_TASK, LM_TASK, TaskData, TaskDataError, _collator, _tokenized, make_compute_metrics  # noqa: F401
 from .tasks import evaluate_model, load_task_data, scoring_batches  # noqa: F401  (evaluate_model: old import path)
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "LM_TASK",
-    "CUSTOM_TASK",
-    "PipelineInputError",
-    "PruneResult",
-    "TaskData",
-    "WeakBaselineError",
-    "benchmark_checkpoint",
-    "check_output_dir",
-    "check_sparsity",
-    "default_finetune_epochs",
-    "drop_layers_for_task",
-    "evaluate_model",
-    "load_model_for_task",
-    "load_task_data",
-    "micro_batches",
-    "prune_for_task",
-    "score_heads",
-    "validation_slice",
-    "work_dir_for",
-    "write_atomically",
-]
+# The jobs. The names imported above from their new homes (TaskData, evaluate_model, ...) stay importable here.
+__all__ = ["PruneResult", "benchmark_checkpoint", "check_sparsity", "drop_layers_for_task", "prune_for_task", "score_heads", "score_task"]
 
 
 def check_sparsity(name: str, value: float) -> float:
@@ -95,6 +79,49 @@ def score_heads(
         return score_units(model, method, ("heads",), seed=seed)["heads"]
     loader = scoring_batches(data, tokenizer, num_examples=num_examples, batch_size=batch_size, max_length=max_length)
     return score_units(model, method, ("heads",), loader, seed=seed)["heads"]
+
+
+def score_task(
+    model_name_or_path: str,
+    task: str,
+    *,
+    output_dir: str | os.PathLike,
+    method: str = "importance",
+    num_examples: int = 512,
+    batch_size: int = 32,
+    max_length: int = 128,
+    seed: int = 42,
+    gguf_file: str | None = None,
+    data_kwargs: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Score every head of a model on a task (`score_heads`) and write `head_scores.json` and a heatmap to
+    `output_dir`, atomically. The model is not changed. Returns what the JSON holds (the scores included)."""
+    from .card import plot_head_importance
+    from .record import get_record
+
+    say = log or (lambda message: logger.warning(message))
+    if method not in SCORING_METHODS:
+        raise PipelineInputError(f"unknown scoring method {method!r}; choose {choices(SCORING_METHODS)}")
+    output_dir = check_output_dir(output_dir, overwrite)
+    data = load_task_data(task, max_train_samples=num_examples, seed=seed, **(data_kwargs or {}))
+    model, tokenizer, has_head = load_model_for_task(model_name_or_path, data, gguf_file=gguf_file)
+    if not has_head and method not in DATA_FREE_METHODS:
+        say(f"{model_name_or_path} has no trained {data.name} head: gradient scores reflect a random classifier (fine-tune first, or use `hfprune prune`)")
+    scores = score_heads(model, tokenizer, data, method=method, num_examples=num_examples, batch_size=batch_size, max_length=max_length, seed=seed)
+    payload = {
+        "model": model_name_or_path, "task": data.name, "method": method, "num_examples": min(num_examples, len(data.train)),
+        "shape": list(scores.shape), "scores": [[None if torch.isnan(v) else float(v) for v in row] for row in scores],
+    }  # fmt: skip
+    record = get_record(model)
+
+    def write(folder: Path) -> None:
+        (folder / SCORES_FILE).write_text(json.dumps(payload, indent=2) + "\n")
+        plot_head_importance(scores.float(), record, folder / IMPORTANCE_IMAGE, title=f"head scores ({method}), {data.name}")
+
+    write_atomically(output_dir, write, overwrite=overwrite)
+    return payload
 
 
 # ---- the main job -------------------------------------------------------------------------------------
@@ -271,10 +298,6 @@ def prune_for_task(
         # so for one-shot importance pruning it shows the very scores that chose the heads.
         score_dataset = train.shuffle(seed=seed + 1).select(range(min(score_num_examples, len(train))))
         say(f"scoring head importance on {len(score_dataset)} training examples")
-        from torch.utils.data import DataLoader
-
-        from .scores import head_importance
-
         collate = None if data.is_lm else _collator(tokenizer)
         loader = DataLoader(score_dataset, batch_size=pruning_args.per_device_eval_batch_size, collate_fn=collate)
         importance = load_or_compute(work_dir / IMPORTANCE_FILE, lambda: head_importance(model, loader))
@@ -284,11 +307,9 @@ def prune_for_task(
         # a dense twin with the original shapes is built afterwards (speed does not depend on weight values).
         teacher = copy.deepcopy(model).eval() if distillation_alpha > 0 else None
         base_parameters = sum(p.numel() for p in model.parameters())
-        # The trainer evaluates after every pruning step when given an eval set: worth it only for an iterative
-        # schedule (the curve goes into the history); before/after on every split is measured here anyway.
-        step_eval = None
-        if schedule == "iterative" and steps > 1:
-            step_eval = _tokenized(data, next(iter(data.eval.values())), tokenizer, max_length)
+        # Per-step evaluation only pays for an iterative schedule (its curve goes into the history).
+        iterative = schedule == "iterative" and steps > 1
+        step_eval = _tokenized(data, next(iter(data.eval.values())), tokenizer, max_length) if iterative else None
         plural = "" if recovery_epochs == 1 else "s"
         recovery = f"recovering ({recovery_epochs:g} epoch{plural})" if recovery_epochs > 0 else "no recovery fine-tuning"
         say(f"pruning ({method}, {schedule.replace('_', '-')}), {recovery}")
@@ -312,8 +333,6 @@ def prune_for_task(
 
         speed = None
         if bench:
-            from .speed import time_against_dense
-
             say("timing dense vs pruned")
             speed = time_against_dense(
                 model, teacher, batch_sizes=tuple(bench_batch_sizes), seq_lengths=(max_length,), num_threads=bench_threads,
@@ -377,7 +396,6 @@ def drop_layers_for_task(
     checkpoint with its card. With a `task`, the model is evaluated before and after (no fine-tuning), and
     the "contribution" strategy scores layers on its training examples. `gguf_file` names a GGUF checkpoint
     inside the model folder."""
-    from .loading import from_pretrained
     from .plan import LAYER_STRATEGIES, resolve_layers_to_drop
     from .record import get_record
     from .surgery import drop_layers
@@ -403,11 +421,7 @@ def drop_layers_for_task(
     if data is not None:
         model, tokenizer, _ = load_model_for_task(source, data)
     else:
-        model = from_pretrained(source.name_or_path, config=copy.deepcopy(source.config), **source.model_kwargs)
-        try:
-            tokenizer = load_tokenizer(source)
-        except PipelineInputError:
-            tokenizer = None  # a checkpoint without a tokenizer is still a checkpoint; the card says how to load it
+        model, tokenizer = load_model(source)
     model.eval()
     if layers is None:  # the contribution strategy scores layers on training examples
         from .scores import layer_cosine_scores
@@ -465,7 +479,6 @@ def benchmark_checkpoint(
     weight values, so no download is needed.
     """
     from .loading import from_pretrained
-    from .speed import time_against_dense
     from .structure import stock_class
 
     checkpoint = Path(checkpoint)
