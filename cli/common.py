@@ -6,13 +6,16 @@ Set HFPRUNE_DEBUG=1 to get the full traceback instead of the one-line message.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import shlex
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from pathlib import Path
+from typing import Any, Optional
 
 import typer
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
@@ -316,6 +319,34 @@ def data_kwargs(
         label_column=label_column,
         label_names=tuple(label_name) if label_name else None,
     )
+
+
+_DATA_OPTIONS = [
+    inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
+    for name, option, annotation in (
+        ("data_dir", DataDirOption, Optional[Path]),
+        ("train_file", TrainFileOption, Optional[Path]),
+        ("validation_file", ValidationFileOption, Optional[Path]),
+        ("text_column", TextColumnOption, Optional[list[str]]),
+        ("label_column", LabelColumnOption, str),
+        ("label_name", LabelNameOption, Optional[list[str]]),
+    )
+]
+
+
+def with_data_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Give a command the task-data options (--data-dir, --train-file, ... in the "Task data" panel), defined once
+    here, and hand them to it as one `data_options` argument: the `load_task_data` keywords (`data_kwargs`)."""
+    signature = inspect.signature(command, eval_str=True)
+    own = [parameter for name, parameter in signature.parameters.items() if name != "data_options"]
+
+    @functools.wraps(command)
+    def with_options(*args: Any, **kwargs: Any) -> Any:
+        values = {parameter.name: kwargs.pop(parameter.name) for parameter in _DATA_OPTIONS}
+        return command(*args, data_options=data_kwargs(**values), **kwargs)
+
+    with_options.__signature__ = signature.replace(parameters=[*own, *_DATA_OPTIONS])
+    return with_options
 
 
 def metrics_table(title: str, columns: dict[str, dict[str, dict[str, float]]]) -> Any:

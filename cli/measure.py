@@ -4,24 +4,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
 from hfprune.constants import IMPORTANCE_IMAGE, SCORES_FILE, SCORING_METHODS, choices
 
 from .common import (
-    DataDirOption,
     GgufFileOption,
-    LabelColumnOption,
-    LabelNameOption,
     MaxEvalOption,
     MaxLengthOption,
     TaskOption,
-    TextColumnOption,
-    TrainFileOption,
-    ValidationFileOption,
-    data_kwargs,
     fail,
     handle_errors,
     metrics_table,
@@ -29,22 +22,19 @@ from .common import (
     progress_display,
     quiet_libraries,
     warn,
+    with_data_options,
 )
 
 
 
+@with_data_options
 def score(
     model: str = typer.Argument(..., help="Model directory or Hub id (ideally already fine-tuned on the task)."),
     task: str = TaskOption,
     output_dir: Path = typer.Option(..., "--output-dir", "-o", help=f"Where to write {SCORES_FILE} and {IMPORTANCE_IMAGE}."),
     method: str = typer.Option("importance", "--method", help=f"{choices(SCORING_METHODS)} (importance: Michel et al.)."),
     num_examples: int = typer.Option(512, "--num-examples", "-n", min=1, help="Training examples to score on (never the eval split)."),
-    data_dir: Optional[Path] = DataDirOption,
-    train_file: Optional[Path] = TrainFileOption,
-    validation_file: Optional[Path] = ValidationFileOption,
-    text_column: Optional[list[str]] = TextColumnOption,
-    label_column: str = LabelColumnOption,
-    label_name: Optional[list[str]] = LabelNameOption,
+    data_options: dict[str, Any] | None = None,  # the task-data options, added by @with_data_options
     gguf_file: Optional[str] = GgufFileOption,
     max_length: int = MaxLengthOption,
     batch_size: int = typer.Option(32, "--batch-size", min=1),
@@ -63,7 +53,7 @@ def score(
 
         if method not in SCORING_METHODS:
             fail(f"unknown --method {method!r}; choose {choices(SCORING_METHODS)}")
-        kwargs = data_kwargs(data_dir, train_file, validation_file, text_column, label_column, label_name)
+        kwargs = data_options
         payload = score_task(
             model, task, output_dir=output_dir, method=method, num_examples=num_examples, batch_size=batch_size,
             max_length=max_length, seed=seed, gguf_file=gguf_file, data_kwargs=kwargs, overwrite=overwrite, log=warn,
@@ -75,15 +65,11 @@ def score(
     typer.echo(f"wrote {output_dir / SCORES_FILE} and {output_dir / IMPORTANCE_IMAGE}")
 
 
+@with_data_options
 def evaluate(
     model: str = typer.Argument(..., help="Model directory (pruned or not) or Hub id."),
     task: str = TaskOption,
-    data_dir: Optional[Path] = DataDirOption,
-    train_file: Optional[Path] = TrainFileOption,
-    validation_file: Optional[Path] = ValidationFileOption,
-    text_column: Optional[list[str]] = TextColumnOption,
-    label_column: str = LabelColumnOption,
-    label_name: Optional[list[str]] = LabelNameOption,
+    data_options: dict[str, Any] | None = None,  # the task-data options, added by @with_data_options
     gguf_file: Optional[str] = GgufFileOption,
     max_eval_samples: Optional[int] = MaxEvalOption,
     max_length: int = MaxLengthOption,
@@ -100,7 +86,7 @@ def evaluate(
         from hfprune.checkpoint import load_model_for_task
         from hfprune.tasks import evaluate_model, load_task_data
 
-        kwargs = data_kwargs(data_dir, train_file, validation_file, text_column, label_column, label_name)
+        kwargs = data_options
         data = load_task_data(task, need_train=False, max_eval_samples=max_eval_samples, **kwargs)
         loaded, tokenizer, has_head = load_model_for_task(model, data, gguf_file=gguf_file)
         if not has_head:

@@ -3,32 +3,26 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
 from hfprune.constants import LAYER_STRATEGIES, PRUNING_METHODS, PRUNING_SCHEDULES, choices
 
 from .common import (
-    DataDirOption,
-    LabelColumnOption,
-    LabelNameOption,
     MaxEvalOption,
     MaxLengthOption,
     TaskOption,
-    TextColumnOption,
-    TrainFileOption,
-    ValidationFileOption,
     check_fraction,
     command_line,
     GgufFileOption,
-    data_kwargs,
     handle_errors,
     metrics_table,
     parse_ints,
     progress_display,
     quiet_libraries,
     warn,
+    with_data_options,
 )
 
 PRUNE_PANEL = "What to prune"
@@ -40,17 +34,13 @@ def _default_output_dir(model: str, task: str, suffix: str = "pruned") -> Path:
     return Path(f"{Path(model.rstrip('/')).name}-{task}-{suffix}")
 
 
+@with_data_options
 def prune(
     ctx: typer.Context,
     model: str = typer.Argument(..., help="Model directory or Hub id, e.g. bert-base-uncased (a new task head is fine-tuned first if it has none)."),
     task: str = TaskOption,
     output_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", help="Where to write the pruned checkpoint; default ./MODEL-TASK-pruned.", rich_help_panel=OUTPUT_PANEL),
-    data_dir: Optional[Path] = DataDirOption,
-    train_file: Optional[Path] = TrainFileOption,
-    validation_file: Optional[Path] = ValidationFileOption,
-    text_column: Optional[list[str]] = TextColumnOption,
-    label_column: str = LabelColumnOption,
-    label_name: Optional[list[str]] = LabelNameOption,
+    data_options: dict[str, Any] | None = None,  # the task-data options, added by @with_data_options
     gguf_file: Optional[str] = GgufFileOption,
     heads: float = typer.Option(0.4, "--heads", help="Fraction of all attention heads to remove, in [0, 1).", rich_help_panel=PRUNE_PANEL),
     ffn: float = typer.Option(0.0, "--ffn", help="Fraction of FFN neurons to remove, in [0, 1).", rich_help_panel=PRUNE_PANEL),
@@ -101,7 +91,7 @@ def prune(
                 model,
                 task,
                 output_dir=output_dir,
-                **data_kwargs(data_dir, train_file, validation_file, text_column, label_column, label_name),
+                **data_options,
                 gguf_file=gguf_file,
                 head_sparsity=heads,
                 ffn_sparsity=ffn,
@@ -175,6 +165,7 @@ def _print_plan(console, result) -> None:
     console.print(f"FLOPs per sequence of {plan['max_length']} tokens: {before / 1e9:.3f} G -> {after / 1e9:.3f} G (ideal speedup {plan['ideal_speedup']:.2f}x)")
 
 
+@with_data_options
 def drop_layers_command(
     ctx: typer.Context,
     model: str = typer.Argument(..., help="Model directory or Hub id."),
@@ -183,12 +174,7 @@ def drop_layers_command(
     layer: Optional[list[int]] = typer.Option(None, "--layer", help="Drop this original layer index instead (repeatable)."),
     output_dir: Path = typer.Option(..., "--output-dir", "-o", help="Where to write the checkpoint."),
     task: Optional[str] = typer.Option(None, "--task", "-t", help="Evaluate before/after on this task (and score layers for 'contribution')."),
-    data_dir: Optional[Path] = DataDirOption,
-    train_file: Optional[Path] = TrainFileOption,
-    validation_file: Optional[Path] = ValidationFileOption,
-    text_column: Optional[list[str]] = TextColumnOption,
-    label_column: str = LabelColumnOption,
-    label_name: Optional[list[str]] = LabelNameOption,
+    data_options: dict[str, Any] | None = None,  # the task-data options, added by @with_data_options
     gguf_file: Optional[str] = GgufFileOption,
     max_eval_samples: Optional[int] = MaxEvalOption,
     max_length: int = MaxLengthOption,
@@ -209,7 +195,7 @@ def drop_layers_command(
         quiet_libraries()
         from hfprune.pipeline import drop_layers_for_task
 
-        kwargs = data_kwargs(data_dir, train_file, validation_file, text_column, label_column, label_name)
+        kwargs = data_options
         kwargs["max_eval_samples"] = max_eval_samples
         with progress_display(enabled=not quiet) as bars:
             summary = drop_layers_for_task(
