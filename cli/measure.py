@@ -10,20 +10,8 @@ import typer
 
 from hfprune.constants import IMPORTANCE_IMAGE, SCORES_FILE, SCORING_METHODS, choices
 
-from .common import (
-    GgufFileOption,
-    MaxEvalOption,
-    MaxLengthOption,
-    TaskOption,
-    fail,
-    handle_errors,
-    metrics_table,
-    parse_ints,
-    progress_display,
-    quiet_libraries,
-    warn,
-    with_data_options,
-)
+from .common import GgufFileOption, MaxEvalOption, MaxLengthOption, TaskOption, fail, handle_errors, metrics_table
+from .common import parse_ints, progress_display, quiet_libraries, warn, with_data_options
 
 
 

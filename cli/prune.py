@@ -9,25 +9,17 @@ import typer
 
 from hfprune.constants import LAYER_STRATEGIES, PRUNING_METHODS, PRUNING_SCHEDULES, choices
 
-from .common import (
-    MaxEvalOption,
-    MaxLengthOption,
-    TaskOption,
-    check_fraction,
-    command_line,
-    GgufFileOption,
-    handle_errors,
-    metrics_table,
-    parse_ints,
-    progress_display,
-    quiet_libraries,
-    warn,
-    with_data_options,
-)
+from .common import GgufFileOption, MaxEvalOption, MaxLengthOption, TaskOption, check_fraction, command_line, handle_errors
+from .common import metrics_table, parse_ints, progress_display, quiet_libraries, warn, with_data_options
 
 PRUNE_PANEL = "What to prune"
 TRAIN_PANEL = "Training"
 OUTPUT_PANEL = "Output"
+
+
+def job_io(ctx: typer.Context, bars: Any, repo_id: str | None, base_model_id: str | None) -> dict[str, Any]:
+    """What every writing job gets from the command line: the card's ids and command, progress and log."""
+    return dict(repo_id=repo_id, base_model_id=base_model_id, command=command_line(ctx), progress=bars, log=bars.log)
 
 
 def _default_output_dir(model: str, task: str, suffix: str = "pruned") -> Path:
@@ -120,11 +112,7 @@ def prune(
                 bench=bench,
                 bench_batch_sizes=batch_sizes,
                 bench_threads=threads,
-                repo_id=repo_id,
-                base_model_id=base_model_id,
-                command=command_line(ctx),
-                progress=bars,
-                log=bars.log,
+                **job_io(ctx, bars, repo_id, base_model_id),
             )
 
     from rich.console import Console
@@ -208,12 +196,8 @@ def drop_layers_command(
                 data_kwargs=kwargs,
                 max_length=max_length,
                 overwrite=overwrite,
-                repo_id=repo_id,
-                base_model_id=base_model_id,
                 gguf_file=gguf_file,
-                command=command_line(ctx),
-                progress=bars,
-                log=bars.log,
+                **job_io(ctx, bars, repo_id, base_model_id),
             )
     from rich.console import Console
 

@@ -32,21 +32,10 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     ),
     "pruning_config": ("PruningArguments", "PruningConfig"),
     "record": ("get_record",),
-    "scores": (
-        "angular_distance",
-        "block_influence",
-        "ffn_importance",
-        "head_ablation_scores",
-        "head_importance",
-        "importance_scores",
-        "layer_cosine_scores",
-        "magnitude_ffn_scores",
-        "magnitude_head_scores",
-        "mlp_importance",
-        "random_ffn_scores",
-        "random_head_scores",
-        "score_units",
-        "taylor_head_scores",
+    "scores": (  # fmt: skip
+        "angular_distance", "block_influence", "ffn_importance", "head_ablation_scores", "head_importance",
+        "importance_scores", "layer_cosine_scores", "magnitude_ffn_scores", "magnitude_head_scores", "mlp_importance",
+        "random_ffn_scores", "random_head_scores", "score_units", "taylor_head_scores",
     ),
     "speed": ("SpeedReport", "count_flops", "measure_speed"),
     "structure": ("EmptyAttention",),
@@ -84,21 +73,10 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from .plan import best_head_per_layer, ffn_to_prune, head_sparsity, heads_to_prune, iterative_head_pruning, layers_to_drop
     from .pruning_config import PruningArguments, PruningConfig
     from .record import get_record
-    from .scores import (
-        angular_distance,
-        block_influence,
-        ffn_importance,
-        head_ablation_scores,
-        head_importance,
-        importance_scores,
-        layer_cosine_scores,
-        magnitude_ffn_scores,
-        magnitude_head_scores,
-        mlp_importance,
-        random_ffn_scores,
-        random_head_scores,
-        score_units,
-        taylor_head_scores,
+    from .scores import (  # fmt: skip
+        angular_distance, block_influence, ffn_importance, head_ablation_scores, head_importance, importance_scores,
+        layer_cosine_scores, magnitude_ffn_scores, magnitude_head_scores, mlp_importance, random_ffn_scores,
+        random_head_scores, score_units, taylor_head_scores,
     )
     from .speed import SpeedReport, count_flops, measure_speed
     from .structure import EmptyAttention
