@@ -410,19 +410,25 @@ def _summary(sparsity: dict[str, dict[str, float]]) -> str:
     return text
 
 
-def _metric_rows(before: dict, after: dict, baselines: dict | None = None) -> list[dict[str, str]]:
-    """One row per (split, metric): the dense value, the pruned one, the change, and the majority-class
-    baseline when `baselines` has it."""
-    baselines = baselines or {}
+def _metric_table(
+    before: dict, after: dict, baselines: dict | None = None, control: dict | None = None
+) -> tuple[list[str], list[list[str]]]:
+    """`(columns, rows)` of the results table, one row per (split, metric): the majority-class baseline when
+    `baselines` has it, the dense value, the dense model given the same training (`control`) when there is one,
+    the pruned value, and its change against the dense model (against the control, when there is one)."""
+    baselines, control = baselines or {}, control or {}
+    columns = ["split", "metric", *(["majority class"] if baselines else []), "dense (before pruning)"]
+    columns += ["dense, same training", "pruned", "change vs same training"] if control else ["pruned", "change"]
     rows = []
     for split in dict.fromkeys([*before, *after]):
         names = dict.fromkeys([*before.get(split, {}), *after.get(split, {})])
         for metric in (name for name in names if _is_score(name)):
             b, a = before.get(split, {}).get(metric), after.get(split, {}).get(metric)
-            delta = f"{a - b:+.4f}" if isinstance(a, (int, float)) and isinstance(b, (int, float)) else "n/a"
-            majority = _fmt(baselines.get(split, {}).get(metric))
-            rows.append({"split": split, "metric": metric, "majority": majority, "before": _fmt(b), "after": _fmt(a), "delta": delta})
-    return rows
+            reference = control.get(split, {}).get(metric) if control else b
+            delta = f"{a - reference:+.4f}" if isinstance(a, (int, float)) and isinstance(reference, (int, float)) else "n/a"
+            row = [split, metric, *([_fmt(baselines.get(split, {}).get(metric))] if baselines else []), _fmt(b)]
+            rows.append([*row, *([_fmt(reference)] if control else []), _fmt(a), delta])
+    return columns, rows
 
 
 def _fine_tuning(finetuned_first: bool, pruning: Mapping[str, Any]) -> dict[str, Any]:
@@ -457,6 +463,8 @@ def write_model_card(
     metrics_after: Mapping[str, Any] | None = None,
     baselines: Mapping[str, Any] | None = None,
     weak_baseline: str | None = None,
+    dense_control: Mapping[str, Any] | None = None,
+    dense_control_note: str | None = None,
     max_eval_samples: int | None = None,
     speed: Any = None,
     importance: torch.Tensor | Sequence[Sequence[float | None]] | None = None,
@@ -482,6 +490,9 @@ def write_model_card(
             MNLI, `{split: {metric: value}}`. The "after" values become the card's model-index.
         baselines: the majority-class baseline in the same form, shown beside dense and pruned;
             `weak_baseline`: a note shown at the top when the dense model is not clearly above it.
+        dense_control: the metrics of the dense model trained on the same examples for the same steps as the
+            pruned one, without pruning: the honest "before", and what the change is measured against.
+            `dense_control_note` states that protocol in one sentence under the table.
         max_eval_samples: the eval sets were cut to their first N examples (default: the `pruning` setting
             of that name); the model-index and the results say so.
         speed: a `hfprune.speed.SpeedReport`, or its JSON form; a noisy one is marked as such.
@@ -505,7 +516,8 @@ def write_model_card(
     record = get_record(model)
     task_info = _task_info(task)
     before, after = _per_split(metrics_before), _per_split(metrics_after)
-    majority = _per_split(baselines)
+    majority, control = _per_split(baselines), _per_split(dense_control)
+    metric_columns, metric_rows = _metric_table(before, after, majority, control)
     sparsity = sparsity_summary(model, base_num_parameters)
     pruning = dict(pruning or {})
     if max_eval_samples is None:
@@ -546,8 +558,10 @@ def write_model_card(
         training=_fine_tuning(finetuned_first, pruning),
         weak_baseline=weak_baseline,
         eval_subset=f"the first {max_eval_samples:,} examples of each split" if max_eval_samples else None,
-        metrics_rows=_metric_rows(before, after, majority),
+        metrics_columns=metric_columns,
+        metrics_rows=metric_rows,
         has_baselines=bool(majority),
+        dense_control_note=dense_control_note if control else None,
         sparsity_rows=[
             {
                 "unit": _UNIT_LABELS[unit],
@@ -616,6 +630,8 @@ def card_inputs(
     baselines: Mapping[str, Any] | None = None,
     weak_baseline: str | None = None,
     max_eval_samples: int | None = None,
+    dense_control: Mapping[str, Any] | None = None,
+    dense_control_note: str | None = None,
 ) -> dict[str, Any]:
     """The JSON-safe keyword arguments of `write_model_card`, as stored in `hfprune_results.json`.
 
@@ -633,6 +649,8 @@ def card_inputs(
         "metrics_after": _per_split(metrics_after),
         "baselines": _per_split(baselines),
         "weak_baseline": weak_baseline,
+        "dense_control": _per_split(dense_control) or None,
+        "dense_control_note": dense_control_note,
         "max_eval_samples": max_eval_samples,
         "speed": _speed_json(speed),
         "importance": None
@@ -645,6 +663,12 @@ def card_inputs(
         "repo_id": repo_id,
         "importance_note": importance_note,
     }
+
+
+def python_call(function: str, *args: Any, **kwargs: Any) -> str:
+    """The Python call that reproduces a job, for the card of a job run from Python (None values left out)."""
+    arguments = [repr(value) for value in args] + [f"{key}={value!r}" for key, value in kwargs.items() if value is not None]
+    return f"{function}({', '.join(arguments)})"
 
 
 def prune_card_inputs(
@@ -667,6 +691,8 @@ def prune_card_inputs(
         metrics_after=result.metrics_after,
         baselines={split: value["majority"] for split, value in result.baselines.items()} if result.baselines else None,
         weak_baseline=result.weak_baseline,
+        dense_control=(result.dense_control or {}).get("metrics"),
+        dense_control_note=(result.dense_control or {}).get("protocol"),
         speed=result.speed,
         importance=result.importance,
         command=command,

@@ -32,6 +32,7 @@ __all__ = [
     "micro_batches",
     "prepare_dense_model",
     "release_memory",
+    "train_dense_control",
     "validation_slice",
 ]
 
@@ -199,6 +200,58 @@ def prepare_dense_model(
         _save_folder(finetuned, model, tokenizer)
         _save_state(work_dir, state)
     return model, tokenizer, train
+
+
+def train_dense_control(
+    dense: Any,
+    source: ModelSource,
+    data: TaskData,
+    work_dir: Path,
+    state: dict[str, Any],
+    train: Dataset,
+    pruning_args: Any,
+    *,
+    tokenizer: Any,
+    evaluate: Callable[..., dict],
+    pruned_steps: int,
+    progress,
+) -> dict[str, Any]:
+    """The honest "before": the dense model trained on the same examples, for as many epochs, at the same learning
+    rate and batch size as the pruned model's training phases, with nothing pruned and no distillation.
+
+    Without it, a pruned model that trained longer than the dense one can look better than dense for having
+    seen more data. `dense` is a copy to train in place (the distillation teacher, no longer needed), or None to
+    reload the dense model from the run's fine-tuned folder or `source`. Returns the run's `dense_control` entry.
+    """
+    from .pruning_config import PruningConfig
+    from .trainer import PruningTrainer
+
+    if dense is None:
+        finetuned = work_dir / FINETUNED_DIR
+        dense, _, _ = load_model_for_task(str(finetuned) if state.get("finetuned_first") else source, data)
+    dense.train().requires_grad_(True)  # a distillation teacher was frozen
+    args = pruning_args
+    epochs = args.recovery_epochs * args.num_pruning_steps + (args.l0_epochs if args.pruning_method == "l0" else 0)
+    settings = _training_kwargs(
+        work_dir / "control", batch_size=args.per_device_train_batch_size * args.gradient_accumulation_steps,
+        learning_rate=args.learning_rate, seed=args.seed, quiet=progress is not None, device="cpu" if args.use_cpu else None,
+    )  # fmt: skip
+    trainer = PruningTrainer(
+        model=dense, args=PruningConfig(recovery_epochs=epochs, **settings), train_dataset=train, processing_class=tokenizer,
+        data_collator=None if data.is_lm else _collator(tokenizer), callbacks=progress_callbacks(progress, "train the dense control"),
+    )  # fmt: skip
+    if progress is not None:
+        _quiet(trainer)
+    steps = trainer.train().global_step
+    del trainer
+    release_memory()
+    return {
+        "metrics": evaluate(dense.eval(), stage="evaluate dense control"),
+        "steps": steps,
+        "pruned_steps": pruned_steps,
+        "protocol": f"the dense model trained on the same {len(train):,} examples for {epochs:g} epochs ({steps:,} steps; "
+        f"the pruned model trained {pruned_steps:,}) at the same learning rate and batch size, without pruning",
+    }
 
 
 def release_memory() -> None:

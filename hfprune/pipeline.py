@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import shutil
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,10 +35,10 @@ from .callbacks import Progress, progress_callbacks
 from .checkpoint import config_has_head, load_model, load_model_for_task, resolve_model
 from .constants import DATA_FREE_METHODS, IMPORTANCE_IMAGE, SCORES_FILE, SCORING_METHODS, choices
 from .errors import PipelineInputError, PruningError, WeakBaselineError, _first_line  # noqa: F401  (WeakBaselineError: old path)
-from .finetune import _quiet, _training_kwargs, prepare_dense_model, release_memory
+from .finetune import _quiet, _training_kwargs, prepare_dense_model, release_memory, train_dense_control
 from .finetune import default_finetune_epochs, micro_batches, validation_slice  # noqa: F401  (old import path)
 from .output import check_output_dir, write_atomically
-from .results import PruneResult, write_output_folder
+from .results import PruneResult, Stopwatch, write_output_folder
 from .rundir import IMPORTANCE_FILE, _has_pruning_checkpoint, _open_work_dir, _save_state, load_or_compute, work_dir_for
 from .scores import head_importance
 from .speed import time_against_dense
@@ -125,11 +124,6 @@ def score_task(
 
 
 # ---- the main job -------------------------------------------------------------------------------------
-def _python_call(model_name_or_path: str, task: str, settings: Mapping[str, Any]) -> str:
-    args = ", ".join(f"{key}={value!r}" for key, value in settings.items() if value is not None)
-    return f"hfprune.pipeline.prune_for_task({model_name_or_path!r}, {task!r}, {args})"
-
-
 def prune_for_task(
     model_name_or_path: str,
     task: str,
@@ -161,6 +155,7 @@ def prune_for_task(
     max_length: int = 128,
     seed: int = 42,
     allow_weak_baseline: bool = False,
+    dense_control: bool = True,
     device: str | None = None,
     dry_run: bool = False,
     overwrite: bool = False,
@@ -184,8 +179,9 @@ def prune_for_task(
     train; evaluate ("before") and compare with the majority-class and chance baselines of every eval split;
     score head importance on train examples (for the card's heatmap); prune to the targets and recover with
     `PruningTrainer` (`method`, `schedule`, `steps`, `recovery_epochs`, optional distillation from the dense
-    model); evaluate ("after"); time dense vs pruned (`bench`); write model, tokenizer, README.md model card,
-    heatmaps and `hfprune_results.json` atomically.
+    model); evaluate ("after"); with `dense_control` (and recovery), train the dense model on the same examples
+    for the same steps and evaluate it, the honest "before" the card compares with; time dense vs pruned
+    (`bench`); write model, tokenizer, README.md model card, heatmaps and `hfprune_results.json` atomically.
 
     A dense model that is not clearly above the trivial baselines raises `WeakBaselineError` (its state is kept:
     resume with `allow_weak_baseline=True` to prune it anyway, and the card then says so). `dry_run=True` loads
@@ -202,14 +198,8 @@ def prune_for_task(
         before any model weights are loaded.
     """
     say = log or (lambda message: logger.info(message))
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        timings[name] = now - clock
-        clock = now
+    stopwatch = Stopwatch()
+    lap, timings = stopwatch.lap, stopwatch.timings
 
     # -- everything that can be checked cheaply, before any weights are loaded
     settings = dict(
@@ -310,8 +300,7 @@ def prune_for_task(
         # Per-step evaluation only pays for an iterative schedule (its curve goes into the history).
         iterative = schedule == "iterative" and steps > 1
         step_eval = _tokenized(data, next(iter(data.eval.values())), tokenizer, max_length) if iterative else None
-        plural = "" if recovery_epochs == 1 else "s"
-        recovery = f"recovering ({recovery_epochs:g} epoch{plural})" if recovery_epochs > 0 else "no recovery fine-tuning"
+        recovery = f"recovering ({recovery_epochs:g} epochs)" if recovery_epochs > 0 else "no recovery fine-tuning"
         say(f"pruning ({method}, {schedule.replace('_', '-')}), {recovery}")
         trainer = PruningTrainer(
             model=model, args=pruning_args, train_dataset=train, eval_dataset=step_eval, processing_class=tokenizer,
@@ -330,6 +319,14 @@ def prune_for_task(
         say("evaluating the pruned model")
         metrics_after = evaluate(model, stage="evaluate pruned")
         lap("evaluate after")
+        if dense_control and recovery_epochs > 0 and "dense_control" not in state:
+            say("training the dense model on the same examples for the same steps (the honest before)")
+            state["dense_control"] = train_dense_control(
+                teacher, source, data, work_dir, state, train, pruning_args, tokenizer=tokenizer, evaluate=evaluate,
+                pruned_steps=sum(entry["train_steps"] for entry in history), progress=progress,
+            )  # fmt: skip
+            _save_state(work_dir, state)
+            lap("dense control")
 
         speed = None
         if bench:
@@ -341,18 +338,18 @@ def prune_for_task(
             lap("time")
         del teacher
 
-        from .card import prune_card_inputs, sparsity_summary
+        from .card import prune_card_inputs, python_call, sparsity_summary
 
         result = PruneResult(
             output_dir=output_dir, base_model=source.display_name, task=data.name, metrics_before=metrics_before,
             metrics_after=metrics_after, sparsity=sparsity_summary(model, base_parameters), finetuned_first=finetuned_first,
             speed=speed, importance=importance, pruning_history=history, settings=settings, timings=timings,
-            baselines=baselines, weak_baseline=weak, finetune=state.get("finetune"),
+            baselines=baselines, weak_baseline=weak, finetune=state.get("finetune"), dense_control=state.get("dense_control"),
         )  # fmt: skip
         card_kwargs = prune_card_inputs(
             result, base_model=model_name_or_path, base_model_id=base_model_id, repo_id=repo_id or output_dir.name,
             task_name=data.card_task if isinstance(data.card_task, str) else data.name, base_num_parameters=base_parameters,
-            command=command or _python_call(source.display_name, task, {"output_dir": output_dir.name, **settings}),
+            command=command or python_call("hfprune.prune_for_task", source.display_name, task, output_dir=output_dir.name, **settings),
         )  # fmt: skip
         say(f"writing {output_dir}")
         write_atomically(

@@ -8,6 +8,7 @@ again later), plus the speed table and plot when it timed the model.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,21 @@ from torch import nn
 from .constants import RESULTS_FILE, SPEED_FILE, SPEED_IMAGE
 from .rundir import _jsonable
 
-__all__ = ["PruneResult", "write_output_folder"]
+__all__ = ["PruneResult", "Stopwatch", "write_output_folder"]
+
+
+class Stopwatch:
+    """Wall-clock seconds of a job's stages, in the order they ran (`PruneResult.timings`)."""
+
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+        self._clock = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        """End the stage `name`: the time since the previous lap (or the start) is its time."""
+        now = time.perf_counter()
+        self.timings[name] = now - self._clock
+        self._clock = now
 
 
 @dataclass
@@ -40,6 +55,8 @@ class PruneResult:
     baselines: dict[str, dict[str, dict[str, float]]] | None = None  # {split: {"majority"|"chance": metrics}}
     weak_baseline: str | None = None  # why the dense model is not clearly above them (None: it is)
     finetune: dict[str, Any] | None = None  # epochs, steps and best validation score of the head's fine-tuning
+    # the dense model trained on the same examples for the same steps: {"metrics", "steps", "pruned_steps", "protocol"}
+    dense_control: dict[str, Any] | None = None
     dry_run: bool = False  # the plan only: nothing was trained or written
 
     def to_dict(self) -> dict[str, Any]:
@@ -58,6 +75,7 @@ class PruneResult:
             "baselines": _jsonable(self.baselines),
             "weak_baseline": self.weak_baseline,
             "finetune": _jsonable(self.finetune),
+            "dense_control": _jsonable(self.dense_control),
             "dry_run": self.dry_run,
         }
 

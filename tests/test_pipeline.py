@@ -191,3 +191,26 @@ def test_the_validation_slice_is_carved_from_train_and_disjoint(tmp_path: Path):
     assert len(validation) == 500 and len(rest) == 4500
     assert not set(rest["idx"]) & set(validation["idx"])
     assert len(validation_slice(Dataset.from_dict({"idx": list(range(100))}), seed=0)[1]) == 25  # at most a quarter
+
+
+def test_the_dense_control_trains_as_long_as_the_pruned_model_and_the_card_compares_with_it(tmp_path: Path):
+    write_tiny_bert(tmp_path / "clf", with_head=True)
+    write_sst2(tmp_path / "glue")
+    kwargs = dict(data_dir=tmp_path / "glue", head_sparsity=0.5, recovery_epochs=1.0, allow_weak_baseline=True, **FAST)
+    result = prune_for_task(str(tmp_path / "clf"), "sst2", output_dir=tmp_path / "out", schedule="iterative", steps=2, **kwargs)
+
+    control = result.dense_control
+    pruned_steps = sum(entry["train_steps"] for entry in result.pruning_history)
+    assert pruned_steps > 0 and control["steps"] == control["pruned_steps"] == pruned_steps
+    assert set(control["metrics"]) == set(result.metrics_before) == {"validation"}
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "| split | metric | majority class | dense (before pruning) | dense, same training | pruned | change vs same training |" in card
+    assert f"({pruned_steps:,} steps; the pruned model trained {pruned_steps:,})" in card
+    before, same, after = (result.metrics_before, control["metrics"], result.metrics_after)
+    row = f"| {before['validation']['accuracy']:.4f} | {same['validation']['accuracy']:.4f} | {after['validation']['accuracy']:.4f} | "
+    assert row in card
+    assert json.loads((tmp_path / "out" / "hfprune_results.json").read_text())["dense_control"]["steps"] == pruned_steps
+
+    plain = prune_for_task(str(tmp_path / "clf"), "sst2", output_dir=tmp_path / "plain", dense_control=False, **kwargs)
+    assert plain.dense_control is None
+    assert "| dense (before pruning) | pruned | change |" in (tmp_path / "plain" / "README.md").read_text()
