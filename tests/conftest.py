@@ -60,3 +60,15 @@ def logits_of(model, inputs):
 @pytest.fixture(params=ATTENTION, ids=[f"{f}-{i}" for f, i in ATTENTION])
 def family_impl(request):
     return request.param
+
+
+def tiny_pruning_args(output_dir, **overrides):
+    """`PruningArguments` for a tiny CPU run: no saving, no progress bars, a log line every step."""
+    from hfprune.trainer import PruningArguments
+
+    defaults = dict(
+        output_dir=str(output_dir), per_device_train_batch_size=8, per_device_eval_batch_size=8, save_strategy="no",
+        logging_steps=1, report_to="none", use_cpu=True, disable_tqdm=True,
+    )  # fmt: skip
+    return PruningArguments(**{**defaults, **overrides})
+

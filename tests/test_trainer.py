@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from transformers import HfArgumentParser, TrainerCallback, TrainingArguments, default_data_collator
 
 import hfprune
-from conftest import VOCAB, tiny_inputs, tiny_model
+from conftest import VOCAB, tiny_inputs, tiny_model, tiny_pruning_args
 from hfprune.errors import PruningError
 from hfprune.plan import ffn_to_prune, heads_to_prune
 from hfprune.record import get_record, kept_ffn
@@ -46,19 +46,7 @@ def lm_data(num_examples: int, seed: int = 0, length: int = 8) -> list[dict]:
 
 
 def make_args(tmp_path, **kwargs) -> PruningArguments:
-    defaults = dict(
-        output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=8,
-        per_device_eval_batch_size=8,
-        recovery_steps=0,
-        recovery_epochs=0.0,
-        save_strategy="no",
-        logging_steps=1,
-        report_to="none",
-        use_cpu=True,
-        disable_tqdm=True,
-    )
-    return PruningArguments(**{**defaults, **kwargs})
+    return tiny_pruning_args(tmp_path / "out", **{"recovery_steps": 0, "recovery_epochs": 0.0, **kwargs})
 
 
 def make_trainer(model, args, train=None, **kwargs) -> PruningTrainer:

@@ -10,7 +10,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import torch  # noqa: E402
 
-from conftest import VOCAB, tiny_model  # noqa: E402
+from conftest import VOCAB, tiny_model, tiny_pruning_args  # noqa: E402,F401  (tiny_pruning_args: for the scripts)
 
 
 def classification_data(num_examples: int, seed: int, length: int = 8) -> list[dict]:

@@ -19,12 +19,12 @@ import os
 import sys
 
 import torch
-from trainer_common import classification_data, state_hash, tiny_model
+from trainer_common import classification_data, state_hash, tiny_model, tiny_pruning_args
 from transformers import default_data_collator
 
 import hfprune.trainer
 from hfprune.record import get_record
-from hfprune.trainer import PruningArguments, PruningTrainer
+from hfprune.trainer import PruningTrainer
 
 local_scores: list[str] = []
 _score_units = hfprune.trainer.score_units  # the trainer's scores of its own shard, before the average
@@ -48,21 +48,10 @@ def run(out_dir: str, method: str) -> dict:
         if method == "l0"
         else dict(pruning_schedule="iterative", pruning_steps=2, target_head_sparsity=0.5, target_ffn_sparsity=0.25)
     )
-    args = PruningArguments(
-        output_dir=os.path.join(out_dir, f"run-{method}"),
-        recovery_steps=3,
-        score_num_examples=16,
-        per_device_train_batch_size=4,
-        per_device_eval_batch_size=4,
-        save_strategy="no",
-        logging_steps=1,
-        seed=3,
-        report_to="none",
-        use_cpu=True,
-        disable_tqdm=True,
-        ddp_backend="gloo",
-        **method_args,
-    )
+    args = tiny_pruning_args(
+        os.path.join(out_dir, f"run-{method}"), recovery_steps=3, score_num_examples=16, per_device_train_batch_size=4,
+        per_device_eval_batch_size=4, seed=3, ddp_backend="gloo", **method_args,
+    )  # fmt: skip
     trainer = PruningTrainer(
         model=tiny_model("bert"),
         args=args,

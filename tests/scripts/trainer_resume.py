@@ -11,10 +11,10 @@ import json
 import os
 import time
 
-from trainer_common import classification_data, state_hash, tiny_model
+from trainer_common import classification_data, state_hash, tiny_model, tiny_pruning_args
 from transformers import TrainerCallback, default_data_collator
 
-from hfprune.trainer import PruningArguments, PruningTrainer
+from hfprune.trainer import PruningTrainer
 
 
 class Sleep(TrainerCallback):
@@ -31,27 +31,11 @@ def main() -> None:
     options = parser.parse_args()
 
     model = tiny_model("bert")  # the same original model (seeded) in every process
-    args = PruningArguments(
-        output_dir=options.output_dir,
-        pruning_method="importance",
-        pruning_schedule="iterative",
-        pruning_steps=3,
-        target_head_sparsity=0.5,
-        target_ffn_sparsity=0.5,
-        recovery_epochs=1.0,
-        distillation_alpha=0.3,
-        score_num_examples=16,
-        per_device_train_batch_size=8,
-        per_device_eval_batch_size=8,
-        save_strategy="steps",
-        save_steps=2,
-        logging_steps=1,
-        full_determinism=True,
-        seed=7,
-        report_to="none",
-        use_cpu=True,
-        disable_tqdm=True,
-    )
+    args = tiny_pruning_args(
+        options.output_dir, pruning_method="importance", pruning_schedule="iterative", pruning_steps=3,
+        target_head_sparsity=0.5, target_ffn_sparsity=0.5, recovery_epochs=1.0, distillation_alpha=0.3,
+        score_num_examples=16, save_strategy="steps", save_steps=2, full_determinism=True, seed=7,
+    )  # fmt: skip
     trainer = PruningTrainer(
         model=model,
         args=args,
