@@ -249,6 +249,22 @@ def headline_targets(layers_dropped: int, heads_kept: float, ffn_kept: float) ->
     )  # fmt: skip
 
 
+def headline_table(result: dict) -> str:
+    """The headline's markdown table: accuracy against both dense references, and measured speed."""
+    dense, control = result["dense_model"]["dev_accuracy"], result["dense_same_data_and_steps"]["dev_accuracy"]
+    lines = [
+        f"Dense {dense * 100:.2f} %, dense with the same recovery data and steps {control * 100:.2f} % (SST-2 dev).", "",
+        "| config | params | dev | vs same-data dense | vs dense | speedup / ideal (batch 32 x 128) | timing |",
+        "|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    for name, c in result["configs"].items():
+        lines.append(
+            f"| {name} | {c['params'] / 1e6:.1f} M | {c['dev_accuracy'] * 100:.2f} | {c['delta_points_vs_control']:+.2f} | "
+            f"{c['delta_points_vs_dense']:+.2f} | {c['speedup']:.2f} / {c['ideal_speedup']:.2f} | {'noisy' if c['speed_noisy'] else 'ok'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def stage_headline(args, out: Path, attn: str) -> dict:
     n_recovery = args.n_recovery
     slices = {"finetune": (0, 320), "recovery": (10512, 10512 + n_recovery)} if args.quick else dict(HEADLINE_SLICES)
@@ -323,6 +339,7 @@ def stage_headline(args, out: Path, attn: str) -> dict:
     }  # fmt: skip
     result["load_average_after"] = load_avg()
     save_json(out, "speed_headline.json", result)
+    (out / "speed_headline.md").write_text(headline_table(result))
     log(f"headline: {result['headline']}")
     return result
 
