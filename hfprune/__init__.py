@@ -13,14 +13,24 @@ from .constants import __version__  # noqa: F401  (imports nothing: `import hfpr
 
 # module -> the public names it provides
 _EXPORTS: dict[str, tuple[str, ...]] = {
+    "activations": (
+        "activation_ffn_scores",
+        "activation_head_scores",
+        "activation_kv_group_scores",
+        "activation_scores",
+        "hidden_importance",
+    ),
     "arch": ("ArchAdapter", "get_adapter", "register_adapter", "supported_model_types"),
     "callbacks": ("HeadMaskCallback", "LayerDropCallback"),
     "card": ("write_model_card",),
+    "convert": ("convert_checkpoint",),
     "errors": ("PipelineInputError", "PruningError", "WeakBaselineError"),
     "gates": ("HeadGates",),
+    "hidden": ("prune_hidden",),
     "hub": ("HubPushError", "push_to_hub"),
     "loading": ("from_pretrained", "save_for_remote_code"),
     "masks": ("MaskHandle", "apply_masks", "make_ffn_mask", "make_head_mask", "make_layer_mask", "skip_layers"),
+    "onnx_export": ("OnnxExport", "export_onnx"),
     "pipeline": ("PruneResult", "prune_for_task"),
     "plan": (
         "best_head_per_layer",
@@ -61,14 +71,24 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what type checkers and IDEs see
+    from .activations import (
+        activation_ffn_scores,
+        activation_head_scores,
+        activation_kv_group_scores,
+        activation_scores,
+        hidden_importance,
+    )
     from .arch import ArchAdapter, get_adapter, register_adapter, supported_model_types
     from .callbacks import HeadMaskCallback, LayerDropCallback
     from .card import write_model_card
+    from .convert import convert_checkpoint
     from .errors import PipelineInputError, PruningError, WeakBaselineError
     from .gates import HeadGates
+    from .hidden import prune_hidden
     from .hub import HubPushError, push_to_hub
     from .loading import from_pretrained, save_for_remote_code
     from .masks import MaskHandle, apply_masks, make_ffn_mask, make_head_mask, make_layer_mask, skip_layers
+    from .onnx_export import OnnxExport, export_onnx
     from .pipeline import PruneResult, prune_for_task
     from .plan import best_head_per_layer, ffn_to_prune, head_sparsity, heads_to_prune, iterative_head_pruning, layers_to_drop
     from .pruning_config import PruningArguments, PruningConfig

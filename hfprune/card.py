@@ -8,7 +8,6 @@ record (`config.hfprune`) with huggingface_hub's `ModelCard` and the Jinja templ
 
 from __future__ import annotations
 
-import copy
 import importlib.resources
 import json
 import math
@@ -18,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import transformers
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from torch import nn
 
-from .arch import get_adapter
 from .constants import HEADS_IMAGE, IMPORTANCE_IMAGE, README_FILE, REMOTE_CODE_FILE, RESULTS_FILE, SPEED_FILE, SPEED_IMAGE
 from .record import get_record, kept_ffn
 from .structure import PATCH_KEY, stock_class
@@ -96,16 +95,12 @@ def _base_model_ids(base_model: str | None, base_model_id: str | None) -> tuple[
 # ---- numbers ----------------------------------------------------------------------------------------
 def unpruned_twin(model: nn.Module, device: str | torch.device | None = None) -> nn.Module:
     """A freshly initialised model of the same class with the ORIGINAL (unpruned) shapes of a pruned `model`,
-    rebuilt from `config.hfprune["original"]`. On the meta device it costs nothing (parameter counts); on a
-    real device it is a dense baseline for timing, since speed does not depend on weight values."""
-    record, adapter = get_record(model), get_adapter(model)
-    original = record["original"]
-    config = copy.deepcopy(model.config)
-    setattr(config, PATCH_KEY, None)
-    setattr(config, adapter.num_layers_field, original["num_layers"])
-    adapter.set_intermediate_size(config, original["intermediate_size"])
-    if adapter.uniform_heads_in_config:
-        adapter.set_head_counts(config, original["num_heads"], original["num_kv_heads"], adapter.head_dim(config))
+    rebuilt from `config.hfprune["original"]` (`hfprune.record.original_config`: width and layer types
+    included). On the meta device it costs nothing (parameter counts); on a real device it is a dense baseline
+    for timing, since speed does not depend on weight values."""
+    from .record import original_config
+
+    config = original_config(model)
     with torch.device(device or "cpu"):
         return stock_class(model)(config)
 
@@ -585,6 +580,9 @@ def write_model_card(
         auto_class=_auto_class(model),
         stock_loadable=bool(record["stock_loadable"]),
         remote_code=(checkpoint_dir / REMOTE_CODE_FILE).exists(),
+        per_layer_config=_per_layer_fields(model),
+        transformers_version=transformers.__version__,
+        onnx=_onnx_door(checkpoint_dir),
         pruning={key: _setting(_sanitized(value)) for key, value in pruning.items()},
         command=sanitize_paths(command) if command else None,
         results_file=RESULTS_FILE if (checkpoint_dir / RESULTS_FILE).exists() else None,
@@ -593,6 +591,30 @@ def write_model_card(
     card = ModelCard(re.sub(r"\n{3,}", "\n\n", str(card)))  # Jinja leaves blank lines where blocks were
     card.save(output_dir / README_FILE)
     return card
+
+
+def _per_layer_fields(model: nn.Module) -> str | None:
+    """What the config's `per_layer_config` sets per layer, in words (None when it has none)."""
+    overrides = model.config.to_dict().get("per_layer_config") or {}
+    names = sorted({name for entry in overrides.values() for name in entry})
+    if not names:
+        return None
+    words = [f"`{name}`" for name in names]
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
+
+
+def _onnx_door(checkpoint_dir: Path) -> dict[str, Any] | None:
+    """The card's ONNX Runtime lines when the checkpoint holds an export checked by `hfprune export` (in `onnx/`)."""
+    from .onnx_export import ONNX_DIR, ONNX_FILE, read_onnx_report
+
+    report = read_onnx_report(checkpoint_dir / ONNX_DIR)
+    if not (checkpoint_dir / ONNX_DIR / ONNX_FILE).is_file() or not report or not report.get("checks"):
+        return None
+    outputs = report.get("outputs") or ["logits"]
+    call = f"session.run(None, {{name: batch[name] for name in {report.get('inputs')!r}}})"
+    run = f"{outputs[0]} = {call}[0]" if len(outputs) == 1 else f"{', '.join(outputs)} = {call}"
+    shapes = " and ".join(f"{check['batch_size']} x {check['seq_len']}" for check in report["checks"])
+    return {"dir": ONNX_DIR, "opset": report.get("opset"), "max_abs_diff": f"{report['max_abs_diff']:.1e}", "shapes": shapes, "run": run}
 
 
 def _heads_rows(record: dict[str, Any], dropped: list[int]) -> list[dict[str, Any]]:
@@ -713,11 +735,14 @@ def _checkpoint_skeleton(checkpoint_dir: Path) -> nn.Module:
     parameter counts), without reading the weights."""
     from transformers import AutoConfig
 
+    from .convert import convert_v4_config
     from .loading import _model_class
+    from .per_layer import prepare_per_layer_config
     from .structure import restructured_class
 
-    config = AutoConfig.from_pretrained(checkpoint_dir)
+    config, _ = convert_v4_config(AutoConfig.from_pretrained(checkpoint_dir))  # its structure in any of its forms
     model_class = _model_class(config)
+    prepare_per_layer_config(config, model_class)
     if (getattr(config, PATCH_KEY, None) or {}).get("patch"):
         model_class = restructured_class(model_class)
     with torch.device("meta"):

@@ -15,9 +15,12 @@ from transformers import AutoConfig, PretrainedConfig
 from . import structure
 from .arch import get_adapter
 from .constants import REMOTE_CODE_FILE
+from .convert import convert_v4_config
 from .errors import PruningError
+from .per_layer import check_per_layer_config, prepare_per_layer_config, saved_overrides
 from .record import check_record, validate_record
 from .structure import PATCH_KEY, restructured_class, stock_class
+from .surgery import prune_heads
 
 _CONFIG_KWARGS = ("revision", "token", "cache_dir", "local_files_only", "subfolder", "trust_remote_code", "gguf_file")
 _AUTO_CLASSES = (
@@ -54,7 +57,9 @@ def from_pretrained(pretrained_model_name_or_path: str | Path, *model_args, mode
 
     The class comes from `config.architectures` unless `model_class` is given (e.g. `AutoModel` for the
     bare encoder). The pruned structure is rebuilt inside `__init__` before the normal `from_pretrained`
-    loads the weights, so `dtype`, `device_map` and every other keyword work as usual.
+    loads the weights, so `dtype`, `device_map` and every other keyword work as usual. The structure is read
+    from `config.hfprune`, from transformers' own `per_layer_config`, or from transformers 4's `pruned_heads`
+    (a checkpoint pruned with v4's `prune_heads` loads with the outputs v4 gave; see `hfprune.convert`).
 
     A checkpoint that disagrees with itself is refused with a one-line `PruningError` instead of loading
     with random weights: a corrupt `config.hfprune` record, a record or config whose shapes differ from
@@ -64,13 +69,16 @@ def from_pretrained(pretrained_model_name_or_path: str | Path, *model_args, mode
     if config is None:
         config_kwargs = {key: kwargs[key] for key in _CONFIG_KWARGS if key in kwargs}
         config = AutoConfig.from_pretrained(pretrained_model_name_or_path, **config_kwargs)
-    record = getattr(config, PATCH_KEY, None)
-    if record:
-        validate_record(record, config)
+    config, heads_to_remove = convert_v4_config(config)  # transformers 4's pruned_heads -> config.hfprune
     if model_class is None:
         model_class = _model_class(config)
     elif hasattr(model_class, "_model_mapping"):  # an Auto class: resolve it for this config
         model_class = _auto_model_class(model_class, config)
+    saved_per_layer = saved_overrides(config)
+    prepare_per_layer_config(config, model_class)  # global reads allowed; a record made from it if there is none
+    record = getattr(config, PATCH_KEY, None)
+    if record:
+        validate_record(record, config)
     if record and record.get("patch"):
         model_class = restructured_class(model_class)
     check_weight_files(pretrained_model_name_or_path, kwargs)
@@ -93,6 +101,10 @@ def from_pretrained(pretrained_model_name_or_path: str | Path, *model_args, mode
     _check_loading_info(model, info, bool(record), reinit_mismatched)
     if record:
         check_record(model)
+    if saved_per_layer:
+        check_per_layer_config(model, saved_per_layer)
+    if heads_to_remove:  # XLNet: transformers 4 listed the heads but never cut them from the weights
+        prune_heads(model, heads_to_remove)
     return (model, info) if return_info else model
 
 

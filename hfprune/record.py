@@ -2,17 +2,22 @@
 
 Everything is in ORIGINAL indices: `kept_layers[i]` is the original index of current layer `i`,
 `kept_heads[i]` the original query heads it keeps, `kept_ffn[i]` its original FFN neurons (None: all).
+Once the width was pruned, `kept_hidden` lists the original residual-stream channels kept (None or absent:
+all) and `original` also gives `hidden_size` and `head_dim`; records without them never changed the width.
 """
 
 from __future__ import annotations
 
 import copy
+import math
+from collections import Counter
 from typing import Any
 
 from torch import nn
 
 from .arch import get_adapter
 from .errors import PruningError
+from .per_layer import write_per_layer_config
 from .structure import _MODULE_TYPES, PATCH_KEY, structure_patch
 
 
@@ -45,6 +50,55 @@ def kept_ffn(record: dict[str, Any], layer: int) -> list[int]:
     return list(range(record["original"]["intermediate_size"])) if kept is None else kept
 
 
+def original_hidden_size(record: dict[str, Any], config) -> int:
+    """The original width of the residual stream (a record without it never pruned the width)."""
+    return record["original"].get("hidden_size") or config.hidden_size
+
+
+def kept_hidden(record: dict[str, Any], config) -> list[int]:
+    """Original residual-stream channels the model keeps."""
+    kept = record.get("kept_hidden")
+    return list(range(original_hidden_size(record, config))) if kept is None else kept
+
+
+def original_sizes(record: dict[str, Any], model_or_config) -> dict[str, Any]:
+    """`record["original"]` with `hidden_size` and `head_dim` filled in, so records written before width pruning
+    existed compare equal to new ones."""
+    config = getattr(model_or_config, "config", model_or_config)
+    original = dict(record["original"])
+    original.setdefault("hidden_size", config.hidden_size)
+    original.setdefault("head_dim", get_adapter(config).head_dim(config))
+    return original
+
+
+def original_config(model: nn.Module):
+    """A copy of `model.config` with the sizes of the UNPRUNED model (layers, FFN, heads, hidden size) and no
+    record: what a dense twin or an original parameter count is built from."""
+    record, adapter = get_record(model), get_adapter(model)
+    original = record["original"]
+    config = copy.deepcopy(model.config)
+    head_dim = adapter.head_dim(config)  # read from the record, before it is dropped
+    setattr(config, PATCH_KEY, None)
+    if getattr(config, "per_layer_config", None):  # transformers' per-layer overrides describe the pruned layers
+        config.per_layer_config = None
+    setattr(config, adapter.num_layers_field, original["num_layers"])
+    layer_types = getattr(config, "layer_types", None)
+    if isinstance(layer_types, list) and len(layer_types) == len(record["kept_layers"]) and layer_types:
+        # drop_layers kept only the surviving layers' types; a dropped layer's is not recorded: the commonest
+        filled = [Counter(layer_types).most_common(1)[0][0]] * original["num_layers"]
+        for position, layer in enumerate(record["kept_layers"]):
+            filled[layer] = layer_types[position]
+        config.layer_types = filled
+    adapter.set_intermediate_size(config, original["intermediate_size"])
+    if "hidden_size" in original:
+        adapter.set_hidden_size(config, original["hidden_size"])
+    if adapter.uniform_heads_in_config:
+        adapter.set_head_counts(config, original["num_heads"], original["num_kv_heads"], head_dim)
+    elif "hidden_size" in original:
+        adapter.set_build_head_count(config, original["num_heads"])
+    return config
+
+
 def gqa_group_size(record: dict[str, Any]) -> int:
     """Query heads per key/value head in the original model (1 without grouped-query attention)."""
     return record["original"]["num_heads"] // record["original"]["num_kv_heads"]
@@ -61,6 +115,9 @@ def save_record(model: nn.Module, record: dict[str, Any]) -> None:
     config, adapter = model.config, get_adapter(model)
     original = record["original"]
     record = copy.deepcopy(record)
+    head_dim = original.get("head_dim") or adapter.head_dim(config)  # before the hidden size changes
+    hidden = len(kept_hidden(record, config))
+    adapter.set_hidden_size(config, hidden)
 
     widths = {len(kept_ffn(record, i)) for i in range(len(record["kept_layers"]))}
     adapter.set_intermediate_size(config, widths.pop() if len(widths) == 1 else original["intermediate_size"])
@@ -70,13 +127,29 @@ def save_record(model: nn.Module, record: dict[str, Any]) -> None:
         num_heads, num_kv_heads = counts.pop() if len(counts) == 1 else (0, 0)
         if num_heads == 0:
             num_heads, num_kv_heads = original["num_heads"], original["num_kv_heads"]
-        adapter.set_head_counts(config, num_heads, num_kv_heads, adapter.head_dim(config))
+        adapter.set_head_counts(config, num_heads, num_kv_heads, head_dim)
+    elif record.get("kept_hidden") is not None:
+        adapter.set_build_head_count(config, _build_head_count(record, hidden, head_dim))
 
     setattr(config, adapter.num_layers_field, len(record["kept_layers"]))
     setattr(config, PATCH_KEY, None)
     record["patch"] = structure_patch(model)
     record["stock_loadable"] = not record["patch"]
     setattr(config, PATCH_KEY, record)
+    write_per_layer_config(model)  # transformers' own form of the same structure, where it can say it exactly
+
+
+def _build_head_count(record: dict[str, Any], hidden: int, head_dim: int) -> int:
+    """The config head count of a width-pruned model whose family derives the head width from the config.
+
+    When every layer keeps `n` heads and `n * head_dim` is the new hidden size, `n` makes the config tell the
+    truth (stock transformers builds it); otherwise a count that divides the hidden size, only so that the
+    config builds before the patch reshapes attention.
+    """
+    counts = {len(heads) for heads in record["kept_heads"]}
+    if len(counts) == 1 and (count := counts.pop()) and count * head_dim == hidden:
+        return count
+    return math.gcd(hidden, record["original"]["num_heads"])
 
 
 # ---- checks: a record read from disk or edited by hand is trusted only once it agrees with everything ----
@@ -153,6 +226,7 @@ def validate_record(record, config) -> None:
     for position, neurons in enumerate(record["kept_ffn"]):
         if neurons is not None:
             _check_ids(f"kept_ffn[{position}]", neurons, original["intermediate_size"])
+    _check_width(record, original)
     _check_patch(record.get("patch", []))
     if not isinstance(record.get("stock_loadable", True), bool):
         raise _corrupt("stock_loadable must be true or false")
@@ -163,6 +237,28 @@ def validate_record(record, config) -> None:
             f"config.hfprune keeps {num_layers} layers but the config says {configured}; "
             "the checkpoint disagrees with itself"
         )
+    if "hidden_size" in original:
+        width = len(kept_hidden(record, config))
+        if config.hidden_size != width:
+            raise PruningError(
+                f"config.hfprune keeps {width} hidden channels but the config says hidden_size "
+                f"{config.hidden_size}; the checkpoint disagrees with itself"
+            )
+
+
+def _check_width(record: dict, original: dict) -> None:
+    """The optional width part of a record: `original.hidden_size`/`head_dim` and `kept_hidden`."""
+    for key in ("hidden_size", "head_dim"):
+        if key in original and not (_is_int(original[key]) and original[key] > 0):
+            raise _corrupt(f"original {key} must be a positive integer, got {original[key]!r:.60}")
+    kept = record.get("kept_hidden")
+    if kept is None:
+        return
+    if "hidden_size" not in original or "head_dim" not in original:
+        raise _corrupt("kept_hidden needs original hidden_size and head_dim")
+    _check_ids("kept_hidden", kept, original["hidden_size"])
+    if not kept:
+        raise _corrupt("kept_hidden is empty")
 
 
 def check_record(model: nn.Module) -> dict[str, Any]:
@@ -178,7 +274,13 @@ def check_record(model: nn.Module) -> dict[str, Any]:
     if len(layers) != len(record["kept_layers"]):
         raise PruningError(f"config.hfprune keeps {len(record['kept_layers'])} layers but the model has {len(layers)}")
     head_dim = adapter.head_dim(config)
+    width = len(kept_hidden(record, config))
     for position, layer in enumerate(layers):
+        if adapter.hidden_norms and adapter.hidden_width(layer) != width:
+            raise PruningError(
+                f"config.hfprune disagrees with the weights of layer {position}: the record gives {width} hidden "
+                f"channels, the norms hold {adapter.hidden_width(layer)}"
+            )
         heads = record["kept_heads"][position]
         expected = (len(heads) * head_dim, len(kv_groups(record, heads)) * head_dim, len(kept_ffn(record, position)))
         actual = adapter.layer_widths(layer)

@@ -25,7 +25,16 @@ from torch import nn
 from .arch import get_adapter
 from .checks import check_indices, check_mapping, model_for_surgery
 from .errors import PruningError
-from .record import check_record, get_record, gqa_group_size, kept_ffn, kv_groups, save_record
+from .record import (
+    check_record,
+    get_record,
+    gqa_group_size,
+    kept_ffn,
+    kept_hidden,
+    kv_groups,
+    original_sizes,
+    save_record,
+)
 from .transaction import all_or_nothing
 
 
@@ -179,7 +188,7 @@ def restore_structure(model: nn.Module, record: dict[str, Any]) -> nn.Module:
     checkpoint's structure before its weights are loaded.
     """
     current = get_record(model)
-    if current["original"] != record["original"]:
+    if original_sizes(current, model) != original_sizes(record, model):
         raise PruningError(
             f"the checkpoint was pruned from a model with sizes {record['original']}, "
             f"this one has {current['original']}"
@@ -201,4 +210,16 @@ def restore_structure(model: nn.Module, record: dict[str, Any]) -> nn.Module:
     prune_heads(model, {layer: drop for layer, drop in heads.items() if drop})
     prune_ffn(model, {layer: drop for layer, drop in neurons.items() if drop})
     drop_layers(model, [layer for layer in current["kept_layers"] if layer not in wanted_layers])
+    _restore_width(model, current, record)
     return model
+
+
+def _restore_width(model: nn.Module, current: dict[str, Any], record: dict[str, Any]) -> None:
+    if record.get("kept_hidden") is None:
+        return
+    from .hidden import prune_hidden  # hidden builds on this module's helpers
+
+    have, keep = kept_hidden(current, model.config), set(record["kept_hidden"])
+    if not keep <= set(have):
+        raise PruningError("the checkpoint keeps hidden channels this model has already lost")
+    prune_hidden(model, [channel for channel in have if channel not in keep])

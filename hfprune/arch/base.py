@@ -12,7 +12,7 @@ from transformers import PretrainedConfig
 from transformers.pytorch_utils import Conv1D
 
 from ..errors import PruningError
-from ..structure import EmptyAttention, EmptyMLP
+from ..structure import PATCH_KEY, EmptyAttention, EmptyMLP
 from ..transaction import replace_parameter, slice_parameter  # noqa: F401 (replace_parameter: for adapters)
 
 
@@ -55,6 +55,24 @@ def check_sliceable(module) -> None:
     else:
         raise PruningError(f"cannot slice a {type(module).__name__}; expected nn.Linear or Conv1D (quantized and "
                            "adapter-wrapped layers are not supported: dequantize or merge them first)")
+    if weight.device.type == "meta":
+        raise PruningError("cannot slice weights on the meta device (offloaded?); load the model fully first")
+
+
+def slice_norm(norm: nn.Module, index: torch.Tensor) -> None:
+    """Keep the channels `index` of a LayerNorm or RMSNorm (its weight, bias and `normalized_shape`)."""
+    slice_parameter(norm, "weight", index, 0)
+    if getattr(norm, "bias", None) is not None:
+        slice_parameter(norm, "bias", index, 0)
+    if isinstance(getattr(norm, "normalized_shape", None), tuple):
+        norm.normalized_shape = (len(index),)
+
+
+def check_norm(norm: nn.Module) -> None:
+    """Refuse a norm that `slice_norm` cannot cut: it must hold a 1-d weight (and at most a 1-d bias) on a real device."""
+    weight, bias = getattr(norm, "weight", None), getattr(norm, "bias", None)
+    if not isinstance(weight, nn.Parameter) or weight.dim() != 1 or (bias is not None and bias.dim() != 1):
+        raise PruningError(f"cannot cut the channels of a {type(norm).__name__}; expected a LayerNorm or RMSNorm")
     if weight.device.type == "meta":
         raise PruningError("cannot slice weights on the meta device (offloaded?); load the model fully first")
 
@@ -106,6 +124,16 @@ class ArchAdapter:
     time_major: bool = False  # layers see hidden states as [tokens, batch, dim] instead of [batch, tokens, dim]
     causal_lm: bool = False  # a left-to-right decoder: perplexity means something (not for BERT-style encoders)
 
+    # Width (the residual stream, `hidden_size`), paths from one layer. Everything outside the layers
+    # (embeddings, final norm, pooler, task head) is found from the config: see `hfprune.hidden`.
+    hidden_inputs: tuple[str, ...] = ()  # projections that read the residual stream: their inputs are cut
+    hidden_outputs: tuple[str, ...] = ()  # projections that write it: their outputs are cut
+    hidden_parameters: tuple[str, ...] = ()  # bare Parameters whose first dim is the residual stream (XLNet)
+    hidden_norms: tuple[str, ...] = ()  # LayerNorms / RMSNorms over the residual stream
+    hidden_attributes: tuple[str, ...] = ()  # "module.attribute" paths from a layer that store the hidden size
+    model_hidden_attributes: tuple[str, ...] = ()  # attributes of `base_model` that store the hidden size
+    no_width_pruning: tuple[str, ...] = ()  # submodules of a layer whose inputs come from elsewhere (cross-attention)
+
     # ---- config -------------------------------------------------------------------------------------
     def num_layers(self, config: PretrainedConfig) -> int:
         return getattr(config, self.num_layers_field)
@@ -119,6 +147,13 @@ class ArchAdapter:
         return getattr(config, self.num_kv_heads_field, None) or self.num_heads(config)
 
     def head_dim(self, config: PretrainedConfig) -> int:
+        """Width of one attention head. Width pruning never changes it, but for families that derive it from
+        `hidden_size / num_heads` the config no longer tells it after the hidden size shrank: the record does."""
+        recorded = (getattr(config, PATCH_KEY, None) or {}).get("original", {})
+        return recorded.get("head_dim") or self.config_head_dim(config)
+
+    def config_head_dim(self, config: PretrainedConfig) -> int:
+        """Head width as the family computes it from its config."""
         return config.hidden_size // self.num_heads(config)
 
     def intermediate_size(self, config: PretrainedConfig) -> int:
@@ -133,6 +168,19 @@ class ArchAdapter:
         if self.num_kv_heads_field is not None:
             setattr(config, self.num_kv_heads_field, num_kv_heads)
         config.head_dim = head_dim
+
+    def set_hidden_size(self, config: PretrainedConfig, size: int) -> None:
+        """Write the width of the residual stream (and any size the family ties to it) into the config."""
+        config.hidden_size = size
+
+    def set_build_head_count(self, config: PretrainedConfig, num_heads: int) -> None:
+        """For families that derive the head width from `hidden_size / num_heads`: the head count that lets a
+        width-pruned config build (it must divide `hidden_size`); the real shapes come from the record's patch."""
+        setattr(config, self.num_heads_field, num_heads)
+
+    def probe_hidden_size(self, config: PretrainedConfig) -> int:
+        """A second hidden size to build the config with, to see which outer dimensions follow `hidden_size`."""
+        return 2 * config.hidden_size
 
     # ---- modules ------------------------------------------------------------------------------------
     def get_layers(self, model: nn.Module) -> nn.ModuleList:
@@ -207,7 +255,54 @@ class ArchAdapter:
             raise PruningError(f"the FFN projections of a layer disagree ({sorted(widths)} neurons)")
         return widths.pop()
 
+    def hidden_width(self, layer: nn.Module) -> int:
+        """Width of the residual stream as one layer's norms hold it (a `PruningError` if they disagree)."""
+        widths = {resolve(layer, path).weight.shape[0] for path in self.hidden_norms}
+        if len(widths) != 1:
+            raise PruningError(f"the norms of a layer disagree on the hidden size ({sorted(widths)} channels)")
+        return widths.pop()
+
+    def check_width_prunable(self, model: nn.Module, new_size: int) -> None:
+        """Refuse (before any change) a model whose layers' residual-stream channels surgery cannot cut."""
+        for layer in self.get_layers(model):
+            for path in self.no_width_pruning:
+                if hasattr(layer, path):
+                    raise PruningError(
+                        f"width pruning does not support {type(layer).__name__}.{path} (its inputs come from "
+                        "another model); prune heads, FFN neurons or layers instead"
+                    )
+            for path in (*self.hidden_inputs, *self.hidden_outputs, *self.hidden_parameters):
+                module = _stand_in_on(layer, path) or resolve(layer, path)
+                if not isinstance(module, (EmptyAttention, EmptyMLP)):
+                    check_sliceable(module)
+            for path in self.hidden_norms:
+                check_norm(resolve(layer, path))
+
     # ---- surgery ------------------------------------------------------------------------------------
+    def slice_hidden(self, layer: nn.Module, index: torch.Tensor) -> None:
+        """Keep the residual-stream channels `index` (current positions) everywhere in one layer."""
+        stand_ins = {}
+        for path, dim in [(path, 1) for path in self.hidden_inputs] + [(path, 0) for path in self.hidden_outputs]:
+            empty = _stand_in_on(layer, path)
+            if empty is None:
+                slice_linear(resolve(layer, path), index, dim)
+            elif dim == 0:  # a removed block that still adds its output bias to the residual stream
+                stand_ins[id(empty)] = empty
+        for empty in stand_ins.values():
+            if empty.bias is not None:
+                slice_parameter(empty, "bias", index, 0)
+            empty.out_features = len(index)
+        for path in self.hidden_parameters:
+            module_path, _, name = path.rpartition(".")
+            slice_parameter(resolve(layer, module_path) if module_path else layer, name, index, 0)
+        for path in self.hidden_norms:
+            slice_norm(resolve(layer, path), index)
+        for path in self.hidden_attributes:
+            module_path, _, name = path.rpartition(".")
+            module = resolve(layer, module_path) if module_path else layer
+            if hasattr(module, name):
+                setattr(module, name, len(index))
+
     def slice_heads(self, layer: nn.Module, keep_heads: list[int], keep_kv_heads: list[int], head_dim: int) -> None:
         """Keep the given (current, local) query and key/value heads of one layer."""
         q_index, kv_index = head_index(keep_heads, head_dim), head_index(keep_kv_heads, head_dim)
@@ -246,6 +341,16 @@ class ArchAdapter:
         parent_path, _, name = self.attention.rpartition(".")
         parent = layer.get_submodule(parent_path) if parent_path else layer
         setattr(parent, name, empty)
+
+
+def _stand_in_on(layer: nn.Module, path: str) -> nn.Module | None:
+    """The EmptyAttention / EmptyMLP that replaced a block on `path` (its projections are gone), or None."""
+    module = layer
+    for name in path.split(".")[:-1]:
+        module = getattr(module, name)
+        if isinstance(module, (EmptyAttention, EmptyMLP)):
+            return module
+    return None
 
 
 def _out_features(projection: nn.Module) -> int:

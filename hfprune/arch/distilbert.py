@@ -18,5 +18,10 @@ class DistilBertAdapter(ArchAdapter):
     intermediate_field = "hidden_dim"
     head_count_attributes = ("n_heads",)
 
-    def head_dim(self, config):
+    hidden_inputs = ("attention.q_lin", "attention.k_lin", "attention.v_lin", "ffn.lin1")
+    hidden_outputs = ("attention.out_lin", "ffn.lin2")
+    hidden_norms = ("sa_layer_norm", "output_layer_norm")
+    hidden_attributes = ("attention.dim",)
+
+    def config_head_dim(self, config):
         return config.dim // config.n_heads

@@ -20,6 +20,13 @@ class GPT2Adapter(ArchAdapter):
     num_heads_field = "n_head"
     intermediate_field = "n_inner"
 
+    hidden_inputs = ("attn.c_attn", "mlp.c_fc")
+    hidden_outputs = ("attn.c_proj", "mlp.c_proj")
+    hidden_norms = ("ln_1", "ln_2")
+    hidden_attributes = ("attn.embed_dim",)
+    model_hidden_attributes = ("embed_dim",)
+    no_width_pruning = ("crossattention",)
+
     def intermediate_size(self, config):
         return config.n_inner if config.n_inner is not None else 4 * config.hidden_size
 

@@ -22,7 +22,12 @@ class LlamaAdapter(ArchAdapter):
     num_kv_heads_field = "num_key_value_heads"
     uniform_heads_in_config = True
 
-    def head_dim(self, config):
+    hidden_inputs = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.gate_proj", "mlp.up_proj")
+    hidden_outputs = ("self_attn.o_proj", "mlp.down_proj")
+    hidden_norms = ("input_layernorm", "post_attention_layernorm")
+    hidden_attributes = ("hidden_size", "mlp.hidden_size")
+
+    def config_head_dim(self, config):
         return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
     def set_head_attributes(self, attention, num_heads, num_kv_heads, head_dim):

@@ -32,8 +32,21 @@ class XLNetAdapter(ArchAdapter):
     intermediate_field = "d_inner"
     time_major = True
 
-    def head_dim(self, config):
+    # `r` stays whole: it reads the sinusoidal position encoding, which is `d_model` wide in the ORIGINAL
+    # width (XLNetModel.d_model is left as it was), not the residual stream.
+    hidden_inputs = ("ff.layer_1",)
+    hidden_outputs = ("ff.layer_2",)
+    hidden_parameters = ("rel_attn.q", "rel_attn.k", "rel_attn.v", "rel_attn.o")
+    hidden_norms = ("rel_attn.layer_norm", "ff.layer_norm")
+    hidden_attributes = ("rel_attn.d_model",)
+
+    def config_head_dim(self, config):
         return config.d_head
+
+    def set_build_head_count(self, config, num_heads):
+        # XLNetConfig insists on d_head == d_model // n_head; the real head width is in the record.
+        config.n_head = num_heads
+        config.d_head = config.d_model // num_heads
 
     def register_head_mask(self, layer, factor):
         attention = layer.rel_attn
