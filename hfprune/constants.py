@@ -9,11 +9,14 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 # ---- methods -----------------------------------------------------------------------------------------
-SCORING_METHODS: tuple[str, ...] = ("importance", "taylor", "ablation", "magnitude", "random")
+SCORING_METHODS: tuple[str, ...] = ("importance", "taylor", "ablation", "activation", "magnitude", "random")
 """Head scores of `hfprune.scores.score_units`, `pipeline.score_heads` and `hfprune score --method`."""
 
 DATA_FREE_METHODS: tuple[str, ...] = ("magnitude", "random")
 """The scoring methods that read only the weights (or a seed): no dataloader, no trained task head."""
+
+PER_LAYER_NORMALIZED_METHODS: tuple[str, ...] = ("importance", "activation")
+"""Scores whose scale differs from layer to layer: each layer is normalised before they are ranked globally."""
 
 PRUNING_METHODS: tuple[str, ...] = tuple(method for method in SCORING_METHODS if method != "ablation") + ("l0",)
 """`PruningArguments.pruning_method` and `hfprune prune --method`: every scoring method but ablation (one
@@ -49,6 +52,7 @@ __all__ = [
     "IMPORTANCE_IMAGE",
     "L0_GATES_FILE",
     "LAYER_STRATEGIES",
+    "PER_LAYER_NORMALIZED_METHODS",
     "PRUNING_METHODS",
     "PRUNING_SCHEDULES",
     "PRUNING_STATE_FILE",

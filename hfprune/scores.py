@@ -26,7 +26,7 @@ from transformers.pytorch_utils import Conv1D
 
 from .arch import get_adapter
 from .arch.base import resolve
-from .constants import SCORING_METHODS, choices
+from .constants import PER_LAYER_NORMALIZED_METHODS, SCORING_METHODS, choices
 from .errors import PruningError
 from .masks import apply_masks
 from .record import get_record, gqa_group_size, kept_ffn, kv_groups
@@ -378,6 +378,7 @@ _METHOD_KINDS: dict[str, tuple[str, ...]] = {
     "importance": GATE_KINDS,
     "taylor": GATE_KINDS,
     "ablation": ("heads",),
+    "activation": ("heads", "ffn"),
     "magnitude": ("heads", "ffn"),
     "random": ("heads", "ffn"),
 }
@@ -406,6 +407,8 @@ def score_units(
     - "importance" / "taylor": `importance_scores` (per batch / per example), all kinds from the same passes;
       `normalize` defaults to True for "importance" (Michel et al.) and False for "taylor"; `loss_fn` as there.
     - "ablation": `head_ablation_scores(model, dataloader, metric)`, heads only.
+    - "activation": `hfprune.activations.activation_scores`, forward passes only (Minitron): attention-output
+      norms per head, activation magnitudes per FFN neuron; `normalize` defaults to True, as for "importance".
     - "magnitude": `magnitude_head_scores` / `magnitude_ffn_scores`; "random": `random_head_scores` /
       `random_ffn_scores` with `seed`. Both read no data (`dataloader` is not used).
     """
@@ -426,7 +429,11 @@ def score_units(
     if method == "ablation":
         return {"heads": head_ablation_scores(model, dataloader, metric)}
     if normalize is None:
-        normalize = method == "importance"
+        normalize = method in PER_LAYER_NORMALIZED_METHODS
+    if method == "activation":
+        from .activations import activation_scores  # it builds on this module's helpers
+
+        return activation_scores(model, dataloader, kinds, normalize)
     return importance_scores(model, dataloader, kinds, normalize, loss_fn, per_example=method == "taylor")
 
 

@@ -37,7 +37,8 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, set_s
 from transformers.utils import logging
 
 from .arch import get_adapter
-from .constants import DATA_FREE_METHODS, L0_GATES_FILE, PRUNING_METHODS, PRUNING_SCHEDULES, PRUNING_STATE_FILE  # noqa: F401
+from .constants import DATA_FREE_METHODS, L0_GATES_FILE, PER_LAYER_NORMALIZED_METHODS, PRUNING_METHODS, PRUNING_SCHEDULES  # noqa: F401
+from .constants import PRUNING_STATE_FILE
 from .distributed import average_over_processes, check_same_plan, is_distributed
 from .errors import PruningError
 from .gates import HeadGates
@@ -326,7 +327,7 @@ class PruningTrainer(Trainer):
         # gradient scores: each process scores its shard, unnormalised; average first, then normalise
         scores = score_units(model, method, kinds, self._score_dataloader(), normalize=False)
         scores = {kind: average_over_processes(value, self._score_weight, self.args.device) for kind, value in scores.items()}
-        if method == "importance":  # Michel et al. normalise each layer before ranking globally
+        if method in PER_LAYER_NORMALIZED_METHODS:  # Michel et al. normalise each layer before ranking globally
             scores = {kind: normalize_per_layer(value) for kind, value in scores.items()}
         return scores
 

@@ -528,3 +528,23 @@ def test_two_processes_prune_identically(tmp_path, launcher):
     assert len(importance["local_scores"]) == 4  # heads and FFN, two steps
     assert sum(map(len, importance["record"]["kept_heads"])) == 6  # half of the 12 heads
     assert 0 < l0["history"][-1]["head_sparsity"] < 1  # the gates closed some heads, the same on both ranks
+
+
+def test_activation_method_prunes_the_heads_with_the_smallest_normalised_activation_scores(tmp_path):
+    from hfprune.activations import activation_scores
+
+    model = tiny_model("bert")
+    train = data(16)
+    loader = DataLoader(train, batch_size=8, collate_fn=default_data_collator)
+    expected = normalize_per_layer(activation_scores(copy.deepcopy(model), loader, kinds="heads")["heads"])
+    args = make_args(tmp_path, pruning_method="activation", target_head_sparsity=0.5, score_num_examples=16)
+    trainer = make_trainer(model, args, train=train)
+    trainer.train()
+
+    scored = trainer.pruning_scores[1]["heads"]
+    assert torch.allclose(scored, expected.to(scored.dtype), atol=1e-6)
+    order = sorted(range(scored.numel()), key=lambda i: float(scored.flatten()[i]))
+    heads_per_layer = scored.shape[1]
+    removed = {(i // heads_per_layer, i % heads_per_layer) for i in order[: scored.numel() // 2]}
+    kept = {(layer, head) for layer, heads in enumerate(get_record(model)["kept_heads"]) for head in heads}
+    assert kept.isdisjoint(removed) and len(kept) == scored.numel() // 2
