@@ -10,7 +10,7 @@ import typer
 from hfprune.constants import LAYER_STRATEGIES, PRUNING_METHODS, PRUNING_SCHEDULES, choices
 
 from .common import GgufFileOption, MaxEvalOption, MaxLengthOption, TaskOption, check_fraction, command_line, handle_errors
-from .common import metrics_table, parse_ints, progress_display, quiet_libraries, warn, with_data_options
+from .common import fail, metrics_table, parse_ints, progress_display, quiet_libraries, warn, with_data_options
 
 PRUNE_PANEL = "What to prune"
 TRAIN_PANEL = "Training"
@@ -34,7 +34,8 @@ def prune(
     output_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", help="Where to write the pruned checkpoint; default ./MODEL-TASK-pruned.", rich_help_panel=OUTPUT_PANEL),
     data_options: dict[str, Any] | None = None,  # the task-data options, added by @with_data_options
     gguf_file: Optional[str] = GgufFileOption,
-    heads: float = typer.Option(0.4, "--heads", help="Fraction of all attention heads to remove, in [0, 1).", rich_help_panel=PRUNE_PANEL),
+    heads: Optional[float] = typer.Option(None, "--heads", help="Fraction of all attention heads to remove, in [0, 1); default 0.4 (0 with --params).", rich_help_panel=PRUNE_PANEL),
+    params: Optional[float] = typer.Option(None, "--params", help="Keep this fraction of the parameters, in (0, 1]; --heads, --ffn and --layers then only give the mix (none: heads and FFN alike).", rich_help_panel=PRUNE_PANEL),
     ffn: float = typer.Option(0.0, "--ffn", help="Fraction of FFN neurons to remove, in [0, 1).", rich_help_panel=PRUNE_PANEL),
     layers: float = typer.Option(0.0, "--layers", help="Fraction of whole layers to drop, in [0, 1).", rich_help_panel=PRUNE_PANEL),
     layer_strategy: str = typer.Option("top", "--layer-strategy", help=f"Which layers go: {choices(LAYER_STRATEGIES)}.", rich_help_panel=PRUNE_PANEL),
@@ -70,8 +71,11 @@ def prune(
 
     Example: hfprune prune bert-base-uncased --task mnli --heads 0.4 --ffn 0.2 -o bert-mnli-pruned
     """
+    heads = heads if heads is not None else (0.0 if params is not None else 0.4)
     for option, value in (("--heads", heads), ("--ffn", ffn), ("--layers", layers)):
         check_fraction(option, value)
+    if params is not None and not 0.0 < params <= 1.0:
+        fail(f"--params must be a fraction in (0, 1], got {params}")
     batch_sizes = parse_ints("--bench-batch-sizes", bench_batch_sizes)
     output_dir = output_dir or _default_output_dir(model, task)
 
@@ -88,6 +92,7 @@ def prune(
                 gguf_file=gguf_file,
                 head_sparsity=heads,
                 ffn_sparsity=ffn,
+                param_budget=params,
                 layer_sparsity=layers,
                 layer_strategy=layer_strategy,
                 method=method,

@@ -139,6 +139,7 @@ def prune_for_task(
     head_sparsity: float = 0.4,
     ffn_sparsity: float = 0.0,
     layer_sparsity: float = 0.0,
+    param_budget: float | None = None,
     layer_strategy: str = "top",
     method: str = "importance",
     schedule: str = "one_shot",
@@ -177,7 +178,8 @@ def prune_for_task(
     when the checkpoint has no trained head for the task, fine-tune one first, for at most `finetune_epochs`
     (default: 10 on sets under 10,000 examples, else 3) with early stopping on a validation slice carved from
     train; evaluate ("before") and compare with the majority-class and chance baselines of every eval split;
-    score head importance on train examples (for the card's heatmap); prune to the targets and recover with
+    score head importance on train examples (for the card's heatmap); prune to the targets (with `param_budget`,
+    the fraction of parameters to keep: the sparsities then only give the mix) and recover with
     `PruningTrainer` (`method`, `schedule`, `steps`, `recovery_epochs`, optional distillation from the dense
     model); evaluate ("after"); with `dense_control` (and recovery), train the dense model on the same examples
     for the same steps and evaluate it, the honest "before" the card compares with; time dense vs pruned
@@ -209,6 +211,7 @@ def prune_for_task(
         head_sparsity=check_sparsity("head sparsity", head_sparsity),
         ffn_sparsity=check_sparsity("FFN sparsity", ffn_sparsity),
         layer_sparsity=check_sparsity("layer sparsity", layer_sparsity),
+        param_budget=None if param_budget is None else check_number("param_budget", param_budget, 0, 1, open_low=True, error=PipelineInputError),
         layer_strategy=layer_strategy,
         per_layer=per_layer,
         recovery_epochs=check_number("recovery_epochs", recovery_epochs, 0, error=PipelineInputError),
@@ -221,8 +224,8 @@ def prune_for_task(
         max_length=max_length,
         seed=seed,
     )
-    if not any(settings[f"{kind}_sparsity"] for kind in ("head", "ffn", "layer")):
-        raise PipelineInputError("nothing to prune: give a head, FFN or layer sparsity above 0")
+    if param_budget is None and not any(settings[f"{kind}_sparsity"] for kind in ("head", "ffn", "layer")):
+        raise PipelineInputError("nothing to prune: give a head, FFN or layer sparsity above 0, or a param_budget")
     if finetune_epochs is not None:
         check_number("finetune_epochs", finetune_epochs, 0, error=PipelineInputError)
     check_count("save_steps", save_steps, 1, error=PipelineInputError, expected="a positive integer")

@@ -250,6 +250,7 @@ FIELD_OF_SETTING = {
     "head_sparsity": "target_head_sparsity",
     "ffn_sparsity": "target_ffn_sparsity",
     "layer_sparsity": "target_layer_sparsity",
+    "param_budget": "target_param_budget",
     "layer_strategy": "layer_strategy",
     "per_layer": "per_layer_ranking",
     "score_num_examples": "score_num_examples",

@@ -389,3 +389,45 @@ def test_push_adds_the_card_when_the_folder_has_none_and_no_card_skips_it(work: 
     result = cli("push", folder, "me/tiny-no-card", "--no-card")
     assert result.exit_code == 0, result.stderr
     assert hub.repos["me/tiny-no-card"].files() == local and "generated model card" not in result.stdout
+
+
+def test_decoder_end_to_end_from_the_cli_with_a_parameter_target(tmp_path: Path):
+    """`hfprune prune TINY_LLAMA --task lm --params 0.7`: scored on calibration text, pruned to 70% of the
+    parameters, distilled from the dense model, perplexity on held-out text only, card written."""
+    import transformers
+    from cli_fixtures import sentences
+
+    write_tiny_bert(tmp_path / "tok")  # only for its tokenizer
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "tok")
+    config = transformers.LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=4, max_position_embeddings=64,  # MHA: 2-head KV groups would make 70% too coarse a target
+    )  # fmt: skip
+    transformers.LlamaForCausalLM(config).save_pretrained(tmp_path / "llama")
+    tokenizer.save_pretrained(tmp_path / "llama")
+    words = [text for text, _ in sentences(80, 0)]
+    (tmp_path / "text").mkdir()
+    (tmp_path / "text" / "train.txt").write_text("\n".join(words[:60]))
+    (tmp_path / "text" / "validation.txt").write_text("\n".join(words[60:]))  # held out: never calibrated on
+
+    result = cli(
+        "prune", tmp_path / "llama", "--task", "lm", "--data-dir", tmp_path / "text", "-o", tmp_path / "out",
+        "--params", "0.7", "--distill", "0.5", "--lr", "1e-3", "--batch-size", "8", "--max-length", "16",
+        "--no-bench", "--quiet",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    results = json.loads((tmp_path / "out" / "hfprune_results.json").read_text())
+    parameters = results["sparsity"]["parameters"]
+    assert parameters["kept"] / parameters["original"] == pytest.approx(0.7, abs=0.05)
+    assert results["settings"]["param_budget"] == 0.7 and results["settings"]["distillation_alpha"] == 0.5
+    before, after = results["metrics_before"]["validation"], results["metrics_after"]["validation"]
+    assert {"perplexity"} <= set(before) and after["perplexity"] > 1.0
+    assert results["dense_control"]["steps"] == results["dense_control"]["pruned_steps"] > 0
+    reloaded = __import__("hfprune").from_pretrained(tmp_path / "out")
+    assert sum(p.numel() for p in reloaded.parameters()) == parameters["kept"]
+    assert "text-generation" in (tmp_path / "out" / "README.md").read_text()
+
+
+def test_params_out_of_range_is_one_line_exit_2(tmp_path: Path):
+    result = cli("prune", tmp_path / "missing", "--task", "lm", "--params", "1.5")
+    assert result.exit_code == 2 and one_error_line(result) == "Error: --params must be a fraction in (0, 1], got 1.5"
