@@ -123,7 +123,6 @@ def score_task(
     return payload
 
 
-# ---- the main job -------------------------------------------------------------------------------------
 def prune_for_task(
     model_name_or_path: str,
     task: str,
@@ -178,12 +177,12 @@ def prune_for_task(
     when the checkpoint has no trained head for the task, fine-tune one first, for at most `finetune_epochs`
     (default: 10 on sets under 10,000 examples, else 3) with early stopping on a validation slice carved from
     train; evaluate ("before") and compare with the majority-class and chance baselines of every eval split;
-    score head importance on train examples (for the card's heatmap); prune to the targets (with `param_budget`,
-    the fraction of parameters to keep: the sparsities then only give the mix) and recover with
-    `PruningTrainer` (`method`, `schedule`, `steps`, `recovery_epochs`, optional distillation from the dense
-    model); evaluate ("after"); with `dense_control` (and recovery), train the dense model on the same examples
-    for the same steps and evaluate it, the honest "before" the card compares with; time dense vs pruned
-    (`bench`); write model, tokenizer, README.md model card, heatmaps and `hfprune_results.json` atomically.
+    score head importance on train examples (for the card's heatmap); prune to the targets (`param_budget`: the
+    fraction of parameters to keep, the sparsities then give the mix) and recover with `PruningTrainer` (`method`,
+    `schedule`, `steps`, `recovery_epochs`, optional distillation); evaluate ("after"); with `dense_control`, when
+    the pruned model trained, train the dense model on the same examples for the same steps and evaluate it, the
+    honest "before" the card compares with; time dense vs pruned (`bench`); write model, tokenizer, README.md
+    model card, heatmaps and `hfprune_results.json` atomically.
 
     A dense model that is not clearly above the trivial baselines raises `WeakBaselineError` (its state is kept:
     resume with `allow_weak_baseline=True` to prune it anyway, and the card then says so). `dry_run=True` loads
@@ -322,11 +321,12 @@ def prune_for_task(
         say("evaluating the pruned model")
         metrics_after = evaluate(model, stage="evaluate pruned")
         lap("evaluate after")
-        if dense_control and recovery_epochs > 0 and "dense_control" not in state:
+        pruned_steps = sum(entry["train_steps"] for entry in history)  # recovery, and L0 gate training
+        if dense_control and pruned_steps > 0 and "dense_control" not in state:
             say("training the dense model on the same examples for the same steps (the honest before)")
             state["dense_control"] = train_dense_control(
                 teacher, source, data, work_dir, state, train, pruning_args, tokenizer=tokenizer, evaluate=evaluate,
-                pruned_steps=sum(entry["train_steps"] for entry in history), progress=progress,
+                pruned_steps=pruned_steps, progress=progress,
             )  # fmt: skip
             _save_state(work_dir, state)
             lap("dense control")
@@ -372,7 +372,6 @@ def prune_for_task(
     return result
 
 
-# ---- the smaller jobs ---------------------------------------------------------------------------------
 def drop_layers_for_task(
     model_name_or_path: str,
     output_dir: str | os.PathLike,
