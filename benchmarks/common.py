@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import tempfile
 import time
 from collections.abc import Iterable
@@ -150,3 +151,14 @@ def dense_finetuned(data: SST2, cache: Path, *, slice_name: str = "finetune", se
     data.tokenizer.save_pretrained(cache)  # a checkpoint the product can load as it is
     info_file.write_text(json.dumps(info, indent=2))
     return model.eval(), info
+
+
+def write_glue_folder(data: SST2, slice_name: str, folder: Path) -> Path:
+    """A GLUE folder whose train.tsv is one slice of SST-2 train and whose dev.tsv is the real dev set, so that
+    `prune_for_task` recovers on exactly that slice (disjoint from the dense model's data) and reports on dev."""
+    train = tasks.load_task("sst2", data_dir=GLUE, split="train").select(data.indices[slice_name])
+    (folder / "SST-2").mkdir(parents=True, exist_ok=True)
+    rows = ["sentence\tlabel", *(f"{row['sentence']}\t{row['label']}" for row in train)]
+    (folder / "SST-2" / "train.tsv").write_text("\n".join(rows) + "\n")
+    shutil.copy(GLUE / "SST-2" / "dev.tsv", folder / "SST-2" / "dev.tsv")
+    return folder

@@ -27,14 +27,13 @@ import copy
 import gc
 import importlib.metadata
 import json
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from common import CACHE, GLUE, HERE, RECIPE, RECIPE_TEXT, SST2, accuracy, dense_finetuned, load_avg, log, save_json, train  # first: sets the offline env
+from common import CACHE, GLUE, HERE, RECIPE, RECIPE_TEXT, SST2, accuracy, dense_finetuned, load_avg, log, save_json, train, write_glue_folder  # first: sets the offline env
 
 import torch
 from torch.utils.data import DataLoader
@@ -226,17 +225,6 @@ HEADLINE_CONFIGS = [
     ("L3 + FFN 50% + heads 50%", 3, 0.5, 0.5),
 ]
 HEADLINE_SLICES = {"finetune": (0, 8000), "recovery": (10512, 14512)}  # positions in the seeded shuffle of train.tsv
-
-
-def write_glue_folder(data: SST2, slice_name: str, folder: Path) -> Path:
-    """A GLUE folder whose train.tsv is one slice of SST-2 train and whose dev.tsv is the real dev set, so that
-    `prune_for_task` recovers on exactly that slice (disjoint from the dense model's data) and reports on dev."""
-    train = tasks.load_task("sst2", data_dir=GLUE, split="train").select(data.indices[slice_name])
-    (folder / "SST-2").mkdir(parents=True, exist_ok=True)
-    rows = ["sentence\tlabel", *(f"{row['sentence']}\t{row['label']}" for row in train)]
-    (folder / "SST-2" / "train.tsv").write_text("\n".join(rows) + "\n")
-    shutil.copy(GLUE / "SST-2" / "dev.tsv", folder / "SST-2" / "dev.tsv")
-    return folder
 
 
 def headline_targets(layers_dropped: int, heads_kept: float, ffn_kept: float) -> dict:

@@ -34,7 +34,11 @@ def prune(
     output_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", help="Where to write the pruned checkpoint; default ./MODEL-TASK-pruned.", rich_help_panel=OUTPUT_PANEL),
     data_options: dict[str, Any] | None = None,  # the task-data options, added by @with_data_options
     gguf_file: Optional[str] = GgufFileOption,
-    heads: Optional[float] = typer.Option(None, "--heads", help="Fraction of all attention heads to remove, in [0, 1); default 0.4 (0 with --params).", rich_help_panel=PRUNE_PANEL),
+    heads: Optional[float] = typer.Option(None, "--heads", help="Fraction of all attention heads to remove, in [0, 1); default 0.4 (0 with --params, --speedup or --max-drop).", rich_help_panel=PRUNE_PANEL),
+    speedup: Optional[float] = typer.Option(None, "--speedup", help="Prune until the model runs this many times faster than dense (measured on --device at --speedup-batch-size x --speedup-seq-len), choosing layers, heads and FFN neurons by importance per saved second.", rich_help_panel=PRUNE_PANEL),
+    max_drop: Optional[float] = typer.Option(None, "--max-drop", help="The fastest model within this many points of dense (chosen on a slice of train, reported on dev), among --steps (default 6) ever faster steps up to --speedup (default 4).", rich_help_panel=PRUNE_PANEL),
+    speedup_batch_size: int = typer.Option(32, "--speedup-batch-size", min=1, help="Batch size the --speedup is measured and met at.", rich_help_panel=PRUNE_PANEL),
+    speedup_seq_len: int = typer.Option(128, "--speedup-seq-len", min=1, help="Sequence length the --speedup is measured and met at.", rich_help_panel=PRUNE_PANEL),
     params: Optional[float] = typer.Option(None, "--params", help="Keep this fraction of the parameters, in (0, 1]; --heads, --ffn and --layers then only give the mix (none: heads and FFN alike).", rich_help_panel=PRUNE_PANEL),
     ffn: float = typer.Option(0.0, "--ffn", help="Fraction of FFN neurons to remove, in [0, 1).", rich_help_panel=PRUNE_PANEL),
     layers: float = typer.Option(0.0, "--layers", help="Fraction of whole layers to drop, in [0, 1).", rich_help_panel=PRUNE_PANEL),
@@ -71,11 +75,15 @@ def prune(
 
     Example: hfprune prune bert-base-uncased --task mnli --heads 0.4 --ffn 0.2 -o bert-mnli-pruned
     """
-    heads = heads if heads is not None else (0.0 if params is not None else 0.4)
     for option, value in (("--heads", heads), ("--ffn", ffn), ("--layers", layers)):
-        check_fraction(option, value)
+        if value is not None:
+            check_fraction(option, value)
     if params is not None and not 0.0 < params <= 1.0:
         fail(f"--params must be a fraction in (0, 1], got {params}")
+    if speedup is not None and speedup <= 1.0:
+        fail(f"--speedup must be above 1, got {speedup}")
+    if max_drop is not None and max_drop < 0:
+        fail(f"--max-drop must be a number of points >= 0, got {max_drop}")
     batch_sizes = parse_ints("--bench-batch-sizes", bench_batch_sizes)
     output_dir = output_dir or _default_output_dir(model, task)
 
@@ -93,6 +101,10 @@ def prune(
                 head_sparsity=heads,
                 ffn_sparsity=ffn,
                 param_budget=params,
+                target_speedup=speedup,
+                speedup_batch_size=speedup_batch_size,
+                speedup_seq_len=speedup_seq_len,
+                max_drop=max_drop,
                 layer_sparsity=layers,
                 layer_strategy=layer_strategy,
                 method=method,
@@ -134,6 +146,12 @@ def prune(
     console.print(metrics_table(f"{result.task}: dense vs pruned", columns))
     for unit, values in result.sparsity.items():
         console.print(f"{unit}: kept {values['kept']:,} of {values['original']:,} ({values['sparsity']:.1%} removed)")
+    target = result.speed_target
+    if target and target.get("measured_speedup") is not None:
+        verdict = "met" if target["met"] else "missed"
+        console.print(f"speed target {target['target_speedup']:.2f}x at batch {target['batch_size']} x {target['seq_len']}: predicted {target['predicted_speedup']:.2f}x, measured {target['measured_speedup']:.2f}x ({verdict})")
+    if result.selection:
+        console.print(f"chosen: pruning step {result.selection['chosen_step']}, {result.selection['protocol']}")
     if result.speed is not None:
         for row in result.speed.rows:
             if row["model"] != "dense":

@@ -370,6 +370,23 @@ def _speed_info(speed: Any) -> dict[str, Any] | None:
     }
 
 
+def _speed_target_info(report: Mapping[str, Any] | None) -> dict[str, str] | None:
+    """The card's sentence parts for a speed target (None without one, or before it was measured)."""
+    if not report or report.get("measured_speedup") is None:
+        return None
+    extra = len(report.get("measurements", [])) - 1
+    verdict = "met" if report["met"] else "missed: the extra pruning steps ran out"
+    if extra > 0:
+        verdict += f", after {extra} extra pruning step{'s' if extra > 1 else ''} to close the gap"
+    return {
+        "target": f"{report['target_speedup']:.2f}x",
+        "shape": f"{report['batch_size']} x {report['seq_len']}",
+        "predicted": f"{report['predicted_speedup']:.2f}x",
+        "measured": f"{report['measured_speedup']:.2f}x",
+        "verdict": verdict,
+    }
+
+
 def _speed_json(speed: Any) -> dict[str, Any] | None:
     return None if speed is None else _speed_report(speed).to_dict()
 
@@ -462,6 +479,8 @@ def write_model_card(
     dense_control_note: str | None = None,
     max_eval_samples: int | None = None,
     speed: Any = None,
+    speed_target: Mapping[str, Any] | None = None,
+    selection_note: str | None = None,
     importance: torch.Tensor | Sequence[Sequence[float | None]] | None = None,
     command: str | None = None,
     repo_id: str | None = None,
@@ -491,6 +510,8 @@ def write_model_card(
         max_eval_samples: the eval sets were cut to their first N examples (default: the `pruning` setting
             of that name); the model-index and the results say so.
         speed: a `hfprune.speed.SpeedReport`, or its JSON form; a noisy one is marked as such.
+        speed_target: `PruningTrainer.speedup_report` of a `target_speedup` run: target, predicted and measured.
+        selection_note: how a `max_drop` run chose its step, in one sentence.
         importance: `[num_layers, num_heads]` head importance of the unpruned model (original indices);
             `importance_note` says how it relates to what was pruned.
         command: the command line that produced the checkpoint (absolute paths reduced to their last part).
@@ -575,6 +596,8 @@ def write_model_card(
         importance_source="scored on training examples, never on the evaluation split"
         + (f"; {importance_note}" if importance_note else ""),
         speed=_speed_info(speed),
+        speed_target=_speed_target_info(speed_target),
+        selection_note=selection_note,
         speed_image=SPEED_IMAGE if speed is not None and (checkpoint_dir / SPEED_IMAGE).exists() else None,
         repo_id=name,
         auto_class=_auto_class(model),
@@ -654,6 +677,8 @@ def card_inputs(
     max_eval_samples: int | None = None,
     dense_control: Mapping[str, Any] | None = None,
     dense_control_note: str | None = None,
+    speed_target: Mapping[str, Any] | None = None,
+    selection_note: str | None = None,
 ) -> dict[str, Any]:
     """The JSON-safe keyword arguments of `write_model_card`, as stored in `hfprune_results.json`.
 
@@ -675,6 +700,8 @@ def card_inputs(
         "dense_control_note": dense_control_note,
         "max_eval_samples": max_eval_samples,
         "speed": _speed_json(speed),
+        "speed_target": dict(speed_target) if speed_target else None,
+        "selection_note": selection_note,
         "importance": None
         if scores is None
         else [[None if math.isnan(v) else v for v in row] for row in scores.tolist()],
@@ -716,6 +743,8 @@ def prune_card_inputs(
         dense_control=(result.dense_control or {}).get("metrics"),
         dense_control_note=(result.dense_control or {}).get("protocol"),
         speed=result.speed,
+        speed_target=result.speed_target,
+        selection_note=(result.selection or {}).get("protocol"),
         importance=result.importance,
         command=command,
         pruning={key: value for key, value in result.settings.items() if value is not None},

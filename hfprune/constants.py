@@ -25,6 +25,9 @@ evaluation pass per head, heads only), plus "l0" (trained hard-concrete gates in
 # ---- schedules and strategies ------------------------------------------------------------------------
 PRUNING_SCHEDULES: tuple[str, ...] = ("one_shot", "iterative")
 
+PRUNING_PHASES: tuple[str, ...] = ("l0", "recovery")
+"""The training phases of one `PruningTrainer` step, in order (checkpoints record which one they are in)."""
+
 LAYER_STRATEGIES: tuple[str, ...] = ("top", "bottom", "even", "odd", "symmetric", "contribution")
 """Which layers `hfprune.plan.layers_to_drop` drops (Sajjad et al. 2020, plus "contribution": by layer scores)."""
 
@@ -54,6 +57,7 @@ __all__ = [
     "LAYER_STRATEGIES",
     "PER_LAYER_NORMALIZED_METHODS",
     "PRUNING_METHODS",
+    "PRUNING_PHASES",
     "PRUNING_SCHEDULES",
     "PRUNING_STATE_FILE",
     "README_FILE",

@@ -214,6 +214,7 @@ def train_dense_control(
     tokenizer: Any,
     evaluate: Callable[..., dict],
     pruned_steps: int,
+    pruning_steps: int | None = None,
     progress,
 ) -> dict[str, Any]:
     """The honest "before": the dense model trained on the same examples, for as many epochs, at the same learning
@@ -221,7 +222,9 @@ def train_dense_control(
 
     Without it, a pruned model that trained longer than the dense one can look better than dense for having
     seen more data. `dense` is a copy to train in place (the distillation teacher, no longer needed), or None to
-    reload the dense model from the run's fine-tuned folder or `source`. Returns the run's `dense_control` entry.
+    reload the dense model from the run's fine-tuned folder or `source`. `pruning_steps`: how many pruning steps the
+    pruned model went through (default: the arguments' count; a speed target or max_drop can run more or fewer).
+    Returns the run's `dense_control` entry.
     """
     from .pruning_config import PruningConfig
     from .trainer import PruningTrainer
@@ -231,7 +234,8 @@ def train_dense_control(
         dense, _, _ = load_model_for_task(str(finetuned) if state.get("finetuned_first") else source, data)
     dense.train().requires_grad_(True)  # a distillation teacher was frozen
     args = pruning_args
-    epochs = args.recovery_epochs * args.num_pruning_steps + (args.l0_epochs if args.pruning_method == "l0" else 0)
+    pruning_steps = args.num_pruning_steps if pruning_steps is None else pruning_steps
+    epochs = args.recovery_epochs * pruning_steps + (args.l0_epochs if args.pruning_method == "l0" else 0)
     settings = _training_kwargs(
         work_dir / "control", batch_size=args.per_device_train_batch_size * args.gradient_accumulation_steps,
         learning_rate=args.learning_rate, seed=args.seed, quiet=progress is not None, device="cpu" if args.use_cpu else None,

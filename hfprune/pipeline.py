@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import json
 import logging
 import os
 import shutil
@@ -25,21 +24,21 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
 from torch.utils.data import DataLoader
 
 from ._validation import check_count, check_device, check_fraction, check_number
 from .baselines import check_dense_model
 from .callbacks import Progress, progress_callbacks
 from .checkpoint import config_has_head, load_model, load_model_for_task, resolve_model
-from .constants import DATA_FREE_METHODS, IMPORTANCE_IMAGE, SCORES_FILE, SCORING_METHODS, choices
 from .errors import PipelineInputError, PruningError, WeakBaselineError, _first_line  # noqa: F401  (WeakBaselineError: old path)
 from .finetune import _quiet, _training_kwargs, prepare_dense_model, release_memory, train_dense_control
 from .finetune import default_finetune_epochs, micro_batches, validation_slice  # noqa: F401  (old import path)
+from .latency import Timer
+from .max_drop import DEFAULT_CEILING, DEFAULT_STEPS, KeepFastestWithinDrop, selection_split
 from .output import check_output_dir, write_atomically
 from .results import PruneResult, Stopwatch, write_output_folder
 from .rundir import IMPORTANCE_FILE, _has_pruning_checkpoint, _open_work_dir, _save_state, load_or_compute, work_dir_for
+from .score_job import score_heads, score_task
 from .scores import head_importance
 from .speed import time_against_dense
 from .tasks import CUSTOM_TASK, LM_TASK, TaskData, TaskDataError, _collator, _tokenized, make_compute_metrics  # noqa: F401
@@ -56,73 +55,6 @@ def check_sparsity(name: str, value: float) -> float:
     return check_fraction(name, value, error=PipelineInputError, expected="a fraction in [0, 1)")
 
 
-def score_heads(
-    model: nn.Module,
-    tokenizer: Any,
-    data: TaskData,
-    *,
-    method: str = "importance",
-    num_examples: int = 512,
-    batch_size: int = 32,
-    max_length: int = 128,
-    seed: int = 42,
-) -> torch.Tensor:
-    """`[num_layers, num_heads]` head scores on the first `num_examples` train examples (never the eval
-    split), by one of `SCORING_METHODS`: "importance" (Michel et al. gradient), "taylor", "ablation",
-    "magnitude" or "random" (see `hfprune.scores.score_units`)."""
-    from .scores import score_units
-
-    if method not in SCORING_METHODS:
-        raise PipelineInputError(f"unknown scoring method {method!r}; choose {choices(SCORING_METHODS)}")
-    if method in DATA_FREE_METHODS:
-        return score_units(model, method, ("heads",), seed=seed)["heads"]
-    loader = scoring_batches(data, tokenizer, num_examples=num_examples, batch_size=batch_size, max_length=max_length)
-    return score_units(model, method, ("heads",), loader, seed=seed)["heads"]
-
-
-def score_task(
-    model_name_or_path: str,
-    task: str,
-    *,
-    output_dir: str | os.PathLike,
-    method: str = "importance",
-    num_examples: int = 512,
-    batch_size: int = 32,
-    max_length: int = 128,
-    seed: int = 42,
-    gguf_file: str | None = None,
-    data_kwargs: Mapping[str, Any] | None = None,
-    overwrite: bool = False,
-    log: Callable[[str], None] | None = None,
-) -> dict[str, Any]:
-    """Score every head of a model on a task (`score_heads`) and write `head_scores.json` and a heatmap to
-    `output_dir`, atomically. The model is not changed. Returns what the JSON holds (the scores included)."""
-    from .card import plot_head_importance
-    from .record import get_record
-
-    say = log or (lambda message: logger.warning(message))
-    if method not in SCORING_METHODS:
-        raise PipelineInputError(f"unknown scoring method {method!r}; choose {choices(SCORING_METHODS)}")
-    output_dir = check_output_dir(output_dir, overwrite)
-    data = load_task_data(task, max_train_samples=num_examples, seed=seed, **(data_kwargs or {}))
-    model, tokenizer, has_head = load_model_for_task(model_name_or_path, data, gguf_file=gguf_file)
-    if not has_head and method not in DATA_FREE_METHODS:
-        say(f"{model_name_or_path} has no trained {data.name} head: gradient scores reflect a random classifier (fine-tune first, or use `hfprune prune`)")
-    scores = score_heads(model, tokenizer, data, method=method, num_examples=num_examples, batch_size=batch_size, max_length=max_length, seed=seed)
-    payload = {
-        "model": model_name_or_path, "task": data.name, "method": method, "num_examples": min(num_examples, len(data.train)),
-        "shape": list(scores.shape), "scores": [[None if torch.isnan(v) else float(v) for v in row] for row in scores],
-    }  # fmt: skip
-    record = get_record(model)
-
-    def write(folder: Path) -> None:
-        (folder / SCORES_FILE).write_text(json.dumps(payload, indent=2) + "\n")
-        plot_head_importance(scores.float(), record, folder / IMPORTANCE_IMAGE, title=f"head scores ({method}), {data.name}")
-
-    write_atomically(output_dir, write, overwrite=overwrite)
-    return payload
-
-
 def prune_for_task(
     model_name_or_path: str,
     task: str,
@@ -135,10 +67,15 @@ def prune_for_task(
     label_column: str = "label",
     label_names: Sequence[str] | None = None,
     gguf_file: str | None = None,
-    head_sparsity: float = 0.4,
+    head_sparsity: float | None = None,
     ffn_sparsity: float = 0.0,
     layer_sparsity: float = 0.0,
     param_budget: float | None = None,
+    target_speedup: float | None = None,
+    speedup_batch_size: int = 32,
+    speedup_seq_len: int = 128,
+    max_drop: float | None = None,
+    speed_timer: Timer | None = None,
     layer_strategy: str = "top",
     method: str = "importance",
     schedule: str = "one_shot",
@@ -177,12 +114,20 @@ def prune_for_task(
     when the checkpoint has no trained head for the task, fine-tune one first, for at most `finetune_epochs`
     (default: 10 on sets under 10,000 examples, else 3) with early stopping on a validation slice carved from
     train; evaluate ("before") and compare with the majority-class and chance baselines of every eval split;
-    score head importance on train examples (for the card's heatmap); prune to the targets (`param_budget`: the
-    fraction of parameters to keep, the sparsities then give the mix) and recover with `PruningTrainer` (`method`,
+    score head importance on train examples (for the card's heatmap); prune to the targets and recover with `PruningTrainer` (`method`,
     `schedule`, `steps`, `recovery_epochs`, optional distillation); evaluate ("after"); with `dense_control`, when
     the pruned model trained, train the dense model on the same examples for the same steps and evaluate it, the
     honest "before" the card compares with; time dense vs pruned (`bench`); write model, tokenizer, README.md
     model card, heatmaps and `hfprune_results.json` atomically.
+
+    What to remove is one of: sparsities (`head_sparsity`, default 0.4 when no other target is given,
+    `ffn_sparsity`, `layer_sparsity`); `param_budget`, the fraction of parameters to keep (the sparsities then give
+    the mix); `target_speedup`, a measured speedup at `speedup_batch_size` x `speedup_seq_len` on `device`
+    (`PruningArguments.target_speedup`: a latency model, allocation by importance per saved second, measured
+    again at the end); or `max_drop`, the fastest model within that many points of the dense model's main metric,
+    chosen on a selection slice of train among the steps of an iterative speed-target run (`steps`, default 6, up
+    to `target_speedup`, default 4; `hfprune.max_drop`), then reported on dev like any other. `speed_timer`
+    replaces how a speed target times models (`hfprune.latency.Timer`, e.g. the runtime it will be served in).
 
     A dense model that is not clearly above the trivial baselines raises `WeakBaselineError` (its state is kept:
     resume with `allow_weak_baseline=True` to prune it anyway, and the card then says so). `dry_run=True` loads
@@ -203,6 +148,13 @@ def prune_for_task(
     lap, timings = stopwatch.lap, stopwatch.timings
 
     # -- everything that can be checked cheaply, before any weights are loaded
+    chooses_itself = param_budget is not None or target_speedup is not None or max_drop is not None
+    if head_sparsity is None:
+        head_sparsity = 0.0 if chooses_itself else 0.4
+    if max_drop is not None:
+        check_number("max_drop", max_drop, 0, error=PipelineInputError, expected="a number of points >= 0")
+        schedule, steps = "iterative", (steps if steps > 1 else DEFAULT_STEPS)
+        target_speedup = DEFAULT_CEILING if target_speedup is None else target_speedup
     settings = dict(
         method=method,
         schedule=schedule,
@@ -211,6 +163,10 @@ def prune_for_task(
         ffn_sparsity=check_sparsity("FFN sparsity", ffn_sparsity),
         layer_sparsity=check_sparsity("layer sparsity", layer_sparsity),
         param_budget=None if param_budget is None else check_number("param_budget", param_budget, 0, 1, open_low=True, error=PipelineInputError),
+        target_speedup=target_speedup,
+        speedup_batch_size=speedup_batch_size if target_speedup is not None else None,
+        speedup_seq_len=speedup_seq_len if target_speedup is not None else None,
+        max_drop=max_drop,
         layer_strategy=layer_strategy,
         per_layer=per_layer,
         recovery_epochs=check_number("recovery_epochs", recovery_epochs, 0, error=PipelineInputError),
@@ -223,8 +179,10 @@ def prune_for_task(
         max_length=max_length,
         seed=seed,
     )
-    if param_budget is None and not any(settings[f"{kind}_sparsity"] for kind in ("head", "ffn", "layer")):
-        raise PipelineInputError("nothing to prune: give a head, FFN or layer sparsity above 0, or a param_budget")
+    if not chooses_itself and not any(settings[f"{kind}_sparsity"] for kind in ("head", "ffn", "layer")):
+        raise PipelineInputError(
+            "nothing to prune: give a head, FFN or layer sparsity above 0, a param_budget, a target_speedup or a max_drop"
+        )
     if finetune_epochs is not None:
         check_number("finetune_epochs", finetune_epochs, 0, error=PipelineInputError)
     check_count("save_steps", save_steps, 1, error=PipelineInputError, expected="a positive integer")
@@ -238,6 +196,10 @@ def prune_for_task(
         label_column=label_column, label_names=label_names, max_train_samples=max_train_samples,
         max_eval_samples=max_eval_samples, seed=seed,
     )  # fmt: skip
+    if dry_run and target_speedup is not None:
+        raise PipelineInputError("a dry run plans sparsity targets; a speed target is planned on timings measured during the run")
+    if max_drop is not None and data.is_lm:
+        raise PipelineInputError("max_drop is in points of a task metric; for --task lm give a target_speedup or param_budget")
     if finetune_epochs == 0 and not config_has_head(source.config, data):
         raise PipelineInputError(
             f"{model_name_or_path} has no trained head for {data.name}; it needs finetune_epochs > 0",
@@ -256,6 +218,7 @@ def prune_for_task(
                 work_dir / "prune", batch_size=batch_size, learning_rate=learning_rate, seed=seed,
                 quiet=progress is not None, save_steps=0 if dry_run else save_steps, device=device,
             ),
+            speedup_num_threads=bench_threads, speedup_extra_steps=0 if max_drop is not None else 2,
         )  # fmt: skip
     except (ValueError, PruningError) as error:
         raise PipelineInputError(_first_line(error)) from None
@@ -302,19 +265,29 @@ def prune_for_task(
         # Per-step evaluation only pays for an iterative schedule (its curve goes into the history).
         iterative = schedule == "iterative" and steps > 1
         step_eval = _tokenized(data, next(iter(data.eval.values())), tokenizer, max_length) if iterative else None
+        callbacks, keeper = progress_callbacks(progress, "prune + recover"), None
+        if max_drop is not None:  # steps are evaluated (and chosen) on held-out TRAINING examples, never on dev
+            train, step_eval = selection_split(train, seed)
+            keeper = KeepFastestWithinDrop(data.spec.metrics[0], max_drop)
+            callbacks.append(keeper)
         recovery = f"recovering ({recovery_epochs:g} epochs)" if recovery_epochs > 0 else "no recovery fine-tuning"
         say(f"pruning ({method}, {schedule.replace('_', '-')}), {recovery}")
         trainer = PruningTrainer(
             model=model, args=pruning_args, train_dataset=train, eval_dataset=step_eval, processing_class=tokenizer,
             data_collator=collate, compute_metrics=None if data.is_lm else make_compute_metrics(data.spec),
-            score_dataset=score_dataset, teacher_model=teacher, callbacks=progress_callbacks(progress, "prune + recover"),
+            score_dataset=score_dataset, teacher_model=teacher, callbacks=callbacks, speed_timer=speed_timer,
         )  # fmt: skip
         if progress is not None:
             _quiet(trainer)
         trainer.train(resume_from_checkpoint=True if resume and _has_pruning_checkpoint(work_dir / "prune") else None)
-        model = trainer.model.eval()
-        history = list(trainer.pruning_history)
-        del trainer
+        model, history, speed_target = trainer.model.eval(), list(trainer.pruning_history), trainer.speedup_report
+        selection = keeper and keeper.summary(len(step_eval))
+        if keeper is not None:  # its steps are candidates, not a closed loop: the speed table reports the chosen one
+            speed_target = None
+            if keeper.chosen_model is None:
+                raise PruningError(f"no pruning step stayed within {max_drop:g} points of the dense model on the selection slice: {keeper.steps}")
+            model, history = keeper.chosen_model.to(model.device).eval(), history[: keeper.chosen_step + 1]
+        del trainer, keeper
         release_memory()
         lap("prune + recover")
 
@@ -326,7 +299,7 @@ def prune_for_task(
             say("training the dense model on the same examples for the same steps (the honest before)")
             state["dense_control"] = train_dense_control(
                 teacher, source, data, work_dir, state, train, pruning_args, tokenizer=tokenizer, evaluate=evaluate,
-                pruned_steps=pruned_steps, progress=progress,
+                pruned_steps=pruned_steps, pruning_steps=len(history) - 1, progress=progress,
             )  # fmt: skip
             _save_state(work_dir, state)
             lap("dense control")
@@ -348,6 +321,7 @@ def prune_for_task(
             metrics_after=metrics_after, sparsity=sparsity_summary(model, base_parameters), finetuned_first=finetuned_first,
             speed=speed, importance=importance, pruning_history=history, settings=settings, timings=timings,
             baselines=baselines, weak_baseline=weak, finetune=state.get("finetune"), dense_control=state.get("dense_control"),
+            speed_target=speed_target, selection=selection,
         )  # fmt: skip
         card_kwargs = prune_card_inputs(
             result, base_model=model_name_or_path, base_model_id=base_model_id, repo_id=repo_id or output_dir.name,

@@ -51,6 +51,21 @@ class PruningConfig(TrainingArguments):
             MIX: they are all multiplied by one factor, chosen so that the removed heads, neurons and layers
             account for the parameters over budget (all zero: heads and FFN neurons at the same sparsity).
             Embeddings and the task head are never pruned, so a small budget may be unreachable (PruningError).
+        target_speedup (`float` or `None`, defaults to `None`):
+            Prune until the model is this many times faster (> 1) than the dense model, measured where it trains
+            (`args.device`) at `speedup_batch_size` x `speedup_seq_len`, instead of fixed sparsities. A latency
+            model is measured first (`hfprune.latency`); each step removes the layers, heads and FFN neurons with
+            the least gradient importance per second saved, across all three at once (`hfprune.allocation`),
+            down to its share of the time; after the last step the result is timed beside the dense model and
+            pruned further if it is short (`speedup_extra_steps`). Needs `pruning_method` "importance" or "taylor"
+            (scores are then not normalised per layer, so kinds compare) and leaves the sparsity targets unset.
+        speedup_batch_size (`int`, defaults to `32`), speedup_seq_len (`int`, defaults to `128`):
+            The input shape the speedup is measured and met at.
+        speedup_num_threads (`int` or `None`, defaults to `None`):
+            CPU threads while timing (default: the current setting).
+        speedup_extra_steps (`int`, defaults to `2`):
+            At most this many extra pruning steps when the measured speedup is short of the target (0: trust the
+            latency model).
         layer_strategy (`str`, defaults to `"top"`):
             Which layers go: one of `hfprune.plan.LAYER_STRATEGIES` (`"contribution"` scores them with
             `hfprune.layer_cosine_scores` on the scoring data).
@@ -124,6 +139,15 @@ class PruningConfig(TrainingArguments):
             "help": "Fraction (0, 1] of the parameters to keep; the sparsities are scaled by one factor to meet it."
         },
     )
+    target_speedup: float | None = field(
+        default=None, metadata={"help": "Prune until the measured speedup over the dense model reaches this (> 1)."}
+    )
+    speedup_batch_size: int = field(default=32, metadata={"help": "Batch size the speedup is measured at."})
+    speedup_seq_len: int = field(default=128, metadata={"help": "Sequence length the speedup is measured at."})
+    speedup_num_threads: int | None = field(default=None, metadata={"help": "CPU threads while timing."})
+    speedup_extra_steps: int = field(
+        default=2, metadata={"help": "Extra pruning steps at most when the measured speedup is short (0: none)."}
+    )
     layer_strategy: str = field(
         default="top", metadata={"help": "Which layers to drop.", "choices": list(LAYER_STRATEGIES)}
     )
@@ -180,8 +204,13 @@ class PruningConfig(TrainingArguments):
             check_fraction(name, getattr(self, name))
         if self.target_param_budget is not None:
             check_number("target_param_budget", self.target_param_budget, 0, 1, open_low=True, expected="None or a number in (0, 1]")
+        if self.target_speedup is not None:
+            self._check_speed_target()
         for name, low in (
             ("pruning_steps", 1),
+            ("speedup_batch_size", 1),
+            ("speedup_seq_len", 1),
+            ("speedup_extra_steps", 0),
             ("round_to_multiple", 1),
             ("round_heads_to_multiple", 1),
             ("score_num_examples", 1),
@@ -220,6 +249,18 @@ class PruningConfig(TrainingArguments):
                 "PruningArguments ignores num_train_epochs: set recovery_epochs (per pruning step) instead"
             )
 
+    def _check_speed_target(self) -> None:
+        check_number("target_speedup", self.target_speedup, 1, open_low=True, expected="None or a number above 1")
+        if self.pruning_method not in ("importance", "taylor"):
+            raise PruningError(
+                "target_speedup ranks layers, heads and FFN neurons on one scale: use pruning_method "
+                f"'importance' or 'taylor', not {self.pruning_method!r}"
+            )
+        if self.target_head_sparsity or self.target_ffn_sparsity or self.target_layer_sparsity or self.target_param_budget is not None:
+            raise PruningError("target_speedup chooses what to remove: leave the sparsity and budget targets unset")
+        if self.speedup_num_threads is not None:
+            check_count("speedup_num_threads", self.speedup_num_threads, 1)
+
     def card_settings(self) -> dict[str, Any]:
         """What the model card's pruning table shows of these arguments."""
         return {
@@ -229,6 +270,7 @@ class PruningConfig(TrainingArguments):
             "target_head_sparsity": self.target_head_sparsity,
             "target_ffn_sparsity": self.target_ffn_sparsity,
             "target_layer_sparsity": self.target_layer_sparsity,
+            **({"target_speedup": self.target_speedup} if self.target_speedup is not None else {}),
             "recovery_epochs": self.recovery_epochs,
             "recovery_steps": self.recovery_steps,
             "distillation_alpha": self.distillation_alpha,
@@ -251,6 +293,9 @@ FIELD_OF_SETTING = {
     "ffn_sparsity": "target_ffn_sparsity",
     "layer_sparsity": "target_layer_sparsity",
     "param_budget": "target_param_budget",
+    "target_speedup": "target_speedup",
+    "speedup_batch_size": "speedup_batch_size",
+    "speedup_seq_len": "speedup_seq_len",
     "layer_strategy": "layer_strategy",
     "per_layer": "per_layer_ranking",
     "score_num_examples": "score_num_examples",
@@ -260,8 +305,8 @@ FIELD_OF_SETTING = {
 
 
 def config_from_settings(settings: dict[str, Any], **training_arguments: Any) -> PruningConfig:
-    """The `PruningConfig` of a job's `settings` (keys of `FIELD_OF_SETTING`; others are ignored)."""
-    fields = {FIELD_OF_SETTING[key]: value for key, value in settings.items() if key in FIELD_OF_SETTING}
+    """The `PruningConfig` of a job's `settings` (keys of `FIELD_OF_SETTING`; others, and None values, are ignored)."""
+    fields = {FIELD_OF_SETTING[key]: value for key, value in settings.items() if key in FIELD_OF_SETTING and value is not None}
     return PruningConfig(**fields, **training_arguments)
 
 

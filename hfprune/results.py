@@ -57,6 +57,9 @@ class PruneResult:
     finetune: dict[str, Any] | None = None  # epochs, steps and best validation score of the head's fine-tuning
     # the dense model trained on the same examples for the same steps: {"metrics", "steps", "pruned_steps", "protocol"}
     dense_control: dict[str, Any] | None = None
+    # target_speedup: target, predicted and measured speedups (`SpeedTarget.report`); max_drop: how the step was chosen
+    speed_target: dict[str, Any] | None = None
+    selection: dict[str, Any] | None = None
     dry_run: bool = False  # the plan only: nothing was trained or written
 
     def to_dict(self) -> dict[str, Any]:
@@ -76,6 +79,8 @@ class PruneResult:
             "weak_baseline": self.weak_baseline,
             "finetune": _jsonable(self.finetune),
             "dense_control": _jsonable(self.dense_control),
+            "speed_target": _jsonable(self.speed_target),
+            "selection": _jsonable(self.selection),
             "dry_run": self.dry_run,
         }
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -89,8 +90,24 @@ def load_or_compute(path: Path, compute: Callable[[], torch.Tensor]) -> torch.Te
     return value
 
 
+def latest_pruning_checkpoint(output_dir: str | os.PathLike) -> str | None:
+    """The latest complete `PruningTrainer` checkpoint under `output_dir` (by pruning step, phase, then
+    optimizer step), or None. A checkpoint is complete once its `trainer_state.json` is written (the last file)."""
+    from .constants import PRUNING_PHASES, PRUNING_STATE_FILE
+
+    found = []
+    for state_file in Path(output_dir).glob(f"pruning-step-*/checkpoint-*/{PRUNING_STATE_FILE}"):
+        folder = state_file.parent
+        match = re.fullmatch(r"checkpoint-(\d+)", folder.name)
+        if match is None or not (folder / "trainer_state.json").is_file():
+            continue  # killed while saving: not complete
+        state = json.loads(state_file.read_text())
+        found.append(((state["pruning_step"], PRUNING_PHASES.index(state["phase"]), int(match.group(1))), str(folder)))
+    return max(found)[1] if found else None
+
+
 def _has_pruning_checkpoint(folder: Path) -> bool:
-    return any(folder.glob("pruning-step-*/checkpoint-*/trainer_state.json"))
+    return latest_pruning_checkpoint(folder) is not None
 
 
 def _jsonable(value: Any) -> Any:

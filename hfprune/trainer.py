@@ -23,13 +23,11 @@ import gc
 import itertools
 import json
 import os
-import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 from transformers import Trainer, TrainerState
@@ -38,26 +36,30 @@ from transformers.utils import logging
 
 from .arch import get_adapter
 from .constants import DATA_FREE_METHODS, L0_GATES_FILE, PER_LAYER_NORMALIZED_METHODS, PRUNING_METHODS, PRUNING_SCHEDULES  # noqa: F401
-from .constants import PRUNING_STATE_FILE
+from .constants import PRUNING_PHASES, PRUNING_STATE_FILE
 from .distributed import average_over_processes, check_same_plan, is_distributed
+from .distill import distillation_loss
 from .errors import PruningError
 from .gates import HeadGates
 from .plan import _num_parameters, _round, _sparsities, ffn_to_prune, final_targets, heads_to_prune, layers_to_drop
 from .plan import plan_to_goal, step_targets
 from .pruning_config import PruningArguments, PruningConfig  # noqa: F401 (PruningArguments: re-exported)
+from .rundir import latest_pruning_checkpoint
 from .record import get_record, gqa_group_size, kept_ffn
+from .latency import Timer
 from .scores import layer_cosine_scores, normalize_per_layer, score_units
+from .speed_target import SpeedTarget
 from .surgery import drop_layers, prune_ffn, prune_heads, restore_structure
 
 logger = logging.get_logger(__name__)
 
 PRUNING_STATE_NAME, L0_GATES_NAME = PRUNING_STATE_FILE, L0_GATES_FILE  # their first names
-_PHASES = ("l0", "recovery")  # order of the phases inside one pruning step
+_PHASES = PRUNING_PHASES
 # Arguments that define what a run prunes: a checkpoint made with other values cannot be resumed.
 _RESUME_KEYS = (
     "pruning_method", "pruning_schedule", "pruning_steps", "target_head_sparsity", "target_ffn_sparsity",
     "target_layer_sparsity", "target_param_budget", "layer_strategy", "per_layer_ranking", "round_to_multiple",
-    "round_heads_to_multiple",
+    "round_heads_to_multiple", "target_speedup", "speedup_batch_size", "speedup_seq_len",
 )  # fmt: skip
 
 
@@ -70,6 +72,8 @@ class PruningTrainer(Trainer):
             evaluation set). At most `args.score_num_examples` are used.
         teacher_model: the distillation teacher (`args.distillation_alpha > 0`); default: a copy of the model
             taken before the first pruning step.
+        speed_timer: with `args.target_speedup`, how models are timed (`hfprune.latency.Timer`); default
+            `hfprune.measure_speed` on `args.device`, e.g. replace it to time in the runtime you deploy to.
         Everything else as in `transformers.Trainer`, except `model_init` and `optimizers` (an optimizer made
         before surgery cannot follow it; use `optimizer_cls_and_kwargs`).
 
@@ -77,7 +81,11 @@ class PruningTrainer(Trainer):
     `head_sparsity`, `ffn_sparsity`, `layer_sparsity`, `num_parameters`, `train_steps` and the eval metrics.
     Each entry is also sent through `self.log` (with `step` renamed `pruning_step`), so `report_to` sees it.
     `pruning_scores[step]` holds the scores (`{"heads" | "ffn": [num_layers, units]}`) that step ranked by, so
-    a card or a plot can show them without scoring the model again.
+    a card or a plot can show them without scoring the model again. With `args.target_speedup`,
+    `speedup_report` holds the target, predicted and measured speedups (`SpeedTarget.report`).
+
+    A callback that sets `control.should_training_stop` when it sees a pruning step's log (the `pruning_step`
+    key) ends the loop after that step: `hfprune.max_drop` stops this way once a step loses too much.
     """
 
     def __init__(
@@ -87,6 +95,7 @@ class PruningTrainer(Trainer):
         *trainer_args,
         score_dataset: Dataset | None = None,
         teacher_model: nn.Module | None = None,
+        speed_timer: Timer | None = None,
         **kwargs,
     ):
         if args is None:
@@ -113,6 +122,9 @@ class PruningTrainer(Trainer):
         self._log_carry: list[dict[str, Any]] = []
         self._score_weight = 1  # examples this process scored: its weight in the cross-process average
         self.l0_gate_values: torch.Tensor | None = None  # L0 method: z_hat per head when the gates were final
+        self.speed_timer = speed_timer
+        self._speed: SpeedTarget | None = None
+        self.speedup_report: dict[str, Any] | None = None
 
     # ---- the outer loop ----------------------------------------------------------------------------------
     def train(
@@ -137,6 +149,8 @@ class PruningTrainer(Trainer):
         if self.teacher_model is not None:
             self.teacher_model.to(args.device).eval().requires_grad_(False)
         targets = final_targets(args, self.model)
+        if args.target_speedup is not None:  # measured on the model as given: the original, also when resuming
+            self._speed = SpeedTarget(self.model, args, self.speed_timer, state and state.get("speed_target"))
 
         if state is None:
             first_step, resume_phase = 1, None
@@ -154,7 +168,8 @@ class PruningTrainer(Trainer):
             self.state = TrainerState.load_from_json(os.path.join(checkpoint, "trainer_state.json"))
             logger.info(f"Resuming pruning step {first_step} ({resume_phase}) from {checkpoint}")
 
-        for step in range(first_step, args.num_pruning_steps + 1):
+        step, last_step = first_step, max(args.num_pruning_steps, first_step)
+        while step <= last_step:
             resuming = checkpoint if step == first_step else None
             set_seed(args.seed + step)  # each step's randomness is independent of how the run got there
             train_steps, losses = 0, 0.0
@@ -171,14 +186,22 @@ class PruningTrainer(Trainer):
                 train_steps, losses = train_steps + phase_steps, losses + phase_losses
             elif args.save_strategy != "no":
                 self._save_step_checkpoint(step)
+            if self._speed is not None and step == last_step and self._speed.needs_more(self.model, step, args.num_pruning_steps):
+                last_step += 1  # measured short of the target: one more step, planned with the corrected latency
+            self.control.should_training_stop = False  # the phase's own stop; a callback may set it again
             self._record_step(step, train_steps, losses, ignore_keys_for_eval)
             self._rotate_pruning_steps(step)
+            if self.control.should_training_stop:
+                break
+            step += 1
 
         total_steps = sum(entry["train_steps"] for entry in self.pruning_history)
         total_loss = sum(entry.get("train_loss", 0.0) * entry["train_steps"] for entry in self.pruning_history)
         metrics = {key: value for key, value in self.pruning_history[-1].items() if key != "step"}
         metrics["train_loss"] = total_loss / max(total_steps, 1)
         self._stage = None
+        if self._speed is not None:
+            self.speedup_report, self._speed = self._speed.report(), None
         return TrainOutput(total_steps, metrics["train_loss"], metrics)
 
     def _train_gates(
@@ -252,6 +275,11 @@ class PruningTrainer(Trainer):
     ) -> None:
         entry: dict[str, Any] = {"step": step, **_sparsities(self.model)}
         entry["num_parameters"] = _num_parameters(self.model)
+        if self._speed is not None:
+            entry["predicted_speedup"] = self._speed.latency.speedup(self.model)
+            measured = [m for m in self._speed.measurements if m["step"] == step]
+            if measured:
+                entry["measured_speedup"] = measured[-1]["measured_speedup"]
         entry["train_steps"] = train_steps
         if train_steps:
             entry["train_loss"] = losses / train_steps
@@ -266,6 +294,8 @@ class PruningTrainer(Trainer):
     def _prune_step(self, step: int, targets: dict[str, float]) -> dict[str, Any]:
         """Drop layers, then score and prune heads and FFN neurons, up to this step's share of the targets."""
         args, model = self.args, self.model
+        if self._speed is not None:
+            return self._prune_for_time(step)
         targets = step_targets(targets, step, args.num_pruning_steps)
         original = get_record(model)["original"]
         num_layers, num_heads = original["num_layers"], original["num_heads"]
@@ -308,6 +338,19 @@ class PruningTrainer(Trainer):
         logger.info(f"Pruning step {step}: {_sparsities(model)}")
         return plan
 
+    def _prune_for_time(self, step: int) -> dict[str, Any]:
+        """Remove what costs least importance per second saved, down to this step's share of the time."""
+        seconds = self._speed.step_seconds(step, self.args.num_pruning_steps)
+        scores = self.pruning_scores[step] = self._unit_scores(["heads", "ffn", "layers"], step)
+        plan = self._speed.plan(self.model, scores, seconds)
+        check_same_plan({key: plan[key] for key in ("layers", "heads", "ffn")})
+        prune_heads(self.model, plan["heads"])
+        prune_ffn(self.model, plan["ffn"])
+        drop_layers(self.model, plan["layers"])
+        self._after_surgery()
+        logger.info(f"Pruning step {step}: predicted {self._speed.latency.speedup(self.model):.2f}x, {_sparsities(self.model)}")
+        return plan
+
     def _plan_layers(self, to_drop: int, dropped: int, step: int) -> list[int]:
         """Original indices of the layers this step drops (`to_drop` in total, `dropped` already gone)."""
         strategy, num_layers = self.args.layer_strategy, get_record(self.model)["original"]["num_layers"]
@@ -327,7 +370,7 @@ class PruningTrainer(Trainer):
         # gradient scores: each process scores its shard, unnormalised; average first, then normalise
         scores = score_units(model, method, kinds, self._score_dataloader(), normalize=False)
         scores = {kind: average_over_processes(value, self._score_weight, self.args.device) for kind, value in scores.items()}
-        if method in PER_LAYER_NORMALIZED_METHODS:  # Michel et al. normalise each layer before ranking globally
+        if method in PER_LAYER_NORMALIZED_METHODS and self._speed is None:  # Michel et al. normalise each layer before ranking globally
             scores = {kind: normalize_per_layer(value) for kind, value in scores.items()}
         return scores
 
@@ -384,21 +427,8 @@ class PruningTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
     def _distillation_loss(self, inputs: dict[str, Any], outputs) -> torch.Tensor:
-        """T^2 * KL(softmax(teacher / T) || softmax(student / T)), averaged over examples (or real tokens)."""
-        temperature = self.args.distillation_temperature
-        teacher_inputs = {key: value for key, value in inputs.items() if key not in ("labels", "num_items_in_batch")}
-        with torch.no_grad():
-            teacher_logits = self.teacher_model(**teacher_inputs).logits
         student_logits = outputs["logits"] if isinstance(outputs, dict) else outputs[1]
-        teacher_log_probs = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
-        student_log_probs = F.log_softmax(student_logits.float() / temperature, dim=-1)
-        kl = (teacher_log_probs.exp() * (teacher_log_probs - student_log_probs)).sum(dim=-1)
-        mask = inputs.get("attention_mask")
-        if kl.dim() == 2 and mask is not None and mask.shape == kl.shape:
-            kl = (kl * mask).sum() / mask.sum().clamp(min=1)
-        else:
-            kl = kl.mean()
-        return temperature**2 * kl
+        return distillation_loss(self.teacher_model, inputs, student_logits, self.args.distillation_temperature)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         gates = self._gates
@@ -502,6 +532,7 @@ class PruningTrainer(Trainer):
             + getattr(self, "_total_loss_scalar", 0.0)
             + float(getattr(self, "_tr_loss", 0.0)),
             "arguments": {key: getattr(self.args, key) for key in _RESUME_KEYS},
+            **({"speed_target": self._speed.state()} if self._speed is not None else {}),
         }
 
     def _save_checkpoint(self, model, trial) -> None:
@@ -556,18 +587,10 @@ class PruningTrainer(Trainer):
             if not os.path.isfile(os.path.join(path, PRUNING_STATE_NAME)):
                 raise PruningError(f"{path} is not a PruningTrainer checkpoint (no {PRUNING_STATE_NAME})")
             return path
-        found = []
-        pattern = f"pruning-step-*/{PREFIX_CHECKPOINT_DIR}-*/{PRUNING_STATE_NAME}"
-        for state_file in Path(self.args.output_dir).glob(pattern):
-            folder = state_file.parent
-            match = re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)", folder.name)
-            if match is None or not (folder / "trainer_state.json").is_file():
-                continue  # killed while saving: not complete
-            state = json.loads(state_file.read_text())
-            found.append(((state["pruning_step"], _PHASES.index(state["phase"]), int(match.group(1))), str(folder)))
-        if not found:
+        found = latest_pruning_checkpoint(self.args.output_dir)
+        if found is None:
             raise PruningError(f"no complete PruningTrainer checkpoint found in {self.args.output_dir}")
-        return max(found)[1]
+        return found
 
     def _read_pruning_state(self, checkpoint: str) -> dict[str, Any]:
         with open(os.path.join(checkpoint, PRUNING_STATE_NAME)) as handle:

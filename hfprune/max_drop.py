@@ -1,0 +1,75 @@
+"""`prune_for_task(max_drop=D)`: the fastest model whose metric stays within D points of the dense model.
+
+The run is an iterative speed-target run (`target_speedup`, each step faster than the last) evaluated after
+every step on a SELECTION slice carved from the training examples, never on the reported dev split.
+`KeepFastestWithinDrop` watches those evaluations: it keeps a copy of the latest step within D points of the
+dense model's selection score, and stops the run at the first step that falls further (later steps only
+remove more). The kept model is then evaluated on dev like any other, so the dev numbers played no part in
+choosing it.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from torch import nn
+from transformers import TrainerCallback
+
+from .finetune import validation_slice
+
+DEFAULT_STEPS = 6
+"""Steps (candidate models) of a max-drop run when the schedule gives none: 1.14x ... 4x for a 4x ceiling."""
+DEFAULT_CEILING = 4.0
+"""The fastest speedup a max-drop run tries when no `target_speedup` is given."""
+
+
+def selection_split(train, seed: int):
+    """`(train, selection)`: the examples recovery trains on, and the held-out slice models are chosen on."""
+    return validation_slice(train, seed + 2)
+
+
+class KeepFastestWithinDrop(TrainerCallback):
+    """Keep the latest pruning step whose `eval_{metric}` is within `max_drop` points of step 0 (the dense model).
+
+    Scores are fractions (accuracy 0.83), points are hundredths (1 point = 0.01). `greater_is_better=False`
+    for losses. The first step that misses stops `PruningTrainer`'s loop.
+    """
+
+    def __init__(self, metric: str, max_drop: float, greater_is_better: bool = True):
+        self.key, self.max_drop, self.sign = f"eval_{metric}", max_drop, 1.0 if greater_is_better else -1.0
+        self.dense: float | None = None
+        self.chosen_step = 0
+        self.chosen_model: nn.Module | None = None
+        self.steps: list[dict[str, Any]] = []
+
+    def on_log(self, args, state, control, logs=None, model=None, **kwargs):
+        if not logs or "pruning_step" not in logs or self.key not in logs:
+            return
+        step, value = logs["pruning_step"], logs[self.key]
+        if step == 0:
+            self.dense = value
+            return
+        drop = self.sign * (self.dense - value) * 100
+        within = drop <= self.max_drop
+        self.steps.append({"step": step, "selection_metric": value, "drop_points": drop, "within": within})
+        if within:
+            self.chosen_step, self.chosen_model = step, copy.deepcopy(model).cpu()
+        else:
+            control.should_training_stop = True
+
+    def summary(self, num_examples: int) -> dict[str, Any]:
+        return {
+            "max_drop_points": self.max_drop,
+            "metric": self.key.removeprefix("eval_"),
+            "selection_examples": num_examples,
+            "dense_selection_metric": self.dense,
+            "chosen_step": self.chosen_step,
+            "steps": self.steps,
+            "protocol": f"the fastest pruning step whose {self.key.removeprefix('eval_')} on {num_examples:,} held-out "
+            f"training examples stayed within {self.max_drop:g} points of the dense model's; the dev split was not "
+            "used to choose it",
+        }
+
+
+__all__ = ["DEFAULT_CEILING", "DEFAULT_STEPS", "KeepFastestWithinDrop", "selection_split"]

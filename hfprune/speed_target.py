@@ -1,0 +1,103 @@
+"""`PruningArguments(target_speedup=X)`: prune until the model is X times faster, measured, not assumed.
+
+`SpeedTarget` is what `PruningTrainer` keeps for a speed target: the latency model measured on the dense model
+before anything is removed, each step's time budget (an equal share of the time to save per step), the plan
+that meets it (`hfprune.allocation.allocate_for_time`), and the closing measurement. After the last step the
+pruned model is timed beside the dense one; if it is short of the target (by more than `TOLERANCE`), the
+ratio of measured to predicted time corrects the latency model and one more step (scoring, allocation,
+recovery) prunes further, at most `speedup_extra_steps` times. Target, predicted and measured speedups go
+into `report()`, and from there into the card and `hfprune_results.json`.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+
+from .allocation import allocate_for_time
+from .distributed import average_over_processes
+from .latency import LatencyModel, Timer, measure_latency_model, speed_timer
+
+TOLERANCE = 0.03
+"""A measured speedup within 3% of the target counts as met: closer than timing on a shared machine repeats."""
+
+
+def _same_on_every_process(timer: Timer, device) -> Timer:
+    """`timer` with its seconds averaged over processes: every rank then fits and plans exactly alike."""
+
+    def averaged(models) -> dict[str, float]:
+        times = timer(models)
+        names = list(times)
+        mean = average_over_processes(torch.tensor([times[name] for name in names], dtype=torch.float64), 1, device)
+        return dict(zip(names, mean.tolist()))
+
+    return averaged
+
+
+class SpeedTarget:
+    """The latency model, step budgets and measurements of one `target_speedup` run."""
+
+    def __init__(self, model: nn.Module, args, timer: Timer | None = None, state: dict[str, Any] | None = None):
+        self.target = float(args.target_speedup)
+        self.extra_steps = args.speedup_extra_steps
+        self.ffn_multiple = args.round_to_multiple
+        timer = timer or speed_timer(
+            args.speedup_batch_size, args.speedup_seq_len, device=args.device, num_threads=args.speedup_num_threads
+        )
+        self.timer = _same_on_every_process(timer, args.device)
+        self.reference = copy.deepcopy(model).eval()  # the dense model, to time the result against
+        if state is not None:  # a resumed run plans with the latency model it started with
+            self.latency = LatencyModel.from_dict(state["latency"])
+            self.correction, self.measurements = state["correction"], state["measurements"]
+        else:
+            self.latency = measure_latency_model(
+                self.reference, args.speedup_batch_size, args.speedup_seq_len, timer=self.timer, device=args.device
+            )
+            self.correction, self.measurements = 1.0, []
+
+    def step_seconds(self, step: int, num_steps: int) -> float:
+        """The predicted forward time pruning step `step` brings the model down to (later steps: the target)."""
+        saved = (1 - 1 / self.target) * min(step / num_steps, 1.0)
+        return self.latency.dense_seconds * (1 - saved) / self.correction
+
+    def plan(self, model: nn.Module, scores: dict[str, torch.Tensor], seconds: float) -> dict[str, Any]:
+        return allocate_for_time(model, scores, self.latency, seconds, ffn_multiple=self.ffn_multiple)
+
+    def measure(self, model: nn.Module, step: int) -> dict[str, Any]:
+        """Time `model` beside the dense model; update the correction of the latency model."""
+        times = self.timer({"dense": self.reference, "pruned": model})
+        measured = times["dense"] / times["pruned"]
+        predicted = self.latency.speedup(model)
+        self.correction = predicted / measured  # > 1: the model runs slower than the latency model says
+        entry = {"step": step, "predicted_speedup": predicted, "measured_speedup": measured}
+        self.measurements.append(entry)
+        return entry
+
+    def needs_more(self, model: nn.Module, step: int, num_steps: int) -> bool:
+        """After the last planned step (or an extra one): measure, and say whether to prune one more step."""
+        entry = self.measure(model, step)
+        met = entry["measured_speedup"] >= self.target * (1 - TOLERANCE)
+        return not met and step - num_steps < self.extra_steps
+
+    def state(self) -> dict[str, Any]:
+        return {"latency": self.latency.to_dict(), "correction": self.correction, "measurements": self.measurements}
+
+    def report(self) -> dict[str, Any]:
+        """Target, predicted and measured speedup of the final model, with how they were measured."""
+        last = self.measurements[-1] if self.measurements else {}
+        return {
+            "target_speedup": self.target,
+            "predicted_speedup": last.get("predicted_speedup"),
+            "measured_speedup": last.get("measured_speedup"),
+            "met": bool(last) and last["measured_speedup"] >= self.target * (1 - TOLERANCE),
+            "batch_size": self.latency.batch_size,
+            "seq_len": self.latency.seq_len,
+            "measurements": list(self.measurements),
+            "latency_model": self.latency.to_dict(),
+        }
+
+
+__all__ = ["TOLERANCE", "SpeedTarget"]

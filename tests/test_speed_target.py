@@ -1,0 +1,293 @@
+"""Speed targets: the latency model, allocation by importance per saved second, and PruningTrainer closing the loop.
+
+Timing on a shared CI machine is noise, so these tests time models by their FLOPs (an exact, linear "timer"
+through the same `Timer` interface the real one uses): the latency model must then predict every pruned
+structure exactly, the allocation must meet the target, and the closing measurement must drive extra steps.
+"""
+
+import pytest
+import torch
+from transformers import default_data_collator
+
+from conftest import FAMILIES, GQA, VOCAB, tiny_model, tiny_pruning_args
+from hfprune import drop_layers, prune_ffn, prune_heads
+from hfprune.allocation import allocate_for_time
+from hfprune.errors import PruningError
+from hfprune.latency import LatencyModel, measure_latency_model, structure_counts
+from hfprune.record import get_record, kept_ffn
+from hfprune.scores import importance_scores
+from hfprune.speed import count_flops
+from hfprune.trainer import PruningArguments, PruningTrainer
+
+BATCH, SEQ = 2, 16
+
+
+def flops_timer(models):
+    return {name: float(count_flops(model, BATCH, SEQ)) for name, model in models.items()}
+
+
+def scoring_batches(family: str, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, VOCAB, (8, 8), generator=generator)
+    labels = ids if family in {"gpt2", *GQA} else ids[:, 0] % 3
+    return [{"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_latency_model_predicts_any_pruned_structure_of_a_linear_cost(family):
+    model = tiny_model(family)
+    latency = measure_latency_model(model, BATCH, SEQ, timer=flops_timer)
+    assert latency.dense_seconds == count_flops(model, BATCH, SEQ)
+    assert set(latency.measured) == {"half_heads", "no_attention", "half_ffn", "no_ffn", "half_layers"}
+    assert get_record(model)["kept_layers"] == [0, 1, 2]  # measuring never changes the model
+    pruned = tiny_model(family)
+    prune_heads(pruned, {0: [0, 1], 2: [0, 1, 2, 3]})  # whole KV groups under grouped-query attention
+    prune_ffn(pruned, {1: list(range(10)), 2: list(range(24))})  # layer 2 keeps neither block
+    drop_layers(pruned, [1])
+    assert latency.predict(pruned) == pytest.approx(count_flops(pruned, BATCH, SEQ), rel=1e-9)
+
+
+def test_noise_that_overfills_the_layers_is_scaled_into_the_measured_total():
+    calls = []
+
+    def timer(models):  # every variant "takes" 10% of dense: costs far above the total
+        calls.append(list(models))
+        return {name: 1.0 if name == "dense" else 0.1 for name in models}
+
+    latency = measure_latency_model(tiny_model("bert"), BATCH, SEQ, timer=timer)
+    assert all(names[0] == "dense" for names in calls) and len(calls) == 5
+    assert latency.fixed == 0.0 and min(latency.head, latency.neuron, latency.layer) >= 0.0
+    assert latency.predict(tiny_model("bert")) == pytest.approx(1.0)
+    assert LatencyModel.from_dict(latency.to_dict()) == latency
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2", "llama"])
+@pytest.mark.parametrize("target", [1.5, 2.5])
+def test_allocation_meets_the_time_target_and_predicts_what_surgery_gives(family, target):
+    model = tiny_model(family)
+    latency = measure_latency_model(model, BATCH, SEQ, timer=flops_timer)
+    scores = importance_scores(model, scoring_batches(family), ("heads", "ffn", "layers"), normalize=False)
+    plan = allocate_for_time(model, scores, latency, latency.dense_seconds / target, ffn_multiple=4)
+    assert plan["predicted_seconds"] <= latency.dense_seconds / target
+    prune_heads(model, plan["heads"])
+    prune_ffn(model, plan["ffn"])
+    drop_layers(model, plan["layers"])
+    assert count_flops(model, BATCH, SEQ) == pytest.approx(plan["predicted_seconds"], rel=1e-9)
+    record = get_record(model)
+    assert all(len(kept_ffn(record, i)) % 4 == 0 for i in range(len(record["kept_layers"])))
+
+
+def _latency(**costs) -> LatencyModel:
+    base = dict(fixed=1.0, layer=0.0, attention=0.0, head=1.0, mlp=0.0, neuron=1.0, dense_seconds=0.0, batch_size=1, seq_len=1)
+    latency = LatencyModel(**{**base, **costs})
+    return latency
+
+
+def test_allocation_removes_least_importance_per_saved_second_across_kinds():
+    model = tiny_model("bert")  # 3 layers x 4 heads, FFN 24
+    latency = _latency(head=10.0, neuron=1.0)
+    latency.dense_seconds = latency.predict(model)
+    scores = {"heads": torch.full((3, 4), 20.0), "ffn": torch.full((3, 24), 1.0), "layers": torch.full((3,), 1e6)}
+    scores["heads"][1, 2] = 5.0  # 0.5 per second saved: cheaper than any other neuron (1.0) or head (2.0)
+    scores["ffn"][0, 7] = 0.2  # 0.2 per second: the cheapest of all
+    plan = allocate_for_time(model, scores, latency, latency.dense_seconds - 11.0)
+    assert plan["ffn"] == {0: [7]} and plan["heads"] == {1: [2]} and plan["layers"] == []
+
+    # a layer whose units are all but worthless goes whole, saving its overheads too
+    latency = _latency(head=1.0, neuron=1.0, attention=5.0, mlp=5.0, layer=2.0)
+    latency.dense_seconds = latency.predict(model)
+    scores = {"heads": torch.ones(3, 4), "ffn": torch.ones(3, 24), "layers": torch.tensor([50.0, 0.5, 50.0])}
+    plan = allocate_for_time(model, scores, latency, latency.dense_seconds - 30.0)
+    assert plan["layers"] == [1] and plan["heads"] == {} and plan["ffn"] == {}
+
+
+def test_allocation_refuses_an_unreachable_target():
+    model = tiny_model("bert")
+    latency = _latency(fixed=5.0)
+    latency.dense_seconds = latency.predict(model)
+    scores = {"heads": torch.ones(3, 4), "ffn": torch.ones(3, 24), "layers": torch.ones(3)}
+    with pytest.raises(PruningError, match="cannot reach"):
+        allocate_for_time(model, scores, latency, 4.0)
+
+
+def data(num_examples: int, seed: int = 0) -> list[dict]:
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, VOCAB, (num_examples, 8), generator=generator)
+    return [{"input_ids": row, "attention_mask": torch.ones(8, dtype=torch.long), "labels": int(row[0] % 3)} for row in ids]
+
+
+def speed_trainer(tmp_path, timer, **overrides):
+    args = tiny_pruning_args(
+        tmp_path / "out", **{"target_speedup": 2.0, "recovery_steps": 1, "speedup_batch_size": BATCH, "speedup_seq_len": SEQ, **overrides}
+    )
+    return PruningTrainer(model=tiny_model("bert"), args=args, train_dataset=data(16), data_collator=default_data_collator, speed_timer=timer)
+
+
+def test_trainer_meets_a_speed_target_measured_after_the_last_step(tmp_path):
+    trainer = speed_trainer(tmp_path, flops_timer, pruning_schedule="iterative", pruning_steps=2)
+    trainer.train()
+    report = trainer.speedup_report
+    assert report["target_speedup"] == 2.0 and report["met"]
+    assert report["measured_speedup"] >= 2.0 * 0.97
+    assert report["predicted_speedup"] == pytest.approx(report["measured_speedup"])  # FLOPs are the latency model
+    history = trainer.pruning_history
+    assert [entry["step"] for entry in history] == [0, 1, 2]
+    assert 1.0 < history[1]["predicted_speedup"] < history[2]["predicted_speedup"]
+    assert history[2]["measured_speedup"] == report["measured_speedup"]
+    assert set(trainer.pruning_scores[1]) == {"heads", "ffn", "layers"}
+
+
+def test_a_model_slower_than_predicted_gets_extra_steps_until_the_measurement_meets_the_target(tmp_path):
+    def slow_timer(models):  # the pruned model pays a fixed 30% of dense on top of its FLOPs
+        times = flops_timer(models)
+        dense = count_flops(next(iter(models.values())), BATCH, SEQ)
+        return {name: value + (0.3 * dense if name == "pruned" else 0.0) for name, value in times.items()}
+
+    trainer = speed_trainer(tmp_path, slow_timer, target_speedup=1.5)
+    trainer.train()
+    report = trainer.speedup_report
+    steps = [entry["step"] for entry in report["measurements"]]
+    assert steps[0] == 1 and len(steps) >= 2  # the first measurement was short: pruned further
+    first = report["measurements"][0]
+    assert first["measured_speedup"] < 1.5 * 0.97 < first["predicted_speedup"]
+    assert report["met"] and report["measured_speedup"] >= 1.5 * 0.97
+    assert [entry["step"] for entry in trainer.pruning_history] == [0, *steps]
+
+
+def test_extra_steps_are_bounded_and_the_report_says_the_target_was_missed(tmp_path):
+    def stubborn_timer(models):  # nothing pruned ever runs faster than 1.2x
+        times = flops_timer(models)
+        dense = times["dense"]
+        return {name: max(value, dense / 1.2) for name, value in times.items()}
+
+    trainer = speed_trainer(tmp_path, stubborn_timer, target_speedup=1.5, speedup_extra_steps=1)
+    trainer.train()
+    report = trainer.speedup_report
+    assert [entry["step"] for entry in report["measurements"]] == [1, 2]
+    assert not report["met"] and report["measured_speedup"] == pytest.approx(1.2)
+
+
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        (dict(target_speedup=1.0), "target_speedup"),
+        (dict(target_speedup=2.0, pruning_method="magnitude"), "one scale"),
+        (dict(target_speedup=2.0, target_head_sparsity=0.5), "leave the sparsity"),
+        (dict(target_speedup=2.0, speedup_batch_size=0), "speedup_batch_size"),
+    ],
+)
+def test_bad_speed_targets_raise_one_line_errors(tmp_path, kwargs, fragment):
+    with pytest.raises(PruningError, match=fragment) as error:
+        PruningArguments(output_dir=str(tmp_path), **kwargs)
+    assert "\n" not in str(error.value)
+
+
+def test_structure_counts_follow_the_record():
+    model = tiny_model("llama")
+    prune_heads(model, {1: [0, 1]})
+    prune_ffn(model, {0: [3, 4]})
+    assert structure_counts(model) == [(4, 22), (2, 24), (4, 24)]
+
+
+# ---- the jobs: prune_for_task(target_speedup=..., max_drop=...) and the CLI ------------------------------
+def _sst2_run(tmp_path, name, glue="glue", **kwargs):
+    from cli_fixtures import write_sst2, write_tiny_bert
+
+    from hfprune.pipeline import prune_for_task
+
+    if not (tmp_path / "clf").exists():
+        write_tiny_bert(tmp_path / "clf", with_head=True)
+    if not (tmp_path / glue).exists():
+        write_sst2(tmp_path / glue)
+    fast = dict(batch_size=16, max_length=16, learning_rate=1e-3, bench=False, score_num_examples=32, allow_weak_baseline=True)
+    return prune_for_task(
+        str(tmp_path / "clf"), "sst2", output_dir=tmp_path / name, data_dir=tmp_path / glue, speed_timer=flops_timer,
+        speedup_batch_size=BATCH, speedup_seq_len=SEQ, **{**fast, **kwargs},
+    )  # fmt: skip
+
+
+def test_prune_for_task_meets_a_speed_target_and_the_card_reports_target_predicted_and_measured(tmp_path):
+    import json
+
+    result = _sst2_run(tmp_path, "out", target_speedup=2.0, recovery_epochs=1.0)
+    report = result.speed_target
+    assert report["met"] and report["measured_speedup"] >= 2.0 * 0.97
+    assert result.settings["head_sparsity"] == 0.0 and result.settings["target_speedup"] == 2.0
+    saved = json.loads((tmp_path / "out" / "hfprune_results.json").read_text())
+    assert saved["speed_target"]["measured_speedup"] == report["measured_speedup"]
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert f"**Speed target 2.00x** at batch {BATCH} x {SEQ}" in card
+    assert f"**{report['measured_speedup']:.2f}x** (met)" in card
+
+
+def _flip_dev_labels(glue: "Path") -> None:
+    dev = glue / "SST-2" / "dev.tsv"
+    lines = dev.read_text().splitlines()
+    flipped = [lines[0]] + [f"{line.rsplit(chr(9), 1)[0]}\t{1 - int(line.rsplit(chr(9), 1)[1])}" for line in lines[1:]]
+    dev.write_text("\n".join(flipped) + "\n")
+
+
+def test_max_drop_chooses_on_a_train_slice_and_never_looks_at_dev(tmp_path):
+    from cli_fixtures import write_sst2
+
+    kwargs = dict(max_drop=100.0, target_speedup=3.0, steps=3, recovery_epochs=1.0, dense_control=False)
+    result = _sst2_run(tmp_path, "a", **kwargs)
+    selection = result.selection
+    assert selection["chosen_step"] == 3 and [step["step"] for step in selection["steps"]] == [1, 2, 3]
+    assert all(step["within"] for step in selection["steps"]) and selection["selection_examples"] > 0
+    assert "the dev split was not used to choose it" in (tmp_path / "a" / "README.md").read_text()
+    assert result.pruning_history[-1]["predicted_speedup"] == pytest.approx(3.0, rel=0.1)
+
+    write_sst2(tmp_path / "flipped")
+    _flip_dev_labels(tmp_path / "flipped")  # the dev split says the opposite: selection must not change
+    flipped = _sst2_run(tmp_path, "b", glue="flipped", **kwargs)
+    assert flipped.selection["steps"] == selection["steps"]
+    assert flipped.sparsity == result.sparsity
+    dev = result.metrics_after["validation"]["accuracy"]
+    assert flipped.metrics_after["validation"]["accuracy"] == pytest.approx(1 - dev)  # dev was only reported
+
+
+def test_the_first_step_beyond_the_drop_stops_the_run_and_the_last_one_within_is_kept():
+    from transformers import TrainerControl
+
+    from hfprune.max_drop import KeepFastestWithinDrop
+
+    keeper, control = KeepFastestWithinDrop("accuracy", max_drop=2.0), TrainerControl()
+    model = tiny_model("bert")
+    for step, accuracy in ((0, 0.90), (1, 0.895), (2, 0.881), (3, 0.85)):
+        keeper.on_log(None, None, control, logs={"pruning_step": step, "eval_accuracy": accuracy}, model=model)
+        assert control.should_training_stop == (step == 3)
+    assert keeper.chosen_step == 2 and keeper.chosen_model is not model
+    assert [entry["within"] for entry in keeper.steps] == [True, True, False]
+    assert keeper.steps[1]["drop_points"] == pytest.approx(1.9)
+    summary = keeper.summary(40)
+    assert summary["dense_selection_metric"] == 0.90 and "40 held-out training examples" in summary["protocol"]
+
+
+def test_cli_speedup_and_max_drop(tmp_path):
+    import json
+
+    from cli_fixtures import write_sst2, write_tiny_bert
+    from test_cli_commands import cli, one_error_line
+
+    write_tiny_bert(tmp_path / "clf", with_head=True)
+    write_sst2(tmp_path / "glue")
+    common = ["--task", "sst2", "--data-dir", tmp_path / "glue", "--lr", "1e-3", "--batch-size", "16", "--max-length", "16",
+              "--score-examples", "32", "--allow-weak-baseline", "--no-bench", "--no-dense-control", "--quiet",
+              "--speedup-batch-size", "2", "--speedup-seq-len", "16"]  # fmt: skip
+    result = cli("prune", tmp_path / "clf", "-o", tmp_path / "fast", "--speedup", "1.5", *common)
+    assert result.exit_code == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    saved = json.loads((tmp_path / "fast" / "hfprune_results.json").read_text())
+    assert saved["settings"]["target_speedup"] == 1.5 and saved["speed_target"]["measured_speedup"] > 1.0
+    assert "speed target 1.50x" in result.stdout
+
+    result = cli("prune", tmp_path / "clf", "-o", tmp_path / "drop", "--max-drop", "100", "--steps", "2", "--speedup", "1.5", *common)
+    assert result.exit_code == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert json.loads((tmp_path / "drop" / "hfprune_results.json").read_text())["selection"]["chosen_step"] == 2
+    assert "chosen: pruning step 2" in result.stdout
+
+    result = cli("prune", tmp_path / "clf", "-o", tmp_path / "bad", "--speedup", "0.5", *common)
+    assert result.exit_code == 2 and one_error_line(result) == "Error: --speedup must be above 1, got 0.5"
+    result = cli("prune", tmp_path / "clf", "-o", tmp_path / "bad", "--speedup", "2", "--heads", "0.3", *common)
+    assert result.exit_code == 2 and "leave the sparsity and budget targets unset" in one_error_line(result)
+    assert not (tmp_path / "bad").exists()
