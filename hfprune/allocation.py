@@ -5,7 +5,8 @@ has a cost (its gradient importance, in loss units, from `hfprune.scores.importa
 the `LatencyModel` says it takes off a forward pass, including the attention or MLP block's own overhead when
 its last unit goes). `allocate_for_time` removes, one at a time and across all granularities at once, the unit
 with the least importance per second saved until the predicted time reaches the target: a layer goes when
-it is cheaper than its parts, an FFN block before a head when it buys more time for less importance.
+it is cheaper than its parts, an FFN block before a head when it buys more time for less importance. Only
+the seconds still needed count as saved, so a big unit does not overshoot the target when a small one will do.
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ def allocate_for_time(
             for cost, saved, kind in layer.candidates(latency, can_drop=len(alive) > min_layers):
                 if saved <= 0:
                     continue
-                ratio = cost / saved
+                ratio = cost / min(saved, seconds - target_seconds)  # time saved beyond the target buys nothing
                 if best is None or ratio < best[0]:
                     best = (ratio, saved, kind, layer)
         if best is None:

@@ -24,6 +24,13 @@ Modeling") add three stabilisers, all implemented here:
    output keeps its magnitude as heads close; at initialisation it cancels the uniform z_hat exactly. The
    factor is a per-step constant (no gradient flows through it, as with inverted dropout's 1 / keep).
 
+With a `target_sparsity` the penalty is CoFi's Lagrangian instead (Xia, Zhong & Chen 2022, "Structured
+Pruning Learns Compact and Accurate Models"): lambda_1 (s - t) + lambda_2 (s - t)^2, with s the expected
+fraction of heads closed and t the target (ramped over the warm-up from where the gates start, 1 - init_keep). The two multipliers
+`lagrangian` are trained by gradient ASCENT beside the gates, so any gap between s and t grows its own
+pressure until it closes, whatever the learning rate and number of steps; and the final decision closes
+exactly round(t * heads) heads, the least open ones.
+
 `HeadGates.finalize` makes the gates binary (a head stays iff z_hat > 0.5, i.e. log_alpha > 0), removes the
 closed heads with `hfprune.prune_heads`, and folds the scale n / kept into the kept heads' output-projection
 weights, so the pruned model computes exactly what the gated model computes in eval mode when its
@@ -74,6 +81,8 @@ class HeadGates(nn.Module):
         warmup_steps: steps over which the penalty coefficient ramps linearly from 0 (Shim et al.'s warm-up).
         scale_attention_output: multiply each layer's gated context by n / max(1, sum z_hat) (Shim et al.'s
             attention output scaling; see the module docstring).
+        target_sparsity: the fraction of the gated heads to remove exactly, through the Lagrangian penalty
+            (`l0_lambda` is then unused); None: the plain L0 penalty.
     """
 
     def __init__(
@@ -85,6 +94,7 @@ class HeadGates(nn.Module):
         l0_lambda: float = 0.01,
         warmup_steps: int = 0,
         scale_attention_output: bool = True,
+        target_sparsity: float | None = None,
     ):
         super().__init__()
         self.init_keep = check_number("init_keep", init_keep, 0, 1, open_low=True, open_high=True)
@@ -94,6 +104,9 @@ class HeadGates(nn.Module):
         if not isinstance(scale_attention_output, bool):
             raise PruningError(f"scale_attention_output must be True or False, got {scale_attention_output!r}")
         self.scale_attention_output = scale_attention_output
+        if target_sparsity is not None:
+            check_number("target_sparsity", target_sparsity, 0, 1, open_high=True)
+        self.target_sparsity = target_sparsity
 
         self.adapter = get_adapter(model)
         record = get_record(model)
@@ -104,6 +117,7 @@ class HeadGates(nn.Module):
         # P(z > 0) = sigmoid(log_alpha - beta log(-gamma / zeta)), solved for P = init_keep.
         start = math.log(self.init_keep / (1 - self.init_keep)) + self.temperature * math.log(-GAMMA / ZETA)
         self.log_alpha = nn.Parameter(torch.full((self.num_layers, num_units), start, device=device))
+        self.lagrangian = nn.Parameter(torch.zeros(2, device=device))  # lambda_1, lambda_2 (target_sparsity only)
         # which original heads exist now, and how many of them each gate unit holds (read from the model)
         present = torch.zeros(self.num_layers, self.num_heads, dtype=torch.bool, device=device)
         self.register_buffer("present", present, persistent=False)
@@ -190,11 +204,16 @@ class HeadGates(nn.Module):
         return 1.0 if self.warmup_steps == 0 else min(1.0, step / self.warmup_steps)
 
     def penalty(self, step: int) -> torch.Tensor:
-        """l0_lambda * warmup_factor(step) * expected_l0 / total_heads.
+        """l0_lambda * warmup_factor(step) * expected_l0 / total_heads, or the Lagrangian with a target.
 
         Dividing by the number of gated heads makes the penalty `l0_lambda` times the expected FRACTION of
         heads kept, so one coefficient means the same sparsity pressure for any model size.
         """
+        if self.target_sparsity is not None:
+            start = 1 - self.init_keep  # the expected sparsity the gates start from: the target ramps from there
+            target = start + (self.target_sparsity - start) * self.warmup_factor(step)
+            gap = 1 - self.expected_l0() / max(self.total_heads, 1) - target
+            return self.lagrangian[0] * gap + self.lagrangian[1] * gap**2
         factor = self.l0_lambda * self.warmup_factor(step)
         return factor * self.expected_l0() / max(self.total_heads, 1)
 
@@ -248,13 +267,43 @@ class HeadGates(nn.Module):
                 closed.remove(max(units, key=lambda unit: log_alpha[unit].item()))
         return closed
 
+    def _target_plan(self) -> dict[int, list[int]]:
+        """Exactly round(target * gated heads) heads: the units with the smallest log_alpha, whole KV groups."""
+        goal = round(self.target_sparsity * self.total_heads)
+        with torch.no_grad():
+            candidates = sorted(
+                (float(self.log_alpha[slot.index, unit]), slot.index, unit)
+                for slot in self._slots for unit in sorted(set(slot.units.tolist()))
+            )  # fmt: skip
+        units_left = {slot.index: len(set(slot.units.tolist())) for slot in self._slots}
+        heads_of = {(slot.index, unit): slot.units.tolist().count(unit) for slot in self._slots for unit in slot.units.tolist()}
+        closed: dict[int, set[int]] = {}
+        removed = 0
+        for _, index, unit in candidates:
+            if removed + heads_of[index, unit] > goal:
+                break
+            if units_left[index] == 1 and not self.adapter.can_remove_all_heads:
+                continue  # this family needs one head per layer
+            closed.setdefault(index, set()).add(unit)
+            units_left[index] -= 1
+            removed += heads_of[index, unit]
+        plan = {}
+        for slot in self._slots:
+            heads = [head for head, unit in zip(slot.heads, slot.units.tolist()) if unit in closed.get(slot.index, ())]
+            if heads:
+                plan[slot.index] = heads
+        return plan
+
     def heads_to_prune(self) -> dict[int, list[int]]:
         """The heads whose gates are closed, `{original layer: [original heads]}`, valid for `prune_heads`.
 
-        A gate is open iff z_hat > 0.5 (equivalently log_alpha > 0). Under grouped-query attention whole KV
+        A gate is open iff z_hat > 0.5 (equivalently log_alpha > 0); with a `target_sparsity`, exactly that
+        share of the heads closes instead, the least open first. Under grouped-query attention whole KV
         groups close. A layer may lose every head where the family allows it (`can_remove_all_heads`),
         otherwise its gate with the largest log_alpha stays open.
         """
+        if self.target_sparsity is not None:
+            return self._target_plan()
         plan = {}
         for slot in self._slots:
             closed = set(self._closed_units(slot))

@@ -97,7 +97,9 @@ class PruningConfig(TrainingArguments):
 
         l0_lambda (`float`, defaults to `1.0`):
             Coefficient of the L0 penalty, `l0_lambda` times the expected fraction of heads kept: larger closes
-            more heads. The number of heads removed follows from it (no `target_head_sparsity`).
+            more heads. The number of heads removed follows from it, unless `target_head_sparsity` is set: then
+            CoFi's Lagrangian (multipliers trained by gradient ascent at `l0_learning_rate`) pulls the expected
+            sparsity to the target, and exactly that fraction of heads (the least open) is removed.
         l0_warmup_steps (`int`, defaults to `0`):
             Steps over which the penalty coefficient ramps up linearly from 0 (Shim et al. 2021).
         l0_init_keep (`float`, defaults to `0.95`):
@@ -235,10 +237,6 @@ class PruningConfig(TrainingArguments):
             if self.target_ffn_sparsity or self.target_layer_sparsity or self.target_param_budget is not None:
                 raise PruningError(
                     "pruning_method='l0' prunes heads only: leave the FFN, layer and budget targets unset"
-                )
-            if self.target_head_sparsity:
-                raise PruningError(
-                    "pruning_method='l0' sets the sparsity through l0_lambda: leave target_head_sparsity at 0"
                 )
             if self.l0_steps == 0 and self.l0_epochs == 0:
                 raise PruningError("pruning_method='l0' needs gate training: set l0_epochs > 0 or l0_steps > 0")

@@ -215,6 +215,7 @@ class PruningTrainer(Trainer):
             l0_lambda=args.l0_lambda,
             warmup_steps=args.l0_warmup_steps,
             scale_attention_output=args.l0_scale_attention,
+            target_sparsity=args.target_head_sparsity or None,
         ).attach(self.model)
         if resuming is not None:
             gates_state = torch.load(os.path.join(resuming, L0_GATES_NAME), map_location="cpu", weights_only=True)
@@ -434,7 +435,7 @@ class PruningTrainer(Trainer):
         gates = self._gates
         if gates is not None and self._gates_grad_step != self.state.global_step:
             # the Trainer zeroes only the model's gradients: start each optimizer step's gate gradient afresh
-            gates.log_alpha.grad = None
+            gates.log_alpha.grad = gates.lagrangian.grad = None
             self._gates_grad_step = self.state.global_step
         loss = super().training_step(model, inputs, num_items_in_batch)
         if gates is not None and gates.log_alpha.grad is not None and is_distributed():
@@ -448,9 +449,11 @@ class PruningTrainer(Trainer):
         gates = self._gates
         held = (p for group in optimizer.param_groups for p in group["params"])
         if gates is not None and not any(p is gates.log_alpha for p in held):
-            optimizer.add_param_group(
-                {"params": [gates.log_alpha], "weight_decay": 0.0, "lr": self.args.l0_learning_rate}
-            )
+            optimizer.add_param_group({"params": [gates.log_alpha], "weight_decay": 0.0, "lr": self.args.l0_learning_rate})
+            if gates.target_sparsity is not None:  # the Lagrange multipliers climb the loss (CoFi)
+                optimizer.add_param_group(
+                    {"params": [gates.lagrangian], "weight_decay": 0.0, "lr": self.args.l0_learning_rate, "maximize": True}
+                )
         return optimizer
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:

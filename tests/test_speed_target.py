@@ -100,6 +100,11 @@ def test_allocation_removes_least_importance_per_saved_second_across_kinds():
     plan = allocate_for_time(model, scores, latency, latency.dense_seconds - 30.0)
     assert plan["layers"] == [1] and plan["heads"] == {} and plan["ffn"] == {}
 
+    # ... but not when one head is all the time still needed: the layer would overshoot the target
+    scores["heads"][2, 3] = 0.3  # less than layer 1 (0.5) once only 1 second counts
+    plan = allocate_for_time(model, scores, latency, latency.dense_seconds - 1.0)
+    assert plan["layers"] == [] and plan["heads"] == {2: [3]}
+
 
 def test_allocation_refuses_an_unreachable_target():
     model = tiny_model("bert")

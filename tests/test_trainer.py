@@ -83,7 +83,6 @@ class LogCapture(TrainerCallback):
         (dict(pruning_schedule="iterative", pruning_steps=0), "pruning_steps must be an integer >= 1"),
         (dict(pruning_method="l0", pruning_schedule="iterative", pruning_steps=2), "use pruning_schedule='one_shot'"),
         (dict(pruning_method="l0", target_ffn_sparsity=0.2), "prunes heads only"),
-        (dict(pruning_method="l0", target_head_sparsity=0.2), "through l0_lambda"),
         (dict(pruning_method="l0", l0_init_keep=1.0), "l0_init_keep"),
         (dict(distillation_alpha=1.5), "distillation_alpha"),
         (dict(distillation_temperature=0), "distillation_temperature"),
@@ -548,3 +547,25 @@ def test_activation_method_prunes_the_heads_with_the_smallest_normalised_activat
     removed = {(i // heads_per_layer, i % heads_per_layer) for i in order[: scored.numel() // 2]}
     kept = {(layer, head) for layer, heads in enumerate(get_record(model)["kept_heads"]) for head in heads}
     assert kept.isdisjoint(removed) and len(kept) == scored.numel() // 2
+
+
+@pytest.mark.parametrize("target, removed, learning_rate, warmup", [(0.5, 6, 0.1, 0), (0.25, 3, 0.05, 20)])
+def test_l0_with_a_target_sparsity_pulls_the_gates_to_it_and_removes_exactly_that_many_heads(
+    tmp_path, target, removed, learning_rate, warmup
+):
+    model, capture = tiny_model("bert"), LogCapture()
+    args = make_args(
+        tmp_path, pruning_method="l0", target_head_sparsity=target, l0_steps=40, l0_learning_rate=learning_rate,
+        l0_warmup_steps=warmup, l0_init_keep=0.87, recovery_steps=1, seed=2,
+    )  # fmt: skip
+    trainer = make_trainer(model, args, callbacks=[capture])
+    trainer.train()
+    kept = hfprune.get_record(model)["kept_heads"]
+    assert 12 - sum(len(heads) for heads in kept) == removed  # exact, whatever the gates' learning rate
+    expected = [log["l0_expected_heads"] for log in capture.logs if "l0_expected_heads" in log]
+    # the Lagrangian pulls the expected number of open heads from about 10.4 to within a head of the target
+    assert abs(expected[-1] - (12 - removed)) < 0.5 < abs(expected[0] - (12 - removed))
+    gates = trainer.l0_gate_values
+    closed = sorted(((float(gates[layer, head]), layer, head) for layer in range(3) for head in range(4)))[:removed]
+    assert all(head not in kept[layer] for _, layer, head in closed)  # the least open gates are the ones removed
+    model(**tiny_inputs())
