@@ -5,8 +5,8 @@
 Protocol (written into the JSON next to the numbers):
 - Dense: MiniLM-L6 + a new head, fine-tuned by `PruningTrainer` (no target) for 1 epoch on 20,000 SST-2 train
   examples of a seeded shuffle (cached in benchmarks/.cache/).
-- Every point recovers on the same 4,000 other train examples, 1 epoch at lr 1e-4, batch 32, distillation 0.5
-  from the dense model, importance scored on 512 of them. Reported on all 872 dev examples, which no choice sees.
+- Every point recovers on the same N other train examples (--n-recovery, default 2,000), 1 epoch per pruning
+  step at lr 1e-4, batch 32, distillation 0.5 from the dense model, importance scored on 512 of them. Reported on all 872 dev examples, which no choice sees.
 - Methods, one `hfprune.prune_for_task` call per point (Torch-Pruning excepted, which is not hfprune):
   `speedup` (target_speedup 1.5, 2, 3, 4: latency model, allocation by importance per saved second, closing
   measurement), `max_drop` (1.0 point, chosen on a slice of the recovery examples), `layers` (Sajjad "top",
@@ -36,7 +36,7 @@ from hfprune.speed import measure_speed
 METHODS = ("speedup", "max_drop", "layers", "heads", "torch_pruning")
 SPEEDUPS = (1.5, 2.0, 3.0, 4.0)
 SEQ, BATCH = 128, 32
-SLICES = {"finetune": (0, 20000), "recovery": (20000, 24000)}
+SLICES = {"finetune": (0, 20000), "recovery": (20000, 22000)}
 QUICK_SLICES = {"finetune": (0, 320), "recovery": (20000, 20160)}
 
 
@@ -74,7 +74,9 @@ class Frontier:
     def __init__(self, args):
         self.args = args
         self.out = RESULTS / "quick" if args.quick else RESULTS
-        self.data = SST2(QUICK_SLICES if args.quick else SLICES, max_length=SEQ, n_dev=64 if args.quick else None)
+        slices = dict(QUICK_SLICES if args.quick else SLICES)
+        slices["recovery"] = (slices["recovery"][0], slices["recovery"][0] + (args.n_recovery or slices["recovery"][1] - slices["recovery"][0]))
+        self.data = SST2(slices, max_length=SEQ, n_dev=64 if args.quick else None)
         self.dense_dir = CACHE / ("minilm-sst2-frontier-quick" if args.quick else "minilm-sst2-frontier")
         self.dense, finetune = dense_finetuned(self.data, self.dense_dir)
         self.dev = self.data.batches(self.data.dev)
@@ -89,6 +91,7 @@ class Frontier:
             "hfprune.prune_for_task except Torch-Pruning's",
             protocol=__doc__.split("Protocol (written into the JSON next to the numbers):\n")[1].split("\n\nResults:")[0],
             recipe={key: value for key, value in recipe(args).items() if key != "bench_threads"},
+            recovery_examples=len(self.data.train["recovery"]),
             training=RECIPE_TEXT,
             dense={"finetune": finetune, "dev_accuracy": accuracy(self.dense, self.dev)},
         )
@@ -194,6 +197,8 @@ def main() -> None:
     parser.add_argument("--speedups", default=",".join(map(str, SPEEDUPS)))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--n-recovery", type=int, default=None, help="recovery examples (default 2000)")
+    parser.add_argument("--layers", default="2,3,4,5", help="layers-only points: how many of 6 layers to drop")
     parser.add_argument("--resume", action="store_true", help="keep the points of results/frontier.json")
     parser.add_argument("--dense-only", action="store_true", help="fine-tune (and cache) the dense model, then stop")
     args = parser.parse_args()
@@ -210,7 +215,7 @@ def main() -> None:
         elif method == "max_drop":
             frontier.prune("max_drop", 1.0, max_drop=1.0, target_speedup=max(speedups), steps=4)
         elif method == "layers":
-            for dropped in (2, 3, 4, 5):
+            for dropped in [int(value) for value in args.layers.split(",")]:
                 frontier.prune("layers", f"{dropped}/6", layer_sparsity=dropped / 6, layer_strategy="top")
         elif method == "heads":
             for sparsity in (0.5, 0.9):

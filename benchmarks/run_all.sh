@@ -25,6 +25,11 @@ if [[ -z "${PYTHON:-}" ]]; then
 fi
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
+# The peer baseline (frontier.py) needs Torch-Pruning: installed beside the benchmarks, never into hfprune's venv.
+if [[ ! -d benchmarks/.cache/torch-pruning/torch_pruning ]]; then
+  "$PYTHON" -m pip install -q --no-deps --target benchmarks/.cache/torch-pruning torch-pruning==1.6.1
+fi
+
 ordered=(reproduce_papers.py layerdrop.py speed.py)
 scripts=()
 for name in "${ordered[@]}"; do [[ -f "benchmarks/$name" ]] && scripts+=("$name"); done

@@ -16,8 +16,9 @@ TP's `examples/transformers/prune_hf_bert.py`), so every kept head keeps its 32 
 TP couples and prunes it by default; the pooler's width is pruned too (it is an ordinary coupled group); only
 the classifier is in `ignored_layers`, so `num_labels` stays.
 
-Torch-Pruning is a benchmark-only dependency: it is imported from the environment, else from
-`$TORCH_PRUNING_PATH`, else from `/tmp/tp`.
+Torch-Pruning is a benchmark-only dependency, installed beside the benchmarks and never into hfprune's
+environment: `pip install --no-deps --target benchmarks/.cache/torch-pruning torch-pruning==1.6.1`. It is imported
+from the environment, else from `$TORCH_PRUNING_PATH`, else from that folder (`/tmp/tp` as a last resort).
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ from torch import nn
 
 from hfprune.speed import count_flops
 
-DEFAULT_TP_PATH = "/tmp/tp"
+DEFAULT_TP_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".cache", "torch-pruning")
+FALLBACK_TP_PATH = "/tmp/tp"
 FLOPS_TOLERANCE = 0.03  # |measured / target - 1| accepted for the FLOPs ratio
 BISECTION_TOLERANCE = 0.01  # the bisection stops early once this close, leaving room under FLOPS_TOLERANCE
 MAX_BISECTION_STEPS = 24
@@ -64,20 +66,20 @@ SETTINGS: dict[str, Any] = {
 
 # ---- Torch-Pruning import -----------------------------------------------------------------------------
 def import_torch_pruning():
-    """`torch_pruning`, from the environment or else from `$TORCH_PRUNING_PATH` / `/tmp/tp` (benchmark only)."""
+    """`torch_pruning`, from the environment or else from `$TORCH_PRUNING_PATH` / benchmarks/.cache (benchmark only)."""
     try:
         return importlib.import_module("torch_pruning")
     except ImportError:
         pass
-    for folder in (os.environ.get("TORCH_PRUNING_PATH"), DEFAULT_TP_PATH):
+    for folder in (os.environ.get("TORCH_PRUNING_PATH"), DEFAULT_TP_PATH, FALLBACK_TP_PATH):
         if folder and os.path.isdir(os.path.join(folder, "torch_pruning")) and folder not in sys.path:
             sys.path.insert(0, folder)
     try:
         return importlib.import_module("torch_pruning")
     except ImportError as error:
         raise ImportError(
-            "Torch-Pruning is not installed: `pip install torch-pruning==1.6.1` (or `--target DIR` and set "
-            f"TORCH_PRUNING_PATH=DIR; default {DEFAULT_TP_PATH})"
+            f"Torch-Pruning is not installed: `pip install --no-deps --target {DEFAULT_TP_PATH} torch-pruning==1.6.1` "
+            "(or another folder, with TORCH_PRUNING_PATH=DIR)"
         ) from error
 
 

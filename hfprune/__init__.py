@@ -20,14 +20,17 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "activation_scores",
         "hidden_importance",
     ),
+    "allocation": ("allocate_for_time",),
     "arch": ("ArchAdapter", "get_adapter", "register_adapter", "supported_model_types"),
     "callbacks": ("HeadMaskCallback", "LayerDropCallback"),
     "card": ("write_model_card",),
     "convert": ("convert_checkpoint",),
     "errors": ("PipelineInputError", "PruningError", "WeakBaselineError"),
     "gates": ("HeadGates",),
+    "generation_speed": ("measure_generation_speed",),
     "hidden": ("prune_hidden",),
     "hub": ("HubPushError", "push_to_hub"),
+    "latency": ("LatencyModel", "measure_latency_model"),
     "loading": ("from_pretrained", "save_for_remote_code"),
     "masks": ("MaskHandle", "apply_masks", "make_ffn_mask", "make_head_mask", "make_layer_mask", "skip_layers"),
     "onnx_export": ("OnnxExport", "export_onnx"),
@@ -78,14 +81,17 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
         activation_scores,
         hidden_importance,
     )
+    from .allocation import allocate_for_time
     from .arch import ArchAdapter, get_adapter, register_adapter, supported_model_types
     from .callbacks import HeadMaskCallback, LayerDropCallback
     from .card import write_model_card
     from .convert import convert_checkpoint
     from .errors import PipelineInputError, PruningError, WeakBaselineError
     from .gates import HeadGates
+    from .generation_speed import measure_generation_speed
     from .hidden import prune_hidden
     from .hub import HubPushError, push_to_hub
+    from .latency import LatencyModel, measure_latency_model
     from .loading import from_pretrained, save_for_remote_code
     from .masks import MaskHandle, apply_masks, make_ffn_mask, make_head_mask, make_layer_mask, skip_layers
     from .onnx_export import OnnxExport, export_onnx

@@ -481,6 +481,7 @@ def write_model_card(
     speed: Any = None,
     speed_target: Mapping[str, Any] | None = None,
     selection_note: str | None = None,
+    generation_speed: Sequence[Mapping[str, Any]] | None = None,
     importance: torch.Tensor | Sequence[Sequence[float | None]] | None = None,
     command: str | None = None,
     repo_id: str | None = None,
@@ -512,6 +513,7 @@ def write_model_card(
         speed: a `hfprune.speed.SpeedReport`, or its JSON form; a noisy one is marked as such.
         speed_target: `PruningTrainer.speedup_report` of a `target_speedup` run: target, predicted and measured.
         selection_note: how a `max_drop` run chose its step, in one sentence.
+        generation_speed: decoders: `hfprune.measure_generation_speed` rows (prefill and decode tokens/s).
         importance: `[num_layers, num_heads]` head importance of the unpruned model (original indices);
             `importance_note` says how it relates to what was pruned.
         command: the command line that produced the checkpoint (absolute paths reduced to their last part).
@@ -597,6 +599,14 @@ def write_model_card(
         + (f"; {importance_note}" if importance_note else ""),
         speed=_speed_info(speed),
         speed_target=_speed_target_info(speed_target),
+        generation_rows=[
+            {
+                "model": row["model"], "shape": f"{row['batch_size']} x {row['prompt_len']} + {row['new_tokens']}",
+                "prefill": f"{row['prefill_tokens_per_s']:,.0f}", "decode": f"{row['decode_tokens_per_s']:,.1f}",
+                "prefill_speedup": f"{row['prefill_speedup']:.2f}x", "decode_speedup": f"{row['decode_speedup']:.2f}x",
+            }
+            for row in generation_speed or ()
+        ],  # fmt: skip
         selection_note=selection_note,
         speed_image=SPEED_IMAGE if speed is not None and (checkpoint_dir / SPEED_IMAGE).exists() else None,
         repo_id=name,
@@ -679,6 +689,7 @@ def card_inputs(
     dense_control_note: str | None = None,
     speed_target: Mapping[str, Any] | None = None,
     selection_note: str | None = None,
+    generation_speed: Sequence[Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The JSON-safe keyword arguments of `write_model_card`, as stored in `hfprune_results.json`.
 
@@ -702,6 +713,7 @@ def card_inputs(
         "speed": _speed_json(speed),
         "speed_target": dict(speed_target) if speed_target else None,
         "selection_note": selection_note,
+        "generation_speed": [dict(row) for row in generation_speed] if generation_speed else None,
         "importance": None
         if scores is None
         else [[None if math.isnan(v) else v for v in row] for row in scores.tolist()],
@@ -744,6 +756,7 @@ def prune_card_inputs(
         dense_control_note=(result.dense_control or {}).get("protocol"),
         speed=result.speed,
         speed_target=result.speed_target,
+        generation_speed=result.generation_speed,
         selection_note=(result.selection or {}).get("protocol"),
         importance=result.importance,
         command=command,

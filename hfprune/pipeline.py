@@ -33,6 +33,7 @@ from .checkpoint import config_has_head, load_model, load_model_for_task, resolv
 from .errors import PipelineInputError, PruningError, WeakBaselineError, _first_line  # noqa: F401  (WeakBaselineError: old path)
 from .finetune import _quiet, _training_kwargs, prepare_dense_model, release_memory, train_dense_control
 from .finetune import default_finetune_epochs, micro_batches, validation_slice  # noqa: F401  (old import path)
+from .generation_speed import generation_against_dense
 from .latency import Timer
 from .max_drop import DEFAULT_CEILING, DEFAULT_STEPS, KeepFastestWithinDrop, selection_split
 from .output import check_output_dir, write_atomically
@@ -304,13 +305,17 @@ def prune_for_task(
             _save_state(work_dir, state)
             lap("dense control")
 
-        speed = None
+        speed = generation = None
         if bench:
             say("timing dense vs pruned")
             speed = time_against_dense(
                 model, teacher, batch_sizes=tuple(bench_batch_sizes), seq_lengths=(max_length,), num_threads=bench_threads,
                 repeats=bench_repeats, device=device, progress=progress,
             )  # fmt: skip
+            if data.is_lm:  # a decoder's user waits for prefill and for every decoded token: time both
+                generation = generation_against_dense(
+                    model, teacher, prompt_len=max_length, num_threads=bench_threads, repeats=bench_repeats, device=device
+                )  # fmt: skip
             lap("time")
         del teacher
 
@@ -321,7 +326,7 @@ def prune_for_task(
             metrics_after=metrics_after, sparsity=sparsity_summary(model, base_parameters), finetuned_first=finetuned_first,
             speed=speed, importance=importance, pruning_history=history, settings=settings, timings=timings,
             baselines=baselines, weak_baseline=weak, finetune=state.get("finetune"), dense_control=state.get("dense_control"),
-            speed_target=speed_target, selection=selection,
+            speed_target=speed_target, selection=selection, generation_speed=generation,
         )  # fmt: skip
         card_kwargs = prune_card_inputs(
             result, base_model=model_name_or_path, base_model_id=base_model_id, repo_id=repo_id or output_dir.name,

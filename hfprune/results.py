@@ -60,6 +60,7 @@ class PruneResult:
     # target_speedup: target, predicted and measured speedups (`SpeedTarget.report`); max_drop: how the step was chosen
     speed_target: dict[str, Any] | None = None
     selection: dict[str, Any] | None = None
+    generation_speed: list[dict[str, Any]] | None = None  # decoders: prefill / decode tokens/s, dense vs pruned
     dry_run: bool = False  # the plan only: nothing was trained or written
 
     def to_dict(self) -> dict[str, Any]:
@@ -81,6 +82,7 @@ class PruneResult:
             "dense_control": _jsonable(self.dense_control),
             "speed_target": _jsonable(self.speed_target),
             "selection": _jsonable(self.selection),
+            "generation_speed": _jsonable(self.generation_speed),
             "dry_run": self.dry_run,
         }
 

@@ -3,9 +3,10 @@
 `SpeedTarget` is what `PruningTrainer` keeps for a speed target: the latency model measured on the dense model
 before anything is removed, each step's time budget (an equal share of the time to save per step), the plan
 that meets it (`hfprune.allocation.allocate_for_time`), and the closing measurement. After the last step the
-pruned model is timed beside the dense one; if it is short of the target (by more than `TOLERANCE`), the
-ratio of measured to predicted time corrects the latency model and one more step (scoring, allocation,
-recovery) prunes further, at most `speedup_extra_steps` times. Target, predicted and measured speedups go
+pruned model is timed beside the dense one; if it is short of the target (by more than `TOLERANCE`), one more
+step (scoring, allocation, recovery) prunes further, at most `speedup_extra_steps` times, to a predicted time
+corrected by what was measured: after one measurement by the ratio of measured to predicted time, after two
+or more by the line through the last two (a fixed overhead the latency model missed is not a ratio). Target, predicted and measured speedups go
 into `report()`, and from there into the card and `hfprune_results.json`.
 """
 
@@ -51,27 +52,39 @@ class SpeedTarget:
         self.reference = copy.deepcopy(model).eval()  # the dense model, to time the result against
         if state is not None:  # a resumed run plans with the latency model it started with
             self.latency = LatencyModel.from_dict(state["latency"])
-            self.correction, self.measurements = state["correction"], state["measurements"]
+            self.measurements = state["measurements"]
         else:
             self.latency = measure_latency_model(
                 self.reference, args.speedup_batch_size, args.speedup_seq_len, timer=self.timer, device=args.device
             )
-            self.correction, self.measurements = 1.0, []
+            self.measurements = []
 
     def step_seconds(self, step: int, num_steps: int) -> float:
-        """The predicted forward time pruning step `step` brings the model down to (later steps: the target)."""
-        saved = (1 - 1 / self.target) * min(step / num_steps, 1.0)
-        return self.latency.dense_seconds * (1 - saved) / self.correction
+        """The predicted forward time pruning step `step` brings the model down to (extra steps: the target,
+        corrected by the measurements so far)."""
+        if step <= num_steps or not self.measurements:
+            return self.latency.dense_seconds * (1 - (1 - 1 / self.target) * min(step / num_steps, 1.0))
+        return self.latency.dense_seconds * self._corrected_time()
+
+    def _corrected_time(self) -> float:
+        """The predicted time (a fraction of dense) expected to MEASURE 1 / target, from the measurements."""
+        points = [(1 / entry["predicted_speedup"], 1 / entry["measured_speedup"]) for entry in self.measurements]
+        wanted, (predicted, measured) = 1 / self.target, points[-1]
+        corrected = wanted * predicted / measured  # measured time proportional to predicted
+        if len(points) >= 2 and points[-2][0] != predicted:
+            slope = (measured - points[-2][1]) / (predicted - points[-2][0])
+            if slope > 0:  # measured = slope * predicted + offset, through the last two measurements
+                corrected = predicted + (wanted - measured) / slope
+        return min(max(corrected, 1e-3), predicted)
 
     def plan(self, model: nn.Module, scores: dict[str, torch.Tensor], seconds: float) -> dict[str, Any]:
         return allocate_for_time(model, scores, self.latency, seconds, ffn_multiple=self.ffn_multiple)
 
     def measure(self, model: nn.Module, step: int) -> dict[str, Any]:
-        """Time `model` beside the dense model; update the correction of the latency model."""
+        """Time `model` beside the dense model, and keep the measurement for the corrections."""
         times = self.timer({"dense": self.reference, "pruned": model})
         measured = times["dense"] / times["pruned"]
         predicted = self.latency.speedup(model)
-        self.correction = predicted / measured  # > 1: the model runs slower than the latency model says
         entry = {"step": step, "predicted_speedup": predicted, "measured_speedup": measured}
         self.measurements.append(entry)
         return entry
@@ -83,7 +96,7 @@ class SpeedTarget:
         return not met and step - num_steps < self.extra_steps
 
     def state(self) -> dict[str, Any]:
-        return {"latency": self.latency.to_dict(), "correction": self.correction, "measurements": self.measurements}
+        return {"latency": self.latency.to_dict(), "measurements": self.measurements}
 
     def report(self) -> dict[str, Any]:
         """Target, predicted and measured speedup of the final model, with how they were measured."""

@@ -82,3 +82,22 @@ def one_error_line(result, code: int = 2) -> str:
     assert len(stderr.splitlines()) == 1 and stderr.startswith("Error: "), stderr
     assert "Traceback" not in result.stdout + stderr
     return stderr
+
+
+def write_tiny_llama_and_text(folder: Path, *, num_layers: int = 2, num_kv_heads: int = 4) -> tuple[Path, Path]:
+    """A tiny Llama (with the tiny BERT's tokenizer) and a text folder: 60 lines of train.txt to calibrate and
+    distil on, 20 of validation.txt held out for perplexity. Returns `(model folder, text folder)`."""
+    write_tiny_bert(folder / "tok")  # only for its tokenizer
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder / "tok")
+    config = transformers.LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=num_layers,
+        num_attention_heads=4, num_key_value_heads=num_kv_heads, max_position_embeddings=64,
+    )  # fmt: skip
+    transformers.LlamaForCausalLM(config).save_pretrained(folder / "llama")
+    tokenizer.save_pretrained(folder / "llama")
+    words = [text for text, _ in sentences(80, 0)]
+    (folder / "text").mkdir()
+    (folder / "text" / "train.txt").write_text("\n".join(words[:60]))
+    (folder / "text" / "validation.txt").write_text("\n".join(words[60:]))  # held out: never calibrated on
+    return folder / "llama", folder / "text"
+

@@ -394,24 +394,13 @@ def test_push_adds_the_card_when_the_folder_has_none_and_no_card_skips_it(work: 
 def test_decoder_end_to_end_from_the_cli_with_a_parameter_target(tmp_path: Path):
     """`hfprune prune TINY_LLAMA --task lm --params 0.7`: scored on calibration text, pruned to 70% of the
     parameters, distilled from the dense model, perplexity on held-out text only, card written."""
-    import transformers
-    from cli_fixtures import sentences
+    from cli_fixtures import write_tiny_llama_and_text
 
-    write_tiny_bert(tmp_path / "tok")  # only for its tokenizer
-    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "tok")
-    config = transformers.LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=4, max_position_embeddings=64,  # MHA: 2-head KV groups would make 70% too coarse a target
-    )  # fmt: skip
-    transformers.LlamaForCausalLM(config).save_pretrained(tmp_path / "llama")
-    tokenizer.save_pretrained(tmp_path / "llama")
-    words = [text for text, _ in sentences(80, 0)]
-    (tmp_path / "text").mkdir()
-    (tmp_path / "text" / "train.txt").write_text("\n".join(words[:60]))
-    (tmp_path / "text" / "validation.txt").write_text("\n".join(words[60:]))  # held out: never calibrated on
+    # MHA: 2-head KV groups would make 70% too coarse a target
+    llama, text = write_tiny_llama_and_text(tmp_path, num_layers=2, num_kv_heads=4)
 
     result = cli(
-        "prune", tmp_path / "llama", "--task", "lm", "--data-dir", tmp_path / "text", "-o", tmp_path / "out",
+        "prune", llama, "--task", "lm", "--data-dir", text, "-o", tmp_path / "out",
         "--params", "0.7", "--distill", "0.5", "--lr", "1e-3", "--batch-size", "8", "--max-length", "16",
         "--no-bench", "--quiet",
     )  # fmt: skip

@@ -9,6 +9,7 @@ import pytest
 import torch
 from transformers import default_data_collator
 
+import hfprune
 from conftest import FAMILIES, GQA, VOCAB, tiny_model, tiny_pruning_args
 from hfprune import drop_layers, prune_ffn, prune_heads
 from hfprune.allocation import allocate_for_time
@@ -225,7 +226,7 @@ def test_prune_for_task_meets_a_speed_target_and_the_card_reports_target_predict
     assert f"**{report['measured_speedup']:.2f}x** (met)" in card
 
 
-def _flip_dev_labels(glue: "Path") -> None:
+def _flip_dev_labels(glue) -> None:
     dev = glue / "SST-2" / "dev.tsv"
     lines = dev.read_text().splitlines()
     flipped = [lines[0]] + [f"{line.rsplit(chr(9), 1)[0]}\t{1 - int(line.rsplit(chr(9), 1)[1])}" for line in lines[1:]]
@@ -296,3 +297,27 @@ def test_cli_speedup_and_max_drop(tmp_path):
     result = cli("prune", tmp_path / "clf", "-o", tmp_path / "bad", "--speedup", "2", "--heads", "0.3", *common)
     assert result.exit_code == 2 and "leave the sparsity and budget targets unset" in one_error_line(result)
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_decoder_meets_a_speed_target_end_to_end(tmp_path):
+    """`prune_for_task(TINY_LLAMA, "lm", target_speedup=2)`: KV groups, FFN and layers allocated on one scale,
+    distilled, perplexity on held-out text, the target met in the closing measurement."""
+    from cli_fixtures import write_tiny_llama_and_text
+
+    from hfprune.pipeline import prune_for_task
+
+    llama, text = write_tiny_llama_and_text(tmp_path, num_layers=3, num_kv_heads=2)
+    result = prune_for_task(
+        str(llama), "lm", output_dir=tmp_path / "out", data_dir=text, target_speedup=2.0,
+        speed_timer=flops_timer, speedup_batch_size=BATCH, speedup_seq_len=SEQ, distillation_alpha=0.5, learning_rate=1e-3,
+        batch_size=8, max_length=16, score_num_examples=16, bench_batch_sizes=(1,), bench_repeats=2, bench_threads=1,
+    )  # fmt: skip
+    assert result.speed_target["met"] and result.speed_target["measured_speedup"] >= 2.0 * 0.97
+    record = get_record(hfprune.from_pretrained(tmp_path / "out"))
+    assert all(len(heads) % 2 == 0 for heads in record["kept_heads"])  # whole KV groups of 2 query heads
+    assert result.metrics_after["validation"]["perplexity"] > 1.0
+    assert result.dense_control["steps"] == result.dense_control["pruned_steps"] > 0
+    generation = result.generation_speed  # a decoder's card also times prefill and decode, side by side
+    assert [row["model"] for row in generation] == ["dense", "pruned"] and generation[0]["prompt_len"] == 16
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "| prefill (tokens/s) | decode (tokens/s) |" in card and f"| pruned | 1 x 16 + 32 | {generation[1]['prefill_tokens_per_s']:,.0f} |" in card
