@@ -115,10 +115,10 @@ def prune_for_task(
     when the checkpoint has no trained head for the task, fine-tune one first, for at most `finetune_epochs`
     (default: 10 on sets under 10,000 examples, else 3) with early stopping on a validation slice carved from
     train; evaluate ("before") and compare with the majority-class and chance baselines of every eval split;
-    score head importance on train examples (for the card's heatmap); prune to the targets and recover with `PruningTrainer` (`method`,
-    `schedule`, `steps`, `recovery_epochs`, optional distillation); evaluate ("after"); with `dense_control`, when
+    score head importance on train examples (for the card's heatmap); prune to the targets and recover with
+    `PruningTrainer` (`method`, `schedule`, `steps`, `recovery_epochs`, optional distillation); evaluate ("after"); with `dense_control`, when
     the pruned model trained, train the dense model on the same examples for the same steps and evaluate it, the
-    honest "before" the card compares with; time dense vs pruned (`bench`); write model, tokenizer, README.md
+    honest "before" the card compares with; time dense vs pruned (`bench`; decoders: prefill and decode too); write model, tokenizer, README.md
     model card, heatmaps and `hfprune_results.json` atomically.
 
     What to remove is one of: sparsities (`head_sparsity`, default 0.4 when no other target is given,
@@ -154,6 +154,8 @@ def prune_for_task(
         head_sparsity = 0.0 if chooses_itself else 0.4
     if max_drop is not None:
         check_number("max_drop", max_drop, 0, error=PipelineInputError, expected="a number of points >= 0")
+        if resume:  # the candidate models of the steps before a kill are not in the checkpoints
+            raise PipelineInputError("a max_drop run cannot resume yet: start it again without resume")
         schedule, steps = "iterative", (steps if steps > 1 else DEFAULT_STEPS)
         target_speedup = DEFAULT_CEILING if target_speedup is None else target_speedup
     settings = dict(
@@ -286,7 +288,8 @@ def prune_for_task(
         if keeper is not None:  # its steps are candidates, not a closed loop: the speed table reports the chosen one
             speed_target = None
             if keeper.chosen_model is None:
-                raise PruningError(f"no pruning step stayed within {max_drop:g} points of the dense model on the selection slice: {keeper.steps}")
+                drops = ", ".join(f"step {entry['step']}: -{entry['drop_points']:.2f}" for entry in keeper.steps)
+                raise PruningError(f"no pruning step stayed within {max_drop:g} points of the dense model on the selection slice ({drops})")
             model, history = keeper.chosen_model.to(model.device).eval(), history[: keeper.chosen_step + 1]
         del trainer, keeper
         release_memory()

@@ -44,9 +44,9 @@ from .gates import HeadGates
 from .plan import _num_parameters, _round, _sparsities, ffn_to_prune, final_targets, heads_to_prune, layers_to_drop
 from .plan import plan_to_goal, step_targets
 from .pruning_config import PruningArguments, PruningConfig  # noqa: F401 (PruningArguments: re-exported)
-from .rundir import latest_pruning_checkpoint
-from .record import get_record, gqa_group_size, kept_ffn
 from .latency import Timer
+from .record import get_record, gqa_group_size, kept_ffn
+from .rundir import latest_pruning_checkpoint
 from .scores import layer_cosine_scores, normalize_per_layer, score_units
 from .speed_target import SpeedTarget
 from .surgery import drop_layers, prune_ffn, prune_heads, restore_structure
@@ -54,7 +54,6 @@ from .surgery import drop_layers, prune_ffn, prune_heads, restore_structure
 logger = logging.get_logger(__name__)
 
 PRUNING_STATE_NAME, L0_GATES_NAME = PRUNING_STATE_FILE, L0_GATES_FILE  # their first names
-_PHASES = PRUNING_PHASES
 # Arguments that define what a run prunes: a checkpoint made with other values cannot be resumed.
 _RESUME_KEYS = (
     "pruning_method", "pruning_schedule", "pruning_steps", "target_head_sparsity", "target_ffn_sparsity",
@@ -371,7 +370,8 @@ class PruningTrainer(Trainer):
         # gradient scores: each process scores its shard, unnormalised; average first, then normalise
         scores = score_units(model, method, kinds, self._score_dataloader(), normalize=False)
         scores = {kind: average_over_processes(value, self._score_weight, self.args.device) for kind, value in scores.items()}
-        if method in PER_LAYER_NORMALIZED_METHODS and self._speed is None:  # Michel et al. normalise each layer before ranking globally
+        # Michel et al. normalise each layer before ranking globally; a speed target compares kinds on one loss scale
+        if method in PER_LAYER_NORMALIZED_METHODS and self._speed is None:
             scores = {kind: normalize_per_layer(value) for kind, value in scores.items()}
         return scores
 
@@ -570,7 +570,7 @@ class PruningTrainer(Trainer):
         if not any((path / "trainer_state.json").is_file() for path in current.glob(f"{PREFIX_CHECKPOINT_DIR}-*")):
             return
         for earlier in range(1, step + 1):
-            for phase in _PHASES:
+            for phase in PRUNING_PHASES:
                 if (earlier, phase) != (step, "recovery"):
                     shutil.rmtree(self._get_output_dir_for(earlier, phase), ignore_errors=True)
 

@@ -321,3 +321,13 @@ def test_a_decoder_meets_a_speed_target_end_to_end(tmp_path):
     assert [row["model"] for row in generation] == ["dense", "pruned"] and generation[0]["prompt_len"] == 16
     card = (tmp_path / "out" / "README.md").read_text()
     assert "| prefill (tokens/s) | decode (tokens/s) |" in card and f"| pruned | 1 x 16 + 32 | {generation[1]['prefill_tokens_per_s']:,.0f} |" in card
+
+
+def test_max_drop_input_errors_come_before_any_work(tmp_path):
+    from hfprune.errors import PipelineInputError
+
+    with pytest.raises(PipelineInputError, match="cannot resume yet"):
+        _sst2_run(tmp_path, "out", max_drop=1.0, resume=True)
+    with pytest.raises(PipelineInputError, match="max_drop"):
+        _sst2_run(tmp_path, "out2", max_drop=-1.0)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out2").exists()
