@@ -47,7 +47,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "record": ("get_record",),
     "scores": (  # fmt: skip
         "angular_distance", "block_influence", "ffn_importance", "head_ablation_scores", "head_importance",
-        "importance_scores", "layer_cosine_scores", "magnitude_ffn_scores", "magnitude_head_scores", "mlp_importance",
+        "importance_scores", "layer_ablation_scores", "layer_cosine_scores", "magnitude_ffn_scores", "magnitude_head_scores", "mlp_importance",
         "random_ffn_scores", "random_head_scores", "score_units", "taylor_head_scores",
     ),
     "speed": ("SpeedReport", "count_flops", "measure_speed"),
@@ -101,7 +101,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from .record import get_record
     from .scores import (  # fmt: skip
         angular_distance, block_influence, ffn_importance, head_ablation_scores, head_importance, importance_scores,
-        layer_cosine_scores, magnitude_ffn_scores, magnitude_head_scores, mlp_importance, random_ffn_scores,
+        layer_ablation_scores, layer_cosine_scores, magnitude_ffn_scores, magnitude_head_scores, mlp_importance, random_ffn_scores,
         random_head_scores, score_units, taylor_head_scores,
     )
     from .speed import SpeedReport, count_flops, measure_speed

@@ -1,7 +1,8 @@
 """Spend a time budget: which layers, heads and FFN neurons to remove, by importance per saved second.
 
 Every unit that could go (a head, or a KV group of heads; a block of `ffn_multiple` FFN neurons; a whole layer)
-has a cost (its gradient importance, in loss units, from `hfprune.scores.importance_scores`) and a saving (what
+has a cost in loss units (the gradient importance of heads and neurons from `hfprune.scores.importance_scores`,
+the measured loss increase of skipping a layer from `layer_ablation_scores`) and a saving (what
 the `LatencyModel` says it takes off a forward pass, including the attention or MLP block's own overhead when
 its last unit goes). `allocate_for_time` removes, one at a time and across all granularities at once, the unit
 with the least importance per second saved until the predicted time reaches the target: a layer goes when
@@ -17,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import PruningError
+from .errors import PruningError, TargetOutOfReachError
 from .latency import LatencyModel, structure_counts
 from .record import get_record, gqa_group_size, kept_ffn
 
@@ -39,13 +40,10 @@ class _Layer:
         first = len(ranked) % ffn_multiple or ffn_multiple  # what stays is a multiple of ffn_multiple
         blocks = [ranked[:first]] + [ranked[i : i + ffn_multiple] for i in range(first, len(ranked), ffn_multiple)]
         self.neuron_blocks = [(_score(scores["ffn"][index], block), block) for block in blocks if block]
-        self.layer_score = float(scores["layers"][index].nan_to_num(0.0)) if "layers" in scores else math.inf
+        self.layer_score = max(float(scores["layers"][index].nan_to_num(0.0)), 0.0) if "layers" in scores else math.inf
         self.heads, self.neurons = len(heads), len(neurons)
         self.removed_heads: list[int] = []
         self.removed_neurons: list[int] = []
-
-    def remaining_score(self) -> float:
-        return sum(score for score, _ in self.head_units) + sum(score for score, _ in self.neuron_blocks)
 
     def candidates(self, latency: LatencyModel, can_drop: bool):
         """`(cost, saved seconds, kind)` of each move this layer offers."""
@@ -57,7 +55,7 @@ class _Layer:
             score, block = self.neuron_blocks[0]
             yield score, now - latency.layer_seconds(self.heads, self.neurons - len(block)), "ffn"
         if can_drop:
-            yield min(self.layer_score, self.remaining_score()), now, "layer"
+            yield self.layer_score, now, "layer"
 
     def remove(self, kind: str) -> None:
         if kind == "heads":
@@ -83,14 +81,15 @@ def allocate_for_time(
 
     Args:
         scores: `{"heads": [L, H], "ffn": [L, I]}` and optionally `"layers": [L]`, in ORIGINAL indices, higher
-            = more important, on one scale across kinds (unnormalised gradient importance); without "layers",
-            no layer is dropped whole.
+            = more important, on one scale across kinds (loss units: unnormalised gradient importance of heads
+            and neurons, `layer_ablation_scores` of layers); without "layers", no layer is dropped whole.
         ffn_multiple: FFN neurons go in blocks of this many, so every kept width stays a multiple of it.
         min_layers: layers that always stay.
     Returns:
         `{"layers": [...], "heads": {layer: [...]}, "ffn": {layer: [...]}, "predicted_seconds": float}`; heads
         and neurons of dropped layers are not listed (the layer goes whole). Apply with `prune_heads`,
-        `prune_ffn`, then `drop_layers`. Raises `PruningError` when the target cannot be reached.
+        `prune_ffn`, then `drop_layers`. Raises `TargetOutOfReachError` (a `PruningError`) when the target cannot be
+        reached.
     """
     if "heads" not in scores or "ffn" not in scores:
         raise PruningError("allocate_for_time needs 'heads' and 'ffn' scores (and 'layers' to drop whole layers)")
@@ -112,7 +111,7 @@ def allocate_for_time(
                 if best is None or ratio < best[0]:
                     best = (ratio, saved, kind, layer)
         if best is None:
-            raise PruningError(
+            raise TargetOutOfReachError(
                 f"cannot reach {target_seconds * 1e3:.2f} ms per forward (predicted {seconds * 1e3:.2f} ms with "
                 "nothing left to remove): lower the speedup target"
             )

@@ -12,6 +12,10 @@ class PruningError(ValueError):
     """Bad pruning input (index out of range, unsupported model, uneven GQA pattern...). One line, says what to do."""
 
 
+class TargetOutOfReachError(PruningError):
+    """No structure the latency model knows meets the time asked for (a speed target beyond what is left)."""
+
+
 class PipelineInputError(PruningError):
     """A job cannot run as asked (bad option, missing file, unusable output path...); nothing was written.
 

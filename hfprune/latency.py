@@ -89,6 +89,10 @@ class LatencyModel:
             seconds += self.mlp + self.neuron * neurons
         return seconds
 
+    def floor_seconds(self, min_layers: int = 1) -> float:
+        """The least any structure with `min_layers` kept layers can take: the fixed costs and empty layers."""
+        return self.fixed + min_layers * self.layer
+
     def predict_counts(self, counts: list[tuple[int, int]]) -> float:
         """Seconds per forward of a structure given as `structure_counts`."""
         return self.fixed + sum(self.layer_seconds(heads, neurons) for heads, neurons in counts)

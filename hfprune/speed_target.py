@@ -20,6 +20,7 @@ from torch import nn
 
 from .allocation import allocate_for_time
 from .distributed import average_over_processes
+from .errors import TargetOutOfReachError
 from .latency import LatencyModel, Timer, measure_latency_model, speed_timer
 
 TOLERANCE = 0.03
@@ -58,6 +59,11 @@ class SpeedTarget:
                 self.reference, args.speedup_batch_size, args.speedup_seq_len, timer=self.timer, device=args.device
             )
             self.measurements = []
+            if self.latency.dense_seconds / self.target <= self.latency.floor_seconds():
+                raise TargetOutOfReachError(
+                    f"target_speedup={self.target:g} is out of reach: the embeddings, the task head and one empty layer "
+                    f"alone take {self.latency.floor_seconds() / self.latency.dense_seconds:.0%} of the dense model's time"
+                )
 
     def step_seconds(self, step: int, num_steps: int) -> float:
         """The predicted forward time pruning step `step` brings the model down to (extra steps: the target,
@@ -93,7 +99,10 @@ class SpeedTarget:
         """After the last planned step (or an extra one): measure, and say whether to prune one more step."""
         entry = self.measure(model, step)
         met = entry["measured_speedup"] >= self.target * (1 - TOLERANCE)
-        return not met and step - num_steps < self.extra_steps
+        if met or step - num_steps >= self.extra_steps:
+            return False
+        # a corrected target below what any structure can reach would fail the next step: stop, missed
+        return self.step_seconds(step + 1, num_steps) > self.latency.floor_seconds()
 
     def state(self) -> dict[str, Any]:
         return {"latency": self.latency.to_dict(), "measurements": self.measurements}

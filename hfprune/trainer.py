@@ -39,7 +39,7 @@ from .constants import DATA_FREE_METHODS, L0_GATES_FILE, PER_LAYER_NORMALIZED_ME
 from .constants import PRUNING_PHASES, PRUNING_STATE_FILE
 from .distributed import average_over_processes, check_same_plan, is_distributed
 from .distill import distillation_loss
-from .errors import PruningError
+from .errors import PruningError, TargetOutOfReachError
 from .gates import HeadGates
 from .plan import _num_parameters, _round, _sparsities, ffn_to_prune, final_targets, heads_to_prune, layers_to_drop
 from .plan import plan_to_goal, step_targets
@@ -47,7 +47,7 @@ from .pruning_config import PruningArguments, PruningConfig  # noqa: F401 (Pruni
 from .latency import Timer
 from .record import get_record, gqa_group_size, kept_ffn
 from .rundir import latest_pruning_checkpoint
-from .scores import layer_cosine_scores, normalize_per_layer, score_units
+from .scores import layer_ablation_scores, layer_cosine_scores, normalize_per_layer, score_units
 from .speed_target import SpeedTarget
 from .surgery import drop_layers, prune_ffn, prune_heads, restore_structure
 
@@ -177,7 +177,13 @@ class PruningTrainer(Trainer):
                     train_steps, losses = self._train_gates(step, resuming, state, ignore_keys_for_eval)
                     resuming = None
             elif resuming is None:
-                self._prune_step(step, targets)
+                try:
+                    self._prune_step(step, targets)
+                except TargetOutOfReachError as error:
+                    if step <= args.num_pruning_steps:
+                        raise
+                    logger.warning(f"speed target missed: {error}")  # an extra step found nothing left to remove
+                    break
             if args.recovery_steps > 0 or args.recovery_epochs > 0:
                 phase_steps, phase_losses = self._run_phase(
                     (step, "recovery"), args.recovery_epochs, args.recovery_steps, resuming, state, ignore_keys_for_eval
@@ -341,7 +347,10 @@ class PruningTrainer(Trainer):
     def _prune_for_time(self, step: int) -> dict[str, Any]:
         """Remove what costs least importance per second saved, down to this step's share of the time."""
         seconds = self._speed.step_seconds(step, self.args.num_pruning_steps)
-        scores = self.pruning_scores[step] = self._unit_scores(["heads", "ffn", "layers"], step)
+        scores = self._unit_scores(["heads", "ffn"], step)  # first-order, per unit: a good estimate for small units
+        layers = layer_ablation_scores(self.model, self._score_dataloader())  # measured: whole layers are big steps
+        scores["layers"] = average_over_processes(layers, self._score_weight, self.args.device)
+        self.pruning_scores[step] = scores
         plan = self._speed.plan(self.model, scores, seconds)
         check_same_plan({key: plan[key] for key in ("layers", "heads", "ffn")})
         prune_heads(self.model, plan["heads"])
