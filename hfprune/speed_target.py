@@ -23,6 +23,10 @@ from .distributed import average_over_processes
 from .errors import TargetOutOfReachError
 from .latency import LatencyModel, Timer, measure_latency_model, speed_timer
 
+CALIBRATION_ROUNDS = 3
+"""How many times a step's plan is remade on scores rescaled by the measured loss of the previous plan."""
+MAX_FACTOR = 5.0
+
 TOLERANCE = 0.03
 """A measured speedup within 3% of the target counts as met: closer than timing on a shared machine repeats."""
 
@@ -51,6 +55,7 @@ class SpeedTarget:
         )
         self.timer = _same_on_every_process(timer, args.device)
         self.reference = copy.deepcopy(model).eval()  # the dense model, to time the result against
+        self.calibrations: list[dict[str, float]] = []  # each planned step's score factors, for the report
         if state is not None:  # a resumed run plans with the latency model it started with
             self.latency = LatencyModel.from_dict(state["latency"])
             self.measurements = state["measurements"]
@@ -83,8 +88,56 @@ class SpeedTarget:
                 corrected = predicted + (wanted - measured) / slope
         return min(max(corrected, 1e-3), predicted)
 
-    def plan(self, model: nn.Module, scores: dict[str, torch.Tensor], seconds: float) -> dict[str, Any]:
-        return allocate_for_time(model, scores, self.latency, seconds, ffn_multiple=self.ffn_multiple)
+    def plan(
+        self, model: nn.Module, scores: dict[str, torch.Tensor], seconds: float, dataloader=None, weight: int = 1
+    ) -> dict[str, Any]:
+        """The allocation for `seconds`; with a `dataloader`, on scores calibrated against measured losses.
+
+        Gradient scores of heads and neurons are sensitivities (mean |d loss / d gate|), layer scores measured
+        loss increases: the kinds agree on units, not on scale. So the plan is made, then each kind's part of
+        it is applied alone as a mask and its measured loss increase divided by the scores it was planned with
+        gives that kind's factor; the plan is made again on the rescaled scores (`CALIBRATION_ROUNDS` times).
+        `weight`: this process's examples, for averaging the losses over processes.
+        """
+        plan = allocate_for_time(model, scores, self.latency, seconds, ffn_multiple=self.ffn_multiple)
+        if dataloader is None:
+            return plan
+        scores = dict(scores)
+        for _ in range(CALIBRATION_ROUNDS):
+            factors = self._calibration(model, scores, plan, dataloader, weight)
+            scores = {kind: value * factors.get(kind, 1.0) for kind, value in scores.items()}
+            plan = allocate_for_time(model, scores, self.latency, seconds, ffn_multiple=self.ffn_multiple)
+            plan["calibration"] = factors
+        self.calibrations.append(plan["calibration"])
+        return plan
+
+    def _calibration(self, model, scores, plan, dataloader, weight: int) -> dict[str, float]:
+        """Measured / estimated loss increase of each kind's part of `plan` (kinds the plan does not touch: 1)."""
+        from .masks import apply_masks, make_ffn_mask, make_head_mask, make_layer_mask
+        from .scores import _mean_loss, _scoring_mode
+
+        parts = {
+            "heads": (lambda: apply_masks(model, head_mask=make_head_mask(model, plan["heads"])), plan["heads"]),
+            "ffn": (lambda: apply_masks(model, ffn_mask=make_ffn_mask(model, plan["ffn"])), plan["ffn"]),
+            "layers": (lambda: apply_masks(model, layer_mask=make_layer_mask(model, plan["layers"])), plan["layers"]),
+        }
+        estimated = {
+            "heads": sum(float(scores["heads"][layer, heads].nansum()) for layer, heads in plan["heads"].items()),
+            "ffn": sum(float(scores["ffn"][layer, neurons].nansum()) for layer, neurons in plan["ffn"].items()),
+            "layers": float(scores["layers"][plan["layers"]].clamp(min=0).nansum()) if "layers" in scores else 0.0,
+        }
+        kinds = [kind for kind, (_, units) in parts.items() if units and estimated[kind] > 0]
+        losses = []
+        with _scoring_mode(model):
+            base = _mean_loss(model, dataloader)
+            for kind in kinds:
+                with parts[kind][0]():
+                    losses.append(_mean_loss(model, dataloader) - base)
+        device = next(model.parameters()).device
+        losses = average_over_processes(torch.tensor(losses, dtype=torch.float64), weight, device).tolist()
+        # one round moves a kind's scale at most MAX_FACTOR either way: removals interact, so a plan made on a big
+        # correction is a different plan, measured again in the next round (a free part only halves its scale)
+        return {kind: min(max(loss / estimated[kind], 1 / MAX_FACTOR), MAX_FACTOR) for kind, loss in zip(kinds, losses)}
 
     def measure(self, model: nn.Module, step: int) -> dict[str, Any]:
         """Time `model` beside the dense model, and keep the measurement for the corrections."""
@@ -118,6 +171,7 @@ class SpeedTarget:
             "batch_size": self.latency.batch_size,
             "seq_len": self.latency.seq_len,
             "measurements": list(self.measurements),
+            "calibrations": list(self.calibrations),
             "latency_model": self.latency.to_dict(),
         }
 

@@ -351,7 +351,7 @@ class PruningTrainer(Trainer):
         layers = layer_ablation_scores(self.model, self._score_dataloader())  # measured: whole layers are big steps
         scores["layers"] = average_over_processes(layers, self._score_weight, self.args.device)
         self.pruning_scores[step] = scores
-        plan = self._speed.plan(self.model, scores, seconds)
+        plan = self._speed.plan(self.model, scores, seconds, self._score_dataloader(), self._score_weight)
         check_same_plan({key: plan[key] for key in ("layers", "heads", "ffn")})
         prune_heads(self.model, plan["heads"])
         prune_ffn(self.model, plan["ffn"])

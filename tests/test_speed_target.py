@@ -141,6 +141,7 @@ def test_trainer_meets_a_speed_target_measured_after_the_last_step(tmp_path):
     assert 1.0 < history[1]["predicted_speedup"] < history[2]["predicted_speedup"]
     assert history[2]["measured_speedup"] == report["measured_speedup"]
     assert set(trainer.pruning_scores[1]) == {"heads", "ffn", "layers"}
+    assert len(report["calibrations"]) == 2 and set().union(*report["calibrations"]) <= {"heads", "ffn", "layers"}
 
 
 def test_a_model_slower_than_predicted_gets_extra_steps_until_the_measurement_meets_the_target(tmp_path):
@@ -352,17 +353,39 @@ def test_an_extra_step_with_nothing_left_to_reach_ends_the_run_as_missed(tmp_pat
     import hfprune.speed_target as speed_target
     from hfprune.errors import TargetOutOfReachError
 
-    calls = []
+    calls, plan = [], speed_target.SpeedTarget.plan
 
-    def allocate_once(*args, **kwargs):  # the extra step finds nothing left that the latency model could remove
+    def plan_once(self, *args, **kwargs):  # the extra step finds nothing left that the latency model could remove
         calls.append(1)
         if len(calls) > 1:
             raise TargetOutOfReachError("cannot reach 1.00 ms per forward")
-        return allocate_for_time(*args, **kwargs)
+        return plan(self, *args, **kwargs)
 
-    monkeypatch.setattr(speed_target, "allocate_for_time", allocate_once)
+    monkeypatch.setattr(speed_target.SpeedTarget, "plan", plan_once)
     trainer = speed_trainer(tmp_path, lambda models: {name: 1.0 for name in models} if "pruned" in models else flops_timer(models))
     trainer.train()  # latency model from FLOPs; the closing measurement sees no gain: an extra step is due
     report = trainer.speedup_report
     assert len(calls) == 2 and not report["met"] and report["measured_speedup"] == 1.0
     assert [entry["step"] for entry in trainer.pruning_history] == [0, 1]  # no recovery ran for the failed step
+
+
+def test_calibration_rescales_each_kind_by_its_measured_over_estimated_loss():
+    from hfprune.masks import apply_masks, make_head_mask, skip_layers
+    from hfprune.scores import _mean_loss
+    from hfprune.speed_target import MAX_FACTOR, SpeedTarget
+
+    model, batches = tiny_model("bert"), scoring_batches("bert")
+    target = SpeedTarget.__new__(SpeedTarget)
+    target.calibrations = []
+    scores = {"heads": torch.full((3, 4), 1e-4), "ffn": torch.ones(3, 24), "layers": torch.full((3,), 1e-9)}
+    plan = {"heads": {0: [1, 2]}, "ffn": {}, "layers": [2]}
+    factors = target._calibration(model, scores, plan, batches, weight=1)
+    with torch.no_grad():
+        base = _mean_loss(model, batches)
+        with apply_masks(model, head_mask=make_head_mask(model, plan["heads"])):
+            heads = _mean_loss(model, batches) - base
+        with skip_layers(model, [2]):
+            layers = _mean_loss(model, batches) - base
+    assert set(factors) == {"heads", "layers"}  # the plan removes no FFN neuron: nothing to calibrate
+    assert factors["heads"] == pytest.approx(min(max(heads / 2e-4, 1 / MAX_FACTOR), MAX_FACTOR))
+    assert factors["layers"] == pytest.approx(min(max(layers / 1e-9, 1 / MAX_FACTOR), MAX_FACTOR))
