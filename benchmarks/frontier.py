@@ -33,7 +33,7 @@ import torch
 import hfprune
 from hfprune.speed import measure_speed
 
-METHODS = ("speedup", "max_drop", "layers", "heads", "torch_pruning")
+METHODS = ("speedup", "speedup_iterative", "max_drop", "layers", "heads", "torch_pruning")
 SPEEDUPS = (1.5, 2.0, 3.0, 4.0)
 SEQ, BATCH = 128, 32
 SLICES = {"finetune": (0, 20000), "recovery": (20000, 22000)}
@@ -130,10 +130,16 @@ class Frontier:
         if self.done(method, target):
             return
         log(f"{method} {target}: prune_for_task {targets}")
-        result = hfprune.prune_for_task(
-            str(self.dense_dir), "sst2", output_dir=self.scratch / "pruned", overwrite=True, data_dir=self.glue,
-            dense_control=False, log=lambda message: log(f"  {message}"), **{**recipe(self.args), **targets},
-        )  # fmt: skip
+        try:
+            result = hfprune.prune_for_task(
+                str(self.dense_dir), "sst2", output_dir=self.scratch / "pruned", overwrite=True, data_dir=self.glue,
+                dense_control=False, log=lambda message: log(f"  {message}"), **{**recipe(self.args), **targets},
+            )  # fmt: skip
+        except hfprune.PruningError as error:  # e.g. max_drop with no step within the drop: a result too
+            log(f"{method} {target}: {error}")
+            self.result.setdefault("failed", []).append({"method": method, "target": target, "error": str(error)})
+            self.save()
+            return
         self.add(point_from_result(result, method, target))
 
     def torch_pruning(self, target: float) -> None:
@@ -199,6 +205,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--n-recovery", type=int, default=None, help="recovery examples (default 2000)")
     parser.add_argument("--layers", default="2,3,4,5", help="layers-only points: how many of 6 layers to drop")
+    parser.add_argument("--max-drop", default="1.0", help="max_drop points, in points of accuracy")
     parser.add_argument("--resume", action="store_true", help="keep the points of results/frontier.json")
     parser.add_argument("--dense-only", action="store_true", help="fine-tune (and cache) the dense model, then stop")
     args = parser.parse_args()
@@ -212,8 +219,12 @@ def main() -> None:
         if method == "speedup":
             for target in speedups:
                 frontier.prune("speedup", target, target_speedup=target)
+        elif method == "speedup_iterative":  # 2 steps: the second is corrected by the first one's measurement
+            for target in speedups:
+                frontier.prune("speedup_iterative", target, target_speedup=target, schedule="iterative", steps=2)
         elif method == "max_drop":
-            frontier.prune("max_drop", 1.0, max_drop=1.0, target_speedup=max(speedups), steps=4)
+            for drop in [float(value) for value in args.max_drop.split(",")]:
+                frontier.prune("max_drop", drop, max_drop=drop, target_speedup=max(speedups), steps=4)
         elif method == "layers":
             for dropped in [int(value) for value in args.layers.split(",")]:
                 frontier.prune("layers", f"{dropped}/6", layer_sparsity=dropped / 6, layer_strategy="top")

@@ -3,7 +3,9 @@
 `SpeedTarget` is what `PruningTrainer` keeps for a speed target: the latency model measured on the dense model
 before anything is removed, each step's time budget (an equal share of the time to save per step), the plan
 that meets it (`hfprune.allocation.allocate_for_time`), and the closing measurement. After the last step the
-pruned model is timed beside the dense one; if it is short of the target (by more than `TOLERANCE`), one more
+pruned model is timed beside the dense one (after every step, so that the next step's budget is corrected by
+what was measured: a latency model that under- or overrates thin layers is caught half-way, not only at the
+end); if it is short of the target (by more than `TOLERANCE`), one more
 step (scoring, allocation, recovery) prunes further, at most `speedup_extra_steps` times, to a predicted time
 corrected by what was measured: after one measurement by the ratio of measured to predicted time, after two
 or more by the line through the last two (a fixed overhead the latency model missed is not a ratio). Target, predicted and measured speedups go
@@ -71,22 +73,23 @@ class SpeedTarget:
                 )
 
     def step_seconds(self, step: int, num_steps: int) -> float:
-        """The predicted forward time pruning step `step` brings the model down to (extra steps: the target,
-        corrected by the measurements so far)."""
-        if step <= num_steps or not self.measurements:
-            return self.latency.dense_seconds * (1 - (1 - 1 / self.target) * min(step / num_steps, 1.0))
-        return self.latency.dense_seconds * self._corrected_time()
+        """The predicted forward time pruning step `step` brings the model down to: an equal share of the time
+        to save per step (extra steps: all of it), corrected by the measurements of the steps before."""
+        wanted = 1 - (1 - 1 / self.target) * min(step / num_steps, 1.0)
+        if not self.measurements:
+            return self.latency.dense_seconds * wanted
+        return self.latency.dense_seconds * self._corrected_time(wanted)
 
-    def _corrected_time(self) -> float:
-        """The predicted time (a fraction of dense) expected to MEASURE 1 / target, from the measurements."""
+    def _corrected_time(self, wanted: float) -> float:
+        """The predicted time (a fraction of dense) expected to MEASURE `wanted`, from the measurements so far."""
         points = [(1 / entry["predicted_speedup"], 1 / entry["measured_speedup"]) for entry in self.measurements]
-        wanted, (predicted, measured) = 1 / self.target, points[-1]
+        predicted, measured = points[-1]
         corrected = wanted * predicted / measured  # measured time proportional to predicted
         if len(points) >= 2 and points[-2][0] != predicted:
             slope = (measured - points[-2][1]) / (predicted - points[-2][0])
             if slope > 0:  # measured = slope * predicted + offset, through the last two measurements
                 corrected = predicted + (wanted - measured) / slope
-        return min(max(corrected, 1e-3), predicted)
+        return min(max(corrected, 1e-3), predicted)  # never less pruned than now: surgery cannot be undone
 
     def plan(
         self, model: nn.Module, scores: dict[str, torch.Tensor], seconds: float, dataloader=None, weight: int = 1
@@ -149,8 +152,10 @@ class SpeedTarget:
         return entry
 
     def needs_more(self, model: nn.Module, step: int, num_steps: int) -> bool:
-        """After the last planned step (or an extra one): measure, and say whether to prune one more step."""
+        """After each step: measure; after the last planned one (or an extra one), say whether to prune more."""
         entry = self.measure(model, step)
+        if step < num_steps:
+            return False
         met = entry["measured_speedup"] >= self.target * (1 - TOLERANCE)
         if met or step - num_steps >= self.extra_steps:
             return False

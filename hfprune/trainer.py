@@ -191,7 +191,7 @@ class PruningTrainer(Trainer):
                 train_steps, losses = train_steps + phase_steps, losses + phase_losses
             elif args.save_strategy != "no":
                 self._save_step_checkpoint(step)
-            if self._speed is not None and step == last_step and self._speed.needs_more(self.model, step, args.num_pruning_steps):
+            if self._speed is not None and self._speed.needs_more(self.model, step, args.num_pruning_steps) and step == last_step:
                 last_step += 1  # measured short of the target: one more step, planned with the corrected latency
             self.control.should_training_stop = False  # the phase's own stop; a callback may set it again
             self._record_step(step, train_steps, losses, ignore_keys_for_eval)

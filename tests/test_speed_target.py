@@ -138,6 +138,7 @@ def test_trainer_meets_a_speed_target_measured_after_the_last_step(tmp_path):
     assert report["predicted_speedup"] == pytest.approx(report["measured_speedup"])  # FLOPs are the latency model
     history = trainer.pruning_history
     assert [entry["step"] for entry in history] == [0, 1, 2]
+    assert [entry["step"] for entry in report["measurements"]] == [1, 2]  # every step is timed: step 2 is corrected
     assert 1.0 < history[1]["predicted_speedup"] < history[2]["predicted_speedup"]
     assert history[2]["measured_speedup"] == report["measured_speedup"]
     assert set(trainer.pruning_scores[1]) == {"heads", "ffn", "layers"}
