@@ -147,7 +147,7 @@ class Frontier:
             return
         from tp_baseline import torch_pruning_prune
 
-        model = copy.deepcopy(self.dense)
+        model = copy.deepcopy(self.dense).requires_grad_(True)  # a recovery froze the dense model as its teacher
         score = self.data.batches(self.data.train["recovery"].select(range(min(512, len(self.data.train["recovery"])))), 32)
         info = torch_pruning_prune(model, score, target, seq_len=SEQ, batch_size=BATCH)
         run = train(model, self.data.train["recovery"], self.data.collate, learning_rate=1e-4, teacher=self.dense, distillation_alpha=0.5)
