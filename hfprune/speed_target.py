@@ -1,15 +1,19 @@
 """`PruningArguments(target_speedup=X)`: prune until the model is X times faster, measured, not assumed.
 
-`SpeedTarget` is what `PruningTrainer` keeps for a speed target: the latency model measured on the dense model
-before anything is removed, each step's time budget (an equal share of the time to save per step), the plan
-that meets it (`hfprune.allocation.allocate_for_time`), and the closing measurement. After the last step the
-pruned model is timed beside the dense one (after every step, so that the next step's budget is corrected by
-what was measured: a latency model that under- or overrates thin layers is caught half-way, not only at the
-end); if it is short of the target (by more than `TOLERANCE`), one more
-step (scoring, allocation, recovery) prunes further, at most `speedup_extra_steps` times, to a predicted time
-corrected by what was measured: after one measurement by the ratio of measured to predicted time, after two
-or more by the line through the last two (a fixed overhead the latency model missed is not a ratio). Target, predicted and measured speedups go
-into `report()`, and from there into the card and `hfprune_results.json`.
+`SpeedTarget` is what `PruningTrainer` keeps for a speed target:
+
+- the latency model, measured on the dense model before anything is removed (`hfprune.latency`);
+- each step's time budget: an equal share of the time to save, corrected by what the steps before measured
+  (after one measurement by the ratio of measured to predicted time, after two by the line through the last
+  two: a fixed overhead the latency model missed is not a ratio);
+- the plan that meets it (`hfprune.allocation.allocate_for_time`), on scores calibrated against measured
+  losses (`plan`);
+- the measurement after every step, the pruned model timed beside the dense one: a result short of the target
+  by more than `TOLERANCE` after the last step gets one more step (scoring, allocation, recovery), at most
+  `speedup_extra_steps` times.
+
+Target, predicted and measured speedups go into `report()`, and from there into the card and
+`hfprune_results.json`.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from .latency import LatencyModel, Timer, measure_latency_model, speed_timer
 CALIBRATION_ROUNDS = 3
 """How many times a step's plan is remade on scores rescaled by the measured loss of the previous plan."""
 MAX_FACTOR = 5.0
+"""The most one calibration round rescales a kind, either way: removals interact, so a big correction makes a
+different plan, which the next round measures again."""
 
 TOLERANCE = 0.03
 """A measured speedup within 3% of the target counts as met: closer than timing on a shared machine repeats."""
