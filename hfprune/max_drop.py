@@ -51,7 +51,7 @@ class KeepFastestWithinDrop(TrainerCallback):
             self.dense = value
             return
         drop = self.sign * (self.dense - value) * 100
-        within = drop <= self.max_drop
+        within = drop <= self.max_drop + 1e-9  # 2 of 200 examples is 1.0000000000000009 points in floats
         self.steps.append({"step": step, "selection_metric": value, "drop_points": drop, "within": within})
         if within:
             self.chosen_step, self.chosen_model = step, copy.deepcopy(model).cpu()
@@ -67,8 +67,8 @@ class KeepFastestWithinDrop(TrainerCallback):
             "chosen_step": self.chosen_step,
             "steps": self.steps,
             "protocol": f"the fastest pruning step whose {self.key.removeprefix('eval_')} on {num_examples:,} held-out "
-            f"training examples stayed within {self.max_drop:g} points of the dense model's; the dev split was not "
-            "used to choose it",
+            f"training examples stayed within {self.max_drop:g} point{'' if self.max_drop == 1 else 's'} of the dense "
+            "model's; the dev split was not used to choose it",
         }
 
 
