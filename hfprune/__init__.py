@@ -25,7 +25,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "callbacks": ("HeadMaskCallback", "LayerDropCallback"),
     "card": ("write_model_card",),
     "convert": ("convert_checkpoint",),
-    "errors": ("PipelineInputError", "PruningError", "WeakBaselineError"),
+    "errors": ("PipelineInputError", "PruningError", "TargetOutOfReachError", "WeakBaselineError"),
     "gates": ("HeadGates",),
     "generation_speed": ("measure_generation_speed",),
     "hidden": ("prune_hidden",),
@@ -86,7 +86,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from .callbacks import HeadMaskCallback, LayerDropCallback
     from .card import write_model_card
     from .convert import convert_checkpoint
-    from .errors import PipelineInputError, PruningError, WeakBaselineError
+    from .errors import PipelineInputError, PruningError, TargetOutOfReachError, WeakBaselineError
     from .gates import HeadGates
     from .generation_speed import measure_generation_speed
     from .hidden import prune_hidden

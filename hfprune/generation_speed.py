@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .errors import PruningError
-from .speed import _check_int, _quartiles, _random_inputs, _resolve_device, _timer, _vocab_size
+from .speed import _check_int, dense_twin, _quartiles, _random_inputs, _resolve_device, _timer, _vocab_size
 
 
 def _prefill_and_decode(model: nn.Module, inputs: dict[str, torch.Tensor], new_tokens: int):
@@ -114,11 +114,7 @@ def measure_generation_speed(
 def generation_against_dense(pruned: nn.Module, dense: nn.Module | None = None, **measure_kwargs: Any) -> list[dict[str, Any]]:
     """`measure_generation_speed` of a pruned decoder beside its dense original ("dense", "pruned"); without
     `dense`, a random-weight twin with the original shapes (timing does not depend on weight values)."""
-    if dense is None:
-        from .card import unpruned_twin
-
-        reference = next(pruned.parameters())
-        dense = unpruned_twin(pruned).to(reference.device, reference.dtype).eval()
+    dense = dense if dense is not None else dense_twin(pruned)
     return measure_generation_speed({"dense": dense, "pruned": pruned}, **measure_kwargs)
 
 

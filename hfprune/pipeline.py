@@ -38,7 +38,7 @@ from .latency import Timer
 from .max_drop import DEFAULT_CEILING, DEFAULT_STEPS, KeepFastestWithinDrop, selection_split
 from .output import check_output_dir, write_atomically
 from .results import PruneResult, Stopwatch, write_output_folder
-from .rundir import IMPORTANCE_FILE, _has_pruning_checkpoint, _open_work_dir, _save_state, load_or_compute, work_dir_for
+from .rundir import IMPORTANCE_FILE, _open_work_dir, _save_state, latest_pruning_checkpoint, load_or_compute, work_dir_for
 from .score_job import score_heads, score_task
 from .scores import head_importance
 from .speed import time_against_dense
@@ -282,7 +282,7 @@ def prune_for_task(
         )  # fmt: skip
         if progress is not None:
             _quiet(trainer)
-        trainer.train(resume_from_checkpoint=True if resume and _has_pruning_checkpoint(work_dir / "prune") else None)
+        trainer.train(resume_from_checkpoint=True if resume and latest_pruning_checkpoint(work_dir / "prune") else None)
         model, history, speed_target = trainer.model.eval(), list(trainer.pruning_history), trainer.speedup_report
         selection = keeper and keeper.summary(len(step_eval))
         if keeper is not None:  # its steps are candidates, not a closed loop: the speed table reports the chosen one

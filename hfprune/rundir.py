@@ -106,10 +106,6 @@ def latest_pruning_checkpoint(output_dir: str | os.PathLike) -> str | None:
     return max(found)[1] if found else None
 
 
-def _has_pruning_checkpoint(folder: Path) -> bool:
-    return latest_pruning_checkpoint(folder) is not None
-
-
 def _jsonable(value: Any) -> Any:
     """JSON without NaN/inf (null instead) and with tensors as lists."""
     if isinstance(value, torch.Tensor):

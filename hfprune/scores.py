@@ -33,7 +33,7 @@ from .record import get_record, gqa_group_size, kept_ffn, kv_groups
 
 Batch = Mapping[str, Any]
 LossFn = Callable[[Any, Batch], torch.Tensor]
-GATE_KINDS = ("heads", "ffn", "mlp", "layers")
+GATE_KINDS = ("heads", "ffn", "mlp")
 
 
 # ---- shared plumbing ---------------------------------------------------------------------------------
@@ -105,13 +105,12 @@ def _loss(model: nn.Module, batch: Batch, loss_fn: LossFn | None) -> torch.Tenso
 
 
 def _shape(record: dict, kind: str) -> tuple[int, ...]:
-    """The original-index shape of one kind of score ("heads", "ffn", "mlp" or "layers")."""
+    """The original-index shape of one kind of score ("heads", "ffn" or "mlp")."""
     original = record["original"]
     return {
         "heads": (original["num_layers"], original["num_heads"]),
         "ffn": (original["num_layers"], original["intermediate_size"]),
         "mlp": (original["num_layers"],),
-        "layers": (original["num_layers"],),
     }[kind]
 
 
@@ -123,8 +122,6 @@ def _present(record: dict, kind: str) -> torch.Tensor:
             present[layer, record["kept_heads"][position]] = True
         elif kind == "ffn":
             present[layer, kept_ffn(record, position)] = True
-        elif kind == "layers":
-            present[layer] = True
         else:
             present[layer] = bool(kept_ffn(record, position))
     return present
@@ -142,10 +139,12 @@ def normalize_per_layer(scores: torch.Tensor) -> torch.Tensor:
 
 
 # ---- gradients of gates ------------------------------------------------------------------------------
-def _mlp_gate_hooks(model: nn.Module, gate: torch.Tensor | None) -> list:
-    """Hooks that scale each layer's whole MLP output (bias included) by `gate[original layer]`."""
+@contextmanager
+def _mlp_gates(model: nn.Module, gate: torch.Tensor | None) -> Iterator[None]:
+    """Scale each layer's whole MLP output (bias included) by `gate[original layer]`."""
     if gate is None:
-        return []
+        yield
+        return
     adapter, record = get_adapter(model), get_record(model)
     handles = []
     for position, layer in enumerate(adapter.get_layers(model)):
@@ -157,36 +156,6 @@ def _mlp_gate_hooks(model: nn.Module, gate: torch.Tensor | None) -> list:
             return output * gate[index].to(device=output.device, dtype=output.dtype)
 
         handles.append(layer.get_submodule(adapter.ffn_output).register_forward_hook(hook))
-    return handles
-
-
-def _layer_gate_hooks(model: nn.Module, gate: torch.Tensor | None) -> list:
-    """Hooks that make each layer output `input + gate[original layer] * (output - input)` (gate 0: skipped).
-
-    d loss / d gate is then the first-order estimate of what dropping the whole layer costs, in the same loss
-    units as the head and neuron gates, so layers can be ranked against heads and neurons (`hfprune.allocation`).
-    """
-    if gate is None:
-        return []
-    adapter, record = get_adapter(model), get_record(model)
-    handles = []
-    for position, layer in enumerate(adapter.get_layers(model)):
-        index = record["kept_layers"][position]
-
-        def hook(module, args, kwargs, output, index=index):
-            hidden_in = args[0] if args else kwargs["hidden_states"]
-            hidden_out = output[0] if isinstance(output, tuple) else output
-            factor = gate[index].to(device=hidden_out.device, dtype=hidden_out.dtype)
-            gated = hidden_in + factor * (hidden_out - hidden_in)
-            return (gated, *output[1:]) if isinstance(output, tuple) else gated
-
-        handles.append(layer.register_forward_hook(hook, with_kwargs=True))
-    return handles
-
-
-@contextmanager
-def _removed_after(handles: list) -> Iterator[None]:
-    """Keep forward hooks in place for the block, and remove them however it ends."""
     try:
         yield
     finally:
@@ -204,13 +173,12 @@ def importance_scores(
 ) -> dict[str, torch.Tensor]:
     """Gradient importance of every gate kind asked for, all from the same forward and backward passes.
 
-    A gate of ones (requiring grad) multiplies each head's context ("heads"), each FFN neuron ("ffn"), the
-    whole MLP output of a layer ("mlp") or each layer's change to its input ("layers"); the score is
-    E |d loss / d gate| over the data (Michel et al., 2019;
+    A gate of ones (requiring grad) multiplies each head's context ("heads"), each FFN neuron ("ffn") or the
+    whole MLP output of a layer ("mlp"); the score is E |d loss / d gate| over the data (Michel et al., 2019;
     Prasanna et al., 2020 for MLPs). As in Michel et al.'s code, the absolute value is taken per batch, on
     the gradient of the batch loss (one forward + one backward per batch), and batches are weighted by their
     size; `per_example=True` takes it per example instead (one pass per example). `normalize` divides each layer's row of "heads"
-    and "ffn" by its L2 norm; "mlp" and "layers" (one value per layer) are never normalised.
+    and "ffn" by its L2 norm; "mlp" (one value per layer) is never normalised.
 
     Args:
         loss_fn: `loss_fn(outputs, batch) -> scalar`; default: the model's loss from the batch's `labels`
@@ -229,7 +197,7 @@ def importance_scores(
     with (
         _scoring_mode(model, grad=True),
         apply_masks(model, head_mask=gates.get("heads"), ffn_mask=gates.get("ffn")),
-        _removed_after(_mlp_gate_hooks(model, gates.get("mlp")) + _layer_gate_hooks(model, gates.get("layers"))),
+        _mlp_gates(model, gates.get("mlp")),
     ):
         for batch in dataloader:
             batch = _to_device(batch, device)
@@ -246,7 +214,7 @@ def importance_scores(
         raise PruningError("the dataloader gave no batches to score")
     scores = {kind: _missing_as_nan(total / examples, _present(record, kind)) for kind, total in totals.items()}
     if normalize:
-        scores.update({kind: normalize_per_layer(scores[kind]) for kind in scores if kind in ("heads", "ffn")})
+        scores.update({kind: normalize_per_layer(scores[kind]) for kind in scores if kind != "mlp"})
     return scores
 
 
@@ -303,10 +271,10 @@ def layer_ablation_scores(model: nn.Module, dataloader: Iterable[Batch]) -> torc
     """`[num_layers]`: how much the mean loss rises when each kept layer is skipped (one pass per layer), NaN
     for dropped layers.
 
-    The loss change of removing a whole layer, measured rather than estimated: a first-order gate score
-    ("layers" of `importance_scores`) sees only the slope at the full model and badly underrates layers whose
-    removal is a large step (on MiniLM-L6, dropping 3 of 6 layers chosen by it cost 6 points after recovery).
-    In the same loss units as the gate scores of heads and neurons, which `hfprune.allocation` ranks it with.
+    The loss change of removing a whole layer, measured rather than estimated: a first-order gate on a layer's
+    output sees only the slope at the full model and badly underrates layers whose removal is a large step (on
+    MiniLM-L6, dropping the 3 of 6 layers such a gate chose cost 6 points after recovery). In loss units, like
+    the gate scores of heads and neurons, which `hfprune.allocation` ranks it with (after calibration).
     """
     from .masks import skip_layers
 
@@ -452,7 +420,7 @@ def score_units(
     loss_fn: LossFn | None = None,
     metric: str | Callable[[nn.Module, Iterable[Batch]], float] = "loss",
 ) -> dict[str, torch.Tensor]:
-    """`{kind: scores}` of `kinds` ("heads", "ffn", "mlp", "layers") by one of `hfprune.constants.SCORING_METHODS`.
+    """`{kind: scores}` of `kinds` ("heads", "ffn", "mlp") by one of `hfprune.constants.SCORING_METHODS`.
 
     The one dispatcher from a method name to the functions above, used by `PruningTrainer`,
     `pipeline.score_heads` and `hfprune score`:
@@ -590,6 +558,7 @@ __all__ = [
     "head_ablation_scores",
     "head_importance",
     "importance_scores",
+    "layer_ablation_scores",
     "layer_cosine_scores",
     "magnitude_ffn_scores",
     "magnitude_head_scores",

@@ -604,6 +604,15 @@ def measure_speed(
     return SpeedReport(device=_device_name(device, threads), rows=rows, settings=settings, noise=noise)
 
 
+def dense_twin(pruned: nn.Module) -> nn.Module:
+    """A random-weight model with `pruned`'s original shapes, on its device and dtype, in eval mode: the dense
+    baseline of a timing (speed does not depend on weight values, so the dense checkpoint is not needed)."""
+    from .card import unpruned_twin
+
+    reference = next(pruned.parameters())
+    return unpruned_twin(pruned).to(reference.device, reference.dtype).eval()
+
+
 def time_against_dense(
     pruned: nn.Module,
     dense: nn.Module | None = None,
@@ -617,11 +626,7 @@ def time_against_dense(
     device and dtype: timing does not depend on weight values, so the dense checkpoint is not needed.
     `progress(stage, done, total)` is the jobs' progress callback.
     """
-    if dense is None:
-        from .card import unpruned_twin
-
-        reference = next(pruned.parameters())
-        dense = unpruned_twin(pruned).to(reference.device, reference.dtype).eval()
+    dense = dense if dense is not None else dense_twin(pruned)
     callback = (lambda done, total, row: progress("time dense vs pruned", done, total)) if progress else None
     return measure_speed({"dense": dense, "pruned": pruned}, progress=callback, **measure_kwargs)
 

@@ -54,7 +54,15 @@ def _same_on_every_process(timer: Timer, device) -> Timer:
 class SpeedTarget:
     """The latency model, step budgets and measurements of one `target_speedup` run."""
 
-    def __init__(self, model: nn.Module, args, timer: Timer | None = None, state: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        args,
+        timer: Timer | None = None,
+        state: dict[str, Any] | None = None,
+        reference: nn.Module | None = None,
+    ):
+        """`reference`: a copy of the dense `model` to time against (default: one is made)."""
         self.target = float(args.target_speedup)
         self.extra_steps = args.speedup_extra_steps
         self.ffn_multiple = args.round_to_multiple
@@ -62,7 +70,7 @@ class SpeedTarget:
             args.speedup_batch_size, args.speedup_seq_len, device=args.device, num_threads=args.speedup_num_threads
         )
         self.timer = _same_on_every_process(timer, args.device)
-        self.reference = copy.deepcopy(model).eval()  # the dense model, to time the result against
+        self.reference = reference if reference is not None else copy.deepcopy(model).eval()  # to time the result against
         self.calibrations: list[dict[str, float]] = []  # each planned step's score factors, for the report
         if state is not None:  # a resumed run plans with the latency model it started with
             self.latency = LatencyModel.from_dict(state["latency"])

@@ -143,13 +143,16 @@ class PruningTrainer(Trainer):
         checkpoint = self._find_checkpoint(resume_from_checkpoint)
         state = self._read_pruning_state(checkpoint) if checkpoint else None
 
-        if args.distillation_alpha > 0 and self.teacher_model is None:
+        own_teacher = args.distillation_alpha > 0 and self.teacher_model is None
+        if own_teacher:
             self.teacher_model = copy.deepcopy(self.model)  # the unpruned model, before any restore or surgery
         if self.teacher_model is not None:
             self.teacher_model.to(args.device).eval().requires_grad_(False)
         targets = final_targets(args, self.model)
         if args.target_speedup is not None:  # measured on the model as given: the original, also when resuming
-            self._speed = SpeedTarget(self.model, args, self.speed_timer, state and state.get("speed_target"))
+            dense = self.teacher_model if own_teacher else None  # a copy of the dense model already: time against it
+            saved = state and state.get("speed_target")
+            self._speed = SpeedTarget(self.model, args, self.speed_timer, saved, reference=dense)
 
         if state is None:
             first_step, resume_phase = 1, None

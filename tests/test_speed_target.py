@@ -16,7 +16,7 @@ from hfprune.allocation import allocate_for_time
 from hfprune.errors import PruningError
 from hfprune.latency import LatencyModel, measure_latency_model, structure_counts
 from hfprune.record import get_record, kept_ffn
-from hfprune.scores import importance_scores
+from hfprune.scores import importance_scores, layer_ablation_scores
 from hfprune.speed import count_flops
 from hfprune.trainer import PruningArguments, PruningTrainer
 
@@ -67,7 +67,8 @@ def test_noise_that_overfills_the_layers_is_scaled_into_the_measured_total():
 def test_allocation_meets_the_time_target_and_predicts_what_surgery_gives(family, target):
     model = tiny_model(family)
     latency = measure_latency_model(model, BATCH, SEQ, timer=flops_timer)
-    scores = importance_scores(model, scoring_batches(family), ("heads", "ffn", "layers"), normalize=False)
+    scores = importance_scores(model, scoring_batches(family), ("heads", "ffn"), normalize=False)
+    scores["layers"] = layer_ablation_scores(model, scoring_batches(family))
     plan = allocate_for_time(model, scores, latency, latency.dense_seconds / target, ffn_multiple=4)
     assert plan["predicted_seconds"] <= latency.dense_seconds / target
     prune_heads(model, plan["heads"])
@@ -337,7 +338,7 @@ def test_max_drop_input_errors_come_before_any_work(tmp_path):
 
 def test_layer_ablation_scores_are_the_measured_loss_increase_of_skipping_each_layer():
     from hfprune.masks import skip_layers
-    from hfprune.scores import _mean_loss, layer_ablation_scores
+    from hfprune.scores import _mean_loss
 
     model = tiny_model("bert")
     drop_layers(model, [1])
