@@ -39,7 +39,8 @@ def prune(
     max_drop: Optional[float] = typer.Option(None, "--max-drop", help="The fastest model within this many points of dense (chosen on a slice of train, reported on dev), among --steps (default 6) ever faster steps up to --speedup (default 4).", rich_help_panel=PRUNE_PANEL),
     speedup_batch_size: int = typer.Option(32, "--speedup-batch-size", min=1, help="Batch size the --speedup is measured and met at.", rich_help_panel=PRUNE_PANEL),
     speedup_seq_len: int = typer.Option(128, "--speedup-seq-len", min=1, help="Sequence length the --speedup is measured and met at.", rich_help_panel=PRUNE_PANEL),
-    params: Optional[float] = typer.Option(None, "--params", help="Keep this fraction of the parameters, in (0, 1]; --heads, --ffn and --layers then only give the mix (none: heads and FFN alike).", rich_help_panel=PRUNE_PANEL),
+    params: Optional[float] = typer.Option(None, "--params", help="Keep this fraction of the parameters, in (0, 1]; --heads, --ffn and --layers then only give the mix (none: allocated by importance per parameter across layers, heads and FFN neurons).", rich_help_panel=PRUNE_PANEL),
+    prune_width: bool = typer.Option(False, "--prune-width", help="With --params alone, also prune the hidden width (the widths tried and their losses go into hfprune_results.json).", rich_help_panel=PRUNE_PANEL),
     ffn: float = typer.Option(0.0, "--ffn", help="Fraction of FFN neurons to remove, in [0, 1).", rich_help_panel=PRUNE_PANEL),
     layers: float = typer.Option(0.0, "--layers", help="Fraction of whole layers to drop, in [0, 1).", rich_help_panel=PRUNE_PANEL),
     layer_strategy: str = typer.Option("top", "--layer-strategy", help=f"Which layers go: {choices(LAYER_STRATEGIES)}.", rich_help_panel=PRUNE_PANEL),
@@ -80,6 +81,8 @@ def prune(
             check_fraction(option, value)
     if params is not None and not 0.0 < params <= 1.0:
         fail(f"--params must be a fraction in (0, 1], got {params}")
+    if prune_width and params is None:
+        fail("--prune-width needs --params (the width is chosen to meet a parameter budget)")
     if speedup is not None and speedup <= 1.0:
         fail(f"--speedup must be above 1, got {speedup}")
     if max_drop is not None and max_drop < 0:
@@ -101,6 +104,7 @@ def prune(
                 head_sparsity=heads,
                 ffn_sparsity=ffn,
                 param_budget=params,
+                prune_width=prune_width,
                 target_speedup=speedup,
                 speedup_batch_size=speedup_batch_size,
                 speedup_seq_len=speedup_seq_len,

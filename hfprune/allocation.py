@@ -7,7 +7,13 @@ the `LatencyModel` says it takes off a forward pass, including the attention or 
 its last unit goes). `allocate_for_time` removes, one at a time and across all granularities at once, the unit
 with the least importance per second saved until the predicted time reaches the target: a layer goes when
 it is cheaper than its parts, an FFN block before a head when it buys more time for less importance. Only
-the seconds still needed count as saved, so a big unit does not overshoot the target when a small one will do.
+the seconds still needed count as saved, and a unit that would take the model more than `OVERSHOOT` past the
+target is taken only when every unit would: a big unit does not overshoot the target when a small one will do,
+not even a free one.
+
+The greedy works for any cost that is linear in the kept counts: `LatencyModel`'s seconds for a speed target,
+or parameters (`hfprune.param_target.parameter_cost_model`) for a parameter budget. `calibrated_allocation`
+puts the kinds' scores on one scale first, by the measured loss of each kind's part of the plan.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .distributed import average_over_processes
 from .errors import PruningError, TargetOutOfReachError
 from .latency import LatencyModel, structure_counts
 from .record import get_record, gqa_group_size, kept_ffn
@@ -25,6 +32,10 @@ from .record import get_record, gqa_group_size, kept_ffn
 
 def _score(values: torch.Tensor, index: list[int]) -> float:
     return float(values[index].nan_to_num(0.0).sum())
+
+
+OVERSHOOT = 0.05
+"""How far past the target (a fraction of it) one removal may take the model while a smaller one would not."""
 
 
 class _Layer:
@@ -103,13 +114,16 @@ def allocate_for_time(
     seconds = latency.predict_counts(structure_counts(model))
     while seconds > target_seconds:
         best = None
+        need = seconds - target_seconds
         for layer in alive:
             for cost, saved, kind in layer.candidates(latency, can_drop=len(alive) > min_layers):
                 if saved <= 0:
                     continue
-                ratio = cost / min(saved, seconds - target_seconds)  # time saved beyond the target buys nothing
-                if best is None or ratio < best[0]:
-                    best = (ratio, saved, kind, layer)
+                # time saved beyond the target buys nothing, and a unit that goes further past it than
+                # OVERSHOOT is taken only when every unit would
+                key = (saved - need > OVERSHOOT * target_seconds, cost / min(saved, need))
+                if best is None or key < best[0]:
+                    best = (key, saved, kind, layer)
         if best is None:
             raise TargetOutOfReachError(
                 f"cannot reach {target_seconds * 1e3:.2f} ms per forward (predicted {seconds * 1e3:.2f} ms with "
@@ -129,4 +143,71 @@ def allocate_for_time(
     }
 
 
-__all__ = ["allocate_for_time"]
+CALIBRATION_ROUNDS = 3
+"""How many times a plan is remade on scores rescaled by the measured loss of the previous plan."""
+MAX_FACTOR = 5.0
+"""The most one calibration round rescales a kind, either way: removals interact, so a big correction makes a
+different plan, which the next round measures again."""
+
+
+def calibrated_allocation(
+    model: nn.Module,
+    scores: dict[str, torch.Tensor],
+    costs: LatencyModel,
+    target: float,
+    dataloader=None,
+    *,
+    ffn_multiple: int = 1,
+    weight: int = 1,
+) -> dict[str, Any]:
+    """`allocate_for_time` down to `target` (in `costs`' unit); with a `dataloader`, on calibrated scores.
+
+    Gradient scores of heads and neurons are sensitivities (mean |d loss / d gate|), layer scores measured loss
+    increases: the kinds agree on units, not on scale. So the plan is made, then each kind's part of it is
+    applied alone as a mask and its measured loss increase divided by the scores it was planned with gives
+    that kind's factor; the plan is made again on the rescaled scores (`CALIBRATION_ROUNDS` times), and its
+    `"calibration"` entry holds the last factors. `weight`: this process's examples, for averaging the losses
+    over processes.
+    """
+    plan = allocate_for_time(model, scores, costs, target, ffn_multiple=ffn_multiple)
+    if dataloader is None:
+        return plan
+    scores = dict(scores)
+    for _ in range(CALIBRATION_ROUNDS):
+        factors = calibration_factors(model, scores, plan, dataloader, weight)
+        scores = {kind: value * factors.get(kind, 1.0) for kind, value in scores.items()}
+        plan = allocate_for_time(model, scores, costs, target, ffn_multiple=ffn_multiple)
+        plan["calibration"] = factors
+    return plan
+
+
+def calibration_factors(model: nn.Module, scores, plan, dataloader, weight: int = 1) -> dict[str, float]:
+    """Measured / estimated loss increase of each kind's part of `plan` (kinds the plan does not touch: absent)."""
+    from .masks import apply_masks, make_ffn_mask, make_head_mask, make_layer_mask
+    from .scores import _mean_loss, _scoring_mode
+
+    parts = {
+        "heads": (lambda: apply_masks(model, head_mask=make_head_mask(model, plan["heads"])), plan["heads"]),
+        "ffn": (lambda: apply_masks(model, ffn_mask=make_ffn_mask(model, plan["ffn"])), plan["ffn"]),
+        "layers": (lambda: apply_masks(model, layer_mask=make_layer_mask(model, plan["layers"])), plan["layers"]),
+    }
+    estimated = {
+        "heads": sum(float(scores["heads"][layer, heads].nansum()) for layer, heads in plan["heads"].items()),
+        "ffn": sum(float(scores["ffn"][layer, neurons].nansum()) for layer, neurons in plan["ffn"].items()),
+        "layers": float(scores["layers"][plan["layers"]].clamp(min=0).nansum()) if "layers" in scores else 0.0,
+    }
+    kinds = [kind for kind, (_, units) in parts.items() if units and estimated[kind] > 0]
+    losses = []
+    with _scoring_mode(model):
+        base = _mean_loss(model, dataloader)
+        for kind in kinds:
+            with parts[kind][0]():
+                losses.append(_mean_loss(model, dataloader) - base)
+    device = next(model.parameters()).device
+    losses = average_over_processes(torch.tensor(losses, dtype=torch.float64), weight, device).tolist()
+    # one round moves a kind's scale at most MAX_FACTOR either way: removals interact, so a plan made on a big
+    # correction is a different plan, measured again in the next round (a free part only halves its scale)
+    return {kind: min(max(loss / estimated[kind], 1 / MAX_FACTOR), MAX_FACTOR) for kind, loss in zip(kinds, losses)}
+
+
+__all__ = ["CALIBRATION_ROUNDS", "MAX_FACTOR", "OVERSHOOT", "allocate_for_time", "calibrated_allocation", "calibration_factors"]

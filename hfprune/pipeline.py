@@ -72,6 +72,7 @@ def prune_for_task(
     ffn_sparsity: float = 0.0,
     layer_sparsity: float = 0.0,
     param_budget: float | None = None,
+    prune_width: bool = False,
     target_speedup: float | None = None,
     speedup_batch_size: int = 32,
     speedup_seq_len: int = 128,
@@ -123,7 +124,9 @@ def prune_for_task(
 
     What to remove is one of: sparsities (`head_sparsity`, default 0.4 when no other target is given,
     `ffn_sparsity`, `layer_sparsity`); `param_budget`, the fraction of parameters to keep (the sparsities then give
-    the mix); `target_speedup`, a measured speedup at `speedup_batch_size` x `speedup_seq_len` on `device`
+    the mix; without them, with method "importance" or "taylor", the budget is allocated by importance per
+    parameter across layers, heads and FFN neurons, and with `prune_width` the hidden width too,
+    `hfprune.param_target`); `target_speedup`, a measured speedup at `speedup_batch_size` x `speedup_seq_len` on `device`
     (`PruningArguments.target_speedup`: a latency model, allocation by importance per saved second, measured
     again at the end); or `max_drop`, the fastest model within that many points of the dense model's main metric,
     chosen on a selection slice of train among the steps of an iterative speed-target run (`steps`, default 6, up
@@ -166,6 +169,7 @@ def prune_for_task(
         ffn_sparsity=check_sparsity("FFN sparsity", ffn_sparsity),
         layer_sparsity=check_sparsity("layer sparsity", layer_sparsity),
         param_budget=None if param_budget is None else check_number("param_budget", param_budget, 0, 1, open_low=True, error=PipelineInputError),
+        prune_width=True if prune_width else None,
         target_speedup=target_speedup,
         speedup_batch_size=speedup_batch_size if target_speedup is not None else None,
         speedup_seq_len=speedup_seq_len if target_speedup is not None else None,
@@ -185,6 +189,11 @@ def prune_for_task(
     if not chooses_itself and not any(settings[f"{kind}_sparsity"] for kind in ("head", "ffn", "layer")):
         raise PipelineInputError(
             "nothing to prune: give a head, FFN or layer sparsity above 0, a param_budget, a target_speedup or a max_drop"
+        )
+    mix = any(settings[f"{kind}_sparsity"] for kind in ("head", "ffn", "layer"))
+    if prune_width and (param_budget is None or mix or method not in ("importance", "taylor")):
+        raise PipelineInputError(
+            "prune_width needs a param_budget without head, FFN or layer sparsities, with method 'importance' or 'taylor'"
         )
     if finetune_epochs is not None:
         check_number("finetune_epochs", finetune_epochs, 0, error=PipelineInputError)
@@ -284,6 +293,7 @@ def prune_for_task(
             _quiet(trainer)
         trainer.train(resume_from_checkpoint=True if resume and latest_pruning_checkpoint(work_dir / "prune") else None)
         model, history, speed_target = trainer.model.eval(), list(trainer.pruning_history), trainer.speedup_report
+        param_target = trainer.param_report
         selection = keeper and keeper.summary(len(step_eval))
         if keeper is not None:  # its steps are candidates, not a closed loop: the speed table reports the chosen one
             speed_target = None
@@ -329,7 +339,7 @@ def prune_for_task(
             metrics_after=metrics_after, sparsity=sparsity_summary(model, base_parameters), finetuned_first=finetuned_first,
             speed=speed, importance=importance, pruning_history=history, settings=settings, timings=timings,
             baselines=baselines, weak_baseline=weak, finetune=state.get("finetune"), dense_control=state.get("dense_control"),
-            speed_target=speed_target, selection=selection, generation_speed=generation,
+            speed_target=speed_target, selection=selection, generation_speed=generation, param_target=param_target,
         )  # fmt: skip
         card_kwargs = prune_card_inputs(
             result, base_model=model_name_or_path, base_model_id=base_model_id, repo_id=repo_id or output_dir.name,

@@ -356,6 +356,15 @@ def _parameter_split(model: nn.Module) -> dict[str, int]:
     return split
 
 
+def check_unpruned(model: nn.Module, setting: str) -> None:
+    """Refuse a budget (`setting`) on a model something was already removed from: it is measured against the dense one."""
+    record = get_record(model)
+    if any(heads != list(range(record["original"]["num_heads"])) for heads in record["kept_heads"]) or any(
+        kept is not None for kept in record["kept_ffn"]
+    ) or len(record["kept_layers"]) != record["original"]["num_layers"] or record.get("kept_hidden") is not None:
+        raise PruningError(f"{setting} needs an unpruned model to measure the budget against")
+
+
 def final_targets(args: PruningConfig, model: nn.Module) -> dict[str, float]:
     """The sparsities the last pruning step reaches, after `target_param_budget` scaled them.
 
@@ -369,11 +378,7 @@ def final_targets(args: PruningConfig, model: nn.Module) -> dict[str, float]:
     }
     if args.target_param_budget is None:
         return targets
-    record = get_record(model)
-    if any(heads != list(range(record["original"]["num_heads"])) for heads in record["kept_heads"]) or any(
-        kept is not None for kept in record["kept_ffn"]
-    ) or len(record["kept_layers"]) != record["original"]["num_layers"]:
-        raise PruningError("target_param_budget needs an unpruned model to measure the budget against")
+    check_unpruned(model, "target_param_budget")
     if not any(targets.values()):
         targets = {"heads": 1.0, "ffn": 1.0, "layers": 0.0}
     split = _parameter_split(model)
@@ -459,6 +464,7 @@ def resolve_layers_to_drop(
 __all__ = [
     "LAYER_STRATEGIES",
     "best_head_per_layer",
+    "check_unpruned",
     "ffn_to_prune",
     "final_targets",
     "head_sparsity",

@@ -49,8 +49,15 @@ class PruningConfig(TrainingArguments):
         target_param_budget (`float` or `None`, defaults to `None`):
             Fraction in (0, 1] of the model's parameter count to keep. The three sparsities then only give the
             MIX: they are all multiplied by one factor, chosen so that the removed heads, neurons and layers
-            account for the parameters over budget (all zero: heads and FFN neurons at the same sparsity).
-            Embeddings and the task head are never pruned, so a small budget may be unreachable (PruningError).
+            account for the parameters over budget. With no sparsity given and `pruning_method` "importance" or
+            "taylor", the budget is allocated instead: the layers, heads (KV groups) and FFN neurons with the
+            least importance per parameter go, across kinds on one measured loss scale (`hfprune.param_target`);
+            other methods then prune heads and FFN neurons at the same sparsity. Only `prune_width` cuts the
+            embeddings, so a small budget may be unreachable (PruningError).
+        prune_width (`bool`, defaults to `False`):
+            With an allocated `target_param_budget`, also cut the residual-stream width (`hfprune.prune_hidden`):
+            each step tries widths of 100% down to 50% of the current one, allocates the rest of its budget for
+            each and keeps the one whose plan loses least on the scoring data.
         target_speedup (`float` or `None`, defaults to `None`):
             Prune until the model is this many times faster (> 1) than the dense model, measured where it trains
             (`args.device`) at `speedup_batch_size` x `speedup_seq_len`, instead of fixed sparsities. A latency
@@ -141,6 +148,9 @@ class PruningConfig(TrainingArguments):
             "help": "Fraction (0, 1] of the parameters to keep; the sparsities are scaled by one factor to meet it."
         },
     )
+    prune_width: bool = field(
+        default=False, metadata={"help": "With an allocated target_param_budget, also prune the hidden width."}
+    )
     target_speedup: float | None = field(
         default=None, metadata={"help": "Prune until the measured speedup over the dense model reaches this (> 1)."}
     )
@@ -208,6 +218,11 @@ class PruningConfig(TrainingArguments):
             check_number("target_param_budget", self.target_param_budget, 0, 1, open_low=True, expected="None or a number in (0, 1]")
         if self.target_speedup is not None:
             self._check_speed_target()
+        if self.prune_width and not self.allocates_param_budget:
+            raise PruningError(
+                "prune_width needs a target_param_budget without sparsity targets, with pruning_method 'importance' "
+                f"or 'taylor' (got method {self.pruning_method!r}, budget {self.target_param_budget})"
+            )
         for name, low in (
             ("pruning_steps", 1),
             ("speedup_batch_size", 1),
@@ -269,11 +284,19 @@ class PruningConfig(TrainingArguments):
             "target_ffn_sparsity": self.target_ffn_sparsity,
             "target_layer_sparsity": self.target_layer_sparsity,
             **({"target_speedup": self.target_speedup} if self.target_speedup is not None else {}),
+            **({"target_param_budget": self.target_param_budget} if self.target_param_budget is not None else {}),
+            **({"prune_width": True} if self.prune_width else {}),
             "recovery_epochs": self.recovery_epochs,
             "recovery_steps": self.recovery_steps,
             "distillation_alpha": self.distillation_alpha,
             "learning_rate": self.learning_rate,
         }
+
+    @property
+    def allocates_param_budget(self) -> bool:
+        """Whether `target_param_budget` is spent by allocation (no sparsity mix, a gradient method)."""
+        mix = self.target_head_sparsity or self.target_ffn_sparsity or self.target_layer_sparsity
+        return self.target_param_budget is not None and not mix and self.pruning_method in ("importance", "taylor")
 
     @property
     def num_pruning_steps(self) -> int:
@@ -291,6 +314,7 @@ FIELD_OF_SETTING = {
     "ffn_sparsity": "target_ffn_sparsity",
     "layer_sparsity": "target_layer_sparsity",
     "param_budget": "target_param_budget",
+    "prune_width": "prune_width",
     "target_speedup": "target_speedup",
     "speedup_batch_size": "speedup_batch_size",
     "speedup_seq_len": "speedup_seq_len",

@@ -60,6 +60,8 @@ class PruneResult:
     # target_speedup: target, predicted and measured speedups (`SpeedTarget.report`); max_drop: how the step was chosen
     speed_target: dict[str, Any] | None = None
     selection: dict[str, Any] | None = None
+    # an allocated param_budget: what was kept and each step's width choice (`ParamTarget.report`)
+    param_target: dict[str, Any] | None = None
     generation_speed: list[dict[str, Any]] | None = None  # decoders: prefill / decode tokens/s, dense vs pruned
     dry_run: bool = False  # the plan only: nothing was trained or written
 
@@ -82,6 +84,7 @@ class PruneResult:
             "dense_control": _jsonable(self.dense_control),
             "speed_target": _jsonable(self.speed_target),
             "selection": _jsonable(self.selection),
+            "param_target": _jsonable(self.param_target),
             "generation_speed": _jsonable(self.generation_speed),
             "dry_run": self.dry_run,
         }

@@ -6,7 +6,7 @@
 - each step's time budget: an equal share of the time to save, corrected by what the steps before measured
   (after one measurement by the ratio of measured to predicted time, after two by the line through the last
   two: a fixed overhead the latency model missed is not a ratio);
-- the plan that meets it (`hfprune.allocation.allocate_for_time`), on scores calibrated against measured
+- the plan that meets it (`hfprune.allocation.calibrated_allocation`), on scores calibrated against measured
   losses (`plan`);
 - the measurement after every step, the pruned model timed beside the dense one: a result short of the target
   by more than `TOLERANCE` after the last step gets one more step (scoring, allocation, recovery), at most
@@ -24,16 +24,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .allocation import allocate_for_time
+from .allocation import calibrated_allocation
 from .distributed import average_over_processes
 from .errors import TargetOutOfReachError
 from .latency import LatencyModel, Timer, measure_latency_model, speed_timer
-
-CALIBRATION_ROUNDS = 3
-"""How many times a step's plan is remade on scores rescaled by the measured loss of the previous plan."""
-MAX_FACTOR = 5.0
-"""The most one calibration round rescales a kind, either way: removals interact, so a big correction makes a
-different plan, which the next round measures again."""
 
 TOLERANCE = 0.03
 """A measured speedup within 3% of the target counts as met: closer than timing on a shared machine repeats."""
@@ -108,53 +102,14 @@ class SpeedTarget:
     def plan(
         self, model: nn.Module, scores: dict[str, torch.Tensor], seconds: float, dataloader=None, weight: int = 1
     ) -> dict[str, Any]:
-        """The allocation for `seconds`; with a `dataloader`, on scores calibrated against measured losses.
-
-        Gradient scores of heads and neurons are sensitivities (mean |d loss / d gate|), layer scores measured
-        loss increases: the kinds agree on units, not on scale. So the plan is made, then each kind's part of
-        it is applied alone as a mask and its measured loss increase divided by the scores it was planned with
-        gives that kind's factor; the plan is made again on the rescaled scores (`CALIBRATION_ROUNDS` times).
-        `weight`: this process's examples, for averaging the losses over processes.
-        """
-        plan = allocate_for_time(model, scores, self.latency, seconds, ffn_multiple=self.ffn_multiple)
-        if dataloader is None:
-            return plan
-        scores = dict(scores)
-        for _ in range(CALIBRATION_ROUNDS):
-            factors = self._calibration(model, scores, plan, dataloader, weight)
-            scores = {kind: value * factors.get(kind, 1.0) for kind, value in scores.items()}
-            plan = allocate_for_time(model, scores, self.latency, seconds, ffn_multiple=self.ffn_multiple)
-            plan["calibration"] = factors
-        self.calibrations.append(plan["calibration"])
+        """The allocation for `seconds`; with a `dataloader`, on scores calibrated against measured losses
+        (`hfprune.allocation.calibrated_allocation`). `weight`: this process's examples, for averaging."""
+        plan = calibrated_allocation(
+            model, scores, self.latency, seconds, dataloader, ffn_multiple=self.ffn_multiple, weight=weight
+        )
+        if "calibration" in plan:
+            self.calibrations.append(plan["calibration"])
         return plan
-
-    def _calibration(self, model, scores, plan, dataloader, weight: int) -> dict[str, float]:
-        """Measured / estimated loss increase of each kind's part of `plan` (kinds the plan does not touch: 1)."""
-        from .masks import apply_masks, make_ffn_mask, make_head_mask, make_layer_mask
-        from .scores import _mean_loss, _scoring_mode
-
-        parts = {
-            "heads": (lambda: apply_masks(model, head_mask=make_head_mask(model, plan["heads"])), plan["heads"]),
-            "ffn": (lambda: apply_masks(model, ffn_mask=make_ffn_mask(model, plan["ffn"])), plan["ffn"]),
-            "layers": (lambda: apply_masks(model, layer_mask=make_layer_mask(model, plan["layers"])), plan["layers"]),
-        }
-        estimated = {
-            "heads": sum(float(scores["heads"][layer, heads].nansum()) for layer, heads in plan["heads"].items()),
-            "ffn": sum(float(scores["ffn"][layer, neurons].nansum()) for layer, neurons in plan["ffn"].items()),
-            "layers": float(scores["layers"][plan["layers"]].clamp(min=0).nansum()) if "layers" in scores else 0.0,
-        }
-        kinds = [kind for kind, (_, units) in parts.items() if units and estimated[kind] > 0]
-        losses = []
-        with _scoring_mode(model):
-            base = _mean_loss(model, dataloader)
-            for kind in kinds:
-                with parts[kind][0]():
-                    losses.append(_mean_loss(model, dataloader) - base)
-        device = next(model.parameters()).device
-        losses = average_over_processes(torch.tensor(losses, dtype=torch.float64), weight, device).tolist()
-        # one round moves a kind's scale at most MAX_FACTOR either way: removals interact, so a plan made on a big
-        # correction is a different plan, measured again in the next round (a free part only halves its scale)
-        return {kind: min(max(loss / estimated[kind], 1 / MAX_FACTOR), MAX_FACTOR) for kind, loss in zip(kinds, losses)}
 
     def measure(self, model: nn.Module, step: int) -> dict[str, Any]:
         """Time `model` beside the dense model, and keep the measurement for the corrections."""

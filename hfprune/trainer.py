@@ -42,12 +42,15 @@ from .distill import distillation_loss
 from .errors import PruningError, TargetOutOfReachError
 from .gates import HeadGates
 from .plan import _num_parameters, _round, _sparsities, ffn_to_prune, final_targets, heads_to_prune, layers_to_drop
-from .plan import plan_to_goal, step_targets
+from .plan import check_unpruned, plan_to_goal, step_targets
 from .pruning_config import PruningArguments, PruningConfig  # noqa: F401 (PruningArguments: re-exported)
 from .latency import Timer
+from .activations import hidden_importance
+from .hidden import prune_hidden
 from .record import get_record, gqa_group_size, kept_ffn
 from .rundir import latest_pruning_checkpoint
 from .scores import layer_ablation_scores, layer_cosine_scores, normalize_per_layer, score_units
+from .param_target import ParamTarget
 from .speed_target import SpeedTarget
 from .surgery import drop_layers, prune_ffn, prune_heads, restore_structure
 
@@ -58,7 +61,7 @@ PRUNING_STATE_NAME, L0_GATES_NAME = PRUNING_STATE_FILE, L0_GATES_FILE  # their f
 _RESUME_KEYS = (
     "pruning_method", "pruning_schedule", "pruning_steps", "target_head_sparsity", "target_ffn_sparsity",
     "target_layer_sparsity", "target_param_budget", "layer_strategy", "per_layer_ranking", "round_to_multiple",
-    "round_heads_to_multiple", "target_speedup", "speedup_batch_size", "speedup_seq_len",
+    "round_heads_to_multiple", "target_speedup", "speedup_batch_size", "speedup_seq_len", "prune_width",
 )  # fmt: skip
 
 
@@ -81,7 +84,9 @@ class PruningTrainer(Trainer):
     Each entry is also sent through `self.log` (with `step` renamed `pruning_step`), so `report_to` sees it.
     `pruning_scores[step]` holds the scores (`{"heads" | "ffn": [num_layers, units]}`) that step ranked by, so
     a card or a plot can show them without scoring the model again. With `args.target_speedup`,
-    `speedup_report` holds the target, predicted and measured speedups (`SpeedTarget.report`).
+    `speedup_report` holds the target, predicted and measured speedups (`SpeedTarget.report`); with an allocated
+    `args.target_param_budget`, `param_report` the budget, what was kept and each step's width choice
+    (`ParamTarget.report`).
 
     A callback that sets `control.should_training_stop` when it sees a pruning step's log (the `pruning_step`
     key) ends the loop after that step: `hfprune.max_drop` stops this way once a step loses too much.
@@ -124,6 +129,8 @@ class PruningTrainer(Trainer):
         self.speed_timer = speed_timer
         self._speed: SpeedTarget | None = None
         self.speedup_report: dict[str, Any] | None = None
+        self._budget: ParamTarget | None = None
+        self.param_report: dict[str, Any] | None = None
 
     # ---- the outer loop ----------------------------------------------------------------------------------
     def train(
@@ -148,7 +155,13 @@ class PruningTrainer(Trainer):
             self.teacher_model = copy.deepcopy(self.model)  # the unpruned model, before any restore or surgery
         if self.teacher_model is not None:
             self.teacher_model.to(args.device).eval().requires_grad_(False)
-        targets = final_targets(args, self.model)
+        if args.allocates_param_budget:
+            if state is None:
+                check_unpruned(self.model, "target_param_budget")
+            self._budget = ParamTarget(self.model, args, state and state.get("param_target"))
+            targets = {}
+        else:
+            targets = final_targets(args, self.model)
         if args.target_speedup is not None:  # measured on the model as given: the original, also when resuming
             dense = self.teacher_model if own_teacher else None  # a copy of the dense model already: time against it
             saved = state and state.get("speed_target")
@@ -210,6 +223,8 @@ class PruningTrainer(Trainer):
         self._stage = None
         if self._speed is not None:
             self.speedup_report, self._speed = self._speed.report(), None
+        if self._budget is not None:
+            self.param_report, self._budget = self._budget.report(self.model), None
         return TrainOutput(total_steps, metrics["train_loss"], metrics)
 
     def _train_gates(
@@ -305,6 +320,8 @@ class PruningTrainer(Trainer):
         args, model = self.args, self.model
         if self._speed is not None:
             return self._prune_for_time(step)
+        if self._budget is not None:
+            return self._prune_for_params(step)
         targets = step_targets(targets, step, args.num_pruning_steps)
         original = get_record(model)["original"]
         num_layers, num_heads = original["num_layers"], original["num_heads"]
@@ -350,18 +367,42 @@ class PruningTrainer(Trainer):
     def _prune_for_time(self, step: int) -> dict[str, Any]:
         """Remove what costs least importance per second saved, down to this step's share of the time."""
         seconds = self._speed.step_seconds(step, self.args.num_pruning_steps)
-        scores = self._unit_scores(["heads", "ffn"], step)  # first-order, per unit: a good estimate for small units
-        layers = layer_ablation_scores(self.model, self._score_dataloader())  # measured: whole layers are big steps
-        scores["layers"] = average_over_processes(layers, self._score_weight, self.args.device)
-        self.pruning_scores[step] = scores
+        scores = self._allocation_scores(step)
         plan = self._speed.plan(self.model, scores, seconds, self._score_dataloader(), self._score_weight)
-        check_same_plan({key: plan[key] for key in ("layers", "heads", "ffn")})
+        self._apply_plan(plan)
+        logger.info(f"Pruning step {step}: predicted {self._speed.latency.speedup(self.model):.2f}x, {_sparsities(self.model)}")
+        return plan
+
+    def _prune_for_params(self, step: int) -> dict[str, Any]:
+        """Remove what costs least importance per parameter, down to this step's share of the budget."""
+        parameters = self._budget.step_parameters(step, self.args.num_pruning_steps)
+        scores = self._allocation_scores(step, hidden=self._budget.prune_width)
+        plan = self._budget.plan(self.model, scores, parameters, self._score_dataloader(), self._score_weight)
+        self._apply_plan(plan)
+        logger.info(f"Pruning step {step}: {_num_parameters(self.model):,} parameters, {_sparsities(self.model)}")
+        return plan
+
+    def _allocation_scores(self, step: int, hidden: bool = False) -> dict[str, torch.Tensor]:
+        """Heads and FFN neurons by first-order importance (a good estimate for small units), layers by their
+        measured loss increase (whole layers are big steps), channels by `hidden_importance`: one loss scale."""
+        scores = self._unit_scores(["heads", "ffn"], step)
+        layers = layer_ablation_scores(self.model, self._score_dataloader())
+        scores["layers"] = average_over_processes(layers, self._score_weight, self.args.device)
+        if hidden:
+            channels = hidden_importance(self.model, self._score_dataloader())
+            scores["hidden"] = average_over_processes(channels, self._score_weight, self.args.device)
+        self.pruning_scores[step] = scores
+        return scores
+
+    def _apply_plan(self, plan: dict[str, Any]) -> None:
+        """An allocation's surgery, the same on every process: channels, heads, FFN neurons, then layers."""
+        check_same_plan({key: plan[key] for key in ("layers", "heads", "ffn")} | {"hidden": plan.get("hidden", [])})
+        if plan.get("hidden"):
+            prune_hidden(self.model, plan["hidden"])
         prune_heads(self.model, plan["heads"])
         prune_ffn(self.model, plan["ffn"])
         drop_layers(self.model, plan["layers"])
         self._after_surgery()
-        logger.info(f"Pruning step {step}: predicted {self._speed.latency.speedup(self.model):.2f}x, {_sparsities(self.model)}")
-        return plan
 
     def _plan_layers(self, to_drop: int, dropped: int, step: int) -> list[int]:
         """Original indices of the layers this step drops (`to_drop` in total, `dropped` already gone)."""
@@ -383,7 +424,7 @@ class PruningTrainer(Trainer):
         scores = score_units(model, method, kinds, self._score_dataloader(), normalize=False)
         scores = {kind: average_over_processes(value, self._score_weight, self.args.device) for kind, value in scores.items()}
         # Michel et al. normalise each layer before ranking globally; a speed target compares kinds on one loss scale
-        if method in PER_LAYER_NORMALIZED_METHODS and self._speed is None:
+        if method in PER_LAYER_NORMALIZED_METHODS and self._speed is None and self._budget is None:
             scores = {kind: normalize_per_layer(value) for kind, value in scores.items()}
         return scores
 
@@ -548,6 +589,7 @@ class PruningTrainer(Trainer):
             + float(getattr(self, "_tr_loss", 0.0)),
             "arguments": {key: getattr(self.args, key) for key in _RESUME_KEYS},
             **({"speed_target": self._speed.state()} if self._speed is not None else {}),
+            **({"param_target": self._budget.state()} if self._budget is not None else {}),
         }
 
     def _save_checkpoint(self, model, trial) -> None:

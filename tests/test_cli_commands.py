@@ -420,3 +420,27 @@ def test_decoder_end_to_end_from_the_cli_with_a_parameter_target(tmp_path: Path)
 def test_params_out_of_range_is_one_line_exit_2(tmp_path: Path):
     result = cli("prune", tmp_path / "missing", "--task", "lm", "--params", "1.5")
     assert result.exit_code == 2 and one_error_line(result) == "Error: --params must be a fraction in (0, 1], got 1.5"
+
+
+def test_prune_width_from_the_cli_chooses_a_width_and_reports_every_candidate(tmp_path: Path):
+    from cli_fixtures import write_tiny_llama_and_text
+
+    llama, text = write_tiny_llama_and_text(tmp_path, num_layers=2, num_kv_heads=4)
+    result = cli(
+        "prune", llama, "--task", "lm", "--data-dir", text, "-o", tmp_path / "out", "--params", "0.6", "--prune-width",
+        "--lr", "1e-3", "--batch-size", "8", "--max-length", "16", "--no-bench", "--no-dense-control", "--quiet",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    results = json.loads((tmp_path / "out" / "hfprune_results.json").read_text())
+    report, parameters = results["param_target"], results["sparsity"]["parameters"]
+    assert report["prune_width"] and parameters["kept"] == report["parameters"] <= 0.6 * parameters["original"]
+    candidates = report["steps"][0]["candidates"]
+    assert len(candidates) >= 2 and all(candidate["loss"] is not None for candidate in candidates)
+    chosen = min(candidates, key=lambda candidate: candidate["loss"])["hidden_size"]
+    reloaded = __import__("hfprune").from_pretrained(tmp_path / "out")
+    assert reloaded.config.hidden_size == report["hidden_size"] == chosen
+
+
+def test_prune_width_without_params_is_one_line_exit_2(tmp_path: Path):
+    result = cli("prune", tmp_path / "missing", "--task", "lm", "--prune-width")
+    assert result.exit_code == 2 and one_error_line(result).startswith("Error: --prune-width needs --params")

@@ -12,7 +12,7 @@ from transformers import default_data_collator
 import hfprune
 from conftest import FAMILIES, GQA, VOCAB, tiny_model, tiny_pruning_args
 from hfprune import drop_layers, prune_ffn, prune_heads
-from hfprune.allocation import allocate_for_time
+from hfprune.allocation import OVERSHOOT, allocate_for_time
 from hfprune.errors import PruningError
 from hfprune.latency import LatencyModel, measure_latency_model, structure_counts
 from hfprune.record import get_record, kept_ffn
@@ -99,8 +99,15 @@ def test_allocation_removes_least_importance_per_saved_second_across_kinds():
     latency = _latency(head=1.0, neuron=1.0, attention=5.0, mlp=5.0, layer=2.0)
     latency.dense_seconds = latency.predict(model)
     scores = {"heads": torch.ones(3, 4), "ffn": torch.ones(3, 24), "layers": torch.tensor([50.0, 0.5, 50.0])}
-    plan = allocate_for_time(model, scores, latency, latency.dense_seconds - 30.0)
+    plan = allocate_for_time(model, scores, latency, latency.dense_seconds - 36.0)  # the layer saves 40
     assert plan["layers"] == [1] and plan["heads"] == {} and plan["ffn"] == {}
+
+    # ... not when it would take the model more than OVERSHOOT past the target, even free: units that fit go first
+    scores["layers"][1] = 0.0
+    target = latency.dense_seconds - 20.0  # 20 seconds past it is more than 5% of the target
+    plan = allocate_for_time(model, scores, latency, target)
+    assert plan["layers"] == [] and target - OVERSHOOT * target <= plan["predicted_seconds"] <= target
+    scores["layers"][1] = 0.5
 
     # ... but not when one head is all the time still needed: the layer would overshoot the target
     scores["heads"][2, 3] = 0.3  # less than layer 1 (0.5) once only 1 second counts
@@ -374,14 +381,12 @@ def test_an_extra_step_with_nothing_left_to_reach_ends_the_run_as_missed(tmp_pat
 def test_calibration_rescales_each_kind_by_its_measured_over_estimated_loss():
     from hfprune.masks import apply_masks, make_head_mask, skip_layers
     from hfprune.scores import _mean_loss
-    from hfprune.speed_target import MAX_FACTOR, SpeedTarget
+    from hfprune.allocation import MAX_FACTOR, calibration_factors
 
     model, batches = tiny_model("bert"), scoring_batches("bert")
-    target = SpeedTarget.__new__(SpeedTarget)
-    target.calibrations = []
     scores = {"heads": torch.full((3, 4), 1e-4), "ffn": torch.ones(3, 24), "layers": torch.full((3,), 1e-9)}
     plan = {"heads": {0: [1, 2]}, "ffn": {}, "layers": [2]}
-    factors = target._calibration(model, scores, plan, batches, weight=1)
+    factors = calibration_factors(model, scores, plan, batches, weight=1)
     with torch.no_grad():
         base = _mean_loss(model, batches)
         with apply_masks(model, head_mask=make_head_mask(model, plan["heads"])):
