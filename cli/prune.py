@@ -150,6 +150,10 @@ def prune(
     console.print(metrics_table(f"{result.task}: dense vs pruned", columns))
     for unit, values in result.sparsity.items():
         console.print(f"{unit}: kept {values['kept']:,} of {values['original']:,} ({values['sparsity']:.1%} removed)")
+    budget = result.param_target
+    if budget:
+        width = f", hidden width {budget['hidden_size']}" if budget["prune_width"] else ""
+        console.print(f"parameter budget {budget['target_param_budget']:g}: kept {budget['parameters']:,} of {budget['dense_parameters']:,} ({budget['kept_fraction']:.1%}){width}")
     target = result.speed_target
     if target and target.get("measured_speedup") is not None:
         verdict = "met" if target["met"] else "missed"

@@ -387,6 +387,28 @@ def _speed_target_info(report: Mapping[str, Any] | None) -> dict[str, str] | Non
     }
 
 
+def _param_target_info(report: Mapping[str, Any] | None) -> dict[str, str] | None:
+    """The card's sentence parts for an allocated parameter budget (None without one)."""
+    if not report or report.get("parameters") is None:
+        return None
+    info = {
+        "budget": f"{report['target_param_budget'] * 100:g}%",
+        "kept": f"{report['parameters']:,} of {report['dense_parameters']:,} ({report['kept_fraction']:.1%})",
+        "width": None,
+    }
+    steps = [step for step in report.get("steps", []) if step.get("candidates")]
+    if report.get("prune_width") and steps:
+
+        def tried(step: Mapping[str, Any]) -> str:
+            return ", ".join(
+                f"{c['hidden_size']}" + (f" (loss {c['loss']:.4f})" if c.get("loss") is not None else "") for c in step["candidates"]
+            )
+
+        widths = tried(steps[0]) if len(steps) == 1 else "; ".join(f"step {n}: {tried(step)}" for n, step in enumerate(steps, 1))
+        info["width"] = f"hidden width {report['hidden_size']}, the least loss on the scoring data among the widths tried: {widths}"
+    return info
+
+
 def _speed_json(speed: Any) -> dict[str, Any] | None:
     return None if speed is None else _speed_report(speed).to_dict()
 
@@ -480,6 +502,7 @@ def write_model_card(
     max_eval_samples: int | None = None,
     speed: Any = None,
     speed_target: Mapping[str, Any] | None = None,
+    param_target: Mapping[str, Any] | None = None,
     selection_note: str | None = None,
     generation_speed: Sequence[Mapping[str, Any]] | None = None,
     importance: torch.Tensor | Sequence[Sequence[float | None]] | None = None,
@@ -512,6 +535,8 @@ def write_model_card(
             of that name); the model-index and the results say so.
         speed: a `hfprune.speed.SpeedReport`, or its JSON form; a noisy one is marked as such.
         speed_target: `PruningTrainer.speedup_report` of a `target_speedup` run: target, predicted and measured.
+        param_target: `PruningTrainer.param_report` of an allocated `target_param_budget` run: the budget, what
+            was kept and, with `prune_width`, the widths tried and their losses.
         selection_note: how a `max_drop` run chose its step, in one sentence.
         generation_speed: decoders: `hfprune.measure_generation_speed` rows (prefill and decode tokens/s).
         importance: `[num_layers, num_heads]` head importance of the unpruned model (original indices);
@@ -599,6 +624,7 @@ def write_model_card(
         + (f"; {importance_note}" if importance_note else ""),
         speed=_speed_info(speed),
         speed_target=_speed_target_info(speed_target),
+        param_target=_param_target_info(param_target),
         generation_rows=[
             {
                 "model": row["model"], "shape": f"{row['batch_size']} x {row['prompt_len']} + {row['new_tokens']}",
@@ -688,6 +714,7 @@ def card_inputs(
     dense_control: Mapping[str, Any] | None = None,
     dense_control_note: str | None = None,
     speed_target: Mapping[str, Any] | None = None,
+    param_target: Mapping[str, Any] | None = None,
     selection_note: str | None = None,
     generation_speed: Sequence[Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
@@ -712,6 +739,7 @@ def card_inputs(
         "max_eval_samples": max_eval_samples,
         "speed": _speed_json(speed),
         "speed_target": dict(speed_target) if speed_target else None,
+        "param_target": dict(param_target) if param_target else None,
         "selection_note": selection_note,
         "generation_speed": [dict(row) for row in generation_speed] if generation_speed else None,
         "importance": None
@@ -756,6 +784,7 @@ def prune_card_inputs(
         dense_control_note=(result.dense_control or {}).get("protocol"),
         speed=result.speed,
         speed_target=result.speed_target,
+        param_target=result.param_target,
         generation_speed=result.generation_speed,
         selection_note=(result.selection or {}).get("protocol"),
         importance=result.importance,

@@ -439,6 +439,15 @@ def test_prune_width_from_the_cli_chooses_a_width_and_reports_every_candidate(tm
     chosen = min(candidates, key=lambda candidate: candidate["loss"])["hidden_size"]
     reloaded = __import__("hfprune").from_pretrained(tmp_path / "out")
     assert reloaded.config.hidden_size == report["hidden_size"] == chosen
+    # the budget, what was kept and the width choice are said on the console and on the card, and survive a re-render
+    assert f"parameter budget 0.6: kept {parameters['kept']:,} of {parameters['original']:,}" in result.stdout
+    assert f"hidden width {chosen}" in result.stdout
+    from hfprune.card import regenerate_model_card
+
+    sentence = f"**Parameter budget 60%**, allocated by importance per parameter across layers, heads and FFN\nneurons: {parameters['kept']:,} of {parameters['original']:,}"
+    widths = ", ".join(f"{candidate['hidden_size']} (loss {candidate['loss']:.4f})" for candidate in candidates)
+    for card in ((tmp_path / "out" / "README.md").read_text(), regenerate_model_card(tmp_path / "out", output_dir=tmp_path / "card").content):
+        assert sentence in card and f"hidden width {chosen}, the least loss on the scoring data among the widths tried: {widths}." in card
 
 
 def test_prune_width_without_params_is_one_line_exit_2(tmp_path: Path):
