@@ -125,8 +125,8 @@ def save_record(model: nn.Module, record: dict[str, Any]) -> None:
     if adapter.uniform_heads_in_config:
         counts = {(len(heads), len(kv_groups(record, heads))) for heads in record["kept_heads"]}
         num_heads, num_kv_heads = counts.pop() if len(counts) == 1 else (0, 0)
-        if num_heads == 0:
-            num_heads, num_kv_heads = original["num_heads"], original["num_kv_heads"]
+        if num_heads == 0 or hidden % num_heads:  # transformers refuses to save a config whose heads do not divide the width
+            num_heads, num_kv_heads = _valid_head_counts(original, hidden)
         adapter.set_head_counts(config, num_heads, num_kv_heads, head_dim)
     elif record.get("kept_hidden") is not None:
         adapter.set_build_head_count(config, _build_head_count(record, hidden, head_dim))
@@ -137,6 +137,15 @@ def save_record(model: nn.Module, record: dict[str, Any]) -> None:
     record["stock_loadable"] = not record["patch"]
     setattr(config, PATCH_KEY, record)
     write_per_layer_config(model)  # transformers' own form of the same structure, where it can say it exactly
+
+
+def _valid_head_counts(original: dict[str, Any], hidden: int) -> tuple[int, int]:
+    """Head counts for the config of a model whose real counts it cannot say (they vary by layer, or do not divide
+    the width, which transformers' config validation refuses): the original counts where they divide `hidden`,
+    else the largest count that does, with a KV count that divides it. The record's patch then builds the real
+    shapes, and the checkpoint is not stock-loadable."""
+    num_heads = next(count for count in range(original["num_heads"], 0, -1) if hidden % count == 0)
+    return num_heads, math.gcd(num_heads, original["num_kv_heads"])
 
 
 def _build_head_count(record: dict[str, Any], hidden: int, head_dim: int) -> int:

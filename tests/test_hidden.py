@@ -285,6 +285,27 @@ def test_a_width_that_no_head_count_divides_still_builds_and_reloads(tmp_path):
     assert torch.equal(logits_of(hfprune.from_pretrained(tmp_path, attn_implementation="eager"), inputs), expected)
 
 
+@pytest.mark.parametrize("family", sorted(GQA))
+@pytest.mark.parametrize("cut", ["width", "heads"])
+def test_llama_head_counts_that_do_not_divide_the_width_save_and_reload(tmp_path, family, cut):
+    # transformers (5.25) validates hidden_size % num_attention_heads on save, although the Llama family's head_dim is
+    # explicit: neither 30 channels with 4 heads of 8 nor 32 channels with 3 heads per layer may be said in the config
+    config_name, kwargs, model_name = FAMILIES[family]
+    config = getattr(transformers, config_name)(vocab_size=VOCAB, **{**kwargs, "num_key_value_heads": 4})
+    config._attn_implementation = "eager"
+    torch.manual_seed(0)
+    model, inputs = getattr(transformers, model_name)(config).eval(), tiny_inputs()
+    if cut == "width":
+        hfprune.prune_hidden(model, [0, 5])  # 30 channels, 4 heads of 8 in every layer
+    else:
+        hfprune.prune_heads(model, {layer: [layer] for layer in range(3)})  # 3 heads of 8 in every layer
+    assert model.config.hidden_size % model.config.num_attention_heads == 0
+    assert not model.config.hfprune["stock_loadable"]  # the config cannot say the real counts: the patch does
+    expected = logits_of(model, inputs)
+    model.save_pretrained(tmp_path)
+    assert torch.equal(logits_of(hfprune.from_pretrained(tmp_path, attn_implementation="eager"), inputs), expected)
+
+
 # ---- tied embeddings ----------------------------------------------------------------------------------
 TIED = [("gpt2", "GPT2LMHeadModel", {}), ("llama", "LlamaForCausalLM", {"tie_word_embeddings": True}),
         ("bert", "BertForMaskedLM", {}), ("xlnet", "XLNetLMHeadModel", {})]
