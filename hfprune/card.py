@@ -393,6 +393,12 @@ def _param_target_info(report: Mapping[str, Any] | None) -> dict[str, str] | Non
         return None
     info = {
         "budget": f"{report['target_param_budget'] * 100:g}%",
+        "how": (
+            "L0 gates on the heads, FFN neurons and whole attention and MLP blocks, trained with CoFi's Lagrangian; "
+            "the least open gates closed"
+            if report.get("method") == "l0"
+            else "allocated by importance per parameter across layers, heads and FFN neurons"
+        ),
         "kept": f"{report['parameters']:,} of {report['dense_parameters']:,} ({report['kept_fraction']:.1%})",
         "width": None,
     }

@@ -100,13 +100,18 @@ class PruningConfig(TrainingArguments):
         distillation_temperature (`float`, defaults to `2.0`):
             The temperature T of the distillation term.
 
-        > L0 gates (`pruning_method="l0"`, one-shot, heads only)
+        > L0 gates (`pruning_method="l0"`, one-shot)
+
+        On the heads alone, or, with `target_param_budget`, on the heads, every FFN neuron and every whole attention
+        and MLP block together, on one parameter scale (CoFi, Xia et al. 2022; `hfprune.gates.HeadGates`).
 
         l0_lambda (`float`, defaults to `1.0`):
             Coefficient of the L0 penalty, `l0_lambda` times the expected fraction of heads kept: larger closes
-            more heads. The number of heads removed follows from it, unless `target_head_sparsity` is set: then
-            CoFi's Lagrangian (multipliers trained by gradient ascent at `l0_learning_rate`) pulls the expected
-            sparsity to the target, and exactly that fraction of heads (the least open) is removed.
+            more heads. The number of heads removed follows from it, unless `target_head_sparsity` or
+            `target_param_budget` is set: then CoFi's Lagrangian (multipliers trained by gradient ascent at
+            `l0_learning_rate`) pulls the expected sparsity (of the heads, or of the gated parameters) to the
+            target, and the least open gates close until the target is met: exactly that fraction of the heads,
+            or the budget to within one unit's parameters.
         l0_warmup_steps (`int`, defaults to `0`):
             Steps over which the penalty coefficient ramps up linearly from 0 (Shim et al. 2021).
         l0_init_keep (`float`, defaults to `0.95`):
@@ -117,7 +122,7 @@ class PruningConfig(TrainingArguments):
             Learning rate of the gates' log-alpha (Adam moves it about this much per step; it starts near +1.35 at
             `l0_init_keep=0.95` and a gate closes below 0). Too high closes every gate the task does not defend.
         l0_epochs (`float`, defaults to `1.0`):
-            Epochs of gate training before the closed heads are removed.
+            Epochs of gate training before what the closed gates gate is removed.
         l0_steps (`int`, defaults to `0`):
             If > 0, optimizer steps of gate training, instead of `l0_epochs`.
     """
@@ -249,10 +254,13 @@ class PruningConfig(TrainingArguments):
         if self.pruning_method == "l0":
             if self.pruning_schedule != "one_shot":
                 raise PruningError("pruning_method='l0' trains its gates once: use pruning_schedule='one_shot'")
-            if self.target_ffn_sparsity or self.target_layer_sparsity or self.target_param_budget is not None:
+            if self.target_ffn_sparsity or self.target_layer_sparsity:
                 raise PruningError(
-                    "pruning_method='l0' prunes heads only: leave the FFN, layer and budget targets unset"
+                    "pruning_method='l0' gates heads (target_head_sparsity), or heads, FFN neurons and blocks together "
+                    "(target_param_budget): leave the FFN and layer targets unset"
                 )
+            if self.target_param_budget is not None and self.target_head_sparsity:
+                raise PruningError("pruning_method='l0' takes target_head_sparsity or target_param_budget, not both")
             if self.l0_steps == 0 and self.l0_epochs == 0:
                 raise PruningError("pruning_method='l0' needs gate training: set l0_epochs > 0 or l0_steps > 0")
         if self.max_steps != -1:

@@ -160,6 +160,10 @@ class PruningTrainer(Trainer):
                 check_unpruned(self.model, "target_param_budget")
             self._budget = ParamTarget(self.model, args, state and state.get("param_target"))
             targets = {}
+        elif args.pruning_method == "l0":  # the gates' own target: checked where they are made
+            if args.target_param_budget is not None and state is None:
+                check_unpruned(self.model, "target_param_budget")
+            targets = {}
         else:
             targets = final_targets(args, self.model)
         if args.target_speedup is not None:  # measured on the model as given: the original, also when resuming
@@ -230,29 +234,51 @@ class PruningTrainer(Trainer):
     def _train_gates(
         self, step: int, resuming: str | None, state: dict[str, Any] | None, ignore_keys_for_eval
     ) -> tuple[int, float]:
-        """L0 phase: train hard-concrete head gates with the penalty, then remove the heads whose gates closed."""
+        """L0 phase: train hard-concrete gates with the penalty, then remove what the closed gates gate.
+
+        Heads only, or, with `target_param_budget`, heads, FFN neurons and whole attention and MLP blocks on
+        one parameter scale (CoFi), the Lagrangian pulling the expected parameters to the budget."""
         args = self.args
+        budget = args.target_param_budget
+        dense_parameters = _num_parameters(self.model)
         self._gates = HeadGates(
             self.model,
             init_keep=args.l0_init_keep,
             l0_lambda=args.l0_lambda,
             warmup_steps=args.l0_warmup_steps,
             scale_attention_output=args.l0_scale_attention,
-            target_sparsity=args.target_head_sparsity or None,
+            target_sparsity=None if budget is not None else args.target_head_sparsity or None,
+            ffn=budget is not None,
+            blocks=budget is not None,
+            param_budget=budget,
         ).attach(self.model)
         if resuming is not None:
             gates_state = torch.load(os.path.join(resuming, L0_GATES_NAME), map_location="cpu", weights_only=True)
             self._gates.load_state_dict(gates_state)
         try:
             output = self._run_phase((step, "l0"), args.l0_epochs, args.l0_steps, resuming, state, ignore_keys_for_eval)
-            plan = self._gates.heads_to_prune()
+            plan = self._gates.plan()
             self.l0_gate_values = self._gates.gate_values().cpu()
+            expected, gated = float(self._gates.expected_sparsity().detach()), self._gates.dense_cost
             check_same_plan(plan)
             self._gates.finalize(self.model)
         finally:
             self._gates.detach()
             self._gates = None
         self._after_surgery()
+        if budget is not None:
+            parameters = _num_parameters(self.model)
+            self.param_report = {
+                "method": "l0",
+                "target_param_budget": budget,
+                "dense_parameters": dense_parameters,
+                "parameters": parameters,
+                "kept_fraction": parameters / dense_parameters,
+                "gated_parameters": gated,  # what the gates controlled: heads, FFN neurons and blocks
+                "expected_gated_sparsity": expected,  # what the trained gates expected, before the final decision
+                "prune_width": False,
+                "steps": [],
+            }
         return output
 
     def _run_phase(
@@ -488,13 +514,16 @@ class PruningTrainer(Trainer):
         gates = self._gates
         if gates is not None and self._gates_grad_step != self.state.global_step:
             # the Trainer zeroes only the model's gradients: start each optimizer step's gate gradient afresh
-            gates.log_alpha.grad = gates.lagrangian.grad = None
+            for parameter in (*gates.gate_parameters(), gates.lagrangian):
+                parameter.grad = None
             self._gates_grad_step = self.state.global_step
         loss = super().training_step(model, inputs, num_items_in_batch)
-        if gates is not None and gates.log_alpha.grad is not None and is_distributed():
+        if gates is not None and is_distributed():
             # the gates are not part of the DDP module: average their gradient by hand
-            torch.distributed.all_reduce(gates.log_alpha.grad)
-            gates.log_alpha.grad /= torch.distributed.get_world_size()
+            for parameter in gates.gate_parameters():
+                if parameter.grad is not None:
+                    torch.distributed.all_reduce(parameter.grad)
+                    parameter.grad /= torch.distributed.get_world_size()
         return loss
 
     def create_optimizer(self, model=None):
@@ -502,7 +531,7 @@ class PruningTrainer(Trainer):
         gates = self._gates
         held = (p for group in optimizer.param_groups for p in group["params"])
         if gates is not None and not any(p is gates.log_alpha for p in held):
-            optimizer.add_param_group({"params": [gates.log_alpha], "weight_decay": 0.0, "lr": self.args.l0_learning_rate})
+            optimizer.add_param_group({"params": gates.gate_parameters(), "weight_decay": 0.0, "lr": self.args.l0_learning_rate})
             if gates.target_sparsity is not None:  # the Lagrange multipliers climb the loss (CoFi)
                 optimizer.add_param_group(
                     {"params": [gates.lagrangian], "weight_decay": 0.0, "lr": self.args.l0_learning_rate, "maximize": True}
@@ -512,6 +541,8 @@ class PruningTrainer(Trainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self._gates is not None and "loss" in logs:  # L0 phase: how many heads the gates still expect to keep
             logs["l0_expected_heads"] = float(self._gates.expected_l0().detach())
+            if self._gates.param_budget is not None:  # and the expected fraction of the gated parameters removed
+                logs["l0_expected_sparsity"] = float(self._gates.expected_sparsity().detach())
         super().log(logs, start_time)
 
     # ---- model card ------------------------------------------------------------------------------------

@@ -444,10 +444,28 @@ def test_prune_width_from_the_cli_chooses_a_width_and_reports_every_candidate(tm
     assert f"hidden width {chosen}" in result.stdout
     from hfprune.card import regenerate_model_card
 
-    sentence = f"**Parameter budget 60%**, allocated by importance per parameter across layers, heads and FFN\nneurons: {parameters['kept']:,} of {parameters['original']:,}"
+    sentence = f"**Parameter budget 60%**, allocated by importance per parameter across layers, heads and FFN neurons: {parameters['kept']:,} of {parameters['original']:,}"
     widths = ", ".join(f"{candidate['hidden_size']} (loss {candidate['loss']:.4f})" for candidate in candidates)
     for card in ((tmp_path / "out" / "README.md").read_text(), regenerate_model_card(tmp_path / "out", output_dir=tmp_path / "card").content):
         assert sentence in card and f"hidden width {chosen}, the least loss on the scoring data among the widths tried: {widths}." in card
+
+
+def test_l0_with_params_from_the_cli_gates_every_kind_and_keeps_the_budget(tmp_path: Path):
+    from cli_fixtures import write_tiny_llama_and_text
+
+    llama, text = write_tiny_llama_and_text(tmp_path, num_layers=2, num_kv_heads=4)
+    result = cli(
+        "prune", llama, "--task", "lm", "--data-dir", text, "-o", tmp_path / "out", "--params", "0.8", "--method", "l0",
+        "--lr", "1e-3", "--batch-size", "8", "--max-length", "16", "--no-bench", "--no-dense-control", "--quiet",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    results = json.loads((tmp_path / "out" / "hfprune_results.json").read_text())
+    report, parameters = results["param_target"], results["sparsity"]["parameters"]
+    assert report["method"] == "l0" and parameters["kept"] == report["parameters"]
+    hidden = __import__("hfprune").from_pretrained(tmp_path / "out").config.hidden_size
+    assert abs(parameters["kept"] - 0.8 * parameters["original"]) <= 3 * hidden  # one gated-MLP neuron
+    assert "L0 gates on the heads, FFN neurons and whole attention and MLP blocks" in (tmp_path / "out" / "README.md").read_text()
+    assert f"parameter budget 0.8: kept {parameters['kept']:,}" in result.stdout
 
 
 def test_prune_width_without_params_is_one_line_exit_2(tmp_path: Path):

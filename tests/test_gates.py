@@ -7,8 +7,9 @@ import torch
 
 import hfprune
 from conftest import FAMILIES, GQA, tiny_inputs, tiny_model
-from hfprune.errors import PruningError
+from hfprune.errors import PruningError, TargetOutOfReachError
 from hfprune.gates import GAMMA, ZETA, HeadGates
+from hfprune.record import kept_ffn
 
 FINALIZE_FAMILIES = ["bert", "distilbert", "xlnet", "gpt2", "llama", "qwen3"]
 
@@ -205,7 +206,7 @@ def test_finalize_pruned_equals_gated(family, scale):
     gated = logits(model, inputs)
     plan = gates.finalize(model)
     group = 4 // units
-    assert plan == {0: [h for h in range(4) if (h // group) % 2], 1: [0, 1, 2, 3]}
+    assert plan == {"heads": {0: [h for h in range(4) if (h // group) % 2], 1: [0, 1, 2, 3]}, "ffn": {}}
     assert torch.allclose(logits(model, inputs), gated, atol=1e-5, rtol=0)
     assert head_hook_count(model) == 0
     gates.detach()  # idempotent
@@ -224,7 +225,7 @@ def test_gates_on_an_already_pruned_model(family):
     set_log_alpha(gates, torch.rand(gates.log_alpha.shape, generator=torch.Generator().manual_seed(3)) > 0.5)
     gates.attach(model)
     gated = logits(model, inputs)
-    plan = gates.finalize(model)
+    plan = gates.finalize(model)["heads"]
     for layer, heads in plan.items():  # the plan never names a head that was already gone
         assert not set(heads) & set(first.get(layer, []))
     assert torch.allclose(logits(model, inputs), gated, atol=1e-5, rtol=0)
@@ -283,3 +284,96 @@ def test_bad_models_and_steps_raise():
         gates.penalty(-1)
     with pytest.raises(PruningError, match="another model family"):
         gates.attach(tiny_model("gpt2"))
+
+
+# ---- FFN neurons and whole blocks (CoFi) ---------------------------------------------------------------
+def num_parameters(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def snap(parameter, pattern):
+    with torch.no_grad():
+        parameter.copy_(torch.where(torch.as_tensor(pattern), 10.0, -10.0))
+
+
+@pytest.mark.parametrize("family", FINALIZE_FAMILIES)
+def test_ffn_and_block_gates_finalize_pruned_equals_gated(family):
+    model, inputs = tiny_model(family), tiny_inputs()
+    gates = HeadGates(model, ffn=True, blocks=True)
+    units, width = gates.log_alpha.shape[1], gates.ffn_log_alpha.shape[1]
+    assert gates.ffn_log_alpha.shape == (3, 24) and gates.block_log_alpha.shape == (3, 2)
+    generator = torch.Generator().manual_seed(5)
+    snap(gates.log_alpha, torch.rand(3, units, generator=generator) > 0.3)
+    snap(gates.ffn_log_alpha, torch.rand(3, width, generator=generator) > 0.4)
+    snap(gates.block_log_alpha, [[True, True], [False, True], [True, False]])  # layer 1: no attention, layer 2: no MLP
+    gates.attach(model)
+    gated = logits(model, inputs)
+    plan = gates.finalize(model)
+    assert plan["heads"][1] == [0, 1, 2, 3] and plan["ffn"][2] == list(range(width))
+    assert plan["ffn"][0] == sorted(set(range(width)) - set(gates.ffn_log_alpha[0].gt(0).nonzero().flatten().tolist()))
+    assert torch.allclose(logits(model, inputs), gated, atol=1e-5, rtol=0)
+    record = hfprune.get_record(model)
+    assert record["kept_heads"][1] == [] and record["kept_ffn"][2] == []
+    assert record["kept_ffn"][0] == [n for n in range(width) if n not in plan["ffn"][0]]
+    assert head_hook_count(model) == 0
+
+
+@pytest.mark.parametrize("family", ["bert", "llama"])
+def test_expected_cost_is_the_mean_cost_of_sampled_structures(family):
+    """The Lagrangian's expected cost is exact: it equals the Monte Carlo mean cost of the sampled gates."""
+    model = tiny_model(family)
+    gates = HeadGates(model, ffn=True, blocks=True, init_keep=0.6)
+    with torch.no_grad():
+        for parameter in gates.gate_parameters():
+            parameter.normal_(0.5, 1.5, generator=torch.Generator().manual_seed(parameter.numel()))
+    torch.manual_seed(0)
+    draws = []
+    for _ in range(3000):
+        heads, neurons, blocks = (_sample_open(gates, parameter) for parameter in gates.gate_parameters())
+        draws.append(float(gates._cost(heads, neurons, blocks)))
+    assert sum(draws) / len(draws) == pytest.approx(float(gates.expected_cost().detach()), rel=0.01)
+    assert gates.dense_cost == pytest.approx(float(gates._cost(*gates._all_open())))
+
+
+def _sample_open(gates, log_alpha):
+    from hfprune.gates import _sample
+
+    return (_sample(log_alpha, gates.temperature) > 0).float()
+
+
+@pytest.mark.parametrize("family, budget", [("bert", 0.8), ("llama", 0.75), ("gpt2", 0.85)])
+def test_a_param_budget_removes_the_least_open_gates_down_to_the_budget(family, budget):
+    model, inputs = tiny_model(family), tiny_inputs()
+    dense = num_parameters(model)
+    gates = HeadGates(model, ffn=True, blocks=True, param_budget=budget)
+    assert gates.target_sparsity == pytest.approx((1 - budget) * dense / gates.dense_cost)
+    with torch.no_grad():
+        for parameter in gates.gate_parameters():
+            parameter.normal_(generator=torch.Generator().manual_seed(parameter.numel()))
+    plan = gates.plan()
+    gates.finalize(model)
+    # the accounting is exact in parameters, so the model lands within one FFN neuron's parameters of the budget
+    assert abs(num_parameters(model) - budget * dense) <= gates.costs.neuron
+    assert plan["ffn"] and logits(model, inputs).isfinite().all()
+    # closing goes least open first: in the layers that keep an MLP, every removed neuron's gate is below every
+    # kept one's (a closed MLP block takes its neurons whatever their own gates)
+    record = hfprune.get_record(model)
+    kept = {i: kept_ffn(record, p) for p, i in enumerate(record["kept_layers"])}
+    with torch.no_grad():
+        closed = [float(gates.ffn_log_alpha[i, n]) for i, neurons in plan["ffn"].items() if kept[i] for n in neurons]
+        still = [float(gates.ffn_log_alpha[i, n]) for i, neurons in kept.items() for n in neurons]
+    assert closed and max(closed) <= min(still)
+
+
+def test_gate_kinds_and_budgets_are_checked():
+    model = tiny_model("bert")
+    with pytest.raises(TargetOutOfReachError) as error:
+        HeadGates(model, param_budget=0.3)  # the heads alone hold far less than 70% of the parameters
+    assert "\n" not in str(error.value) and "out of reach" in str(error.value)
+    with pytest.raises(PruningError, match="leave target_sparsity and costs unset"):
+        HeadGates(model, param_budget=0.5, target_sparsity=0.2)
+    with pytest.raises(PruningError, match="ffn must be True or False"):
+        HeadGates(model, ffn="yes")
+    plain = HeadGates(model)  # heads only: one per head, the behaviour of every earlier release
+    assert plain.ffn_log_alpha is None and plain.block_log_alpha is None and plain.dense_cost == 12
+    assert plain.expected_sparsity().item() == pytest.approx(1 - plain.init_keep)

@@ -82,7 +82,8 @@ class LogCapture(TrainerCallback):
         (dict(pruning_steps=3), "needs pruning_schedule='iterative'"),
         (dict(pruning_schedule="iterative", pruning_steps=0), "pruning_steps must be an integer >= 1"),
         (dict(pruning_method="l0", pruning_schedule="iterative", pruning_steps=2), "use pruning_schedule='one_shot'"),
-        (dict(pruning_method="l0", target_ffn_sparsity=0.2), "prunes heads only"),
+        (dict(pruning_method="l0", target_ffn_sparsity=0.2), "leave the FFN and layer targets unset"),
+        (dict(pruning_method="l0", target_head_sparsity=0.2, target_param_budget=0.5), "not both"),
         (dict(pruning_method="l0", l0_init_keep=1.0), "l0_init_keep"),
         (dict(distillation_alpha=1.5), "distillation_alpha"),
         (dict(distillation_temperature=0), "distillation_temperature"),
@@ -547,6 +548,32 @@ def test_activation_method_prunes_the_heads_with_the_smallest_normalised_activat
     removed = {(i // heads_per_layer, i % heads_per_layer) for i in order[: scored.numel() // 2]}
     kept = {(layer, head) for layer, heads in enumerate(get_record(model)["kept_heads"]) for head in heads}
     assert kept.isdisjoint(removed) and len(kept) == scored.numel() // 2
+
+
+def test_l0_with_a_param_budget_gates_heads_ffn_and_blocks_and_lands_on_the_budget(tmp_path):
+    """CoFi: one Lagrangian over the expected parameters of heads, FFN neurons and whole blocks."""
+    model, capture = tiny_model("bert"), LogCapture()
+    dense = sum(p.numel() for p in model.parameters())
+    args = make_args(
+        tmp_path, pruning_method="l0", target_param_budget=0.8, l0_steps=40, l0_learning_rate=0.05, l0_warmup_steps=20, l0_init_keep=0.87,
+        recovery_steps=1, seed=2,
+    )  # fmt: skip
+    trainer = make_trainer(model, args, callbacks=[capture])
+    trainer.train()
+    report = trainer.param_report
+    parameters = sum(p.numel() for p in model.parameters())
+    assert report["method"] == "l0" and report["parameters"] == parameters and report["dense_parameters"] == dense
+    neuron = 2 * 32 + 1  # one FFN neuron of the tiny BERT: a row and a bias in, a column out
+    assert abs(parameters - 0.8 * dense) <= neuron  # the budget, to within the smallest unit
+    # the Lagrangian pulled the expected sparsity of the gated parameters from where the gates start (0.25) to the
+    # target (0.45); in 40 steps it overshoots a little (Adam keeps closing gates for a few steps after the gap
+    # changes sign), which the final decision does not inherit: it removes exactly the budget
+    expected = [log["l0_expected_sparsity"] for log in capture.logs if "l0_expected_sparsity" in log]
+    target = (1 - 0.8) * dense / report["gated_parameters"]
+    assert expected[0] < target - 0.15 and max(expected) >= target and abs(expected[-1] - target) < 0.1
+    record = get_record(model)
+    assert any(kept is not None for kept in record["kept_ffn"])  # FFN neurons went, not only heads
+    model(**tiny_inputs())
 
 
 @pytest.mark.parametrize("target, removed, learning_rate, warmup", [(0.5, 6, 0.1, 0), (0.25, 3, 0.05, 20)])
