@@ -228,9 +228,10 @@ class HeadGates(nn.Module):
             parameters = _num_parameters(model)
             target_sparsity = (1 - param_budget) * parameters / max(self.dense_cost, 1e-12)
             if target_sparsity >= 1:
+                more = "" if ffn and blocks else "gate more kinds (ffn=True, blocks=True) or "
                 raise TargetOutOfReachError(
                     f"param_budget={param_budget:g} is out of reach: the gated units hold {self.dense_cost:,.0f} of the "
-                    f"model's {parameters:,} parameters; gate more kinds (ffn, blocks) or raise the budget"
+                    f"model's {parameters:,} parameters; {more}raise the budget"
                 )
         self.target_sparsity = target_sparsity
         self.param_budget = param_budget
