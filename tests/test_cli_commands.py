@@ -468,6 +468,18 @@ def test_l0_with_params_from_the_cli_gates_every_kind_and_keeps_the_budget(tmp_p
     assert f"parameter budget 0.8: kept {parameters['kept']:,}" in result.stdout
 
 
+def test_an_l0_budget_below_what_the_gates_hold_is_one_line_exit_2_and_writes_nothing(tmp_path: Path):
+    from cli_fixtures import write_tiny_llama_and_text
+
+    llama, text = write_tiny_llama_and_text(tmp_path, num_layers=2, num_kv_heads=4)
+    result = cli(
+        "prune", llama, "--task", "lm", "--data-dir", text, "-o", tmp_path / "out", "--params", "0.05", "--method", "l0",
+        "--batch-size", "8", "--max-length", "16", "--no-bench", "--no-dense-control", "--quiet",
+    )  # fmt: skip
+    assert result.exit_code == 2 and one_error_line(result).startswith("Error: param_budget=0.05 is out of reach")
+    assert not (tmp_path / "out").exists()
+
+
 def test_prune_width_without_params_is_one_line_exit_2(tmp_path: Path):
     result = cli("prune", tmp_path / "missing", "--task", "lm", "--prune-width")
     assert result.exit_code == 2 and one_error_line(result).startswith("Error: --prune-width needs --params")
