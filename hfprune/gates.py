@@ -321,7 +321,7 @@ class HeadGates(nn.Module):
         if self.gate_blocks:
             blocks = draw(self.block_log_alpha)
             heads = heads * blocks[:, :1]
-            ffn = blocks[:, 1:] if ffn is None else ffn * blocks[:, 1:]
+            ffn = blocks[:, 1:].expand_as(self.ffn_present) if ffn is None else ffn * blocks[:, 1:]
         return {"heads": heads, "ffn": ffn}
 
     # ---- penalty ------------------------------------------------------------------------------------
@@ -412,9 +412,7 @@ class HeadGates(nn.Module):
         def factor(reference: torch.Tensor) -> torch.Tensor:
             if self._factors is None:  # a sub-module run on its own: no pre-hook ran
                 self._factors = self.factors(training=False)
-            factors = self._factors[kind]
-            row = factors[index]
-            row = row.index_select(0, columns.to(row.device)) if row.numel() > 1 else row.expand(len(columns))
+            row = self._factors[kind][index].index_select(0, columns.to(self._factors[kind].device))
             return row.to(device=reference.device, dtype=reference.dtype)
 
         return factor

@@ -141,10 +141,9 @@ def save_record(model: nn.Module, record: dict[str, Any]) -> None:
 
 def _valid_head_counts(original: dict[str, Any], hidden: int) -> tuple[int, int]:
     """Head counts for the config of a model whose real counts it cannot say (they vary by layer, or do not divide
-    the width, which transformers' config validation refuses): the original counts where they divide `hidden`,
-    else the largest count that does, with a KV count that divides it. The record's patch then builds the real
-    shapes, and the checkpoint is not stock-loadable."""
-    num_heads = next(count for count in range(original["num_heads"], 0, -1) if hidden % count == 0)
+    the width, which transformers' config validation refuses): counts that divide `hidden` and each other (the
+    original ones while the width is whole). The record's patch then builds the real shapes."""
+    num_heads = math.gcd(hidden, original["num_heads"])
     return num_heads, math.gcd(num_heads, original["num_kv_heads"])
 
 

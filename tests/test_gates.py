@@ -319,6 +319,19 @@ def test_ffn_and_block_gates_finalize_pruned_equals_gated(family):
 
 
 @pytest.mark.parametrize("family", ["bert", "llama"])
+def test_block_gates_alone_remove_whole_blocks_and_equal_the_gated_model(family):
+    model, inputs = tiny_model(family), tiny_inputs()
+    gates = HeadGates(model, blocks=True)
+    assert gates.ffn_log_alpha is None
+    set_log_alpha(gates, torch.ones_like(gates.log_alpha, dtype=torch.bool))
+    snap(gates.block_log_alpha, [[True, True], [False, True], [True, False]])
+    gates.attach(model)
+    gated = logits(model, inputs)
+    assert gates.finalize(model) == {"heads": {1: [0, 1, 2, 3]}, "ffn": {2: list(range(24))}}
+    assert torch.allclose(logits(model, inputs), gated, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("family", ["bert", "llama"])
 def test_expected_cost_is_the_mean_cost_of_sampled_structures(family):
     """The Lagrangian's expected cost is exact: it equals the Monte Carlo mean cost of the sampled gates."""
     model = tiny_model(family)
