@@ -88,6 +88,7 @@ def prune_for_task(
     learning_rate: float = 5e-5,
     batch_size: int = 32,
     distillation_alpha: float = 0.0,
+    distillation_layer_weight: float = 0.0,
     score_num_examples: int = 512,
     max_train_samples: int | None = None,
     max_eval_samples: int | None = None,
@@ -180,6 +181,9 @@ def prune_for_task(
         learning_rate=learning_rate,
         batch_size=batch_size,
         distillation_alpha=check_number("distillation_alpha", distillation_alpha, 0, 1, error=PipelineInputError),
+        distillation_layer_weight=check_number(
+            "distillation_layer_weight", distillation_layer_weight, 0, error=PipelineInputError
+        ),
         score_num_examples=score_num_examples,
         max_train_samples=max_train_samples,
         max_eval_samples=max_eval_samples,
@@ -225,7 +229,7 @@ def prune_for_task(
     # Building the arguments validates method, schedule and steps before the model is loaded.
     try:
         pruning_args = config_from_settings(
-            {**settings, "recovery_epochs": 0.0, "distillation_alpha": 0.0} if dry_run else settings,
+            {**settings, "recovery_epochs": 0.0, "distillation_alpha": 0.0, "distillation_layer_weight": 0.0} if dry_run else settings,
             **_training_kwargs(
                 work_dir / "prune", batch_size=batch_size, learning_rate=learning_rate, seed=seed,
                 quiet=progress is not None, save_steps=0 if dry_run else save_steps, device=device,
@@ -272,7 +276,8 @@ def prune_for_task(
 
         # The dense model stays only as the distillation teacher; the pruned one is edited in place. For timing,
         # a dense twin with the original shapes is built afterwards (speed does not depend on weight values).
-        teacher = copy.deepcopy(model).eval() if distillation_alpha > 0 else None
+        distilling = distillation_alpha > 0 or distillation_layer_weight > 0
+        teacher = copy.deepcopy(model).eval() if distilling else None
         base_parameters = sum(p.numel() for p in model.parameters())
         # Per-step evaluation only pays for an iterative schedule (its curve goes into the history).
         iterative = schedule == "iterative" and steps > 1

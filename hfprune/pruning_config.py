@@ -99,6 +99,11 @@ class PruningConfig(TrainingArguments):
             copy of the model taken before the first pruning step.
         distillation_temperature (`float`, defaults to `2.0`):
             The temperature T of the distillation term.
+        distillation_layer_weight (`float`, defaults to `0.0`):
+            Weight of a layer-wise term added to the loss (CoFi, Xia et al. 2022): each kept layer's output is pulled
+            towards the teacher's output of the same original layer, on the hidden channels kept, as
+            ||student - teacher||^2 / ||teacher||^2 averaged over layers. Uses the same teacher as
+            `distillation_alpha`; it must have the student's original shape.
 
         > L0 gates (`pruning_method="l0"`, one-shot)
 
@@ -190,6 +195,9 @@ class PruningConfig(TrainingArguments):
         default=0.0, metadata={"help": "Weight in [0, 1] of the KL term from the unpruned teacher's logits."}
     )
     distillation_temperature: float = field(default=2.0, metadata={"help": "Distillation temperature (> 0)."})
+    distillation_layer_weight: float = field(
+        default=0.0, metadata={"help": "Weight (>= 0) of the layer-wise term: each layer's output vs the teacher's."}
+    )
     l0_lambda: float = field(
         default=1.0, metadata={"help": "L0 method: penalty coefficient (times the expected fraction of heads kept)."}
     )
@@ -244,6 +252,12 @@ class PruningConfig(TrainingArguments):
         for name in ("recovery_epochs", "l0_epochs", "l0_lambda"):
             check_number(name, getattr(self, name), 0)
         check_number("distillation_alpha", self.distillation_alpha, 0, 1)
+        check_number("distillation_layer_weight", self.distillation_layer_weight, 0)
+        if self.distillation_layer_weight > 0 and self.gradient_checkpointing:
+            raise PruningError(
+                "distillation_layer_weight reads each layer's output, which gradient checkpointing recomputes "
+                "without it: turn one of them off"
+            )
         for name in ("distillation_temperature", "l0_learning_rate"):
             check_number(name, getattr(self, name), 0, open_low=True)
         check_number("l0_init_keep", self.l0_init_keep, 0, 1, open_low=True, open_high=True)
@@ -297,6 +311,7 @@ class PruningConfig(TrainingArguments):
             "recovery_epochs": self.recovery_epochs,
             "recovery_steps": self.recovery_steps,
             "distillation_alpha": self.distillation_alpha,
+            **({"distillation_layer_weight": self.distillation_layer_weight} if self.distillation_layer_weight else {}),
             "learning_rate": self.learning_rate,
         }
 
@@ -331,6 +346,7 @@ FIELD_OF_SETTING = {
     "score_num_examples": "score_num_examples",
     "recovery_epochs": "recovery_epochs",
     "distillation_alpha": "distillation_alpha",
+    "distillation_layer_weight": "distillation_layer_weight",
 }
 
 

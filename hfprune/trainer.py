@@ -19,6 +19,7 @@ averaged with `all_reduce`, so all ranks prune the same units (checked with an a
 from __future__ import annotations
 
 import copy
+from contextlib import nullcontext
 import gc
 import itertools
 import json
@@ -38,7 +39,7 @@ from .arch import get_adapter
 from .constants import DATA_FREE_METHODS, L0_GATES_FILE, PER_LAYER_NORMALIZED_METHODS, PRUNING_METHODS, PRUNING_SCHEDULES  # noqa: F401
 from .constants import PRUNING_PHASES, PRUNING_STATE_FILE
 from .distributed import average_over_processes, check_same_plan, is_distributed
-from .distill import distillation_loss
+from .distill import layer_distillation_loss, layer_outputs, layer_pairs, logit_distillation_loss, teacher_inputs
 from .errors import PruningError, TargetOutOfReachError
 from .gates import HeadGates
 from .plan import _num_parameters, _round, _sparsities, ffn_to_prune, final_targets, heads_to_prune, layers_to_drop
@@ -72,7 +73,7 @@ class PruningTrainer(Trainer):
     Args:
         score_dataset: examples to score heads / neurons / layers on (default: the training set; never the
             evaluation set). At most `args.score_num_examples` are used.
-        teacher_model: the distillation teacher (`args.distillation_alpha > 0`); default: a copy of the model
+        teacher_model: the distillation teacher (`args.distillation_alpha` or `args.distillation_layer_weight` > 0); default: a copy of the model
             taken before the first pruning step.
         speed_timer: with `args.target_speedup`, how models are timed (`hfprune.latency.Timer`); default
             `hfprune.measure_speed` on `args.device`, e.g. replace it to time in the runtime you deploy to.
@@ -150,7 +151,7 @@ class PruningTrainer(Trainer):
         checkpoint = self._find_checkpoint(resume_from_checkpoint)
         state = self._read_pruning_state(checkpoint) if checkpoint else None
 
-        own_teacher = args.distillation_alpha > 0 and self.teacher_model is None
+        own_teacher = (args.distillation_alpha > 0 or args.distillation_layer_weight > 0) and self.teacher_model is None
         if own_teacher:
             self.teacher_model = copy.deepcopy(self.model)  # the unpruned model, before any restore or surgery
         if self.teacher_model is not None:
@@ -482,15 +483,18 @@ class PruningTrainer(Trainer):
 
     # ---- losses ----------------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """The task loss, mixed with the distillation term and plus the L0 penalty while training."""
-        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        """The task loss, mixed with the distillation terms and plus the L0 penalty while training."""
+        args = self.args
+        distilling = model.training and self.teacher_model is not None
+        by_layer = distilling and args.distillation_layer_weight > 0
+        with layer_outputs(self.model) if by_layer else nullcontext() as student_states:
+            loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         if not model.training:
             return (loss, outputs) if return_outputs else loss
         extra = None
-        alpha = self.args.distillation_alpha
-        if alpha > 0 and self.teacher_model is not None:
-            loss = (1 - alpha) * loss
-            extra = alpha * self._distillation_loss(inputs, outputs)
+        if distilling and (args.distillation_alpha > 0 or by_layer):
+            loss = (1 - args.distillation_alpha) * loss
+            extra = self._distillation_terms(inputs, outputs, student_states)
         if self._gates is not None:
             penalty = self._gates.penalty(self.state.global_step)
             extra = penalty if extra is None else extra + penalty
@@ -506,9 +510,21 @@ class PruningTrainer(Trainer):
             loss = loss + extra.to(loss.device)
         return (loss, outputs) if return_outputs else loss
 
-    def _distillation_loss(self, inputs: dict[str, Any], outputs) -> torch.Tensor:
+    def _distillation_terms(self, inputs: dict[str, Any], outputs, student_states: dict | None) -> torch.Tensor:
+        """alpha * the logit term, plus distillation_layer_weight * the layer-wise term; the teacher runs once."""
+        args = self.args
+        with torch.no_grad(), layer_outputs(self.teacher_model) if student_states is not None else nullcontext() as teacher_states:
+            teacher_logits = self.teacher_model(**teacher_inputs(inputs)).logits
         student_logits = outputs["logits"] if isinstance(outputs, dict) else outputs[1]
-        return distillation_loss(self.teacher_model, inputs, student_logits, self.args.distillation_temperature)
+        mask = inputs.get("attention_mask")
+        terms = args.distillation_alpha * logit_distillation_loss(
+            teacher_logits, student_logits, mask, args.distillation_temperature
+        )
+        if student_states is not None:
+            pairs, channels = layer_pairs(self.model, self.teacher_model)
+            layer_term = layer_distillation_loss(student_states, teacher_states, pairs, channels, mask)
+            terms = terms + args.distillation_layer_weight * layer_term.to(terms.device)
+        return terms
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         gates = self._gates

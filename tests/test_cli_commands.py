@@ -393,7 +393,7 @@ def test_push_adds_the_card_when_the_folder_has_none_and_no_card_skips_it(work: 
 
 def test_decoder_end_to_end_from_the_cli_with_a_parameter_target(tmp_path: Path):
     """`hfprune prune TINY_LLAMA --task lm --params 0.7`: scored on calibration text, pruned to 70% of the
-    parameters, distilled from the dense model, perplexity on held-out text only, card written."""
+    parameters, distilled from the dense model (logits and layers), perplexity on held-out text only, card written."""
     from cli_fixtures import write_tiny_llama_and_text
 
     # MHA: 2-head KV groups would make 70% too coarse a target
@@ -401,7 +401,7 @@ def test_decoder_end_to_end_from_the_cli_with_a_parameter_target(tmp_path: Path)
 
     result = cli(
         "prune", llama, "--task", "lm", "--data-dir", text, "-o", tmp_path / "out",
-        "--params", "0.7", "--distill", "0.5", "--lr", "1e-3", "--batch-size", "8", "--max-length", "16",
+        "--params", "0.7", "--distill", "0.5", "--distill-layers", "1.0", "--lr", "1e-3", "--batch-size", "8", "--max-length", "16",
         "--no-bench", "--quiet",
     )  # fmt: skip
     assert result.exit_code == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -409,6 +409,7 @@ def test_decoder_end_to_end_from_the_cli_with_a_parameter_target(tmp_path: Path)
     parameters = results["sparsity"]["parameters"]
     assert parameters["kept"] / parameters["original"] == pytest.approx(0.7, abs=0.05)
     assert results["settings"]["param_budget"] == 0.7 and results["settings"]["distillation_alpha"] == 0.5
+    assert results["settings"]["distillation_layer_weight"] == 1.0
     before, after = results["metrics_before"]["validation"], results["metrics_after"]["validation"]
     assert {"perplexity"} <= set(before) and after["perplexity"] > 1.0
     assert results["dense_control"]["steps"] == results["dense_control"]["pruned_steps"] > 0

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from transformers import HfArgumentParser, TrainerCallback, TrainingArguments, default_data_collator
 
 import hfprune
-from conftest import VOCAB, tiny_inputs, tiny_model, tiny_pruning_args
+from conftest import FAMILIES, VOCAB, tiny_inputs, tiny_model, tiny_pruning_args
 from hfprune.errors import PruningError
 from hfprune.plan import ffn_to_prune, heads_to_prune
 from hfprune.record import get_record, kept_ffn
@@ -87,6 +87,8 @@ class LogCapture(TrainerCallback):
         (dict(pruning_method="l0", l0_init_keep=1.0), "l0_init_keep"),
         (dict(distillation_alpha=1.5), "distillation_alpha"),
         (dict(distillation_temperature=0), "distillation_temperature"),
+        (dict(distillation_layer_weight=-1), "distillation_layer_weight"),
+        (dict(distillation_layer_weight=1, gradient_checkpointing=True), "gradient checkpointing"),
         (dict(recovery_steps=-1), "recovery_steps"),
         (dict(score_num_examples=0), "score_num_examples"),
         (dict(round_to_multiple=0), "round_to_multiple"),
@@ -345,6 +347,109 @@ def test_default_teacher_is_the_unpruned_model(tmp_path):
     assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
     for name, parameter in teacher.named_parameters():
         assert torch.equal(parameter, original[name])  # never trained
+
+
+def layer_distilled_pair():
+    """A teacher and a student pruned from it: layer 1 of 3 dropped and 24 of 32 residual channels kept."""
+    teacher = tiny_model("bert", seed=0)
+    student = copy.deepcopy(teacher)
+    hfprune.drop_layers(student, [1])
+    removed = torch.randperm(32, generator=torch.Generator().manual_seed(3))[:8].tolist()
+    hfprune.prune_hidden(student, removed)
+    return teacher, student, [channel for channel in range(32) if channel not in removed]
+
+
+def test_layer_pairs_follow_the_original_layers_and_channels():
+    from hfprune.distill import layer_pairs
+
+    teacher, student, channels = layer_distilled_pair()
+    pairs, index = layer_pairs(student, teacher)
+    assert pairs == [(0, 0), (1, 2)]  # student layer 1 is original layer 2
+    assert index.tolist() == channels  # the teacher is unpruned: positions are the original channel ids
+    # a teacher pruned too: positions in ITS residual stream, and only the layers it still has
+    half_pruned = copy.deepcopy(teacher)
+    hfprune.prune_hidden(half_pruned, [0])
+    hfprune.drop_layers(half_pruned, [0])
+    hfprune.prune_hidden(student, [0])
+    pairs, index = layer_pairs(student, half_pruned)
+    assert pairs == [(1, 1)]
+    assert index.tolist() == [channel - 1 for channel in channels if channel != 0]
+    with pytest.raises(PruningError, match="channels the teacher no longer has"):
+        layer_pairs(half_pruned, student)
+    with pytest.raises(PruningError, match="original shape"):
+        layer_pairs(student, tiny_model("llama"))
+
+
+def test_layer_distillation_adds_the_relative_error_of_each_kept_layer(tmp_path):
+    """loss = (1 - alpha) task + alpha KL + w * mean over kept layers of ||s - t[kept channels]||^2 / ||t||^2 over
+    real tokens, checked against hidden states computed independently (`output_hidden_states`)."""
+    teacher, student, channels = layer_distilled_pair()
+    args = make_args(tmp_path, distillation_alpha=0.4, distillation_temperature=2.0, distillation_layer_weight=3.0)
+    trainer = make_trainer(student, args, teacher_model=teacher)
+    batch = default_data_collator(data(4))
+    batch["attention_mask"][0, -3:] = 0  # padding is left out of the layer term
+    student.train()
+    torch.manual_seed(0)
+    loss, outputs = trainer.compute_loss(student, batch, return_outputs=True)
+
+    torch.manual_seed(0)  # the same dropout masks as in compute_loss
+    student_states = student(**batch, output_hidden_states=True).hidden_states
+    with torch.no_grad():
+        teacher_out = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
+    mask = batch["attention_mask"].float()
+    terms = []
+    for student_layer, teacher_layer in [(0, 0), (1, 2)]:  # hidden_states[k + 1] is layer k's output
+        s, t = student_states[student_layer + 1], teacher_out.hidden_states[teacher_layer + 1][..., channels]
+        terms.append(((s - t).pow(2).sum(-1) * mask).sum() / (t.pow(2).sum(-1) * mask).sum())
+    kl = torch.nn.functional.kl_div(
+        torch.log_softmax(outputs.logits / 2.0, -1), torch.log_softmax(teacher_out.logits / 2.0, -1),
+        log_target=True, reduction="batchmean",
+    )
+    expected = 0.6 * outputs.loss + 0.4 * 4.0 * kl + 3.0 * torch.stack(terms).mean()
+    torch.testing.assert_close(loss, expected)
+    assert torch.stack(terms).mean() > 1e-3  # the term is really there
+    loss.backward()  # and it trains the student
+    assert all(p.grad is not None for p in student.bert.encoder.layer.parameters() if p.requires_grad)
+
+
+def layer_error(student, teacher, batch) -> torch.Tensor:
+    """The layer-wise distillation term of `student` against `teacher` on `batch`, in eval mode."""
+    from hfprune.distill import layer_distillation_loss, layer_outputs, layer_pairs
+
+    with torch.no_grad(), layer_outputs(student) as student_states, layer_outputs(teacher) as teacher_states:
+        student.eval()(**batch), teacher.eval()(**batch)
+    pairs, channels = layer_pairs(student, teacher)
+    return layer_distillation_loss(student_states, teacher_states, pairs, channels, batch["attention_mask"])
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_layer_outputs_are_read_in_every_family(family):
+    """Each family's layers return their hidden states differently (a tensor, a tuple); the term reads them all:
+    zero for an exact copy, above zero once a head is gone."""
+    teacher = tiny_model(family)
+    student = copy.deepcopy(teacher)
+    inputs = tiny_inputs()
+    assert layer_error(student, teacher, inputs) == 0
+    hfprune.prune_heads(student, {1: [0, 1]})  # a whole KV group in the grouped-query families
+    assert layer_error(student, teacher, inputs) > 1e-5
+
+
+def test_layer_distillation_alone_makes_its_own_teacher_and_recovers(tmp_path):
+    """Without the logit term, `distillation_layer_weight` still copies the unpruned model as the teacher, and
+    recovery brings the kept layers' outputs closer to the teacher's than the same pruning without recovery."""
+    model = tiny_model("bert")
+    untrained = copy.deepcopy(model)
+    args = make_args(
+        tmp_path, target_layer_sparsity=1 / 3, layer_strategy="bottom", distillation_layer_weight=10.0, recovery_steps=8, learning_rate=3e-3,
+        per_device_train_batch_size=16,
+    )  # fmt: skip
+    trainer = make_trainer(model, args, train=data(64))
+    trainer.train()
+    teacher = trainer.teacher_model
+    assert teacher is not model and len(teacher.bert.encoder.layer) == 3 and len(model.bert.encoder.layer) == 2
+    hfprune.drop_layers(untrained, [layer for layer in range(3) if layer not in get_record(model)["kept_layers"]])
+    batch = default_data_collator(data(16, seed=5))
+    assert layer_error(model, teacher, batch) < 0.5 * layer_error(untrained, teacher, batch)
 
 
 # ---- L0 gates ----------------------------------------------------------------------------------------
