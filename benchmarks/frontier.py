@@ -9,7 +9,8 @@ Protocol (written into the JSON next to the numbers):
   step at lr 1e-4, batch 32, distillation 0.5 from the dense model, importance scored on 512 of them. Reported on all 872 dev examples, which no choice sees.
 - Methods, one `hfprune.prune_for_task` call per point (Torch-Pruning excepted, which is not hfprune):
   `speedup` (target_speedup 1.5, 2, 3, 4: latency model, allocation by importance per saved second, closing
-  measurement), `max_drop` (1.0 point, chosen on a slice of the recovery examples), `layers` (Sajjad "top",
+  measurement; `speedup_iterative` in 2 steps; `speedup_layer_distill` the same plus layer-wise distillation,
+  distillation_layer_weight 1.0), `max_drop` (1.0 point, chosen on a slice of the recovery examples), `layers` (Sajjad "top",
   2 to 5 of 6 layers), `heads` (heads only, 50% and 90%), and `torch_pruning` (its Taylor global pruning at
   the FLOPs of 1.5, 2, 3, 4x, then the same recovery through `PruningTrainer`).
 - "Before" is the dense model trained on the same recovery examples for as many epochs (the control), and the
@@ -33,7 +34,7 @@ import torch
 import hfprune
 from hfprune.speed import measure_speed
 
-METHODS = ("speedup", "speedup_iterative", "max_drop", "layers", "heads", "torch_pruning")
+METHODS = ("speedup", "speedup_iterative", "speedup_layer_distill", "max_drop", "layers", "heads", "torch_pruning")
 SPEEDUPS = (1.5, 2.0, 3.0, 4.0)
 SEQ, BATCH = 128, 32
 SLICES = {"finetune": (0, 20000), "recovery": (20000, 22000)}
@@ -206,6 +207,7 @@ def main() -> None:
     parser.add_argument("--n-recovery", type=int, default=None, help="recovery examples (default 2000)")
     parser.add_argument("--layers", default="2,3,4,5", help="layers-only points: how many of 6 layers to drop")
     parser.add_argument("--max-drop", default="1.0", help="max_drop points, in points of accuracy")
+    parser.add_argument("--distill-layers", type=float, default=1.0, help="speedup_layer_distill: distillation_layer_weight")
     parser.add_argument("--resume", action="store_true", help="keep the points of results/frontier.json")
     parser.add_argument("--dense-only", action="store_true", help="fine-tune (and cache) the dense model, then stop")
     args = parser.parse_args()
@@ -222,6 +224,12 @@ def main() -> None:
         elif method == "speedup_iterative":  # 2 steps: the second is corrected by the first one's measurement
             for target in speedups:
                 frontier.prune("speedup_iterative", target, target_speedup=target, schedule="iterative", steps=2)
+        elif method == "speedup_layer_distill":  # speedup_iterative plus CoFi's layer-wise distillation
+            for target in speedups:
+                frontier.prune(
+                    "speedup_layer_distill", target, target_speedup=target, schedule="iterative", steps=2,
+                    distillation_layer_weight=args.distill_layers,
+                )  # fmt: skip
         elif method == "max_drop":
             for drop in [float(value) for value in args.max_drop.split(",")]:
                 frontier.prune("max_drop", drop, max_drop=drop, target_speedup=max(speedups), steps=4)
