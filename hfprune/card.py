@@ -374,7 +374,7 @@ def _speed_target_info(report: Mapping[str, Any] | None) -> dict[str, str] | Non
     """The card's sentence parts for a speed target (None without one, or before it was measured)."""
     if not report or report.get("measured_speedup") is None:
         return None
-    extra = len(report.get("measurements", [])) - 1
+    extra = len(report.get("measurements", [])) - report.get("planned_steps", 1)  # one measurement per step
     verdict = "met" if report["met"] else "missed: the extra pruning steps ran out"
     if extra > 0:
         verdict += f", after {extra} extra pruning step{'s' if extra > 1 else ''} to close the gap"

@@ -59,6 +59,7 @@ class SpeedTarget:
         """`reference`: a copy of the dense `model` to time against (default: one is made)."""
         self.target = float(args.target_speedup)
         self.extra_steps = args.speedup_extra_steps
+        self.planned_steps = args.num_pruning_steps
         self.ffn_multiple = args.round_to_multiple
         timer = timer or speed_timer(
             args.speedup_batch_size, args.speedup_seq_len, device=args.device, num_threads=args.speedup_num_threads
@@ -144,6 +145,7 @@ class SpeedTarget:
             "met": bool(last) and last["measured_speedup"] >= self.target * (1 - TOLERANCE),
             "batch_size": self.latency.batch_size,
             "seq_len": self.latency.seq_len,
+            "planned_steps": self.planned_steps,
             "measurements": list(self.measurements),
             "calibrations": list(self.calibrations),
             "latency_model": self.latency.to_dict(),

@@ -229,11 +229,47 @@ def test_prune_for_task_meets_a_speed_target_and_the_card_reports_target_predict
     report = result.speed_target
     assert report["met"] and report["measured_speedup"] >= 2.0 * 0.97
     assert result.settings["head_sparsity"] == 0.0 and result.settings["target_speedup"] == 2.0
+    # nothing said about recovery: the speed-target recipe, two steps distilled from logits and layers
+    settings = result.settings
+    assert (settings["schedule"], settings["steps"]) == ("iterative", 2) and len(result.pruning_history) == 3
+    assert (settings["distillation_alpha"], settings["distillation_layer_weight"]) == (0.5, 1.0)
     saved = json.loads((tmp_path / "out" / "hfprune_results.json").read_text())
     assert saved["speed_target"]["measured_speedup"] == report["measured_speedup"]
     card = (tmp_path / "out" / "README.md").read_text()
     assert f"**Speed target 2.00x** at batch {BATCH} x {SEQ}" in card
     assert f"**{report['measured_speedup']:.2f}x** (met)" in card
+
+
+@pytest.mark.parametrize(
+    "speed_target, given, expected",
+    [
+        (True, (None, None, None, None), ("iterative", 2, 0.5, 1.0)),
+        (True, ("one_shot", None, None, 0.0), ("one_shot", 1, 0.5, 0.0)),  # what is given is kept
+        (True, (None, 4, 0.0, None), ("iterative", 4, 0.0, 1.0)),
+        (False, (None, None, None, None), ("one_shot", 1, 0.0, 0.0)),
+        (False, (None, 3, None, 2.0), ("iterative", 3, 0.0, 2.0)),  # more than one step is iterative
+        (False, ("iterative", None, 0.3, None), ("iterative", 1, 0.3, 0.0)),
+    ],
+)
+def test_recovery_recipe_fills_in_only_what_was_left_out(speed_target, given, expected):
+    from hfprune.pipeline import recovery_recipe
+
+    assert recovery_recipe(speed_target, *given) == expected
+
+
+def test_the_card_counts_only_steps_beyond_the_planned_ones_as_extra():
+    from hfprune.card import _speed_target_info
+
+    def report(planned: int, measured: list[float]) -> dict:
+        steps = [{"step": i + 1, "predicted_speedup": x, "measured_speedup": x} for i, x in enumerate(measured)]
+        return {"target_speedup": 2.0, "predicted_speedup": measured[-1], "measured_speedup": measured[-1],
+                "met": measured[-1] >= 1.94, "batch_size": 32, "seq_len": 128, "planned_steps": planned, "measurements": steps}  # fmt: skip
+
+    assert _speed_target_info(report(2, [1.4, 2.0]))["verdict"] == "met"  # each planned step is measured
+    assert _speed_target_info(report(2, [1.4, 1.8, 2.0]))["verdict"] == "met, after 1 extra pruning step to close the gap"
+    assert _speed_target_info(report(1, [1.5, 1.7, 1.8]))["verdict"] == (
+        "missed: the extra pruning steps ran out, after 2 extra pruning steps to close the gap"
+    )
 
 
 def _flip_dev_labels(glue) -> None:
