@@ -11,7 +11,9 @@ Protocol (written into the JSON next to the numbers):
   `speedup` (target_speedup 1.5, 2, 3, 4: latency model, allocation by importance per saved second, closing
   measurement; `speedup_iterative` in 2 steps; `speedup_layer_distill` the same plus layer-wise distillation,
   distillation_layer_weight 1.0), `max_drop` (1.0 point, chosen on a slice of the recovery examples), `layers` (Sajjad "top",
-  2 to 5 of 6 layers), `heads` (heads only, 50% and 90%), and `torch_pruning` (its Taylor global pruning at
+  2 to 5 of 6 layers), `heads` (heads only, 50% and 90%), `l0`
+  (`method="l0"`, CoFi's L0 gates on heads, FFN neurons and blocks to a parameter budget: 75% and 66%, the
+  parameters of the 2x and 3x speed-target models; 1 epoch of gate training, then the recovery), and `torch_pruning` (its Taylor global pruning at
   the FLOPs of 1.5, 2, 3, 4x, then the same recovery through `PruningTrainer`).
 - "Before" is the dense model trained on the same recovery examples for as many epochs (the control), and the
   delta of every point is against it. Speed: dense vs pruned side by side at batch 32 x 128, medians, on this CPU.
@@ -34,7 +36,7 @@ import torch
 import hfprune
 from hfprune.speed import measure_speed
 
-METHODS = ("speedup", "speedup_iterative", "speedup_layer_distill", "max_drop", "layers", "heads", "torch_pruning")
+METHODS = ("speedup", "speedup_iterative", "speedup_layer_distill", "max_drop", "layers", "heads", "l0", "torch_pruning")
 SPEEDUPS = (1.5, 2.0, 3.0, 4.0)
 SEQ, BATCH = 128, 32
 SLICES = {"finetune": (0, 20000), "recovery": (20000, 22000)}
@@ -119,7 +121,9 @@ class Frontier:
         return any(point["method"] == method and point["target"] == target for point in self.result["points"])
 
     def add(self, point: dict) -> None:
-        epochs = max(point["pruning_steps"], 1)
+        # the control trains as many epochs as the point did in all (L0: gate training, then recovery)
+        steps_per_epoch = -(-len(self.data.train["recovery"]) // recipe(self.args)["batch_size"])
+        epochs = max(round(point["train_steps"] / steps_per_epoch), 1)
         point["control_dev_accuracy"] = self.control(epochs)
         point["delta_points_vs_control"] = 100 * (point["dev_accuracy"] - point["control_dev_accuracy"])
         self.result["points"].append(point)
@@ -208,6 +212,7 @@ def main() -> None:
     parser.add_argument("--layers", default="2,3,4,5", help="layers-only points: how many of 6 layers to drop")
     parser.add_argument("--max-drop", default="1.0", help="max_drop points, in points of accuracy")
     parser.add_argument("--distill-layers", type=float, default=1.0, help="speedup_layer_distill: distillation_layer_weight")
+    parser.add_argument("--l0-budgets", default="0.75,0.66", help="l0 points: fractions of the parameters to keep")
     parser.add_argument("--resume", action="store_true", help="keep the points of results/frontier.json")
     parser.add_argument("--dense-only", action="store_true", help="fine-tune (and cache) the dense model, then stop")
     args = parser.parse_args()
@@ -220,11 +225,14 @@ def main() -> None:
     for method in methods:
         if method == "speedup":
             for target in speedups:
-                frontier.prune("speedup", target, target_speedup=target)
+                frontier.prune("speedup", target, target_speedup=target, schedule="one_shot", distillation_layer_weight=0.0)
         elif method == "speedup_iterative":  # 2 steps: the second is corrected by the first one's measurement
             for target in speedups:
-                frontier.prune("speedup_iterative", target, target_speedup=target, schedule="iterative", steps=2)
-        elif method == "speedup_layer_distill":  # speedup_iterative plus CoFi's layer-wise distillation
+                frontier.prune(
+                    "speedup_iterative", target, target_speedup=target, schedule="iterative", steps=2,
+                    distillation_layer_weight=0.0,
+                )  # fmt: skip
+        elif method == "speedup_layer_distill":  # prune_for_task's default for a speed target: + layer-wise distillation
             for target in speedups:
                 frontier.prune(
                     "speedup_layer_distill", target, target_speedup=target, schedule="iterative", steps=2,
@@ -232,13 +240,18 @@ def main() -> None:
                 )  # fmt: skip
         elif method == "max_drop":
             for drop in [float(value) for value in args.max_drop.split(",")]:
-                frontier.prune("max_drop", drop, max_drop=drop, target_speedup=max(speedups), steps=4)
+                frontier.prune(
+                    "max_drop", drop, max_drop=drop, target_speedup=max(speedups), steps=4, distillation_layer_weight=0.0
+                )  # fmt: skip
         elif method == "layers":
             for dropped in [int(value) for value in args.layers.split(",")]:
                 frontier.prune("layers", f"{dropped}/6", layer_sparsity=dropped / 6, layer_strategy="top")
         elif method == "heads":
             for sparsity in (0.5, 0.9):
                 frontier.prune("heads", sparsity, head_sparsity=sparsity)
+        elif method == "l0":  # CoFi's gates on heads, FFN neurons and blocks, to a parameter budget (no speed target)
+            for budget in [float(value) for value in args.l0_budgets.split(",")]:
+                frontier.prune("l0", budget, method="l0", param_budget=budget)
         elif method == "torch_pruning":
             for target in speedups:
                 frontier.torch_pruning(target)
