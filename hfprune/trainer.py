@@ -19,12 +19,12 @@ averaged with `all_reduce`, so all ranks prune the same units (checked with an a
 from __future__ import annotations
 
 import copy
-from contextlib import nullcontext
 import gc
 import itertools
 import json
 import os
 import shutil
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -73,8 +73,8 @@ class PruningTrainer(Trainer):
     Args:
         score_dataset: examples to score heads / neurons / layers on (default: the training set; never the
             evaluation set). At most `args.score_num_examples` are used.
-        teacher_model: the distillation teacher (`args.distillation_alpha` or `args.distillation_layer_weight` > 0); default: a copy of the model
-            taken before the first pruning step.
+        teacher_model: the distillation teacher (`args.distillation_alpha` or `args.distillation_layer_weight` > 0);
+            default: a copy of the model taken before the first pruning step.
         speed_timer: with `args.target_speedup`, how models are timed (`hfprune.latency.Timer`); default
             `hfprune.measure_speed` on `args.device`, e.g. replace it to time in the runtime you deploy to.
         Everything else as in `transformers.Trainer`, except `model_init` and `optimizers` (an optimizer made
@@ -488,7 +488,9 @@ class PruningTrainer(Trainer):
         distilling = model.training and self.teacher_model is not None
         by_layer = distilling and args.distillation_layer_weight > 0
         with layer_outputs(self.model) if by_layer else nullcontext() as student_states:
-            loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+            loss, outputs = super().compute_loss(
+                model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
+            )
         if not model.training:
             return (loss, outputs) if return_outputs else loss
         extra = None
@@ -513,7 +515,8 @@ class PruningTrainer(Trainer):
     def _distillation_terms(self, inputs: dict[str, Any], outputs, student_states: dict | None) -> torch.Tensor:
         """alpha * the logit term, plus distillation_layer_weight * the layer-wise term; the teacher runs once."""
         args = self.args
-        with torch.no_grad(), layer_outputs(self.teacher_model) if student_states is not None else nullcontext() as teacher_states:
+        capture = layer_outputs(self.teacher_model) if student_states is not None else nullcontext()
+        with torch.no_grad(), capture as teacher_states:
             teacher_logits = self.teacher_model(**teacher_inputs(inputs)).logits
         student_logits = outputs["logits"] if isinstance(outputs, dict) else outputs[1]
         mask = inputs.get("attention_mask")
