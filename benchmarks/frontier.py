@@ -131,21 +131,22 @@ class Frontier:
             f"({point['delta_points_vs_control']:+.2f} vs control), {point['speedup']:.2f}x (ideal {point['ideal_speedup']:.2f}x)")  # fmt: skip
         self.save()
 
-    def prune(self, method: str, target, **targets) -> None:
-        if self.done(method, target):
+    def prune(self, name: str, target, **targets) -> None:
+        """One point, `name` at `target`: one `prune_for_task` call with the recipe and `targets`."""
+        if self.done(name, target):
             return
-        log(f"{method} {target}: prune_for_task {targets}")
+        log(f"{name} {target}: prune_for_task {targets}")
         try:
             result = hfprune.prune_for_task(
                 str(self.dense_dir), "sst2", output_dir=self.scratch / "pruned", overwrite=True, data_dir=self.glue,
                 dense_control=False, log=lambda message: log(f"  {message}"), **{**recipe(self.args), **targets},
             )  # fmt: skip
         except hfprune.PruningError as error:  # e.g. max_drop with no step within the drop: a result too
-            log(f"{method} {target}: {error}")
-            self.result.setdefault("failed", []).append({"method": method, "target": target, "error": str(error)})
+            log(f"{name} {target}: {error}")
+            self.result.setdefault("failed", []).append({"method": name, "target": target, "error": str(error)})
             self.save()
             return
-        self.add(point_from_result(result, method, target))
+        self.add(point_from_result(result, name, target))
 
     def torch_pruning(self, target: float) -> None:
         if self.done("torch_pruning", target):
