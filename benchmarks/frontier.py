@@ -10,7 +10,8 @@ Protocol (written into the JSON next to the numbers):
 - Methods, one `hfprune.prune_for_task` call per point (Torch-Pruning excepted, which is not hfprune):
   `speedup` (target_speedup 1.5, 2, 3, 4: latency model, allocation by importance per saved second, closing
   measurement; `speedup_iterative` in 2 steps; `speedup_layer_distill` the same plus layer-wise distillation,
-  distillation_layer_weight 1.0), `max_drop` (1.0 point, chosen on a slice of the recovery examples), `layers` (Sajjad "top",
+  distillation_layer_weight 1.0), `max_drop` (1.0 point, chosen on a slice of the recovery examples;
+  `max_drop_layer_distill` the same plus layer-wise distillation), `layers` (Sajjad "top",
   2 to 5 of 6 layers), `heads` (heads only, 50% and 90%), `l0`
   (`method="l0"`, CoFi's L0 gates on heads, FFN neurons and blocks to a parameter budget: 75% and 66%, the
   parameters of the 2x and 3x speed-target models; 1 epoch of gate training, then the recovery), and `torch_pruning` (its Taylor global pruning at
@@ -36,7 +37,7 @@ import torch
 import hfprune
 from hfprune.speed import measure_speed
 
-METHODS = ("speedup", "speedup_iterative", "speedup_layer_distill", "max_drop", "layers", "heads", "l0", "torch_pruning")
+METHODS = ("speedup", "speedup_iterative", "speedup_layer_distill", "max_drop", "max_drop_layer_distill", "layers", "heads", "l0", "torch_pruning")
 SPEEDUPS = (1.5, 2.0, 3.0, 4.0)
 SEQ, BATCH = 128, 32
 SLICES = {"finetune": (0, 20000), "recovery": (20000, 22000)}
@@ -243,6 +244,12 @@ def main() -> None:
             for drop in [float(value) for value in args.max_drop.split(",")]:
                 frontier.prune(
                     "max_drop", drop, max_drop=drop, target_speedup=max(speedups), steps=4, distillation_layer_weight=0.0
+                )  # fmt: skip
+        elif method == "max_drop_layer_distill":  # prune_for_task's default for max_drop: + layer-wise distillation
+            for drop in [float(value) for value in args.max_drop.split(",")]:
+                frontier.prune(
+                    "max_drop_layer_distill", drop, max_drop=drop, target_speedup=max(speedups), steps=4,
+                    distillation_layer_weight=args.distill_layers,
                 )  # fmt: skip
         elif method == "layers":
             for dropped in [int(value) for value in args.layers.split(",")]:
