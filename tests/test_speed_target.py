@@ -233,6 +233,7 @@ def test_prune_for_task_meets_a_speed_target_and_the_card_reports_target_predict
     settings = result.settings
     assert (settings["schedule"], settings["steps"]) == ("iterative", 2) and len(result.pruning_history) == 3
     assert (settings["distillation_alpha"], settings["distillation_layer_weight"]) == (0.5, 1.0)
+    assert result.dense_control["protocol"].endswith("without pruning or distillation")  # the control is not distilled
     saved = json.loads((tmp_path / "out" / "hfprune_results.json").read_text())
     assert saved["speed_target"]["measured_speedup"] == report["measured_speedup"]
     card = (tmp_path / "out" / "README.md").read_text()
