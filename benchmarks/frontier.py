@@ -38,8 +38,10 @@ import torch
 import hfprune
 from hfprune.speed import measure_speed
 
-METHODS = ("speedup", "speedup_iterative", "speedup_layer_distill", "max_drop", "max_drop_layer_distill", "layers", "heads", "heads_no_retraining", "l0",
-           "torch_pruning")
+METHODS = (
+    "speedup", "speedup_iterative", "speedup_layer_distill", "max_drop", "max_drop_layer_distill", "layers", "heads",
+    "heads_no_retraining", "l0", "torch_pruning",
+)  # fmt: skip
 SPEEDUPS = (1.5, 2.0, 3.0, 4.0)
 SEQ, BATCH = 128, 32
 SLICES = {"finetune": (0, 20000), "recovery": (20000, 22000)}
