@@ -292,7 +292,7 @@ def _fix_after_tp(model: nn.Module) -> None:
 
 def torch_pruning_prune(model: nn.Module, loader: list[dict], target: int) -> dict[str, Any]:
     """Torch-Pruning's global pruning of `model` in place, its ratio bisected until the parameter count is `target`."""
-    from tp_baseline import _copy_with_grads, _tp_version, import_torch_pruning
+    from tp_baseline import _copy_with_grads, _tp_version, bisect_pruning_ratio, import_torch_pruning
 
     start = time.perf_counter()
     tp = import_torch_pruning()
@@ -301,7 +301,7 @@ def torch_pruning_prune(model: nn.Module, loader: list[dict], target: int) -> di
     for batch in loader:  # Taylor: gradients of the LM loss, summed over the calibration blocks
         model(**batch).loss.backward()
     example = {"input_ids": loader[0]["input_ids"][:1]}
-    trials, failures = [], []
+    trials = []
     importance = "taylor"
 
     try:  # TP's Taylor importance, unless it cannot score this model: then TP's magnitude importance
@@ -320,20 +320,9 @@ def torch_pruning_prune(model: nn.Module, loader: list[dict], target: int) -> di
         log(f"  pruning_ratio {ratio:.4f}: {value:,} parameters ({value / target:.4f} of the target)")
         return value
 
-    low, high, best = 0.0, 0.95, (0.0, num_parameters(model))
-    for _ in range(24):
-        middle = (low + high) / 2
-        try:
-            value = count(middle)
-        except Exception as error:  # noqa: BLE001 - TP emptied or broke something: prune less
-            failures.append(f"pruning_ratio={middle:.4f}: {type(error).__name__}: {error}")
-            high = middle
-            continue
-        if abs(value / target - 1) < abs(best[1] / target - 1):
-            best = (middle, value)
-        if abs(value / target - 1) <= PARAM_TOLERANCE:
-            break
-        low, high = (middle, high) if value > target else (low, middle)
+    best, failures = bisect_pruning_ratio(
+        count, target, start=(0.0, num_parameters(model)), grows_with_ratio=False, tolerance=PARAM_TOLERANCE
+    )
     if abs(best[1] / target - 1) > PARAM_TOLERANCE:
         raise ValueError(f"Torch-Pruning reached no ratio within {PARAM_TOLERANCE:.1%} of {target:,} parameters: trials {trials}; failed {failures}")
     _tp_prune(model, example, best[0], importance)

@@ -29,7 +29,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -226,6 +226,40 @@ def _trial(model: nn.Module, example_inputs: dict[str, torch.Tensor], ratio: flo
 
 
 # ---- public -------------------------------------------------------------------------------------------
+def bisect_pruning_ratio(
+    measure: Callable[[float], float],
+    target: float,
+    *,
+    start: tuple[float, float],
+    grows_with_ratio: bool,
+    tolerance: float,
+    steps: int = MAX_BISECTION_STEPS,
+) -> tuple[tuple[float, float], list[str]]:
+    """Bisect TP's `pruning_ratio` in [0, MAX_PRUNING_RATIO] until `measure(ratio)` is within `tolerance` of `target`.
+
+    `start` is (ratio, value) of the unpruned model; `grows_with_ratio` says which way the value moves (a FLOPs ratio
+    grows, a parameter count shrinks). A ratio at which TP fails (an emptied layer, a broken shape) counts as too
+    much pruning. Returns the (ratio, value) closest to the target, and the failures.
+    """
+    best, failures = start, []
+    low, high = 0.0, MAX_PRUNING_RATIO
+    for _ in range(steps):
+        middle = (low + high) / 2
+        try:
+            value = measure(middle)
+        except Exception as error:  # noqa: BLE001 - TP emptied a layer or broke a shape: prune less; reported by the caller
+            failures.append(f"pruning_ratio={middle:.4f}: {type(error).__name__}: {error}")
+            high = middle
+            continue
+        if abs(value / target - 1) < abs(best[1] / target - 1):
+            best = (middle, value)
+        if abs(value / target - 1) <= tolerance:
+            break
+        too_little = value < target if grows_with_ratio else value > target
+        low, high = (middle, high) if too_little else (low, middle)
+    return best, failures
+
+
 def torch_pruning_prune(
     model: nn.Module,
     batches: Sequence[Mapping[str, torch.Tensor]],
@@ -265,22 +299,10 @@ def torch_pruning_prune(
         steps.append((round(r, 5), round(value, 4)))
         return value
 
-    best: tuple[float, float] = (0.0, 1.0)  # (pruning_ratio, flops ratio) closest to the target so far
-    failures: list[str] = []
-    low, high = 0.0, MAX_PRUNING_RATIO
-    for _ in range(MAX_BISECTION_STEPS if target_flops_ratio > 1 else 0):
-        middle = (low + high) / 2
-        try:
-            value = ratio_at(middle)
-        except Exception as error:  # noqa: BLE001 - TP emptied a layer or broke a shape: prune less; reported below
-            failures.append(f"pruning_ratio={middle:.4f}: {type(error).__name__}: {error}")
-            high = middle
-            continue
-        if abs(value / target_flops_ratio - 1) < abs(best[1] / target_flops_ratio - 1):
-            best = (middle, value)
-        if abs(value / target_flops_ratio - 1) <= BISECTION_TOLERANCE:
-            break
-        low, high = (middle, high) if value < target_flops_ratio else (low, middle)
+    best, failures = bisect_pruning_ratio(
+        ratio_at, target_flops_ratio, start=(0.0, 1.0), grows_with_ratio=True, tolerance=BISECTION_TOLERANCE,
+        steps=MAX_BISECTION_STEPS if target_flops_ratio > 1 else 0,
+    )  # fmt: skip
     if abs(best[1] / target_flops_ratio - 1) > FLOPS_TOLERANCE:
         reached = max((value for _, value in steps), default=1.0)
         raise ValueError(
