@@ -255,7 +255,7 @@ def train_dense_control(
         "pruned_steps": pruned_steps,
         "protocol": f"the dense model trained on the same {len(train):,} examples for {epochs:g} epochs ({steps:,} steps; "
         f"the pruned model trained {pruned_steps:,}) at the same learning rate and batch size, without pruning"
-        + (" or distillation" if args.distillation_alpha > 0 or args.distillation_layer_weight > 0 else ""),
+        + (" or distillation" if args.distills else ""),
     }
 
 

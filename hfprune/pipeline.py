@@ -314,8 +314,7 @@ def prune_for_task(
 
         # The dense model stays only as the distillation teacher; the pruned one is edited in place. For timing,
         # a dense twin with the original shapes is built afterwards (speed does not depend on weight values).
-        distilling = distillation_alpha > 0 or distillation_layer_weight > 0
-        teacher = copy.deepcopy(model).eval() if distilling else None
+        teacher = copy.deepcopy(model).eval() if pruning_args.distills else None
         base_parameters = sum(p.numel() for p in model.parameters())
         # Per-step evaluation only pays for an iterative schedule (its curve goes into the history).
         iterative = schedule == "iterative" and steps > 1

@@ -316,6 +316,11 @@ class PruningConfig(TrainingArguments):
         }
 
     @property
+    def distills(self) -> bool:
+        """Whether recovery learns from a teacher (on the logits, the layers, or both)."""
+        return self.distillation_alpha > 0 or self.distillation_layer_weight > 0
+
+    @property
     def allocates_param_budget(self) -> bool:
         """Whether `target_param_budget` is spent by allocation (no sparsity mix, a gradient method)."""
         mix = self.target_head_sparsity or self.target_ffn_sparsity or self.target_layer_sparsity

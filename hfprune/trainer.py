@@ -73,8 +73,8 @@ class PruningTrainer(Trainer):
     Args:
         score_dataset: examples to score heads / neurons / layers on (default: the training set; never the
             evaluation set). At most `args.score_num_examples` are used.
-        teacher_model: the distillation teacher (`args.distillation_alpha` or `args.distillation_layer_weight` > 0);
-            default: a copy of the model taken before the first pruning step.
+        teacher_model: the distillation teacher (when `args.distills`); default: a copy of the model taken
+            before the first pruning step.
         speed_timer: with `args.target_speedup`, how models are timed (`hfprune.latency.Timer`); default
             `hfprune.measure_speed` on `args.device`, e.g. replace it to time in the runtime you deploy to.
         Everything else as in `transformers.Trainer`, except `model_init` and `optimizers` (an optimizer made
@@ -151,7 +151,7 @@ class PruningTrainer(Trainer):
         checkpoint = self._find_checkpoint(resume_from_checkpoint)
         state = self._read_pruning_state(checkpoint) if checkpoint else None
 
-        own_teacher = (args.distillation_alpha > 0 or args.distillation_layer_weight > 0) and self.teacher_model is None
+        own_teacher = args.distills and self.teacher_model is None
         if own_teacher:
             self.teacher_model = copy.deepcopy(self.model)  # the unpruned model, before any restore or surgery
         if self.teacher_model is not None:
