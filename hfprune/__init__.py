@@ -34,7 +34,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "loading": ("from_pretrained", "save_for_remote_code"),
     "masks": ("MaskHandle", "apply_masks", "make_ffn_mask", "make_head_mask", "make_layer_mask", "skip_layers"),
     "onnx_export": ("OnnxExport", "export_onnx"),
-    "pipeline": ("PruneResult", "prune_for_task"),
+    "pipeline": ("SPEED_TARGET_RECIPE", "PruneResult", "prune_for_task"),
     "plan": (
         "best_head_per_layer",
         "ffn_to_prune",
@@ -95,7 +95,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from .loading import from_pretrained, save_for_remote_code
     from .masks import MaskHandle, apply_masks, make_ffn_mask, make_head_mask, make_layer_mask, skip_layers
     from .onnx_export import OnnxExport, export_onnx
-    from .pipeline import PruneResult, prune_for_task
+    from .pipeline import SPEED_TARGET_RECIPE, PruneResult, prune_for_task
     from .plan import best_head_per_layer, ffn_to_prune, head_sparsity, heads_to_prune, iterative_head_pruning, layers_to_drop
     from .pruning_config import PruningArguments, PruningConfig
     from .record import get_record

@@ -22,6 +22,7 @@ import os
 import shutil
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from torch.utils.data import DataLoader
@@ -48,14 +49,14 @@ from .tasks import evaluate_model, load_task_data, scoring_batches  # noqa: F401
 logger = logging.getLogger(__name__)
 
 # The jobs. The names imported above from their new homes (TaskData, evaluate_model, ...) stay importable here.
-__all__ = ["PruneResult", "benchmark_checkpoint", "check_sparsity", "drop_layers_for_task", "prune_for_task", "score_heads", "score_task"]
+__all__ = ["SPEED_TARGET_RECIPE", "PruneResult", "benchmark_checkpoint", "check_sparsity", "drop_layers_for_task", "prune_for_task", "score_heads", "score_task"]
 
 
 # How a speed target (`target_speedup`, `max_drop`) recovers unless told otherwise: two pruning steps, the second
 # corrected by the first one's measurement, distilled from the dense model's logits and from each of its layers.
 # On MiniLM-L6 / SST-2 at 3x this gave 83.49% where one step without distillation gave 73.62%, and it matched or
 # beat one step at 1.5x and 2x (benchmarks/README.md, section 0).
-SPEED_TARGET_RECIPE = {"steps": 2, "distillation_alpha": 0.5, "distillation_layer_weight": 1.0}
+SPEED_TARGET_RECIPE = MappingProxyType({"steps": 2, "distillation_alpha": 0.5, "distillation_layer_weight": 1.0})
 
 
 def recovery_recipe(
