@@ -317,12 +317,29 @@ def test_the_first_step_beyond_the_drop_stops_the_run_and_the_last_one_within_is
     assert summary["dense_selection_metric"] == 0.90 and "40 held-out training examples" in summary["protocol"]
 
 
-def test_cli_speedup_and_max_drop(tmp_path):
+def test_the_default_timer_times_every_model_at_the_named_shape():
+    from hfprune.latency import speed_timer
+
+    seconds = speed_timer(BATCH, SEQ, num_threads=1, repeats=2, warmup=1)({"dense": tiny_model("bert"), "pruned": tiny_model("llama")})
+    assert set(seconds) == {"dense", "pruned"} and all(value > 0 for value in seconds.values())
+
+
+def test_cli_speedup_and_max_drop(tmp_path, monkeypatch):
+    """The CLI's flags reach the speed target; its timer is swapped for FLOPs (`flops_timer`), since wall-clock
+    timings of a tiny model on a shared machine decide nothing (a run on CI measured 0.93x for a 1.6x structure)."""
     import json
 
+    import hfprune.speed_target
     from cli_fixtures import write_sst2, write_tiny_bert
     from test_cli_commands import cli, one_error_line
 
+    shapes = []
+
+    def timer_at(batch_size, seq_len, **kwargs):
+        shapes.append((batch_size, seq_len))
+        return flops_timer
+
+    monkeypatch.setattr(hfprune.speed_target, "speed_timer", timer_at)
     write_tiny_bert(tmp_path / "clf", with_head=True)
     write_sst2(tmp_path / "glue")
     common = ["--task", "sst2", "--data-dir", tmp_path / "glue", "--lr", "1e-3", "--batch-size", "16", "--max-length", "16",
@@ -331,7 +348,8 @@ def test_cli_speedup_and_max_drop(tmp_path):
     result = cli("prune", tmp_path / "clf", "-o", tmp_path / "fast", "--speedup", "1.2", *common)  # 1 of 2 layers: ~1.6x
     assert result.exit_code == 0, result.stdout[-3000:] + result.stderr[-3000:]
     saved = json.loads((tmp_path / "fast" / "hfprune_results.json").read_text())
-    assert saved["settings"]["target_speedup"] == 1.2 and saved["speed_target"]["measured_speedup"] > 1.0
+    assert saved["settings"]["target_speedup"] == 1.2 and shapes == [(BATCH, SEQ)]
+    assert saved["speed_target"]["met"] and saved["speed_target"]["measured_speedup"] >= 1.2 * 0.97
     assert "speed target 1.20x" in result.stdout
 
     result = cli("prune", tmp_path / "clf", "-o", tmp_path / "drop", "--max-drop", "100", "--steps", "2", "--speedup", "1.2", *common)
