@@ -57,6 +57,11 @@ def load_avg() -> list[float]:
 
 
 # ---- data ---------------------------------------------------------------------------------------------
+# The frontier's slices of the shuffle, and the held-out train examples that choose between recipes (dev never does).
+FRONTIER_SLICES = {"finetune": (0, 20000), "recovery": (20000, 22000)}
+SELECTION_SLICE = (22000, 23000)
+
+
 class SST2:
     """SST-2 slices of one seeded shuffle of train.tsv, named and disjoint; dev (872 examples) is only evaluated.
 
@@ -162,3 +167,39 @@ def write_glue_folder(data: SST2, slice_name: str, folder: Path) -> Path:
     (folder / "SST-2" / "train.tsv").write_text("\n".join(rows) + "\n")
     shutil.copy(GLUE / "SST-2" / "dev.tsv", folder / "SST-2" / "dev.tsv")
     return folder
+
+
+def protocol_of(doc: str) -> str:
+    """The "Protocol (written into the JSON next to the numbers):" section of a benchmark's docstring."""
+    return doc.split("Protocol (written into the JSON next to the numbers):\n")[1].split("\n\nResults:")[0]
+
+
+class HeldOutChoice:
+    """Settings compared on the frontier's dense model and recovery slice, and CHOSEN on `SELECTION_SLICE`.
+
+    Each run is one `prune_for_task` call writing to `self.output`; `select_accuracy()` scores what it wrote on the
+    held-out train examples. Results accumulate in `results/<name>`, so an interrupted comparison resumes.
+    """
+
+    def __init__(self, name: str, doc: str, max_length: int = 128):
+        self.data = SST2({**FRONTIER_SLICES, "select": SELECTION_SLICE}, max_length=max_length)
+        self.dense_dir = CACHE / "minilm-sst2-frontier"
+        dense_finetuned(self.data, self.dense_dir)  # cached by the frontier
+        self.select = self.data.batches(self.data.train["select"])
+        scratch = Path(tempfile.mkdtemp(prefix="held-out-choice-"))
+        self.glue = write_glue_folder(self.data, "recovery", scratch / "glue")
+        self.output = scratch / "pruned"
+        self.name = name
+        previous = RESULTS / name
+        self.result = json.loads(previous.read_text()) if previous.exists() else {}
+        self.result["protocol"] = protocol_of(doc)
+        self.runs = self.result.setdefault("runs", {})
+
+    def select_accuracy(self) -> float:
+        return accuracy(hfprune.from_pretrained(self.output), self.select)
+
+    def save(self, eligible=lambda key, run: True) -> None:
+        """Write the results, with the eligible run most accurate on the held-out slice as `chosen`."""
+        runs = {key: run for key, run in self.runs.items() if eligible(key, run)}
+        self.result["chosen"] = max(runs, key=lambda key: runs[key]["select_accuracy"]) if runs else None
+        save_json(RESULTS, self.name, self.result)

@@ -31,7 +31,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import CACHE, RECIPE_TEXT, RESULTS, SST2, accuracy, dense_finetuned, load_avg, log, save_json, train, write_glue_folder
+from common import CACHE, FRONTIER_SLICES, RECIPE_TEXT, RESULTS, SST2, accuracy, dense_finetuned, load_avg, log, protocol_of, save_json, train, write_glue_folder
 
 import torch
 
@@ -44,7 +44,7 @@ METHODS = (
 )  # fmt: skip
 SPEEDUPS = (1.5, 2.0, 3.0, 4.0)
 SEQ, BATCH = 128, 32
-SLICES = {"finetune": (0, 20000), "recovery": (20000, 22000)}
+SLICES = FRONTIER_SLICES
 QUICK_SLICES = {"finetune": (0, 320), "recovery": (20000, 20160)}
 
 
@@ -97,7 +97,7 @@ class Frontier:
         self.result.update(
             what="SST-2 dev accuracy against measured speedup (batch 32 x 128, CPU) of MiniLM-L6, every point made by "
             "hfprune.prune_for_task except Torch-Pruning's",
-            protocol=__doc__.split("Protocol (written into the JSON next to the numbers):\n")[1].split("\n\nResults:")[0],
+            protocol=protocol_of(__doc__),
             recipe={key: value for key, value in recipe(args).items() if key != "bench_threads"},
             recovery_examples=len(self.data.train["recovery"]),
             training=RECIPE_TEXT,

@@ -21,19 +21,15 @@ Results: benchmarks/results/l0_learning_rate.json.
 from __future__ import annotations
 
 import argparse
-import json
-import tempfile
 import time
-from pathlib import Path
 
-from common import CACHE, RESULTS, SST2, accuracy, dense_finetuned, load_avg, log, save_json, write_glue_folder
+from common import HeldOutChoice, load_avg, log
 
 import torch
 
 import hfprune
 from hfprune import pruning_config
 
-SLICES = {"finetune": (0, 20000), "recovery": (20000, 22000), "select": (22000, 23000)}  # the frontier's, + select
 CONFIGS = {
     "lr0.05": {"l0_learning_rate": 0.05},  # the default before this benchmark
     "lr0.05_keep0.5": {"l0_learning_rate": 0.05, "l0_init_keep": 0.5},  # CoFi's initial gates
@@ -64,16 +60,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    data = SST2(SLICES, max_length=128)
-    dense_dir = CACHE / "minilm-sst2-frontier"
-    dense_finetuned(data, dense_dir)  # cached by the frontier
-    select = data.batches(data.train["select"])
-    scratch = Path(tempfile.mkdtemp(prefix="l0-lr-"))
-    glue = write_glue_folder(data, "recovery", scratch / "glue")
-    previous = RESULTS / "l0_learning_rate.json"
-    result = json.loads(previous.read_text()) if previous.exists() else {}
-    result.update(protocol=__doc__.split("Protocol (written into the JSON next to the numbers):\n")[1].split("\n\nResults:")[0])
-    runs = result.setdefault("runs", {})
+    choice = HeldOutChoice("l0_learning_rate.json", __doc__)
+    runs = choice.runs
     for name in args.configs.split(","):
         key = f"{name}@{args.budget:g}"
         if key in runs:
@@ -82,7 +70,7 @@ def main() -> None:
         OVERRIDES.update(CONFIGS[name])
         start = time.time()
         pruned = hfprune.prune_for_task(
-            str(dense_dir), "sst2", output_dir=scratch / "pruned", overwrite=True, data_dir=glue, dense_control=False,
+            str(choice.dense_dir), "sst2", output_dir=choice.output, overwrite=True, data_dir=choice.glue, dense_control=False,
             method="l0", param_budget=args.budget, recovery_epochs=1.0, learning_rate=1e-4, batch_size=32,
             distillation_alpha=0.5, score_num_examples=512, max_length=128, seed=0, device="cpu", bench=False,
             log=lambda message: log(f"  {message}"),
@@ -91,22 +79,16 @@ def main() -> None:
             "settings": CONFIGS[name],
             "expected_gated_sparsity": pruned.param_target["expected_gated_sparsity"],
             "kept_fraction": pruned.param_target["kept_fraction"],
-            "select_accuracy": accuracy(hfprune.from_pretrained(scratch / "pruned"), select),
+            "select_accuracy": choice.select_accuracy(),
             "dev_accuracy": pruned.metrics_after["validation"]["accuracy"],
             "kept": {unit: values["kept"] for unit, values in pruned.sparsity.items()},
             "seconds": round(time.time() - start, 1),
             "load_average": load_avg(),
         }
         log(key, runs[key])
-        save(result)
-    save(result)
-    log("chosen on the selection slice:", result["chosen"])
-
-
-def save(result: dict) -> None:
-    runs = result["runs"]
-    result["chosen"] = max(runs, key=lambda run: runs[run]["select_accuracy"]) if runs else None
-    save_json(RESULTS, "l0_learning_rate.json", result)
+        choice.save()
+    choice.save()
+    log("chosen on the selection slice:", choice.result["chosen"])
 
 
 if __name__ == "__main__":
