@@ -44,7 +44,6 @@ METHODS = (
 )  # fmt: skip
 SPEEDUPS = (1.5, 2.0, 3.0, 4.0)
 SEQ, BATCH = 128, 32
-SLICES = FRONTIER_SLICES
 QUICK_SLICES = {"finetune": (0, 320), "recovery": (20000, 20160)}
 
 
@@ -82,7 +81,7 @@ class Frontier:
     def __init__(self, args):
         self.args = args
         self.out = RESULTS / "quick" if args.quick else RESULTS
-        slices = dict(QUICK_SLICES if args.quick else SLICES)
+        slices = dict(QUICK_SLICES if args.quick else FRONTIER_SLICES)
         slices["recovery"] = (slices["recovery"][0], slices["recovery"][0] + (args.n_recovery or slices["recovery"][1] - slices["recovery"][0]))
         self.data = SST2(slices, max_length=SEQ, n_dev=64 if args.quick else None)
         self.dense_dir = CACHE / ("minilm-sst2-frontier-quick" if args.quick else "minilm-sst2-frontier")

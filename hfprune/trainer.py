@@ -520,9 +520,11 @@ class PruningTrainer(Trainer):
             teacher_logits = self.teacher_model(**teacher_inputs(inputs)).logits
         student_logits = outputs["logits"] if isinstance(outputs, dict) else outputs[1]
         mask = inputs.get("attention_mask")
-        terms = args.distillation_alpha * logit_distillation_loss(
-            teacher_logits, student_logits, mask, args.distillation_temperature
-        )
+        terms = torch.zeros((), device=student_logits.device)
+        if args.distillation_alpha > 0:  # a decoder's KL spans the vocabulary at every token: skip it when unweighted
+            terms = args.distillation_alpha * logit_distillation_loss(
+                teacher_logits, student_logits, mask, args.distillation_temperature
+            )
         if student_states is not None:
             pairs, channels = layer_pairs(self.model, self.teacher_model)
             layer_term = layer_distillation_loss(student_states, teacher_states, pairs, channels, mask)
