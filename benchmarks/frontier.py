@@ -36,7 +36,7 @@ from common import CACHE, FRONTIER_SLICES, RECIPE_TEXT, RESULTS, SST2, accuracy,
 import torch
 
 import hfprune
-from hfprune.speed import measure_speed
+from hfprune.measure.speed import measure_speed
 
 METHODS = (
     "speedup", "speedup_iterative", "speedup_layer_distill", "max_drop", "max_drop_layer_distill", "layers", "heads",

@@ -22,7 +22,7 @@ from common import CACHE, RESULTS, load_avg, log, protocol_of, save_json
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from hfprune.latency import measure_latency_model, speed_timer
+from hfprune.measure.latency import measure_latency_model, speed_timer
 
 COSTS = ("head", "neuron", "attention", "mlp", "layer", "dense_seconds")
 

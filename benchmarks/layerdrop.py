@@ -27,9 +27,9 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
 import hfprune
-from hfprune import tasks
-from hfprune.callbacks import LayerDropCallback
-from hfprune.demo import default_model_path
+from hfprune.tasks import task_data as tasks
+from hfprune.training.callbacks import LayerDropCallback
+from hfprune.jobs.demo import default_model_path
 
 DEPTHS = {"full (6 layers)": [], "drop [1,3,5]": [1, 3, 5], "drop [0,2,4]": [0, 2, 4]}
 

@@ -11,7 +11,7 @@ in onnxruntime's CPU provider with a fixed thread count (intra-op = --threads, i
 full graph optimisation), on the same seeded token ids with a full attention mask. After warm-up, every round times
 one run of each model, the order alternating between rounds; medians with p25-p75. The ideal speedup is the FLOPs
 ratio of the two PyTorch models (`hfprune.count_flops`, matrix products). Goal (issue 14): measured speedup >= 0.9x
-the ideal at batch 16 x 128. The noise checks of `hfprune.speed` (spread, drift, speedup above ideal, load) are
+the ideal at batch 16 x 128. The noise checks of `hfprune.measure.speed` (spread, drift, speedup above ideal, load) are
 recorded with the numbers.
 """
 
@@ -37,8 +37,8 @@ import torch  # noqa: E402
 from transformers import AutoModelForSequenceClassification  # noqa: E402
 
 import hfprune  # noqa: E402
-from hfprune.demo import default_model_path  # noqa: E402
-from hfprune.speed import load_reasons, noise_reasons  # noqa: E402
+from hfprune.jobs.demo import default_model_path  # noqa: E402
+from hfprune.measure.speed import load_reasons, noise_reasons  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 GOAL = 0.9

@@ -37,9 +37,9 @@ from torch.utils.data import DataLoader
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
 import hfprune
-from hfprune import tasks
-from hfprune.demo import default_model_path
-from hfprune.scores import normalize_per_layer
+from hfprune.tasks import task_data as tasks
+from hfprune.jobs.demo import default_model_path
+from hfprune.scoring.common import normalize_per_layer
 
 
 def save(name: str, payload: dict) -> None:

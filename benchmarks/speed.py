@@ -6,7 +6,7 @@ Stages (results in benchmarks/results/speed_*.{json,png,md}; --quick writes benc
 
 - attn:     eager vs sdpa attention, dense and 50 % heads, on this CPU; the faster one is used below.
 - pruning:  dense vs pruned MiniLM-L6 (50 % heads, 50 % FFN, 3 of 6 layers, all three) at batch
-            1..64 x seq 128, measured side by side with `hfprune.speed.measure_speed`; goal: measured
+            1..64 x seq 128, measured side by side with `hfprune.measure.speed.measure_speed`; goal: measured
             speedup >= 0.9x the ideal (FLOPs-ratio) speedup at batch >= 16.
 - shapes:   when rounding kept FFN widths / head counts (`ffn_to_prune(..., multiple_of=64)`) pays off.
 - headline: MiniLM-L6 configurations pruned, recovered and distilled by `hfprune.prune_for_task` on SST-2:
@@ -47,10 +47,10 @@ from transformers import (
 )
 
 import hfprune
-from hfprune import tasks
-from hfprune.demo import default_model_path
-from hfprune.plan import ffn_to_prune
-from hfprune.speed import SpeedReport, measure_speed
+from hfprune.tasks import task_data as tasks
+from hfprune.jobs.demo import default_model_path
+from hfprune.planning.plan import ffn_to_prune
+from hfprune.measure.speed import SpeedReport, measure_speed
 
 DENSE_CACHE = CACHE / "minilm-sst2-headline"  # the headline's dense model (fine-tuned by PruningTrainer)
 STAGES = ("attn", "pruning", "shapes", "headline", "cost")

@@ -6,7 +6,7 @@ The point is to run TP the way its own documentation does, not a re-implementati
 fair FLOPs-matched comparison needs and TP does not do itself:
 
 * a bisection on TP's single knob (`pruning_ratio`, with `head_pruning_ratio` tied to it) until the model's
-  forward FLOPs, counted by `hfprune.speed.count_flops`, are `1 / target_flops_ratio` of the dense model's;
+  forward FLOPs, counted by `hfprune.measure.speed.count_flops`, are `1 / target_flops_ratio` of the dense model's;
 * the attribute fix-up after surgery that transformers' `BertSelfAttention.forward` needs
   (`attention_head_size` is read to reshape q/k/v; the head counts are kept in step for anyone reading them).
 
@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from hfprune.speed import count_flops
+from hfprune.measure.speed import count_flops
 
 DEFAULT_TP_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".cache", "torch-pruning")
 FALLBACK_TP_PATH = "/tmp/tp"
@@ -334,7 +334,7 @@ def torch_pruning_prune(
             "gradient_batches": len(batches),
             "gradient_examples": examples,
             "flops_counted_at": [batch_size, seq_len],
-            "flops_counter": "hfprune.speed.count_flops",
+            "flops_counter": "hfprune.measure.speed.count_flops",
             "bisection_trials": steps,
             "bisection_failures": failures,
             "seconds": round(time.perf_counter() - start, 1),
@@ -366,7 +366,7 @@ def _smoke(targets: Sequence[float]) -> None:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from hfprune.demo import default_model_path
+    from hfprune.jobs.demo import default_model_path
 
     hf_logging.set_verbosity_error()
     torch.set_num_threads(1)

@@ -46,7 +46,7 @@ def demo(
 ) -> None:
     """Prune a real pretrained model end to end: heads, FFN neurons and a layer; check and reload it."""
     from hfprune import PruningError
-    from hfprune.demo import run_demo
+    from hfprune.jobs.demo import run_demo
 
     if output_dir is not None and output_dir.exists() and any(output_dir.iterdir()):
         fail(f"output directory {output_dir} is not empty; choose another --output-dir")

@@ -173,7 +173,7 @@ def handle_errors() -> Iterator[None]:
     a full disk says so, and that the run can be resumed once space is freed.
     """
     from hfprune.errors import PruningError, WeakBaselineError
-    from hfprune.output import is_disk_full
+    from hfprune.io.output import is_disk_full
 
     try:
         yield
@@ -184,8 +184,8 @@ def handle_errors() -> Iterator[None]:
     except Exception as error:
         if os.environ.get("HFPRUNE_DEBUG"):
             raise
-        from hfprune.hub import HubPushError
-        from hfprune.tasks import TaskDataError
+        from hfprune.export.hub import HubPushError
+        from hfprune.tasks.task_data import TaskDataError
 
         message = str(getattr(error, "cli_message", None) or error).strip()
         text = message.splitlines()[0] if message else type(error).__name__

@@ -22,7 +22,7 @@ def convert(
     """
     with handle_errors():
         quiet_libraries()
-        from hfprune.convert import convert_checkpoint
+        from hfprune.export.convert import convert_checkpoint
 
         result = convert_checkpoint(checkpoint, output_dir, overwrite=overwrite)
     heads = sum(len(heads) for heads in result.pruned_heads.values())

@@ -30,7 +30,7 @@ def export(
         fail(f"unknown --format {format!r}; choose {', '.join(FORMATS)}")
     with handle_errors():
         quiet_libraries()
-        from hfprune.onnx_export import OnnxMismatchError, export_onnx
+        from hfprune.export.onnx import OnnxMismatchError, export_onnx
 
         try:
             result = export_onnx(checkpoint, output_dir, opset=opset, atol=atol, rtol=rtol, overwrite=overwrite)

@@ -27,7 +27,7 @@ def push(
     Example: hfprune push ./bert-mnli-pruned me/bert-mnli-pruned --private
     """
     from hfprune.errors import PruningError
-    from hfprune.hub import WEIGHT_PATTERNS, HubPushError, check_repo_id, needs_card, push_to_hub
+    from hfprune.export.hub import WEIGHT_PATTERNS, HubPushError, check_repo_id, needs_card, push_to_hub
 
     # Bad input (exit 2) is told apart from a failed upload (exit 1) before any network call.
     try:

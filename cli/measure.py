@@ -37,7 +37,7 @@ def score(
         quiet_libraries()
         import torch
 
-        from hfprune.pipeline import score_task
+        from hfprune.jobs.score import score_task
 
         if method not in SCORING_METHODS:
             fail(f"unknown --method {method!r}; choose {choices(SCORING_METHODS)}")
@@ -71,8 +71,8 @@ def evaluate(
     """
     with handle_errors():
         quiet_libraries()
-        from hfprune.checkpoint import load_model_for_task
-        from hfprune.tasks import evaluate_model, load_task_data
+        from hfprune.io.checkpoint import load_model_for_task
+        from hfprune.tasks.task_data import evaluate_model, load_task_data
 
         kwargs = data_options
         data = load_task_data(task, need_train=False, max_eval_samples=max_eval_samples, **kwargs)
@@ -111,7 +111,7 @@ def bench(
     sizes, lengths = parse_ints("--batch-sizes", batch_sizes), parse_ints("--seq-lengths", seq_lengths)
     with handle_errors():
         quiet_libraries()
-        from hfprune.pipeline import benchmark_checkpoint
+        from hfprune.jobs.prune import benchmark_checkpoint
 
         with progress_display(enabled=not quiet) as bars:
             report = benchmark_checkpoint(
@@ -123,7 +123,7 @@ def bench(
         if plot_path is not None:
             report.plot(plot_path)
         if update_card:
-            from hfprune.card import update_card_speed
+            from hfprune.export.card import update_card_speed
 
             update_card_speed(checkpoint, report)
     typer.echo(report.table())
@@ -148,7 +148,7 @@ def card(
         fail(f"{checkpoint} is not a model directory (no config.json)")
     with handle_errors():
         quiet_libraries()
-        from hfprune.card import regenerate_model_card
+        from hfprune.export.card import regenerate_model_card
 
         regenerate_model_card(checkpoint, repo_id=repo_id, base_model=base_model, task=task, base_model_id=base_model_id)
     typer.echo(f"wrote {checkpoint / 'README.md'}")

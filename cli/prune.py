@@ -93,7 +93,7 @@ def prune(
 
     with handle_errors():
         quiet_libraries()
-        from hfprune.pipeline import prune_for_task
+        from hfprune.jobs.prune import prune_for_task
 
         with progress_display(enabled=not quiet) as bars:
             result = prune_for_task(
@@ -216,7 +216,7 @@ def drop_layers_command(
         fail("give either -k/--num-layers (with --strategy) or --layer, not both")
     with handle_errors():
         quiet_libraries()
-        from hfprune.pipeline import drop_layers_for_task
+        from hfprune.jobs.prune import drop_layers_for_task
 
         kwargs = data_options
         kwargs["max_eval_samples"] = max_eval_samples

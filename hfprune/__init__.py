@@ -2,40 +2,66 @@
 
 The public API is imported lazily (PEP 562), as transformers does: `import hfprune` costs nothing until a
 name is used, so `hfprune --help`, `--version` and bad-input errors answer without importing torch.
+
+The package is built in floors; each subpackage imports only those below it:
+
+    jobs/      the jobs behind the CLI (prune_for_task, drop_layers_for_task, benchmark_checkpoint, score_task)
+    training/  PruningTrainer, callbacks, L0 gates, distillation
+    export/    model cards, Hub push, ONNX, transformers-4 conversion
+    io/        from_pretrained for pruned checkpoints, model sources, atomic output folders, resume state
+    planning/  which units go: plans, time and parameter budgets
+    tasks/     task data, metrics, evaluation, baselines
+    scoring/   importance scores          measure/  FLOPs, speed, latency model
+    engine/    adapters, masks, record, surgery
+    constants, errors, _validation, progress, pruning_config, distributed
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import importlib.util
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
+from ._lazy import attach
 from .constants import __version__  # noqa: F401  (imports nothing: `import hfprune` stays cheap)
 
-# module -> the public names it provides
+# submodule -> the public names it provides
 _EXPORTS: dict[str, tuple[str, ...]] = {
-    "activations": (
+    "errors": ("PipelineInputError", "PruningError", "TargetOutOfReachError", "WeakBaselineError"),
+    "pruning_config": ("PruningArguments", "PruningConfig"),
+    "engine.arch": ("ArchAdapter", "get_adapter", "register_adapter", "supported_model_types"),
+    "engine.hidden": ("prune_hidden",),
+    "engine.masks": ("MaskHandle", "apply_masks", "make_ffn_mask", "make_head_mask", "make_layer_mask", "skip_layers"),
+    "engine.record": ("get_record",),
+    "engine.structure": ("EmptyAttention",),
+    "engine.surgery": ("drop_layers", "prune_ffn", "prune_heads"),
+    "scoring.activations": (
         "activation_ffn_scores",
         "activation_head_scores",
         "activation_kv_group_scores",
         "activation_scores",
         "hidden_importance",
     ),
-    "allocation": ("allocate_for_time",),
-    "arch": ("ArchAdapter", "get_adapter", "register_adapter", "supported_model_types"),
-    "callbacks": ("HeadMaskCallback", "LayerDropCallback"),
-    "card": ("write_model_card",),
-    "convert": ("convert_checkpoint",),
-    "errors": ("PipelineInputError", "PruningError", "TargetOutOfReachError", "WeakBaselineError"),
-    "gates": ("HeadGates",),
-    "generation_speed": ("measure_generation_speed",),
-    "hidden": ("prune_hidden",),
-    "hub": ("HubPushError", "push_to_hub"),
-    "latency": ("LatencyModel", "measure_latency_model"),
-    "loading": ("from_pretrained", "save_for_remote_code"),
-    "masks": ("MaskHandle", "apply_masks", "make_ffn_mask", "make_head_mask", "make_layer_mask", "skip_layers"),
-    "onnx_export": ("OnnxExport", "export_onnx"),
-    "pipeline": ("SPEED_TARGET_RECIPE", "PruneResult", "prune_for_task"),
-    "plan": (
+    "scoring.loss": (
+        "ffn_importance",
+        "head_ablation_scores",
+        "head_importance",
+        "importance_scores",
+        "layer_ablation_scores",
+        "mlp_importance",
+        "taylor_head_scores",
+    ),
+    "scoring.methods": ("score_units",),
+    "scoring.similarity": ("angular_distance", "block_influence", "layer_cosine_scores"),
+    "scoring.weights": ("magnitude_ffn_scores", "magnitude_head_scores", "random_ffn_scores", "random_head_scores"),
+    "measure.generation_speed": ("measure_generation_speed",),
+    "measure.latency": ("LatencyModel", "measure_latency_model"),
+    "measure.speed": ("SpeedReport", "count_flops", "measure_speed"),
+    "planning.allocation": ("allocate_for_time",),
+    "planning.plan": (
         "best_head_per_layer",
         "ffn_to_prune",
         "head_sparsity",
@@ -43,68 +69,169 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "iterative_head_pruning",
         "layers_to_drop",
     ),
-    "pruning_config": ("PruningArguments", "PruningConfig"),
-    "record": ("get_record",),
-    "scores": (  # fmt: skip
-        "angular_distance", "block_influence", "ffn_importance", "head_ablation_scores", "head_importance",
-        "importance_scores", "layer_ablation_scores", "layer_cosine_scores", "magnitude_ffn_scores", "magnitude_head_scores", "mlp_importance",
-        "random_ffn_scores", "random_head_scores", "score_units", "taylor_head_scores",
-    ),
-    "speed": ("SpeedReport", "count_flops", "measure_speed"),
-    "structure": ("EmptyAttention",),
-    "surgery": ("drop_layers", "prune_ffn", "prune_heads"),
-    "trainer": ("PruningTrainer",),
+    "io.loading": ("from_pretrained", "save_for_remote_code"),
+    "export.card": ("write_model_card",),
+    "export.convert": ("convert_checkpoint",),
+    "export.hub": ("HubPushError", "push_to_hub"),
+    "export.onnx": ("OnnxExport", "export_onnx"),
+    "training.callbacks": ("HeadMaskCallback", "LayerDropCallback"),
+    "training.gates": ("HeadGates",),
+    "training.trainer": ("PruningTrainer",),
+    "jobs.prune": ("SPEED_TARGET_RECIPE", "prune_for_task"),
+    "jobs.results": ("PruneResult",),
 }
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
-__all__ = [name for names in _EXPORTS.values() for name in names]
+# The module paths before the package had subpackages -> where their names live now (the first module that
+# has a name wins). A path with one home imports as that very module, so `monkeypatch.setattr` still works.
+OLD_MODULE_PATHS: dict[str, tuple[str, ...]] = {
+    "activations": ("scoring.activations",),
+    "allocation": ("planning.allocation",),
+    "arch": ("engine.arch",),
+    "arch.base": ("engine.arch.base",),
+    "arch.bert": ("engine.arch.bert",),
+    "arch.distilbert": ("engine.arch.distilbert",),
+    "arch.gpt2": ("engine.arch.gpt2",),
+    "arch.llama": ("engine.arch.llama",),
+    "arch.xlnet": ("engine.arch.xlnet",),
+    "baselines": ("tasks.baselines",),
+    "callbacks": ("training.callbacks", "progress"),
+    "card": ("export.card", "engine.record"),
+    "checkpoint": ("io.checkpoint",),
+    "checks": ("engine.checks",),
+    "convert": ("export.convert", "io.v4"),
+    "demo": ("jobs.demo",),
+    "distill": ("training.distill",),
+    "dry_run": ("jobs.dry_run",),
+    "finetune": ("jobs.finetune",),
+    "gates": ("training.gates",),
+    "generation_speed": ("measure.generation_speed",),
+    "hidden": ("engine.hidden",),
+    "hub": ("export.hub",),
+    "latency": ("measure.latency",),
+    "loading": ("io.loading",),
+    "masks": ("engine.masks",),
+    "max_drop": ("jobs.max_drop",),
+    "metrics": ("tasks.metrics",),
+    "onnx_export": ("export.onnx",),
+    "output": ("io.output",),
+    "param_target": ("planning.param_target",),
+    "per_layer": ("engine.per_layer", "io.per_layer_load"),
+    "pipeline": ("jobs.prune", "jobs.finetune", "jobs.results", "jobs.score", "io.rundir", "tasks.task_data"),
+    "plan": ("planning.plan",),
+    "record": ("engine.record",),
+    "results": ("jobs.results",),
+    "rundir": ("io.rundir",),
+    "score_job": ("jobs.score",),
+    "scores": ("scoring.loss", "scoring.common", "scoring.methods", "scoring.similarity", "scoring.weights"),
+    "speed": ("measure.speed",),
+    "speed_target": ("planning.speed_target",),
+    "structure": ("engine.structure",),
+    "surgery": ("engine.surgery", "engine.restore"),
+    "trainer": ("training.trainer",),
+    "transaction": ("engine.transaction",),
+}
+
+__getattr_export__, _dir, __all__ = attach(__name__, _EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
-    module = _MODULE_OF.get(name)
-    if module is None:
-        raise AttributeError(f"module 'hfprune' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value  # import once
-    return value
+    if name in OLD_MODULE_PATHS:  # `hfprune.pipeline` as an attribute, as before
+        return importlib.import_module(f"{__name__}.{name}")
+    return __getattr_export__(name)
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    return _dir()
+
+
+class _MergedModule(types.ModuleType):
+    """An old module path whose names now live in several modules: each name is read from the first that has it."""
+
+    def __init__(self, name: str, homes: tuple[str, ...]):
+        super().__init__(name, f"Old import path; its names now live in {', '.join(homes)}.")
+        self._homes = homes
+
+    def __getattr__(self, name: str) -> Any:
+        for home in self._homes:
+            module = importlib.import_module(home)
+            if hasattr(module, name):
+                return getattr(module, name)
+        raise AttributeError(f"module {self.__name__!r} has no attribute {name!r}")
+
+
+class _OldPathFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Imports `hfprune.<old path>` from `OLD_MODULE_PATHS`."""
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None):
+        old = fullname.removeprefix(f"{__name__}.")
+        if fullname.startswith(f"{__name__}.") and old in OLD_MODULE_PATHS:
+            return importlib.util.spec_from_loader(fullname, self)
+        return None
+
+    def create_module(self, spec):
+        homes = tuple(f"{__name__}.{home}" for home in OLD_MODULE_PATHS[spec.name.removeprefix(f"{__name__}.")])
+        if len(homes) > 1:
+            return _MergedModule(spec.name, homes)
+        module = importlib.import_module(homes[0])
+        self._spec = module.__spec__  # the import system stamps the old path's spec on the module: undone below
+        return module
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        if not isinstance(module, _MergedModule):
+            module.__spec__ = self._spec
+
+
+if not any(isinstance(finder, _OldPathFinder) for finder in sys.meta_path):
+    sys.meta_path.insert(0, _OldPathFinder())  # before the path finder, which would load a second copy
 
 
 if TYPE_CHECKING:  # what type checkers and IDEs see
-    from .activations import (
+    from .engine.arch import ArchAdapter, get_adapter, register_adapter, supported_model_types
+    from .engine.hidden import prune_hidden
+    from .engine.masks import MaskHandle, apply_masks, make_ffn_mask, make_head_mask, make_layer_mask, skip_layers
+    from .engine.record import get_record
+    from .engine.structure import EmptyAttention
+    from .engine.surgery import drop_layers, prune_ffn, prune_heads
+    from .errors import PipelineInputError, PruningError, TargetOutOfReachError, WeakBaselineError
+    from .export.card import write_model_card
+    from .export.convert import convert_checkpoint
+    from .export.hub import HubPushError, push_to_hub
+    from .export.onnx import OnnxExport, export_onnx
+    from .io.loading import from_pretrained, save_for_remote_code
+    from .jobs.prune import SPEED_TARGET_RECIPE, prune_for_task
+    from .jobs.results import PruneResult
+    from .measure.generation_speed import measure_generation_speed
+    from .measure.latency import LatencyModel, measure_latency_model
+    from .measure.speed import SpeedReport, count_flops, measure_speed
+    from .planning.allocation import allocate_for_time
+    from .planning.plan import (
+        best_head_per_layer,
+        ffn_to_prune,
+        head_sparsity,
+        heads_to_prune,
+        iterative_head_pruning,
+        layers_to_drop,
+    )
+    from .pruning_config import PruningArguments, PruningConfig
+    from .scoring.activations import (
         activation_ffn_scores,
         activation_head_scores,
         activation_kv_group_scores,
         activation_scores,
         hidden_importance,
     )
-    from .allocation import allocate_for_time
-    from .arch import ArchAdapter, get_adapter, register_adapter, supported_model_types
-    from .callbacks import HeadMaskCallback, LayerDropCallback
-    from .card import write_model_card
-    from .convert import convert_checkpoint
-    from .errors import PipelineInputError, PruningError, TargetOutOfReachError, WeakBaselineError
-    from .gates import HeadGates
-    from .generation_speed import measure_generation_speed
-    from .hidden import prune_hidden
-    from .hub import HubPushError, push_to_hub
-    from .latency import LatencyModel, measure_latency_model
-    from .loading import from_pretrained, save_for_remote_code
-    from .masks import MaskHandle, apply_masks, make_ffn_mask, make_head_mask, make_layer_mask, skip_layers
-    from .onnx_export import OnnxExport, export_onnx
-    from .pipeline import SPEED_TARGET_RECIPE, PruneResult, prune_for_task
-    from .plan import best_head_per_layer, ffn_to_prune, head_sparsity, heads_to_prune, iterative_head_pruning, layers_to_drop
-    from .pruning_config import PruningArguments, PruningConfig
-    from .record import get_record
-    from .scores import (  # fmt: skip
-        angular_distance, block_influence, ffn_importance, head_ablation_scores, head_importance, importance_scores,
-        layer_ablation_scores, layer_cosine_scores, magnitude_ffn_scores, magnitude_head_scores, mlp_importance, random_ffn_scores,
-        random_head_scores, score_units, taylor_head_scores,
+    from .scoring.loss import (
+        ffn_importance,
+        head_ablation_scores,
+        head_importance,
+        importance_scores,
+        layer_ablation_scores,
+        mlp_importance,
+        taylor_head_scores,
     )
-    from .speed import SpeedReport, count_flops, measure_speed
-    from .structure import EmptyAttention
-    from .surgery import drop_layers, prune_ffn, prune_heads
-    from .trainer import PruningTrainer
+    from .scoring.methods import score_units
+    from .scoring.similarity import angular_distance, block_influence, layer_cosine_scores
+    from .scoring.weights import magnitude_ffn_scores, magnitude_head_scores, random_ffn_scores, random_head_scores
+    from .training.callbacks import HeadMaskCallback, LayerDropCallback
+    from .training.gates import HeadGates
+    from .training.trainer import PruningTrainer

@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 
 # ---- methods -----------------------------------------------------------------------------------------
 SCORING_METHODS: tuple[str, ...] = ("importance", "taylor", "ablation", "activation", "magnitude", "random")
-"""Head scores of `hfprune.scores.score_units`, `pipeline.score_heads` and `hfprune score --method`."""
+"""Head scores of `hfprune.scoring.methods.score_units`, `pipeline.score_heads` and `hfprune score --method`."""
 
 DATA_FREE_METHODS: tuple[str, ...] = ("magnitude", "random")
 """The scoring methods that read only the weights (or a seed): no dataloader, no trained task head."""
@@ -29,7 +29,7 @@ PRUNING_PHASES: tuple[str, ...] = ("l0", "recovery")
 """The training phases of one `PruningTrainer` step, in order (checkpoints record which one they are in)."""
 
 LAYER_STRATEGIES: tuple[str, ...] = ("top", "bottom", "even", "odd", "symmetric", "contribution")
-"""Which layers `hfprune.plan.layers_to_drop` drops (Sajjad et al. 2020, plus "contribution": by layer scores)."""
+"""Which layers `hfprune.planning.plan.layers_to_drop` drops (Sajjad et al. 2020, plus "contribution": by layer scores)."""
 
 # ---- files -------------------------------------------------------------------------------------------
 README_FILE = "README.md"  # the model card

@@ -41,7 +41,7 @@ class PruningConfig(TrainingArguments):
             Number of steps of the iterative schedule (step k reaches k / pruning_steps of every target).
         target_head_sparsity (`float`, defaults to `0.0`):
             Fraction in [0, 1) of the ORIGINAL model's attention heads to remove; heads of dropped layers count
-            as removed (as in `hfprune.plan.head_sparsity`).
+            as removed (as in `hfprune.planning.plan.head_sparsity`).
         target_ffn_sparsity (`float`, defaults to `0.0`):
             Fraction in [0, 1) of the original FFN neurons to remove; neurons of dropped layers count as removed.
         target_layer_sparsity (`float`, defaults to `0.0`):
@@ -51,7 +51,7 @@ class PruningConfig(TrainingArguments):
             MIX: they are all multiplied by one factor, chosen so that the removed heads, neurons and layers
             account for the parameters over budget. With no sparsity given and `pruning_method` "importance" or
             "taylor", the budget is allocated instead: the layers, heads (KV groups) and FFN neurons with the
-            least importance per parameter go, across kinds on one measured loss scale (`hfprune.param_target`);
+            least importance per parameter go, across kinds on one measured loss scale (`hfprune.planning.param_target`);
             other methods then prune heads and FFN neurons at the same sparsity. Only `prune_width` cuts the
             embeddings, so a small budget may be unreachable (PruningError).
         prune_width (`bool`, defaults to `False`):
@@ -61,8 +61,8 @@ class PruningConfig(TrainingArguments):
         target_speedup (`float` or `None`, defaults to `None`):
             Prune until the model is this many times faster (> 1) than the dense model, measured where it trains
             (`args.device`) at `speedup_batch_size` x `speedup_seq_len`, instead of fixed sparsities. A latency
-            model is measured first (`hfprune.latency`); each step removes the layers, heads and FFN neurons with
-            the least gradient importance per second saved, across all three at once (`hfprune.allocation`),
+            model is measured first (`hfprune.measure.latency`); each step removes the layers, heads and FFN neurons with
+            the least gradient importance per second saved, across all three at once (`hfprune.planning.allocation`),
             down to its share of the time; after the last step the result is timed beside the dense model and
             pruned further if it is short (`speedup_extra_steps`). Needs `pruning_method` "importance" or "taylor"
             (scores are then not normalised per layer, so kinds compare) and leaves the sparsity targets unset.
@@ -74,7 +74,7 @@ class PruningConfig(TrainingArguments):
             At most this many extra pruning steps when the measured speedup is short of the target (0: trust the
             latency model).
         layer_strategy (`str`, defaults to `"top"`):
-            Which layers go: one of `hfprune.plan.LAYER_STRATEGIES` (`"contribution"` scores them with
+            Which layers go: one of `hfprune.planning.plan.LAYER_STRATEGIES` (`"contribution"` scores them with
             `hfprune.layer_cosine_scores` on the scoring data).
         per_layer_ranking (`bool`, defaults to `False`):
             Rank heads and FFN neurons within each layer (every layer loses the same share) instead of over the
@@ -108,7 +108,7 @@ class PruningConfig(TrainingArguments):
         > L0 gates (`pruning_method="l0"`, one-shot)
 
         On the heads alone, or, with `target_param_budget`, on the heads, every FFN neuron and every whole attention
-        and MLP block together, on one parameter scale (CoFi, Xia et al. 2022; `hfprune.gates.HeadGates`).
+        and MLP block together, on one parameter scale (CoFi, Xia et al. 2022; `hfprune.training.gates.HeadGates`).
 
         l0_lambda (`float`, defaults to `1.0`):
             Coefficient of the L0 penalty, `l0_lambda` times the expected fraction of heads kept: larger closes

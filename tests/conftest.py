@@ -64,7 +64,7 @@ def family_impl(request):
 
 def tiny_pruning_args(output_dir, **overrides):
     """`PruningArguments` for a tiny CPU run: no saving, no progress bars, a log line every step."""
-    from hfprune.trainer import PruningArguments
+    from hfprune.pruning_config import PruningArguments
 
     defaults = dict(
         output_dir=str(output_dir), per_device_train_batch_size=8, per_device_eval_batch_size=8, save_strategy="no",

@@ -5,7 +5,7 @@ import torch
 from conftest import DECODERS, FAMILIES, GQA, tiny_inputs, tiny_model
 
 import hfprune
-from hfprune.activations import activation_scores, hidden_importance
+from hfprune.scoring.activations import activation_scores, hidden_importance
 
 TOLERANCE = 1e-5
 

@@ -16,7 +16,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.training_args import ParallelMode
 
 import hfprune
-from hfprune.callbacks import HeadMaskCallback, LayerDropCallback
+from hfprune.training.callbacks import HeadMaskCallback, LayerDropCallback
 
 SCRIPTS = Path(__file__).parent / "scripts"
 HEADS = {0: [1, 3], 2: [0]}

@@ -12,7 +12,7 @@ from huggingface_hub import ModelCard
 from PIL import Image
 
 import hfprune
-from hfprune.card import regenerate_model_card, sparsity_summary, write_model_card
+from hfprune.export.card import regenerate_model_card, sparsity_summary, write_model_card
 
 MNLI_BEFORE = {"validation_matched": {"accuracy": 0.84}, "validation_mismatched": {"accuracy": 0.845}}
 MNLI_AFTER = {"validation_matched": {"accuracy": 0.8312}, "validation_mismatched": {"accuracy": 0.8377}}
@@ -116,7 +116,8 @@ def test_sparsity_summary_rebuilds_the_dense_parameter_count(pruned):
 def test_regenerate_keeps_stored_inputs_and_applies_overrides(tmp_path: Path):
     import json
 
-    from hfprune.card import RESULTS_FILE, card_inputs
+    from hfprune.constants import RESULTS_FILE
+    from hfprune.export.card import card_inputs
 
     model = tiny_model("gpt2")  # a decoder: the card must not pretend it is a classifier
     hfprune.drop_layers(model, [2])
@@ -150,8 +151,8 @@ def test_regenerate_keeps_stored_inputs_and_applies_overrides(tmp_path: Path):
         ("hfprune prune ~/models/bert -o=/tmp/x/ --repo-id me/bert", "hfprune prune bert -o=x --repo-id me/bert"),
         ("hfprune prune '/home/alice/my models/bert' -o out", "hfprune prune 'bert' -o out"),
         (
-            "hfprune.pipeline.prune_for_task('/work/venv/m', 'sst2', output_dir='/tmp/o', data_dir=None)",
-            "hfprune.pipeline.prune_for_task('m', 'sst2', output_dir='o', data_dir=None)",
+            "hfprune.jobs.prune.prune_for_task('/work/venv/m', 'sst2', output_dir='/tmp/o', data_dir=None)",
+            "hfprune.jobs.prune.prune_for_task('m', 'sst2', output_dir='o', data_dir=None)",
         ),
         (r"hfprune prune C:\Users\bob\bert -o D:\out", "hfprune prune bert -o out"),
         ("hfprune eval / --task sst2", "hfprune eval <local> --task sst2"),
@@ -161,7 +162,7 @@ def test_regenerate_keeps_stored_inputs_and_applies_overrides(tmp_path: Path):
     ],
 )
 def test_sanitize_paths_keeps_only_the_last_part_of_absolute_paths(text, expected):
-    from hfprune.card import sanitize_paths
+    from hfprune.export.card import sanitize_paths
 
     assert sanitize_paths(text) == (text if expected is None else expected)
 
@@ -173,7 +174,8 @@ def _render(model, folder: Path, **kwargs):
 def test_card_inputs_keep_no_absolute_path_and_a_local_base_stays_local(tmp_path: Path, monkeypatch):
     import json
 
-    from hfprune.card import RESULTS_FILE, card_inputs
+    from hfprune.constants import RESULTS_FILE
+    from hfprune.export.card import card_inputs
 
     base = tmp_path / "home" / "alice" / "gpt2"  # a local folder whose name is also a Hub id
     base.mkdir(parents=True)
@@ -246,7 +248,7 @@ def test_an_eval_subset_is_named_in_the_model_index(pruned, tmp_path: Path):
 
 
 def test_majority_baseline_column_and_weak_baseline_warning(pruned, tmp_path: Path):
-    from hfprune.card import card_inputs
+    from hfprune.export.card import card_inputs
 
     model, _ = pruned
     inputs = card_inputs(
@@ -299,7 +301,8 @@ def test_regenerate_into_another_folder_only_reads_the_checkpoint(tmp_path: Path
 def test_pruning_trainer_writes_the_hfprune_card_for_push_to_hub(tmp_path: Path):
     from transformers import default_data_collator
 
-    from hfprune.trainer import PruningArguments, PruningTrainer
+    from hfprune.pruning_config import PruningArguments
+    from hfprune.training.trainer import PruningTrainer
 
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(3, 64, (16, 8), generator=generator)

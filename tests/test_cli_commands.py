@@ -318,7 +318,7 @@ def test_push_failures_are_one_line_exit_1_and_retryable(work: Path, in_process_
 def test_bench_warns_once_on_stderr_and_records_a_noisy_timing(work: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     import shutil
 
-    import hfprune.speed as speed_module
+    import hfprune.measure.speed as speed_module
     from huggingface_hub import ModelCard
 
     out = tmp_path / "pruned"
@@ -340,7 +340,7 @@ def test_bench_warns_once_on_stderr_and_records_a_noisy_timing(work: Path, tmp_p
 
 
 def test_bench_on_a_quiet_machine_prints_no_warning(work: Path, monkeypatch: pytest.MonkeyPatch):
-    import hfprune.speed as speed_module
+    import hfprune.measure.speed as speed_module
 
     monkeypatch.setattr(speed_module.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
     monkeypatch.setattr(speed_module, "_timer", lambda device: lambda fn: 5.0)  # steady: no real timing
@@ -443,7 +443,7 @@ def test_prune_width_from_the_cli_chooses_a_width_and_reports_every_candidate(tm
     # the budget, what was kept and the width choice are said on the console and on the card, and survive a re-render
     assert f"parameter budget 0.6: kept {parameters['kept']:,} of {parameters['original']:,}" in result.stdout
     assert f"hidden width {chosen}" in result.stdout
-    from hfprune.card import regenerate_model_card
+    from hfprune.export.card import regenerate_model_card
 
     sentence = f"**Parameter budget 60%**, allocated by importance per parameter across layers, heads and FFN neurons: {parameters['kept']:,} of {parameters['original']:,}"
     widths = ", ".join(f"{candidate['hidden_size']} (loss {candidate['loss']:.4f})" for candidate in candidates)

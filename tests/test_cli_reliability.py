@@ -18,8 +18,9 @@ from cli_fixtures import one_error_line, snapshot, write_sst2, write_tiny_bert
 from typer.testing import CliRunner
 
 from hfprune.cli import app
-from hfprune.output import check_output_dir, write_atomically
-from hfprune.pipeline import PipelineInputError, work_dir_for
+from hfprune.io.output import check_output_dir, write_atomically
+from hfprune.errors import PipelineInputError
+from hfprune.io.rundir import work_dir_for
 
 runner = CliRunner()
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -158,7 +159,7 @@ def test_an_unavailable_device_is_refused(assets: Path, tmp_path: Path):
 KILL_BETWEEN_RENAMES = """
 import os, signal, sys
 from pathlib import Path
-import hfprune.output as output
+import hfprune.io.output as output
 
 if sys.argv[2] == "fallback":
     output._rename_exchange = lambda first, second: False  # a file system without RENAME_EXCHANGE

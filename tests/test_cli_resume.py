@@ -13,7 +13,7 @@ from pathlib import Path
 from cli_fixtures import write_sst2, write_tiny_bert
 from safetensors.torch import load_file
 
-from hfprune.pipeline import work_dir_for
+from hfprune.io.rundir import work_dir_for
 
 
 def prune_command(root: Path, output_dir: Path, *extra: str) -> list[str]:

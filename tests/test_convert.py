@@ -21,7 +21,8 @@ from typer.testing import CliRunner
 
 import hfprune
 from hfprune.cli import app
-from hfprune.convert import convert_checkpoint, v4_pruned_heads
+from hfprune.export.convert import convert_checkpoint
+from hfprune.io.v4 import v4_pruned_heads
 
 FIXTURES = Path(__file__).parent / "fixtures" / "v4"
 FAMILIES = ("bert", "roberta", "electra", "distilbert", "gpt2", "xlnet")

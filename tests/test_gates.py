@@ -8,8 +8,8 @@ import torch
 import hfprune
 from conftest import FAMILIES, GQA, tiny_inputs, tiny_model
 from hfprune.errors import PruningError, TargetOutOfReachError
-from hfprune.gates import GAMMA, ZETA, HeadGates
-from hfprune.record import kept_ffn
+from hfprune.training.gates import GAMMA, ZETA, HeadGates
+from hfprune.engine.record import kept_ffn
 
 FINALIZE_FAMILIES = ["bert", "distilbert", "xlnet", "gpt2", "llama", "qwen3"]
 
@@ -349,7 +349,7 @@ def test_expected_cost_is_the_mean_cost_of_sampled_structures(family):
 
 
 def _sample_open(gates, log_alpha):
-    from hfprune.gates import _sample
+    from hfprune.training.gates import _sample
 
     return (_sample(log_alpha, gates.temperature) > 0).float()
 

@@ -6,7 +6,7 @@ import torch
 from conftest import tiny_inputs, tiny_model
 from hfprune import drop_layers, prune_ffn, prune_heads
 from hfprune.errors import PruningError
-from hfprune.generation_speed import _prefill_and_decode, measure_generation_speed
+from hfprune.measure.generation_speed import _prefill_and_decode, measure_generation_speed
 
 
 def pruned_llama():

@@ -20,8 +20,8 @@ from conftest import FAMILIES, GQA, VOCAB, logits_of, tiny_inputs, tiny_model
 from torch import nn
 
 import hfprune
-from hfprune.record import original_config
-from hfprune.surgery import restore_structure
+from hfprune.engine.record import original_config
+from hfprune.engine.restore import restore_structure
 
 HIDDEN = 32  # every tiny model in conftest
 REMOVED = [0, 3, 5, 9, 14, 20, 27, 31]
@@ -392,9 +392,9 @@ def test_a_fault_half_way_rolls_everything_back(monkeypatch, where, error):
         raise error("injected fault")
 
     if where == "outer":  # after every layer is sliced, while the embeddings are cut
-        monkeypatch.setattr(hfprune.hidden, "_sync_attributes", fault)
+        monkeypatch.setattr(hfprune.engine.hidden, "_sync_attributes", fault)
     else:  # after all weights are cut, while the record is written
-        monkeypatch.setattr(hfprune.record, "structure_patch", fault)
+        monkeypatch.setattr(hfprune.engine.record, "structure_patch", fault)
     with pytest.raises(error, match="injected fault"):
         hfprune.prune_hidden(model, REMOVED)
     monkeypatch.undo()

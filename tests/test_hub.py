@@ -15,7 +15,7 @@ from huggingface_hub import constants
 from huggingface_hub.utils import _http as hf_http
 from hub_server import FakeHub
 
-from hfprune.hub import HubPushError, push_to_hub
+from hfprune.export.hub import HubPushError, push_to_hub
 
 
 TOKEN = "hf_FakeLoopbackToken0123456789abcdefXY"  # shaped like a real user access token
@@ -293,7 +293,8 @@ def test_push_without_readme_adds_a_structure_card_in_the_same_commit(hub: FakeH
 
 
 def test_push_card_comes_from_the_stored_results(hub: FakeHub, pruned_dir: Path):
-    from hfprune.card import RESULTS_FILE, card_inputs
+    from hfprune.constants import RESULTS_FILE
+    from hfprune.export.card import card_inputs
 
     stored = card_inputs(
         base_model="google-bert/bert-base-uncased", task="sst2", metrics_before={"accuracy": 0.91},
@@ -355,7 +356,8 @@ def test_pruning_trainer_push_to_hub_uploads_the_hfprune_card(hub: FakeHub, tmp_
     from huggingface_hub import ModelCard
     from transformers import default_data_collator
 
-    from hfprune.trainer import PruningArguments, PruningTrainer
+    from hfprune.pruning_config import PruningArguments
+    from hfprune.training.trainer import PruningTrainer
 
     monkeypatch.setattr(constants, "ENDPOINT", hub.url)  # transformers' Trainer uses the import-time endpoint
     ids = torch.randint(3, 64, (16, 8), generator=torch.Generator().manual_seed(0))

@@ -39,3 +39,75 @@ def test_old_import_paths_still_work():
     assert (PRUNING_STATE_NAME, L0_GATES_NAME) == (constants.PRUNING_STATE_FILE, constants.L0_GATES_FILE)
     assert PruningArguments is hfprune.PruningConfig
     assert all(callable(f) for f in (evaluate_model, load_task_data, micro_batches, work_dir_for))
+
+
+def test_every_old_module_path_imports_its_names():
+    """Each entry of the alias table imports, and a moved module is the very module (monkeypatching works)."""
+    import importlib
+
+    for old, homes in hfprune.OLD_MODULE_PATHS.items():
+        module = importlib.import_module(f"hfprune.{old}")
+        if len(homes) == 1:
+            assert module is importlib.import_module(f"hfprune.{homes[0]}"), old
+            assert module.__spec__.name == f"hfprune.{homes[0]}"  # the real spec, not the alias's
+        for home in homes:
+            real = importlib.import_module(f"hfprune.{home}")
+            for name in getattr(real, "__all__", ()):
+                assert getattr(module, name) is getattr(real, name), f"hfprune.{old}.{name}"
+    from hfprune.engine.arch.base import ArchAdapter
+    from hfprune.scores import _mean_loss, head_importance, normalize_per_layer, score_units
+    from hfprune.surgery import prune_heads, restore_structure
+
+    assert importlib.import_module("hfprune.arch.base").ArchAdapter is ArchAdapter  # one copy of the class, not two
+    assert hfprune.head_importance is head_importance and hfprune.score_units is score_units
+    assert restore_structure is importlib.import_module("hfprune.engine.restore").restore_structure
+    assert callable(_mean_loss) and callable(normalize_per_layer) and prune_heads is hfprune.prune_heads
+
+
+# the floors of the house: a module may import only from its own floor or below
+FLOORS = {
+    "": 0, "engine": 1, "scoring": 2, "measure": 2, "tasks": 3, "planning": 4, "io": 5, "export": 6,
+    "training": 7, "jobs": 8,
+}  # fmt: skip
+
+
+def _imports_of_package() -> dict[str, set[str]]:
+    import ast
+    from pathlib import Path
+
+    root = Path(hfprune.__file__).parent
+    edges = {}
+    for path in root.rglob("*.py"):
+        parts = path.relative_to(root.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = package[: len(package) - (node.level - 1)] + ([node.module] if node.module else [])
+                targets.add(".".join(base))
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("hfprune"):
+                targets.add(node.module)
+        edges[name] = targets
+    return edges
+
+
+def _floor(module: str) -> tuple[str, int]:
+    parts = module.split(".")
+    room = parts[1] if len(parts) > 2 or (len(parts) == 2 and parts[1] in FLOORS) else ""
+    return room, FLOORS[room]
+
+
+def test_imports_run_down_the_floors_only():
+    upward = []
+    for module, targets in _imports_of_package().items():
+        if module == "hfprune":  # the lazy public face names every floor
+            continue
+        room, floor = _floor(module)
+        for target in targets:
+            if target == "hfprune" or target.startswith(f"hfprune.{room}.") and room:
+                continue
+            target_room, target_floor = _floor(target)
+            if target_floor > floor or (target_floor == floor and target_room != room):
+                upward.append(f"{module} -> {target}")
+    assert not upward, upward

@@ -1,4 +1,4 @@
-"""hfprune.metrics gives scikit-learn's and scipy's numbers (both are test-only dependencies)."""
+"""hfprune.tasks.metrics gives scikit-learn's and scipy's numbers (both are test-only dependencies)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
-from hfprune import metrics
+from hfprune.tasks import metrics
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -18,9 +18,9 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 import hfprune
-from hfprune.card import regenerate_model_card
+from hfprune.export.card import regenerate_model_card
 from hfprune.cli import app
-from hfprune.onnx_export import ONNX_DIR, OnnxMismatchError, export_onnx
+from hfprune.export.onnx import ONNX_DIR, OnnxMismatchError, export_onnx
 
 FAMILIES = ("bert", "roberta", "electra", "distilbert", "gpt2", "llama", "qwen3", "xlnet")
 TOLERANCE = 1e-4

@@ -7,9 +7,10 @@ from transformers import default_data_collator
 from conftest import FAMILIES, VOCAB, tiny_model, tiny_pruning_args
 from hfprune import drop_layers, prune_ffn, prune_heads, prune_hidden
 from hfprune.errors import PruningError, TargetOutOfReachError
-from hfprune.param_target import WIDTH_FRACTIONS, parameter_cost_model
-from hfprune.record import get_record, gqa_group_size
-from hfprune.trainer import PruningArguments, PruningTrainer
+from hfprune.planning.param_target import WIDTH_FRACTIONS, parameter_cost_model
+from hfprune.engine.record import get_record, gqa_group_size
+from hfprune.pruning_config import PruningArguments
+from hfprune.training.trainer import PruningTrainer
 
 
 def num_parameters(model) -> int:
@@ -63,7 +64,7 @@ def test_a_budget_alone_is_allocated_and_met_exactly_to_the_smallest_unit(tmp_pa
 
 
 def test_prune_width_keeps_the_width_whose_whole_plan_loses_least(tmp_path, monkeypatch):
-    from hfprune import param_target
+    from hfprune.planning import param_target
 
     losses = []
     real = param_target._masked_loss
@@ -91,7 +92,8 @@ def test_prune_width_keeps_the_width_whose_whole_plan_loses_least(tmp_path, monk
 def test_a_width_pruned_allocation_reloads_identically(tmp_path, monkeypatch):
     from transformers import LlamaForCausalLM
 
-    from hfprune import from_pretrained, param_target
+    from hfprune import from_pretrained
+    from hfprune.planning import param_target
 
     monkeypatch.setattr(param_target, "WIDTH_FRACTIONS", (0.75,))  # the only candidate: the width must go
     trainer, _ = budget_trainer(tmp_path, "llama", prune_width=True, target_param_budget=0.5)

@@ -1,4 +1,4 @@
-"""`hfprune.pipeline`: the Python one-call behind `hfprune prune`, on tiny models and tiny GLUE-layout data."""
+"""`hfprune.jobs.prune`: the Python one-call behind `hfprune prune`, on tiny models and tiny GLUE-layout data."""
 
 from __future__ import annotations
 
@@ -12,15 +12,12 @@ from cli_fixtures import VOCAB, sentences, snapshot, write_sst2, write_tiny_bert
 from huggingface_hub import ModelCard
 
 import hfprune
-from hfprune.pipeline import (
-    PipelineInputError,
-    evaluate_model,
-    load_model_for_task,
-    load_task_data,
-    prune_for_task,
-    write_atomically,
-)
-from hfprune.tasks import TaskDataError
+from hfprune.errors import PipelineInputError
+from hfprune.tasks.task_data import evaluate_model, load_task_data
+from hfprune.io.checkpoint import load_model_for_task
+from hfprune.jobs.prune import prune_for_task
+from hfprune.io.output import write_atomically
+from hfprune.tasks.task_data import TaskDataError
 
 FAST = dict(batch_size=16, max_length=32, learning_rate=1e-3, bench=False, score_num_examples=32)
 
@@ -101,13 +98,13 @@ def test_overwrite_replaces_the_old_checkpoint_only_once_the_new_one_is_complete
     with pytest.raises(PipelineInputError, match="not empty"):
         prune_for_task(str(tmp_path / "bert"), "sst2", **kwargs)
 
-    import hfprune.card
+    import hfprune.export.card
 
     def broken_card(*args, **kwargs):
         raise RuntimeError("disk full")
 
     with monkeypatch.context() as patch:
-        patch.setattr(hfprune.card, "write_model_card", broken_card)
+        patch.setattr(hfprune.export.card, "write_model_card", broken_card)
         with pytest.raises(RuntimeError, match="disk full"):
             prune_for_task(str(tmp_path / "bert"), "sst2", overwrite=True, **kwargs)
     assert snapshot(out) == {"old.txt": b"previous run"}  # the failed run changed nothing
@@ -175,7 +172,7 @@ def test_language_modelling_task_is_scored_by_perplexity(tmp_path: Path):
 
 @pytest.mark.parametrize("batch, expected", [(4, (4, 1)), (8, (8, 1)), (16, (8, 2)), (32, (8, 4)), (20, (5, 4)), (12, (6, 2)), (17, (17, 1))])
 def test_micro_batches_split_large_batches_exactly(batch: int, expected: tuple[int, int]):
-    from hfprune.pipeline import micro_batches
+    from hfprune.jobs.finetune import micro_batches
 
     micro, steps = micro_batches(batch)
     assert (micro, steps) == expected and micro * steps == batch
@@ -184,7 +181,7 @@ def test_micro_batches_split_large_batches_exactly(batch: int, expected: tuple[i
 def test_the_validation_slice_is_carved_from_train_and_disjoint(tmp_path: Path):
     from datasets import Dataset
 
-    from hfprune.pipeline import validation_slice
+    from hfprune.jobs.finetune import validation_slice
 
     train = Dataset.from_dict({"idx": list(range(5000))})
     rest, validation = validation_slice(train, seed=0)

@@ -7,7 +7,7 @@ import torch
 
 import hfprune
 from conftest import tiny_inputs, tiny_model
-from hfprune.plan import (
+from hfprune.planning.plan import (
     best_head_per_layer,
     ffn_to_prune,
     head_sparsity,
@@ -15,7 +15,7 @@ from hfprune.plan import (
     iterative_head_pruning,
     layers_to_drop,
 )
-from hfprune.scores import head_importance
+from hfprune.scoring.loss import head_importance
 
 NAN = float("nan")
 # 3 layers x 4 heads; ranks (low to high): (0,0) (0,1) (0,2) (1,0) (2,3) (0,3) ...

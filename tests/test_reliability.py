@@ -213,7 +213,7 @@ def test_a_fault_while_recording_rolls_back_config_and_layers(error, monkeypatch
         seen.append((model.config.num_hidden_layers, model.config.hfprune))
         raise error("injected fault")
 
-    monkeypatch.setattr(hfprune.record, "structure_patch", failing_patch)
+    monkeypatch.setattr(hfprune.engine.record, "structure_patch", failing_patch)
     with pytest.raises(error):
         hfprune.drop_layers(model, [0])
     with pytest.raises(error):

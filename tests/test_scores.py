@@ -9,22 +9,17 @@ import torch
 
 import hfprune
 from conftest import DECODERS, FAMILIES, GQA, tiny_inputs, tiny_model
-from hfprune.scores import (
-    angular_distance,
-    block_influence,
+from hfprune.scoring.similarity import angular_distance, block_influence, layer_cosine_scores
+from hfprune.scoring.loss import (
     ffn_importance,
     head_ablation_scores,
     head_importance,
     importance_scores,
-    layer_cosine_scores,
-    magnitude_ffn_scores,
-    magnitude_head_scores,
     mlp_importance,
-    random_ffn_scores,
-    random_head_scores,
-    score_units,
     taylor_head_scores,
 )
+from hfprune.scoring.weights import magnitude_ffn_scores, magnitude_head_scores, random_ffn_scores, random_head_scores
+from hfprune.scoring.methods import score_units
 
 EPS = 1e-2
 
@@ -438,14 +433,14 @@ def test_score_units_rejects_what_it_cannot_score():
 def test_method_names_have_one_source(tmp_path):
     from hfprune.cli import measure, prune
     from hfprune.constants import DATA_FREE_METHODS, PRUNING_METHODS, PRUNING_SCHEDULES, SCORING_METHODS
-    from hfprune.pipeline import score_heads
-    from hfprune.scores import _DATA_FREE, _METHOD_KINDS
-    from hfprune.trainer import PruningArguments
+    from hfprune.jobs.score import score_heads
+    from hfprune.scoring.methods import _DATA_FREE, _METHOD_KINDS
+    from hfprune.pruning_config import PruningArguments
 
     assert tuple(_METHOD_KINDS) == SCORING_METHODS and tuple(_DATA_FREE) == DATA_FREE_METHODS
     assert set(PRUNING_METHODS) == set(SCORING_METHODS) - {"ablation"} | {"l0"}
-    assert hfprune.trainer.PRUNING_METHODS is PRUNING_METHODS
-    assert hfprune.trainer.PRUNING_SCHEDULES is PRUNING_SCHEDULES
+    assert hfprune.training.trainer.PRUNING_METHODS is PRUNING_METHODS
+    assert hfprune.training.trainer.PRUNING_SCHEDULES is PRUNING_SCHEDULES
 
     def help_of(command, option):
         return inspect.signature(command).parameters[option].default.help

@@ -1,4 +1,4 @@
-"""hfprune.speed: FLOPs counted on real forwards, and the structure of side-by-side speed reports.
+"""hfprune.measure.speed: FLOPs counted on real forwards, and the structure of side-by-side speed reports.
 
 No assertion here depends on a timing: only on counts, shapes, order of calls and files written.
 """
@@ -12,8 +12,8 @@ import torch
 
 import hfprune
 from conftest import FAMILIES, tiny_model
-import hfprune.speed as speed_module
-from hfprune.speed import SpeedReport, assess_noise, count_flops, load_reasons, measure_speed, noise_reasons
+import hfprune.measure.speed as speed_module
+from hfprune.measure.speed import SpeedReport, assess_noise, count_flops, load_reasons, measure_speed, noise_reasons
 
 B, T = 2, 16
 HIDDEN, LAYERS, HEADS, FFN = 32, 3, 4, 24  # the tiny BERT of conftest

@@ -12,13 +12,14 @@ from transformers import default_data_collator
 import hfprune
 from conftest import FAMILIES, GQA, VOCAB, tiny_model, tiny_pruning_args
 from hfprune import drop_layers, prune_ffn, prune_heads
-from hfprune.allocation import OVERSHOOT, allocate_for_time
+from hfprune.planning.allocation import OVERSHOOT, allocate_for_time
 from hfprune.errors import PruningError
-from hfprune.latency import LatencyModel, measure_latency_model, structure_counts
-from hfprune.record import get_record, kept_ffn
-from hfprune.scores import importance_scores, layer_ablation_scores
-from hfprune.speed import count_flops
-from hfprune.trainer import PruningArguments, PruningTrainer
+from hfprune.measure.latency import LatencyModel, measure_latency_model, structure_counts
+from hfprune.engine.record import get_record, kept_ffn
+from hfprune.scoring.loss import importance_scores, layer_ablation_scores
+from hfprune.measure.speed import count_flops
+from hfprune.pruning_config import PruningArguments
+from hfprune.training.trainer import PruningTrainer
 
 BATCH, SEQ = 2, 16
 
@@ -209,7 +210,7 @@ def test_structure_counts_follow_the_record():
 def _sst2_run(tmp_path, name, glue="glue", **kwargs):
     from cli_fixtures import write_sst2, write_tiny_bert
 
-    from hfprune.pipeline import prune_for_task
+    from hfprune.jobs.prune import prune_for_task
 
     if not (tmp_path / "clf").exists():
         write_tiny_bert(tmp_path / "clf", with_head=True)
@@ -253,13 +254,13 @@ def test_prune_for_task_meets_a_speed_target_and_the_card_reports_target_predict
     ],
 )
 def test_recovery_recipe_fills_in_only_what_was_left_out(speed_target, given, expected):
-    from hfprune.pipeline import recovery_recipe
+    from hfprune.jobs.prune import recovery_recipe
 
     assert recovery_recipe(speed_target, *given) == expected
 
 
 def test_the_card_counts_only_steps_beyond_the_planned_ones_as_extra():
-    from hfprune.card import _speed_target_info
+    from hfprune.export.card import _speed_target_info
 
     def report(planned: int, measured: list[float]) -> dict:
         steps = [{"step": i + 1, "predicted_speedup": x, "measured_speedup": x} for i, x in enumerate(measured)]
@@ -303,7 +304,7 @@ def test_max_drop_chooses_on_a_train_slice_and_never_looks_at_dev(tmp_path):
 def test_the_first_step_beyond_the_drop_stops_the_run_and_the_last_one_within_is_kept():
     from transformers import TrainerControl
 
-    from hfprune.max_drop import KeepFastestWithinDrop
+    from hfprune.jobs.max_drop import KeepFastestWithinDrop
 
     keeper, control = KeepFastestWithinDrop("accuracy", max_drop=2.0), TrainerControl()
     model = tiny_model("bert")
@@ -318,7 +319,7 @@ def test_the_first_step_beyond_the_drop_stops_the_run_and_the_last_one_within_is
 
 
 def test_the_default_timer_times_every_model_at_the_named_shape():
-    from hfprune.latency import speed_timer
+    from hfprune.measure.latency import speed_timer
 
     seconds = speed_timer(BATCH, SEQ, num_threads=1, repeats=2, warmup=1)({"dense": tiny_model("bert"), "pruned": tiny_model("llama")})
     assert set(seconds) == {"dense", "pruned"} and all(value > 0 for value in seconds.values())
@@ -329,7 +330,7 @@ def test_cli_speedup_and_max_drop(tmp_path, monkeypatch):
     timings of a tiny model on a shared machine decide nothing (a run on CI measured 0.93x for a 1.6x structure)."""
     import json
 
-    import hfprune.speed_target
+    import hfprune.planning.speed_target
     from cli_fixtures import write_sst2, write_tiny_bert
     from test_cli_commands import cli, one_error_line
 
@@ -339,7 +340,7 @@ def test_cli_speedup_and_max_drop(tmp_path, monkeypatch):
         shapes.append((batch_size, seq_len))
         return flops_timer
 
-    monkeypatch.setattr(hfprune.speed_target, "speed_timer", timer_at)
+    monkeypatch.setattr(hfprune.planning.speed_target, "speed_timer", timer_at)
     write_tiny_bert(tmp_path / "clf", with_head=True)
     write_sst2(tmp_path / "glue")
     common = ["--task", "sst2", "--data-dir", tmp_path / "glue", "--lr", "1e-3", "--batch-size", "16", "--max-length", "16",
@@ -369,7 +370,7 @@ def test_a_decoder_meets_a_speed_target_end_to_end(tmp_path):
     distilled, perplexity on held-out text, the target met in the closing measurement."""
     from cli_fixtures import write_tiny_llama_and_text
 
-    from hfprune.pipeline import prune_for_task
+    from hfprune.jobs.prune import prune_for_task
 
     llama, text = write_tiny_llama_and_text(tmp_path, num_layers=3, num_kv_heads=2)
     result = prune_for_task(
@@ -399,8 +400,8 @@ def test_max_drop_input_errors_come_before_any_work(tmp_path):
 
 
 def test_layer_ablation_scores_are_the_measured_loss_increase_of_skipping_each_layer():
-    from hfprune.masks import skip_layers
-    from hfprune.scores import _mean_loss
+    from hfprune.engine.masks import skip_layers
+    from hfprune.scoring.common import _mean_loss
 
     model = tiny_model("bert")
     drop_layers(model, [1])
@@ -414,7 +415,7 @@ def test_layer_ablation_scores_are_the_measured_loss_increase_of_skipping_each_l
 
 
 def test_an_extra_step_with_nothing_left_to_reach_ends_the_run_as_missed(tmp_path, monkeypatch):
-    import hfprune.speed_target as speed_target
+    import hfprune.planning.speed_target as speed_target
     from hfprune.errors import TargetOutOfReachError
 
     calls, plan = [], speed_target.SpeedTarget.plan
@@ -434,9 +435,9 @@ def test_an_extra_step_with_nothing_left_to_reach_ends_the_run_as_missed(tmp_pat
 
 
 def test_calibration_rescales_each_kind_by_its_measured_over_estimated_loss():
-    from hfprune.masks import apply_masks, make_head_mask, skip_layers
-    from hfprune.scores import _mean_loss
-    from hfprune.allocation import MAX_FACTOR, calibration_factors
+    from hfprune.engine.masks import apply_masks, make_head_mask, skip_layers
+    from hfprune.scoring.common import _mean_loss
+    from hfprune.planning.allocation import MAX_FACTOR, calibration_factors
 
     model, batches = tiny_model("bert"), scoring_batches("bert")
     scores = {"heads": torch.full((3, 4), 1e-4), "ffn": torch.ones(3, 24), "layers": torch.full((3,), 1e-9)}

@@ -13,7 +13,7 @@ import torch
 from sklearn.metrics import matthews_corrcoef
 from transformers import BertTokenizer, EvalPrediction, LlamaConfig, LlamaForCausalLM
 
-from hfprune.tasks import (
+from hfprune.tasks.task_data import (
     GLUE_TASKS,
     TaskDataError,
     TaskSpec,

@@ -20,10 +20,14 @@ from transformers import HfArgumentParser, TrainerCallback, TrainingArguments, d
 import hfprune
 from conftest import FAMILIES, VOCAB, tiny_inputs, tiny_model, tiny_pruning_args
 from hfprune.errors import PruningError
-from hfprune.plan import ffn_to_prune, heads_to_prune
-from hfprune.record import get_record, kept_ffn
-from hfprune.scores import importance_scores, normalize_per_layer
-from hfprune.trainer import PruningArguments, PruningTrainer, final_targets, restore_structure
+from hfprune.planning.plan import ffn_to_prune, heads_to_prune
+from hfprune.engine.record import get_record, kept_ffn
+from hfprune.scoring.loss import importance_scores
+from hfprune.scoring.common import normalize_per_layer
+from hfprune.pruning_config import PruningArguments
+from hfprune.training.trainer import PruningTrainer
+from hfprune.planning.plan import final_targets
+from hfprune.engine.restore import restore_structure
 
 SCRIPTS = Path(__file__).parent / "scripts"
 SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
@@ -213,7 +217,7 @@ def test_per_layer_ranking_and_round_to_multiple_give_even_hardware_friendly_sha
 
 
 def _expected_plan(method, model, dataset, batch_size, seed, heads, ffn):
-    """What the trainer should plan, computed directly with hfprune.scores / hfprune.plan on a copy."""
+    """What the trainer should plan, computed directly with hfprune.scoring.loss / hfprune.planning.plan on a copy."""
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=default_data_collator)
     if method in ("importance", "taylor"):
         scores = importance_scores(model, loader, ("heads", "ffn"), normalize=False, per_example=method == "taylor")
@@ -360,7 +364,7 @@ def layer_distilled_pair():
 
 
 def test_layer_pairs_follow_the_original_layers_and_channels():
-    from hfprune.distill import layer_pairs
+    from hfprune.training.distill import layer_pairs
 
     teacher, student, channels = layer_distilled_pair()
     pairs, index = layer_pairs(student, teacher)
@@ -414,7 +418,7 @@ def test_layer_distillation_adds_the_relative_error_of_each_kept_layer(tmp_path)
 
 def layer_error(student, teacher, batch) -> torch.Tensor:
     """The layer-wise distillation term of `student` against `teacher` on `batch`, in eval mode."""
-    from hfprune.distill import layer_distillation_loss, layer_outputs, layer_pairs
+    from hfprune.training.distill import layer_distillation_loss, layer_outputs, layer_pairs
 
     with torch.no_grad(), layer_outputs(student) as student_states, layer_outputs(teacher) as teacher_states:
         student.eval()(**batch), teacher.eval()(**batch)
@@ -636,7 +640,7 @@ def test_two_processes_prune_identically(tmp_path, launcher):
 
 
 def test_activation_method_prunes_the_heads_with_the_smallest_normalised_activation_scores(tmp_path):
-    from hfprune.activations import activation_scores
+    from hfprune.scoring.activations import activation_scores
 
     model = tiny_model("bert")
     train = data(16)

@@ -15,7 +15,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import torch  # noqa: E402
 from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments  # noqa: E402
 
-from hfprune.callbacks import LayerDropCallback  # noqa: E402
+from hfprune.training.callbacks import LayerDropCallback  # noqa: E402
 
 
 def main() -> None:

@@ -22,12 +22,12 @@ import torch
 from trainer_common import classification_data, state_hash, tiny_model, tiny_pruning_args
 from transformers import default_data_collator
 
-import hfprune.trainer
-from hfprune.record import get_record
-from hfprune.trainer import PruningTrainer
+import hfprune.training.trainer
+from hfprune.engine.record import get_record
+from hfprune.training.trainer import PruningTrainer
 
 local_scores: list[str] = []
-_score_units = hfprune.trainer.score_units  # the trainer's scores of its own shard, before the average
+_score_units = hfprune.training.trainer.score_units  # the trainer's scores of its own shard, before the average
 
 
 def recording_score_units(*args, **kwargs):
@@ -37,7 +37,7 @@ def recording_score_units(*args, **kwargs):
     return scores
 
 
-hfprune.trainer.score_units = recording_score_units
+hfprune.training.trainer.score_units = recording_score_units
 
 
 def run(out_dir: str, method: str) -> dict:

@@ -14,7 +14,7 @@ import time
 from trainer_common import classification_data, state_hash, tiny_model, tiny_pruning_args
 from transformers import TrainerCallback, default_data_collator
 
-from hfprune.trainer import PruningTrainer
+from hfprune.training.trainer import PruningTrainer
 
 
 class Sleep(TrainerCallback):

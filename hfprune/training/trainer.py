@@ -1,0 +1,751 @@
+"""`PruningTrainer`: score -> prune -> fine-tune loops on top of `transformers.Trainer`.
+
+`PruningTrainer` is a drop-in replacement for `Trainer`. `train()` runs an outer loop over pruning steps; each
+step scores the model, removes heads / FFN neurons / layers with `hfprune`'s surgery, and fine-tunes the smaller
+model ("recovery") through the normal Trainer loop with a FRESH optimizer and scheduler: surgery replaces
+parameters, so an optimizer built before it would silently keep training tensors that are no longer in the model.
+With `pruning_method="l0"` the single step instead trains hard-concrete head gates (`hfprune.training.gates.HeadGates`)
+with an L0 penalty and removes the heads whose gates closed.
+
+Checkpoints of step `k` live in `output_dir/pruning-step-{k}/checkpoint-*` (`pruning-step-1-l0/` for the gate
+training) with a `pruning_state.json` next to the Trainer's files. Resuming rebuilds the pruned structure recorded
+in the checkpoint's `config.json` on the original model BEFORE the weights load, then lets the Trainer restore
+weights, optimizer, scheduler and RNG states, so a killed run continues exactly where it stopped.
+
+Under `torchrun` / `accelerate launch` every rank scores its own shard of the scoring data and the scores are
+averaged with `all_reduce`, so all ranks prune the same units (checked with an all-gather of the plans).
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import itertools
+import json
+import os
+import shutil
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
+from transformers import Trainer, TrainerState
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, set_seed
+from transformers.utils import logging
+
+from ..constants import (  # noqa: F401
+    DATA_FREE_METHODS,
+    L0_GATES_FILE,
+    PER_LAYER_NORMALIZED_METHODS,
+    PRUNING_METHODS,
+    PRUNING_PHASES,
+    PRUNING_SCHEDULES,
+    PRUNING_STATE_FILE,
+)
+from ..distributed import average_over_processes, check_same_plan, is_distributed
+from ..engine.arch import get_adapter
+from ..engine.hidden import prune_hidden
+from ..engine.record import get_record, gqa_group_size, kept_ffn
+from ..engine.restore import restore_structure
+from ..engine.surgery import drop_layers, prune_ffn, prune_heads
+from ..errors import PruningError, TargetOutOfReachError
+from ..export.card import metrics_from_history, write_model_card
+from ..io.rundir import latest_pruning_checkpoint
+from ..measure.latency import Timer
+from ..planning.param_target import ParamTarget
+from ..planning.plan import (
+    _num_parameters,
+    _round,
+    _sparsities,
+    check_unpruned,
+    ffn_to_prune,
+    final_targets,
+    heads_to_prune,
+    layers_to_drop,
+    plan_to_goal,
+    step_targets,
+)
+from ..planning.speed_target import SpeedTarget
+from ..pruning_config import PruningArguments, PruningConfig  # noqa: F401 (PruningArguments: re-exported)
+from ..scoring.activations import hidden_importance
+from ..scoring.common import normalize_per_layer
+from ..scoring.loss import layer_ablation_scores
+from ..scoring.methods import score_units
+from ..scoring.similarity import layer_cosine_scores
+from .distill import (
+    layer_distillation_loss,
+    layer_outputs,
+    layer_pairs,
+    logit_distillation_loss,
+    teacher_inputs,
+)
+from .gates import HeadGates
+
+logger = logging.get_logger(__name__)
+
+PRUNING_STATE_NAME, L0_GATES_NAME = PRUNING_STATE_FILE, L0_GATES_FILE  # their first names
+# Arguments that define what a run prunes: a checkpoint made with other values cannot be resumed.
+_RESUME_KEYS = (
+    "pruning_method", "pruning_schedule", "pruning_steps", "target_head_sparsity", "target_ffn_sparsity",
+    "target_layer_sparsity", "target_param_budget", "layer_strategy", "per_layer_ranking", "round_to_multiple",
+    "round_heads_to_multiple", "target_speedup", "speedup_batch_size", "speedup_seq_len", "prune_width",
+)  # fmt: skip
+
+
+# ---- the trainer ---------------------------------------------------------------------------------------
+class PruningTrainer(Trainer):
+    """A `Trainer` whose `train()` prunes: score -> prune -> recovery fine-tune, once or iteratively.
+
+    Args:
+        score_dataset: examples to score heads / neurons / layers on (default: the training set; never the
+            evaluation set). At most `args.score_num_examples` are used.
+        teacher_model: the distillation teacher (when `args.distills`); default: a copy of the model taken
+            before the first pruning step.
+        speed_timer: with `args.target_speedup`, how models are timed (`hfprune.measure.latency.Timer`); default
+            `hfprune.measure_speed` on `args.device`, e.g. replace it to time in the runtime you deploy to.
+        Everything else as in `transformers.Trainer`, except `model_init` and `optimizers` (an optimizer made
+        before surgery cannot follow it; use `optimizer_cls_and_kwargs`).
+
+    After `train()`, `pruning_history` holds one dict per pruning step (step 0: the model as given): `step`,
+    `head_sparsity`, `ffn_sparsity`, `layer_sparsity`, `num_parameters`, `train_steps` and the eval metrics.
+    Each entry is also sent through `self.log` (with `step` renamed `pruning_step`), so `report_to` sees it.
+    `pruning_scores[step]` holds the scores (`{"heads" | "ffn": [num_layers, units]}`) that step ranked by, so
+    a card or a plot can show them without scoring the model again. With `args.target_speedup`,
+    `speedup_report` holds the target, predicted and measured speedups (`SpeedTarget.report`); with an allocated
+    `args.target_param_budget`, `param_report` the budget, what was kept and each step's width choice
+    (`ParamTarget.report`).
+
+    A callback that sets `control.should_training_stop` when it sees a pruning step's log (the `pruning_step`
+    key) ends the loop after that step: `hfprune.jobs.max_drop` stops this way once a step loses too much.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module | None = None,
+        args: PruningConfig | None = None,
+        *trainer_args,
+        score_dataset: Dataset | None = None,
+        teacher_model: nn.Module | None = None,
+        speed_timer: Timer | None = None,
+        **kwargs,
+    ):
+        if args is None:
+            args = PruningConfig(output_dir="trainer_output")
+        if not isinstance(args, PruningConfig):
+            raise PruningError(f"PruningTrainer needs PruningArguments, got {type(args).__name__}")
+        if kwargs.get("model_init") is not None:
+            raise PruningError("PruningTrainer does not support model_init: pass the model to prune")
+        if any(item is not None for item in kwargs.get("optimizers", (None, None))):
+            raise PruningError(
+                "PruningTrainer builds a fresh optimizer after every pruning step; pass optimizer_cls_and_kwargs"
+            )
+        if model is None:
+            raise PruningError("PruningTrainer needs the model to prune")
+        get_adapter(model)  # unsupported families fail here, not after a long setup
+        super().__init__(model, args, *trainer_args, **kwargs)
+        self.score_dataset = score_dataset
+        self.teacher_model = teacher_model
+        self.pruning_history: list[dict[str, Any]] = []
+        self.pruning_scores: dict[int, dict[str, torch.Tensor]] = {}  # the scores each pruning step ranked by
+        self._stage: tuple[int, str] | None = None  # (pruning step, phase) being trained: where checkpoints go
+        self._gates: HeadGates | None = None
+        self._gates_grad_step: int | None = None  # the optimizer step whose gradient log_alpha.grad holds
+        self._log_carry: list[dict[str, Any]] = []
+        self._score_weight = 1  # examples this process scored: its weight in the cross-process average
+        self.l0_gate_values: torch.Tensor | None = None  # L0 method: z_hat per head when the gates were final
+        self.speed_timer = speed_timer
+        self._speed: SpeedTarget | None = None
+        self.speedup_report: dict[str, Any] | None = None
+        self._budget: ParamTarget | None = None
+        self.param_report: dict[str, Any] | None = None
+
+    # ---- the outer loop ----------------------------------------------------------------------------------
+    def train(
+        self,
+        resume_from_checkpoint: str | bool | None = None,
+        trial: Any = None,
+        ignore_keys_for_eval: list[str] | None = None,
+    ) -> TrainOutput:
+        """Run every pruning step (score, prune, recover) and return the summed training output.
+
+        `resume_from_checkpoint`: `True` (the latest complete checkpoint under `output_dir`) or a checkpoint
+        path; the model given to the trainer must be the same original model as in the interrupted run.
+        """
+        if trial is not None:
+            raise PruningError("PruningTrainer does not support hyperparameter search trials")
+        args = self.args
+        checkpoint = self._find_checkpoint(resume_from_checkpoint)
+        state = self._read_pruning_state(checkpoint) if checkpoint else None
+
+        own_teacher = args.distills and self.teacher_model is None
+        if own_teacher:
+            self.teacher_model = copy.deepcopy(self.model)  # the unpruned model, before any restore or surgery
+        if self.teacher_model is not None:
+            self.teacher_model.to(args.device).eval().requires_grad_(False)
+        if args.allocates_param_budget:
+            if state is None:
+                check_unpruned(self.model, "target_param_budget")
+            self._budget = ParamTarget(self.model, args, state and state.get("param_target"))
+            targets = {}
+        elif args.pruning_method == "l0":  # the gates' own target: checked where they are made
+            if args.target_param_budget is not None and state is None:
+                check_unpruned(self.model, "target_param_budget")
+            targets = {}
+        else:
+            targets = final_targets(args, self.model)
+        if args.target_speedup is not None:  # measured on the model as given: the original, also when resuming
+            dense = self.teacher_model if own_teacher else None  # a copy of the dense model already: time against it
+            saved = state and state.get("speed_target")
+            self._speed = SpeedTarget(self.model, args, self.speed_timer, saved, reference=dense)
+
+        if state is None:
+            first_step, resume_phase = 1, None
+            self.pruning_history = []
+            self._record_step(0, train_steps=0, ignore_keys_for_eval=ignore_keys_for_eval)
+        else:
+            first_step, resume_phase = state["pruning_step"], state["phase"]
+            self.pruning_history = state["history"]
+            with open(os.path.join(checkpoint, "config.json")) as handle:
+                record = json.load(handle).get("hfprune")
+            if record:
+                restore_structure(self.model, record)  # the structure first: then the weights fit
+            self._load_from_checkpoint(checkpoint)  # also when no training phase resumes (e.g. no recovery)
+            self._after_surgery()
+            self.state = TrainerState.load_from_json(os.path.join(checkpoint, "trainer_state.json"))
+            logger.info(f"Resuming pruning step {first_step} ({resume_phase}) from {checkpoint}")
+
+        step, last_step = first_step, max(args.num_pruning_steps, first_step)
+        while step <= last_step:
+            resuming = checkpoint if step == first_step else None
+            set_seed(args.seed + step)  # each step's randomness is independent of how the run got there
+            train_steps, losses = 0, 0.0
+            if args.pruning_method == "l0":
+                if resuming is None or resume_phase == "l0":
+                    train_steps, losses = self._train_gates(step, resuming, state, ignore_keys_for_eval)
+                    resuming = None
+            elif resuming is None:
+                try:
+                    self._prune_step(step, targets)
+                except TargetOutOfReachError as error:
+                    if step <= args.num_pruning_steps:
+                        raise
+                    logger.warning(f"speed target missed: {error}")  # an extra step found nothing left to remove
+                    break
+            if args.recovery_steps > 0 or args.recovery_epochs > 0:
+                phase_steps, phase_losses = self._run_phase(
+                    (step, "recovery"), args.recovery_epochs, args.recovery_steps, resuming, state, ignore_keys_for_eval
+                )
+                train_steps, losses = train_steps + phase_steps, losses + phase_losses
+            elif args.save_strategy != "no":
+                self._save_step_checkpoint(step)
+            if self._speed is not None and self._speed.needs_more(self.model, step, args.num_pruning_steps) and step == last_step:
+                last_step += 1  # measured short of the target: one more step, planned with the corrected latency
+            self.control.should_training_stop = False  # the phase's own stop; a callback may set it again
+            self._record_step(step, train_steps, losses, ignore_keys_for_eval)
+            self._rotate_pruning_steps(step)
+            if self.control.should_training_stop:
+                break
+            step += 1
+
+        total_steps = sum(entry["train_steps"] for entry in self.pruning_history)
+        total_loss = sum(entry.get("train_loss", 0.0) * entry["train_steps"] for entry in self.pruning_history)
+        metrics = {key: value for key, value in self.pruning_history[-1].items() if key != "step"}
+        metrics["train_loss"] = total_loss / max(total_steps, 1)
+        self._stage = None
+        if self._speed is not None:
+            self.speedup_report, self._speed = self._speed.report(), None
+        if self._budget is not None:
+            self.param_report, self._budget = self._budget.report(self.model), None
+        return TrainOutput(total_steps, metrics["train_loss"], metrics)
+
+    def _train_gates(
+        self, step: int, resuming: str | None, state: dict[str, Any] | None, ignore_keys_for_eval
+    ) -> tuple[int, float]:
+        """L0 phase: train hard-concrete gates with the penalty, then remove what the closed gates gate.
+
+        Heads only, or, with `target_param_budget`, heads, FFN neurons and whole attention and MLP blocks on
+        one parameter scale (CoFi), the Lagrangian pulling the expected parameters to the budget."""
+        args = self.args
+        budget = args.target_param_budget
+        dense_parameters = _num_parameters(self.model)
+        self._gates = HeadGates(
+            self.model,
+            init_keep=args.l0_init_keep,
+            l0_lambda=args.l0_lambda,
+            warmup_steps=args.l0_warmup_steps,
+            scale_attention_output=args.l0_scale_attention,
+            target_sparsity=None if budget is not None else args.target_head_sparsity or None,
+            ffn=budget is not None,
+            blocks=budget is not None,
+            param_budget=budget,
+        ).attach(self.model)
+        if resuming is not None:
+            gates_state = torch.load(os.path.join(resuming, L0_GATES_NAME), map_location="cpu", weights_only=True)
+            self._gates.load_state_dict(gates_state)
+        try:
+            output = self._run_phase((step, "l0"), args.l0_epochs, args.l0_steps, resuming, state, ignore_keys_for_eval)
+            plan = self._gates.plan()
+            self.l0_gate_values = self._gates.gate_values().cpu()
+            expected, gated = float(self._gates.expected_sparsity().detach()), self._gates.dense_cost
+            check_same_plan(plan)
+            self._gates.finalize(self.model)
+        finally:
+            self._gates.detach()
+            self._gates = None
+        self._after_surgery()
+        if budget is not None:
+            parameters = _num_parameters(self.model)
+            self.param_report = {
+                "method": "l0",
+                "target_param_budget": budget,
+                "dense_parameters": dense_parameters,
+                "parameters": parameters,
+                "kept_fraction": parameters / dense_parameters,
+                "gated_parameters": gated,  # what the gates controlled: heads, FFN neurons and blocks
+                "expected_gated_sparsity": expected,  # what the trained gates expected, before the final decision
+                "prune_width": False,
+                "steps": [],
+            }
+        return output
+
+    def _run_phase(
+        self,
+        stage: tuple[int, str],
+        epochs: float,
+        steps: int,
+        resuming: str | None,
+        state: dict[str, Any] | None,
+        ignore_keys_for_eval,
+    ) -> tuple[int, float]:
+        """One normal Trainer run (fresh optimizer and scheduler) whose checkpoints go to the stage's folder.
+
+        Returns the phase's optimizer steps and the sum of their losses (a resumed phase adds the losses
+        of the steps before the checkpoint, which `Trainer.train` leaves out of its `training_loss`).
+        """
+        self._stage = stage
+        self._phase_loss_offset = state.get("phase_loss_sum", 0.0) if resuming is not None else 0.0
+        saved = self.args.num_train_epochs, self.args.max_steps
+        self.args.num_train_epochs, self.args.max_steps = epochs, (steps if steps > 0 else -1)
+        self._log_carry = list(self.state.log_history)
+        if self.accelerator.num_processes > 1 and self.model_wrapped is self.model:
+            # `evaluate()` with no prepared model (before the first phase, or after surgery freed them) marks the bare
+            # model `_is_accelerate_prepared`, and `prepare` would then train it WITHOUT DDP: ranks silently diverge
+            self.model.__dict__.pop("_is_accelerate_prepared", None)
+        try:
+            output = super().train(resume_from_checkpoint=resuming, ignore_keys_for_eval=ignore_keys_for_eval)
+        finally:
+            self.args.num_train_epochs, self.args.max_steps = saved
+        steps_run = output.global_step - self._initial_global_step
+        return output.global_step, self._phase_loss_offset + output.training_loss * steps_run
+
+    def _after_surgery(self) -> None:
+        """Forget everything built on the old parameters: optimizer, scheduler, DDP wrapper, accelerate's lists."""
+        self.optimizer, self.lr_scheduler = None, None
+        self.model_wrapped = self.model
+        self.accelerator.free_memory()
+        for attr in ("model", "optimizer", "lr_scheduler"):
+            setattr(self.callback_handler, attr, getattr(self, attr))
+        gc.collect()
+
+    def _record_step(
+        self, step: int, train_steps: int, losses: float = 0.0, ignore_keys_for_eval: list[str] | None = None
+    ) -> None:
+        entry: dict[str, Any] = {"step": step, **_sparsities(self.model)}
+        entry["num_parameters"] = _num_parameters(self.model)
+        if self._speed is not None:
+            entry["predicted_speedup"] = self._speed.latency.speedup(self.model)
+            measured = [m for m in self._speed.measurements if m["step"] == step]
+            if measured:
+                entry["measured_speedup"] = measured[-1]["measured_speedup"]
+        entry["train_steps"] = train_steps
+        if train_steps:
+            entry["train_loss"] = losses / train_steps
+        if self.eval_dataset is not None:
+            metrics = self.evaluate(ignore_keys=ignore_keys_for_eval)
+            entry.update({key: value for key, value in metrics.items() if key.startswith("eval_")})
+        self.pruning_history.append(entry)
+        logs = {("pruning_step" if key == "step" else key): value for key, value in entry.items()}
+        self.log(logs)
+
+    # ---- one pruning step ------------------------------------------------------------------------------
+    def _prune_step(self, step: int, targets: dict[str, float]) -> dict[str, Any]:
+        """Drop layers, then score and prune heads and FFN neurons, up to this step's share of the targets."""
+        args, model = self.args, self.model
+        if self._speed is not None:
+            return self._prune_for_time(step)
+        if self._budget is not None:
+            return self._prune_for_params(step)
+        targets = step_targets(targets, step, args.num_pruning_steps)
+        original = get_record(model)["original"]
+        num_layers, num_heads = original["num_layers"], original["num_heads"]
+        plan: dict[str, Any] = {"layers": [], "heads": {}, "ffn": {}}
+
+        to_drop = min(_round(targets["layers"] * num_layers), num_layers - 1)
+        dropped = num_layers - len(get_record(model)["kept_layers"])
+        if to_drop > dropped:
+            plan["layers"] = self._plan_layers(to_drop, dropped, step)
+            check_same_plan(plan["layers"])
+            drop_layers(model, plan["layers"])
+
+        record = get_record(model)
+        kinds = []
+        heads_goal = _round(targets["heads"] * num_layers * num_heads)
+        if heads_goal > num_layers * num_heads - sum(len(heads) for heads in record["kept_heads"]):
+            kinds.append("heads")
+        ffn_total = num_layers * original["intermediate_size"]
+        ffn_goal = _round(targets["ffn"] * ffn_total)
+        ffn_kept = sum(len(kept_ffn(record, position)) for position in range(len(record["kept_layers"])))
+        if ffn_goal > ffn_total - ffn_kept:
+            kinds.append("ffn")
+        if kinds:
+            scores = self.pruning_scores[step] = self._unit_scores(kinds, step)
+            group_size = gqa_group_size(record)
+            planners = {
+                "heads": lambda s, **kw: heads_to_prune(s, gqa_group_size=group_size, multiple_of=args.round_heads_to_multiple, **kw),
+                "ffn": lambda s, **kw: ffn_to_prune(s, multiple_of=args.round_to_multiple, **kw),
+            }  # fmt: skip
+            kept = {"heads": record["kept_heads"], "ffn": [kept_ffn(record, i) for i in range(len(record["kept_layers"]))]}
+            goals = {"heads": num_layers * num_heads - heads_goal, "ffn": ffn_total - ffn_goal}
+            for kind, unit_scores in scores.items():
+                plan[kind] = plan_to_goal(
+                    unit_scores, goals[kind], planners[kind], kept[kind], record["kept_layers"], per_layer=args.per_layer_ranking
+                )
+            check_same_plan({"heads": plan["heads"], "ffn": plan["ffn"]})
+            prune_heads(model, plan["heads"])
+            prune_ffn(model, plan["ffn"])
+        self._after_surgery()
+        logger.info(f"Pruning step {step}: {_sparsities(model)}")
+        return plan
+
+    def _prune_for_time(self, step: int) -> dict[str, Any]:
+        """Remove what costs least importance per second saved, down to this step's share of the time."""
+        seconds = self._speed.step_seconds(step, self.args.num_pruning_steps)
+        scores = self._allocation_scores(step)
+        plan = self._speed.plan(self.model, scores, seconds, self._score_dataloader(), self._score_weight)
+        self._apply_plan(plan)
+        logger.info(f"Pruning step {step}: predicted {self._speed.latency.speedup(self.model):.2f}x, {_sparsities(self.model)}")
+        return plan
+
+    def _prune_for_params(self, step: int) -> dict[str, Any]:
+        """Remove what costs least importance per parameter, down to this step's share of the budget."""
+        parameters = self._budget.step_parameters(step, self.args.num_pruning_steps)
+        scores = self._allocation_scores(step, hidden=self._budget.prune_width)
+        plan = self._budget.plan(self.model, scores, parameters, self._score_dataloader(), self._score_weight)
+        self._apply_plan(plan)
+        logger.info(f"Pruning step {step}: {_num_parameters(self.model):,} parameters, {_sparsities(self.model)}")
+        return plan
+
+    def _allocation_scores(self, step: int, hidden: bool = False) -> dict[str, torch.Tensor]:
+        """Heads and FFN neurons by first-order importance (a good estimate for small units), layers by their
+        measured loss increase (whole layers are big steps), channels by `hidden_importance`: one loss scale."""
+        scores = self._unit_scores(["heads", "ffn"], step)
+        layers = layer_ablation_scores(self.model, self._score_dataloader())
+        scores["layers"] = average_over_processes(layers, self._score_weight, self.args.device)
+        if hidden:
+            channels = hidden_importance(self.model, self._score_dataloader())
+            scores["hidden"] = average_over_processes(channels, self._score_weight, self.args.device)
+        self.pruning_scores[step] = scores
+        return scores
+
+    def _apply_plan(self, plan: dict[str, Any]) -> None:
+        """An allocation's surgery, the same on every process: channels, heads, FFN neurons, then layers."""
+        check_same_plan({key: plan[key] for key in ("layers", "heads", "ffn")} | {"hidden": plan.get("hidden", [])})
+        if plan.get("hidden"):
+            prune_hidden(self.model, plan["hidden"])
+        prune_heads(self.model, plan["heads"])
+        prune_ffn(self.model, plan["ffn"])
+        drop_layers(self.model, plan["layers"])
+        self._after_surgery()
+
+    def _plan_layers(self, to_drop: int, dropped: int, step: int) -> list[int]:
+        """Original indices of the layers this step drops (`to_drop` in total, `dropped` already gone)."""
+        strategy, num_layers = self.args.layer_strategy, get_record(self.model)["original"]["num_layers"]
+        kept = get_record(self.model)["kept_layers"]
+        if strategy == "contribution":
+            loader = self._score_dataloader()
+            scores = average_over_processes(layer_cosine_scores(self.model, loader), self._score_weight, self.args.device)
+            return layers_to_drop(num_layers, to_drop - dropped, strategy, scores)
+        candidates = [layer for layer in layers_to_drop(num_layers, to_drop, strategy) if layer in kept]
+        return candidates[: to_drop - dropped]
+
+    def _unit_scores(self, kinds: list[str], step: int) -> dict[str, torch.Tensor]:
+        """Scores of `kinds` ("heads", "ffn") by `pruning_method`, identical on every process."""
+        method, model = self.args.pruning_method, self.model
+        if method in DATA_FREE_METHODS:  # random is seeded, so every process draws the same numbers
+            return score_units(model, method, kinds, seed=self.args.seed + step)
+        # gradient scores: each process scores its shard, unnormalised; average first, then normalise
+        scores = score_units(model, method, kinds, self._score_dataloader(), normalize=False)
+        scores = {kind: average_over_processes(value, self._score_weight, self.args.device) for kind, value in scores.items()}
+        # Michel et al. normalise each layer before ranking globally; a speed target compares kinds on one loss scale
+        if method in PER_LAYER_NORMALIZED_METHODS and self._speed is None and self._budget is None:
+            scores = {kind: normalize_per_layer(value) for kind, value in scores.items()}
+        return scores
+
+    def _score_dataloader(self) -> DataLoader:
+        """Up to `score_num_examples` examples of `score_dataset` (else the train set), this process's share."""
+        dataset = self.score_dataset if self.score_dataset is not None else self.train_dataset
+        if dataset is None:
+            raise PruningError(
+                f"pruning_method={self.args.pruning_method!r} needs data: pass score_dataset or train_dataset"
+            )
+        limit = self.args.score_num_examples
+        if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__"):
+            dataset = list(itertools.islice(iter(dataset), limit))
+        generator = torch.Generator().manual_seed(self.args.seed)
+        indices = sorted(torch.randperm(len(dataset), generator=generator)[:limit].tolist())
+        world, rank = self.args.world_size, self.args.process_index
+        if world > 1 and len(indices) >= world:
+            indices = indices[rank::world]
+        self._score_weight = len(indices)
+        import datasets
+
+        if isinstance(dataset, datasets.Dataset):
+            subset = self._remove_unused_columns(dataset.select(indices), description="scoring")
+            collator = self.data_collator
+        else:
+            subset = Subset(dataset, indices)
+            collator = self._get_collator_with_removed_columns(self.data_collator, description="scoring")
+        return DataLoader(subset, batch_size=self.args.per_device_eval_batch_size, collate_fn=collator)
+
+    # ---- losses ----------------------------------------------------------------------------------------
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The task loss, mixed with the distillation terms and plus the L0 penalty while training."""
+        args = self.args
+        distilling = model.training and self.teacher_model is not None
+        by_layer = distilling and args.distillation_layer_weight > 0
+        with layer_outputs(self.model) if by_layer else nullcontext() as student_states:
+            loss, outputs = super().compute_loss(
+                model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
+            )
+        if not model.training:
+            return (loss, outputs) if return_outputs else loss
+        extra = None
+        if distilling and (args.distillation_alpha > 0 or by_layer):
+            loss = (1 - args.distillation_alpha) * loss
+            extra = self._distillation_terms(inputs, outputs, student_states)
+        if self._gates is not None:
+            penalty = self._gates.penalty(self.state.global_step)
+            extra = penalty if extra is None else extra + penalty
+        if extra is not None:
+            # the task loss may already be normalised over the whole accumulated batch; these terms are per batch
+            scaled = self.loss_is_scaled_for_ga
+            if scaled is None:
+                scaled = (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or (
+                    self.compute_loss_func is not None
+                )
+            if scaled:
+                extra = extra / self.current_gradient_accumulation_steps
+            loss = loss + extra.to(loss.device)
+        return (loss, outputs) if return_outputs else loss
+
+    def _distillation_terms(self, inputs: dict[str, Any], outputs, student_states: dict | None) -> torch.Tensor:
+        """alpha * the logit term, plus distillation_layer_weight * the layer-wise term; the teacher runs once."""
+        args = self.args
+        capture = layer_outputs(self.teacher_model) if student_states is not None else nullcontext()
+        with torch.no_grad(), capture as teacher_states:
+            teacher_logits = self.teacher_model(**teacher_inputs(inputs)).logits
+        student_logits = outputs["logits"] if isinstance(outputs, dict) else outputs[1]
+        mask = inputs.get("attention_mask")
+        terms = torch.zeros((), device=student_logits.device)
+        if args.distillation_alpha > 0:  # a decoder's KL spans the vocabulary at every token: skip it when unweighted
+            terms = args.distillation_alpha * logit_distillation_loss(
+                teacher_logits, student_logits, mask, args.distillation_temperature
+            )
+        if student_states is not None:
+            pairs, channels = layer_pairs(self.model, self.teacher_model)
+            layer_term = layer_distillation_loss(student_states, teacher_states, pairs, channels, mask)
+            terms = terms + args.distillation_layer_weight * layer_term.to(terms.device)
+        return terms
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        gates = self._gates
+        if gates is not None and self._gates_grad_step != self.state.global_step:
+            # the Trainer zeroes only the model's gradients: start each optimizer step's gate gradient afresh
+            for parameter in (*gates.gate_parameters(), gates.lagrangian):
+                parameter.grad = None
+            self._gates_grad_step = self.state.global_step
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if gates is not None and is_distributed():
+            # the gates are not part of the DDP module: average their gradient by hand
+            for parameter in gates.gate_parameters():
+                if parameter.grad is not None:
+                    torch.distributed.all_reduce(parameter.grad)
+                    parameter.grad /= torch.distributed.get_world_size()
+        return loss
+
+    def create_optimizer(self, model=None):
+        optimizer = super().create_optimizer(model)
+        gates = self._gates
+        held = (p for group in optimizer.param_groups for p in group["params"])
+        if gates is not None and not any(p is gates.log_alpha for p in held):
+            optimizer.add_param_group({"params": gates.gate_parameters(), "weight_decay": 0.0, "lr": self.args.l0_learning_rate})
+            if gates.target_sparsity is not None:  # the Lagrange multipliers climb the loss (CoFi)
+                optimizer.add_param_group(
+                    {"params": [gates.lagrangian], "weight_decay": 0.0, "lr": self.args.l0_learning_rate, "maximize": True}
+                )
+        return optimizer
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self._gates is not None and "loss" in logs:  # L0 phase: how many heads the gates still expect to keep
+            logs["l0_expected_heads"] = float(self._gates.expected_l0().detach())
+            if self._gates.param_budget is not None:  # and the expected fraction of the gated parameters removed
+                logs["l0_expected_sparsity"] = float(self._gates.expected_sparsity().detach())
+        super().log(logs, start_time)
+
+    # ---- model card ------------------------------------------------------------------------------------
+    def create_model_card(
+        self,
+        language: str | None = None,
+        license: str | None = None,
+        tags: str | list[str] | None = None,
+        model_name: str | None = None,
+        finetuned_from: str | None = None,
+        tasks: str | list[str] | None = None,
+        dataset_tags: str | list[str] | None = None,
+        dataset: str | list[str] | None = None,
+        dataset_args: str | list[str] | None = None,
+    ) -> None:
+        """Write hfprune's card (what was removed, surviving heads, before/after metrics, how to load it) to
+        `output_dir/README.md` instead of transformers' generic one, so `push_to_hub()` uploads it.
+
+        The base model is `finetuned_from` (a Hub id) or the model's `_name_or_path`; the metrics are those of
+        `pruning_history` (step 0 = before pruning); `dataset_args` or `dataset` naming a GLUE task (e.g.
+        "sst2") becomes the card's task. `language`, `tasks` and `dataset_tags` are not used.
+        """
+        if not self.is_world_process_zero():
+            return
+
+        def first(value: str | list[str] | None) -> str | None:
+            return value[0] if isinstance(value, (list, tuple)) and value else (value or None)
+
+        model = self.accelerator.unwrap_model(self.model)
+        args = self.args
+        before, after = metrics_from_history(self.pruning_history)
+        write_model_card(
+            model,
+            args.output_dir,
+            base_model=getattr(model.config, "_name_or_path", None) or None,
+            base_model_id=finetuned_from,
+            task=first(dataset_args) or first(dataset),
+            metrics_before=before,
+            metrics_after=after,
+            repo_id=self.hub_model_id or model_name,
+            pruning=args.card_settings(),
+            base_num_parameters=self.pruning_history[0]["num_parameters"] if self.pruning_history else None,
+            license=license,
+            tags=[tags] if isinstance(tags, str) else tags,
+        )
+
+    # ---- checkpoints -----------------------------------------------------------------------------------
+    def _get_output_dir(self, trial) -> str:
+        run_dir = super()._get_output_dir(trial)
+        if self._stage is None:
+            return run_dir
+        step, phase = self._stage
+        return os.path.join(run_dir, f"pruning-step-{step}" + ("-l0" if phase == "l0" else ""))
+
+    def _init_training_state(
+        self, max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial
+    ):
+        result = super()._init_training_state(
+            max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial
+        )
+        if resume_from_checkpoint is None:  # a resumed state already holds the earlier steps' logs
+            self.state.log_history = self._log_carry + self.state.log_history
+        return result
+
+    def _pruning_state(self) -> dict[str, Any]:
+        step, phase = self._stage
+        return {
+            "pruning_step": step,
+            "phase": phase,
+            "history": self.pruning_history,
+            # losses of this phase so far (steps before a resume included), for the step's train_loss
+            "phase_loss_sum": getattr(self, "_phase_loss_offset", 0.0)
+            + getattr(self, "_total_loss_scalar", 0.0)
+            + float(getattr(self, "_tr_loss", 0.0)),
+            "arguments": {key: getattr(self.args, key) for key in _RESUME_KEYS},
+            **({"speed_target": self._speed.state()} if self._speed is not None else {}),
+            **({"param_target": self._budget.state()} if self._budget is not None else {}),
+        }
+
+    def _save_checkpoint(self, model, trial) -> None:
+        # pruning_state.json goes first: the Trainer writes trainer_state.json last, which marks a complete checkpoint
+        folder = os.path.join(self._get_output_dir(trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        if self.args.should_save:
+            os.makedirs(folder, exist_ok=True)
+            with open(os.path.join(folder, PRUNING_STATE_NAME), "w") as handle:
+                json.dump(self._pruning_state(), handle, indent=2)
+            if self._gates is not None:
+                torch.save(self._gates.state_dict(), os.path.join(folder, L0_GATES_NAME))
+        super()._save_checkpoint(model, trial)
+
+    def _save_step_checkpoint(self, step: int) -> None:
+        """Without recovery training the Trainer saves nothing: checkpoint the pruned model so a resume finds it."""
+        self._stage = (step, "recovery")
+        folder = os.path.join(self._get_output_dir(None), f"{PREFIX_CHECKPOINT_DIR}-0")
+        if self.args.should_save:
+            os.makedirs(folder, exist_ok=True)
+            with open(os.path.join(folder, PRUNING_STATE_NAME), "w") as handle:
+                json.dump(self._pruning_state(), handle, indent=2)
+            self.save_model(folder, _internal_call=True)
+            state = TrainerState(log_history=list(self.state.log_history))
+            state.save_to_json(os.path.join(folder, "trainer_state.json"))  # last: marks the checkpoint complete
+        self.accelerator.wait_for_everyone()
+
+    def _rotate_pruning_steps(self, step: int) -> None:
+        """With `save_total_limit`, a finished step's checkpoints make the earlier steps' ones useless."""
+        if not self.args.save_total_limit or not self.args.should_save:
+            return
+        current = Path(self._get_output_dir_for(step, "recovery"))
+        if not any((path / "trainer_state.json").is_file() for path in current.glob(f"{PREFIX_CHECKPOINT_DIR}-*")):
+            return
+        for earlier in range(1, step + 1):
+            for phase in PRUNING_PHASES:
+                if (earlier, phase) != (step, "recovery"):
+                    shutil.rmtree(self._get_output_dir_for(earlier, phase), ignore_errors=True)
+
+    def _get_output_dir_for(self, step: int, phase: str) -> str:
+        saved, self._stage = self._stage, (step, phase)
+        try:
+            return self._get_output_dir(None)
+        finally:
+            self._stage = saved
+
+    def _find_checkpoint(self, resume_from_checkpoint: str | bool | None) -> str | None:
+        """The checkpoint to resume: the given path, or (True) the latest complete one under output_dir."""
+        if resume_from_checkpoint is None or resume_from_checkpoint is False:
+            return None
+        if resume_from_checkpoint is not True:
+            path = str(resume_from_checkpoint)
+            if not os.path.isfile(os.path.join(path, PRUNING_STATE_NAME)):
+                raise PruningError(f"{path} is not a PruningTrainer checkpoint (no {PRUNING_STATE_NAME})")
+            return path
+        found = latest_pruning_checkpoint(self.args.output_dir)
+        if found is None:
+            raise PruningError(f"no complete PruningTrainer checkpoint found in {self.args.output_dir}")
+        return found
+
+    def _read_pruning_state(self, checkpoint: str) -> dict[str, Any]:
+        with open(os.path.join(checkpoint, PRUNING_STATE_NAME)) as handle:
+            state = json.load(handle)
+        mine = {key: getattr(self.args, key) for key in _RESUME_KEYS}
+        differ = [key for key in _RESUME_KEYS if state["arguments"].get(key) != mine[key]]
+        if differ:
+            raise PruningError(
+                f"{checkpoint} was made with other pruning arguments ({', '.join(differ)}); cannot resume"
+            )
+        return state
+
+
+__all__ = [
+    "PRUNING_METHODS",
+    "PRUNING_SCHEDULES",
+    "PruningArguments",
+    "PruningConfig",
+    "PruningTrainer",
+    "final_targets",
+    "restore_structure",
+]
