@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding  # noqa: E402
 
 import hfprune  # noqa: E402
-from hfprune.tasks import task_data as tasks  # noqa: E402
+from hfprune import tasks  # noqa: E402
 from hfprune.jobs.demo import default_model_path  # noqa: E402
 
 HERE = Path(__file__).resolve().parent

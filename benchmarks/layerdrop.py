@@ -27,7 +27,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
 import hfprune
-from hfprune.tasks import task_data as tasks
+from hfprune import tasks
 from hfprune.training.callbacks import LayerDropCallback
 from hfprune.jobs.demo import default_model_path
 

@@ -38,7 +38,7 @@ from transformers import AutoModelForSequenceClassification  # noqa: E402
 
 import hfprune  # noqa: E402
 from hfprune.jobs.demo import default_model_path  # noqa: E402
-from hfprune.measure.speed import load_reasons, noise_reasons  # noqa: E402
+from hfprune.measure.noise import load_reasons, noise_reasons  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 GOAL = 0.9

@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
 import hfprune
-from hfprune.tasks import task_data as tasks
+from hfprune import tasks
 from hfprune.jobs.demo import default_model_path
 from hfprune.scoring.common import normalize_per_layer
 

@@ -63,8 +63,8 @@ from torch.utils.data import DataLoader  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 import hfprune  # noqa: E402
-from hfprune.tasks import task_data as tasks  # noqa: E402
-from hfprune.jobs.finetune import _training_kwargs  # the Trainer arguments prune_for_task trains with  # noqa: E402
+from hfprune import tasks  # noqa: E402
+from hfprune.jobs.finetune import training_kwargs  # the Trainer arguments prune_for_task trains with  # noqa: E402
 
 METHODS = ("width", "depth", "heads", "hfprune", "torch_pruning")
 SIZES = (0.85, 0.7, 0.5)
@@ -216,10 +216,10 @@ def compact(shape: dict[str, Any]) -> str:
 # ---- recovery: the same PruningTrainer run prune_for_task makes --------------------------------------
 def recover(model: nn.Module, teacher: nn.Module, data: Data, tokenizer, recipe: dict[str, Any], scratch: Path) -> dict[str, Any]:
     """One epoch of `PruningTrainer` (no pruning target) on the distillation blocks, distilling from `teacher`,
-    with the arguments `prune_for_task` builds (`hfprune.jobs.finetune._training_kwargs`)."""
+    with the arguments `prune_for_task` builds (`hfprune.jobs.finetune.training_kwargs`)."""
     args = hfprune.PruningConfig(
         recovery_epochs=recipe["recovery_epochs"], distillation_alpha=recipe["distillation_alpha"],
-        **_training_kwargs(
+        **training_kwargs(
             scratch / "recover", batch_size=recipe["batch_size"], learning_rate=recipe["learning_rate"], seed=recipe["seed"],
             quiet=True, device=recipe["device"],
         ),

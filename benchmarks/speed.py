@@ -47,10 +47,11 @@ from transformers import (
 )
 
 import hfprune
-from hfprune.tasks import task_data as tasks
+from hfprune import tasks
 from hfprune.jobs.demo import default_model_path
 from hfprune.planning.plan import ffn_to_prune
-from hfprune.measure.speed import SpeedReport, measure_speed
+from hfprune.measure.speed import measure_speed
+from hfprune.measure.speed_report import SpeedReport
 
 DENSE_CACHE = CACHE / "minilm-sst2-headline"  # the headline's dense model (fine-tuned by PruningTrainer)
 STAGES = ("attn", "pruning", "shapes", "headline", "cost")

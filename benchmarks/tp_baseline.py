@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from hfprune.measure.speed import count_flops
+from hfprune.measure.flops import count_flops
 
 DEFAULT_TP_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".cache", "torch-pruning")
 FALLBACK_TP_PATH = "/tmp/tp"

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 import os
 import shlex
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional
@@ -24,6 +25,10 @@ try:  # typer >= 0.22 vendors click as typer._click
     from typer._click import exceptions as click_exceptions
 except ImportError:  # older typer runs on click itself
     from click import exceptions as click_exceptions
+
+from hfprune._validation import SETTING_BOUNDS, check_finite, check_setting
+from hfprune.constants import PRUNE_DEFAULTS
+from hfprune.errors import PruningError
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -52,11 +57,16 @@ def _hide_flag_type(option: Any) -> Any:
 
 
 class Command(TyperCommand):
-    """A subcommand whose help and usage line read `hfprune prune [OPTIONS] MODEL`."""
+    """A subcommand whose help and usage line read `hfprune prune [OPTIONS] MODEL`, and whose option values are
+    checked before it runs (`check_values`): one `Error: ...` line and exit 2, before any import of torch."""
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         _tidy_help(self)
+
+    def invoke(self, ctx: Any) -> Any:
+        check_values(self.params, ctx.params)
+        return super().invoke(ctx)
 
     def get_help_option(self, ctx: Any) -> Any:
         return _hide_flag_type(super().get_help_option(ctx))
@@ -108,11 +118,32 @@ def fraction(value: float) -> float:
     return value
 
 
-def check_fraction(option: str, value: float) -> float:
-    """Like `fraction`, but a one-line "Error: ..." instead of a usage box."""
-    if not 0.0 <= value < 1.0:
-        fail(f"{option} must be a fraction in [0, 1), got {value}")
-    return value
+def within(key: str) -> dict[str, Any]:
+    """The closed ends of `SETTING_BOUNDS[key]` as an option's `min`/`max`: the rule the job and `PruningConfig`
+    check the same value by, answered by click before the command runs."""
+    bounds = SETTING_BOUNDS[key]
+    ends = {"min": None if bounds.open_low else bounds.low, "max": None if bounds.open_high else bounds.high}
+    kind = int if bounds.integer else float
+    return {end: kind(value) for end, value in ends.items() if value is not None}
+
+
+def check_values(params: Sequence[Any], values: Mapping[str, Any]) -> None:
+    """Every option value of a command, checked where all of them enter, named by its option: no number is NaN or
+    infinite (`--lr inf` would turn every weight into NaN, and click's ranges let inf and nan through), and an
+    option named after a setting of `SETTING_BOUNDS` (`--seed`, `--heads`, `--batch-size`, in every command that
+    has it) follows its rule, the one the job and `PruningConfig` check too. One line and exit 2."""
+    for param in params:
+        value = values.get(param.name)
+        if not isinstance(param, TyperOption) or value is None:
+            continue
+        flag = next((opt for opt in param.opts if opt.startswith("--")), param.opts[0])
+        for item in value if isinstance(value, (list, tuple)) else (value,):
+            try:
+                if param.name in SETTING_BOUNDS and item is not None:
+                    check_setting(param.name, item, name=flag)  # finite, and within the setting's bounds
+                check_finite(flag, item)
+            except PruningError as error:
+                fail(str(error))
 
 
 def parse_ints(option: str, value: str) -> tuple[int, ...]:
@@ -153,12 +184,24 @@ def command_line(ctx: typer.Context) -> str:
     return shlex.join(parts + options)
 
 
+class HubErrorsOnly(logging.Filter):
+    """Only errors through huggingface_hub's own console handler; its records still reach any other handler."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR
+
+
 def quiet_libraries() -> None:
-    """transformers/datasets chatter (new-weight warnings, map progress) would bury the one-line messages."""
+    """transformers/datasets chatter (new-weight warnings, map progress) would bury the one-line messages, and so
+    would huggingface_hub's two lines per retry of a failing request (a Hub outage while a model or a data set
+    loads from the Hub): every failure ends in one `Error: ...` line anyway."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import datasets
     import transformers
 
+    for handler in logging.getLogger("huggingface_hub").handlers:  # its console: "Retrying in 1s [Retry 1/5]."
+        if not any(isinstance(existing, HubErrorsOnly) for existing in handler.filters):
+            handler.addFilter(HubErrorsOnly())
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()  # loading/saving bars; the CLI draws its own
     datasets.disable_progress_bars()
@@ -185,7 +228,7 @@ def handle_errors() -> Iterator[None]:
         if os.environ.get("HFPRUNE_DEBUG"):
             raise
         from hfprune.export.hub import HubPushError
-        from hfprune.tasks.task_data import TaskDataError
+        from hfprune.tasks.specs import TaskDataError
 
         message = str(getattr(error, "cli_message", None) or error).strip()
         text = message.splitlines()[0] if message else type(error).__name__
@@ -247,7 +290,14 @@ class Bars:
 
     def __init__(self, enabled: bool = True):
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self.console = Console(stderr=True)
         self.enabled = enabled
@@ -298,13 +348,13 @@ DataDirOption = typer.Option(
 TrainFileOption = typer.Option(None, "--train-file", help="custom/lm: training file (.csv, .tsv, .json, .jsonl; .txt for lm).", rich_help_panel=DATA_PANEL)
 ValidationFileOption = typer.Option(None, "--validation-file", help="custom/lm: evaluation file.", rich_help_panel=DATA_PANEL)
 TextColumnOption = typer.Option(None, "--text-column", help="custom: text column (repeat for sentence pairs); default 'text'.", rich_help_panel=DATA_PANEL)
-LabelColumnOption = typer.Option("label", "--label-column", help="custom: label column.", rich_help_panel=DATA_PANEL)
+LabelColumnOption = typer.Option(PRUNE_DEFAULTS["label_column"], "--label-column", help="custom: label column.", rich_help_panel=DATA_PANEL)
 LabelNameOption = typer.Option(None, "--label-name", help="custom: label names in id order (repeat); default: order of first appearance.", rich_help_panel=DATA_PANEL)
 GgufFileOption = typer.Option(
     None, "--gguf-file", help="Load the GGUF checkpoint of this name inside the MODEL folder (weights dequantized to fp32).",
 )
-MaxEvalOption = typer.Option(None, "--max-eval-samples", min=1, help="Evaluate on the first N examples of each eval split.", rich_help_panel=DATA_PANEL)
-MaxLengthOption = typer.Option(128, "--max-length", min=8, help="Truncate inputs to this many tokens (also the benchmark sequence length).", rich_help_panel=DATA_PANEL)
+MaxEvalOption = typer.Option(None, "--max-eval-samples", **within("max_eval_samples"), help="Evaluate on the first N examples of each eval split.", rich_help_panel=DATA_PANEL)
+MaxLengthOption = typer.Option(PRUNE_DEFAULTS["max_length"], "--max-length", **within("max_length"), help="Truncate inputs to this many tokens (also the benchmark sequence length).", rich_help_panel=DATA_PANEL)
 
 
 def data_kwargs(
@@ -321,32 +371,41 @@ def data_kwargs(
     )
 
 
-_DATA_OPTIONS = [
-    inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
-    for name, option, annotation in (
-        ("data_dir", DataDirOption, Optional[Path]),
-        ("train_file", TrainFileOption, Optional[Path]),
-        ("validation_file", ValidationFileOption, Optional[Path]),
-        ("text_column", TextColumnOption, Optional[list[str]]),
-        ("label_column", LabelColumnOption, str),
-        ("label_name", LabelNameOption, Optional[list[str]]),
-    )
-]
+def option_group(argument: str, options: Mapping[str, tuple[Any, Any]], collect: Callable[..., Any] = dict):
+    """A decorator that gives a command the `options` (`{name: (annotation, typer.Option(...))}`), defined once, and
+    hands their values to it as one `argument`: what `collect(**values)` makes of them (by default the dict of
+    values, under the option names: the keyword arguments of the job the command calls)."""
+    parameters = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
+        for name, (annotation, option) in options.items()
+    ]
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        signature = inspect.signature(command, eval_str=True)
+        own = [parameter for name, parameter in signature.parameters.items() if name != argument]
+
+        @functools.wraps(command)
+        def with_options(*args: Any, **kwargs: Any) -> Any:
+            values = {parameter.name: kwargs.pop(parameter.name) for parameter in parameters}
+            return command(*args, **{argument: collect(**values)}, **kwargs)
+
+        with_options.__signature__ = signature.replace(parameters=[*own, *parameters])
+        return with_options
+
+    return decorate
 
 
-def with_data_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Give a command the task-data options (--data-dir, --train-file, ... in the "Task data" panel), defined once
-    here, and hand them to it as one `data_options` argument: the `load_task_data` keywords (`data_kwargs`)."""
-    signature = inspect.signature(command, eval_str=True)
-    own = [parameter for name, parameter in signature.parameters.items() if name != "data_options"]
-
-    @functools.wraps(command)
-    def with_options(*args: Any, **kwargs: Any) -> Any:
-        values = {parameter.name: kwargs.pop(parameter.name) for parameter in _DATA_OPTIONS}
-        return command(*args, data_options=data_kwargs(**values), **kwargs)
-
-    with_options.__signature__ = signature.replace(parameters=[*own, *_DATA_OPTIONS])
-    return with_options
+DATA_OPTIONS = {
+    "data_dir": (Optional[Path], DataDirOption),
+    "train_file": (Optional[Path], TrainFileOption),
+    "validation_file": (Optional[Path], ValidationFileOption),
+    "text_column": (Optional[list[str]], TextColumnOption),
+    "label_column": (str, LabelColumnOption),
+    "label_name": (Optional[list[str]], LabelNameOption),
+}
+with_data_options = option_group("data_options", DATA_OPTIONS, data_kwargs)
+"""Give a command the task-data options (--data-dir, --train-file, ... in the "Task data" panel), defined once
+here, and hand them to it as one `data_options` argument: the `load_task_data` keywords (`data_kwargs`)."""
 
 
 def metrics_table(title: str, columns: dict[str, dict[str, dict[str, float]]]) -> Any:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Optional
 
@@ -10,9 +9,20 @@ import typer
 
 from hfprune.constants import IMPORTANCE_IMAGE, SCORES_FILE, SCORING_METHODS, choices
 
-from .common import GgufFileOption, MaxEvalOption, MaxLengthOption, TaskOption, fail, handle_errors, metrics_table
-from .common import parse_ints, progress_display, quiet_libraries, warn, with_data_options
-
+from .common import (
+    GgufFileOption,
+    MaxEvalOption,
+    MaxLengthOption,
+    TaskOption,
+    fail,
+    handle_errors,
+    metrics_table,
+    parse_ints,
+    progress_display,
+    quiet_libraries,
+    warn,
+    with_data_options,
+)
 
 
 @with_data_options
@@ -62,7 +72,7 @@ def evaluate(
     max_eval_samples: Optional[int] = MaxEvalOption,
     max_length: int = MaxLengthOption,
     batch_size: int = typer.Option(64, "--batch-size", min=1),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the metrics to this JSON file."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the metrics to this JSON file (strict JSON: an undefined metric is null)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Evaluate MODEL on every eval split of TASK (both MNLI dev sets) with GLUE's metrics.
@@ -71,22 +81,16 @@ def evaluate(
     """
     with handle_errors():
         quiet_libraries()
-        from hfprune.io.checkpoint import load_model_for_task
-        from hfprune.tasks.task_data import evaluate_model, load_task_data
+        from hfprune.jobs.evaluate import evaluate_checkpoint
 
-        kwargs = data_options
-        data = load_task_data(task, need_train=False, max_eval_samples=max_eval_samples, **kwargs)
-        loaded, tokenizer, has_head = load_model_for_task(model, data, gguf_file=gguf_file)
-        if not has_head:
-            warn(f"{model} has no trained {data.name} head: these are the metrics of a random classifier")
         with progress_display(enabled=not quiet) as bars:
-            metrics = evaluate_model(loaded, tokenizer, data, batch_size=batch_size, max_length=max_length, progress=bars)
-        if json_path is not None:
-            json_path.parent.mkdir(parents=True, exist_ok=True)
-            json_path.write_text(json.dumps({"model": model, "task": data.name, "metrics": metrics}, indent=2) + "\n")
+            result = evaluate_checkpoint(
+                model, task, json_path=json_path, data_kwargs=data_options, max_eval_samples=max_eval_samples,
+                max_length=max_length, batch_size=batch_size, gguf_file=gguf_file, progress=bars, log=warn,
+            )  # fmt: skip
     from rich.console import Console
 
-    Console().print(metrics_table(f"{model} on {data.name}", {"value": metrics}))
+    Console().print(metrics_table(f"{model} on {result['task']}", {"value": result["metrics"]}))
 
 
 def bench(
@@ -116,16 +120,9 @@ def bench(
         with progress_display(enabled=not quiet) as bars:
             report = benchmark_checkpoint(
                 checkpoint, base_model=base, base_gguf_file=gguf_file, batch_sizes=sizes, seq_lengths=lengths,
-                num_threads=threads, repeats=repeats, warmup=warmup, device=device, progress=bars,
+                num_threads=threads, repeats=repeats, warmup=warmup, device=device, json_path=json_path,
+                plot_path=plot_path, update_card=update_card, progress=bars,
             )  # fmt: skip
-        if json_path is not None:
-            report.save_json(json_path)
-        if plot_path is not None:
-            report.plot(plot_path)
-        if update_card:
-            from hfprune.export.card import update_card_speed
-
-            update_card_speed(checkpoint, report)
     typer.echo(report.table())
     if report.noisy:
         warn(report.noise_warning())
@@ -142,10 +139,10 @@ def card(
 ) -> None:
     """(Re)write README.md and the heatmaps of a pruned checkpoint from its config and hfprune_results.json.
 
+    Refuses a folder hfprune did not write, and one whose weights would not load; its README.md is left as it is.
+
     Example: hfprune card ./bert-mnli-pruned --repo-id me/bert-mnli-pruned
     """
-    if not (checkpoint / "config.json").is_file():
-        fail(f"{checkpoint} is not a model directory (no config.json)")
     with handle_errors():
         quiet_libraries()
         from hfprune.export.card import regenerate_model_card

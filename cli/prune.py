@@ -1,4 +1,9 @@
-"""`hfprune prune` and `hfprune drop-layers`: the commands that write a pruned checkpoint."""
+"""`hfprune prune` and `hfprune drop-layers`: the commands that write a pruned checkpoint.
+
+`prune`'s options come in groups (`TARGET_OPTIONS`, `TRAINING_OPTIONS`, `OUTPUT_OPTIONS`, and the task-data options
+of `cli.common`), each defined once under the name of the `prune_for_task` keyword it sets, with the default of
+`hfprune.constants.PRUNE_DEFAULTS` and the bounds of `hfprune._validation.SETTING_BOUNDS`.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +12,101 @@ from typing import Any, Optional
 
 import typer
 
-from hfprune.constants import LAYER_STRATEGIES, PRUNING_METHODS, PRUNING_SCHEDULES, choices
+from hfprune.constants import (
+    CLI_BENCH_THREADS,
+    FALLBACK_HEAD_SPARSITY,
+    LAYER_STRATEGIES,
+    MAX_DROP_CEILING,
+    MAX_DROP_STEPS,
+    PRUNE_DEFAULTS,
+    PRUNING_METHODS,
+    PRUNING_SCHEDULES,
+    RECOVERY_RECIPE,
+    SPEED_TARGET_RECIPE,
+    choices,
+)
 
-from .common import GgufFileOption, MaxEvalOption, MaxLengthOption, TaskOption, check_fraction, command_line, handle_errors
-from .common import fail, metrics_table, parse_ints, progress_display, quiet_libraries, warn, with_data_options
+from .common import (
+    GgufFileOption,
+    MaxEvalOption,
+    MaxLengthOption,
+    TaskOption,
+    command_line,
+    handle_errors,
+    metrics_table,
+    option_group,
+    parse_ints,
+    progress_display,
+    quiet_libraries,
+    warn,
+    with_data_options,
+    within,
+)
 
 PRUNE_PANEL = "What to prune"
 TRAIN_PANEL = "Training"
 OUTPUT_PANEL = "Output"
+D, SPEED, PLAIN = PRUNE_DEFAULTS, SPEED_TARGET_RECIPE, RECOVERY_RECIPE
+
+
+def _option(default: Any, *names: str, help: str, panel: str, **kwargs: Any) -> Any:
+    return typer.Option(default, *names, help=help, rich_help_panel=panel, **kwargs)
+
+
+TARGET_OPTIONS = {
+    "head_sparsity": (Optional[float], _option(None, "--heads", help=f"Fraction of all attention heads to remove, in [0, 1); default {FALLBACK_HEAD_SPARSITY:g} (0 with --params, --speedup or --max-drop).", panel=PRUNE_PANEL)),
+    "target_speedup": (Optional[float], _option(None, "--speedup", help="Prune until the model runs this many times faster than dense (measured on --device at --speedup-batch-size x --speedup-seq-len), choosing layers, heads and FFN neurons by importance per saved second.", panel=PRUNE_PANEL)),
+    "max_drop": (Optional[float], _option(None, "--max-drop", **within("max_drop"), help=f"The fastest model within this many points of dense (chosen on a slice of train, reported on dev), among --steps (default {MAX_DROP_STEPS}) ever faster steps up to --speedup (default {MAX_DROP_CEILING:g}).", panel=PRUNE_PANEL)),
+    "speedup_batch_size": (int, _option(D["speedup_batch_size"], "--speedup-batch-size", **within("speedup_batch_size"), help="Batch size the --speedup is measured and met at.", panel=PRUNE_PANEL)),
+    "speedup_seq_len": (int, _option(D["speedup_seq_len"], "--speedup-seq-len", **within("speedup_seq_len"), help="Sequence length the --speedup is measured and met at.", panel=PRUNE_PANEL)),
+    "param_budget": (Optional[float], _option(None, "--params", help="Keep this fraction of the parameters, in (0, 1]; --heads, --ffn and --layers then only give the mix (none: allocated by importance per parameter across layers, heads and FFN neurons).", panel=PRUNE_PANEL)),
+    "prune_width": (bool, _option(D["prune_width"], "--prune-width", help="With --params alone, also prune the hidden width (the widths tried and their losses go into hfprune_results.json).", panel=PRUNE_PANEL)),
+    "ffn_sparsity": (float, _option(D["ffn_sparsity"], "--ffn", help="Fraction of FFN neurons to remove, in [0, 1).", panel=PRUNE_PANEL)),
+    "layer_sparsity": (float, _option(D["layer_sparsity"], "--layers", help="Fraction of whole layers to drop, in [0, 1).", panel=PRUNE_PANEL)),
+    "layer_strategy": (str, _option(D["layer_strategy"], "--layer-strategy", help=f"Which layers go: {choices(LAYER_STRATEGIES)}.", panel=PRUNE_PANEL)),
+    "method": (str, _option(D["method"], "--method", help=f"Scores that pick what goes: {', '.join(PRUNING_METHODS)}.", panel=PRUNE_PANEL)),
+    "schedule": (Optional[str], _option(None, "--schedule", help=f"{PRUNING_SCHEDULES[0]}, or {PRUNING_SCHEDULES[1]} (prune in --steps steps during recovery); default: {PRUNING_SCHEDULES[1]} with --speedup or more than one step, else {PLAIN['schedule']}.", panel=PRUNE_PANEL)),
+    "steps": (Optional[int], _option(None, "--steps", **within("steps"), help=f"Pruning steps (more than 1: iterative); default {SPEED['steps']} with --speedup, {MAX_DROP_STEPS} with --max-drop, else {PLAIN['steps']}.", panel=PRUNE_PANEL)),
+    "per_layer": (bool, _option(D["per_layer"], "--per-layer", help="Rank heads within each layer instead of globally.", panel=PRUNE_PANEL)),
+}  # fmt: skip
+
+TRAINING_OPTIONS = {
+    "recovery_epochs": (float, _option(D["recovery_epochs"], "--epochs", **within("recovery_epochs"), help="Recovery fine-tuning epochs after pruning.", panel=TRAIN_PANEL)),
+    "finetune_epochs": (Optional[float], _option(None, "--finetune-epochs", **within("finetune_epochs"), help="Most epochs to train a new task head first, when the model has none (early stopping on a slice of train); default 10 under 10,000 examples, else 3.", panel=TRAIN_PANEL)),
+    "allow_weak_baseline": (bool, _option(D["allow_weak_baseline"], "--allow-weak-baseline", help="Prune even when the dense model is not clearly above the majority class (the card says so).", panel=TRAIN_PANEL)),
+    "no_dense_control": (bool, _option(not D["dense_control"], "--no-dense-control", help="Skip training the dense model on the same examples for the same steps (the honest before the card compares with).", panel=TRAIN_PANEL)),
+    "device": (Optional[str], _option(None, "--device", help="cpu, cuda, cuda:N or mps for training and timing; default: the GPU if there is one.", panel=TRAIN_PANEL)),
+    "learning_rate": (float, _option(D["learning_rate"], "--lr", **within("learning_rate"), help="Learning rate (fine-tuning and recovery).", panel=TRAIN_PANEL)),
+    "batch_size": (int, _option(D["batch_size"], "--batch-size", **within("batch_size"), help="Training batch size (evaluation uses twice this).", panel=TRAIN_PANEL)),
+    "distillation_alpha": (Optional[float], _option(None, "--distill", **within("distillation_alpha"), help=f"Weight of distillation from the dense model's logits during recovery (0: none); default {SPEED['distillation_alpha']:g} with --speedup or --max-drop, else {PLAIN['distillation_alpha']:g}.", panel=TRAIN_PANEL)),
+    "distillation_layer_weight": (Optional[float], _option(None, "--distill-layers", **within("distillation_layer_weight"), help=f"Weight of layer-wise distillation: each kept layer's output pulled towards the dense model's same layer (0: none); default {SPEED['distillation_layer_weight']:g} with --speedup or --max-drop, else {PLAIN['distillation_layer_weight']:g}.", panel=TRAIN_PANEL)),
+    "score_num_examples": (int, _option(D["score_num_examples"], "--score-examples", **within("score_num_examples"), help="Training examples used to score heads.", panel=TRAIN_PANEL)),
+    "max_train_samples": (Optional[int], _option(None, "--max-train-samples", **within("max_train_samples"), help="Train on a random subset of N examples (seeded).", panel=TRAIN_PANEL)),
+    "max_eval_samples": (Optional[int], MaxEvalOption),
+    "max_length": (int, MaxLengthOption),
+    "seed": (int, _option(D["seed"], "--seed", **within("seed"), help="Seed for sampling, initialisation and training.", panel=TRAIN_PANEL)),
+}  # fmt: skip
+
+OUTPUT_OPTIONS = {
+    "overwrite": (bool, _option(D["overwrite"], "--overwrite", help="Replace a non-empty output directory (only once the new one is complete).", panel=OUTPUT_PANEL)),
+    "resume": (bool, _option(D["resume"], "--resume", help="Continue an interrupted run of the same command from its last checkpoint.", panel=OUTPUT_PANEL)),
+    "save_steps": (int, _option(D["save_steps"], "--save-steps", **within("save_steps"), help="Checkpoint training every N steps (what --resume continues from).", panel=OUTPUT_PANEL)),
+    "bench": (bool, _option(D["bench"], "--bench/--no-bench", help="Time dense vs pruned and put the table on the card.", panel=OUTPUT_PANEL)),
+    "bench_batch_sizes": (str, _option(",".join(map(str, D["bench_batch_sizes"])), "--bench-batch-sizes", help="Batch sizes to time, comma-separated.", panel=OUTPUT_PANEL)),
+    "bench_threads": (Optional[int], _option(CLI_BENCH_THREADS, "--threads", **within("bench_threads"), help="CPU threads while timing (steadier on a shared machine).", panel=OUTPUT_PANEL)),
+    "repo_id": (Optional[str], _option(None, "--repo-id", help="Hub repo id the card's loading code should use (see `hfprune push`).", panel=OUTPUT_PANEL)),
+    "base_model_id": (Optional[str], _option(None, "--base-model-id", help="Hub id of the base model, for the card's base_model field (when MODEL is a local folder).", panel=OUTPUT_PANEL)),
+    "dry_run": (bool, _option(D["dry_run"], "--dry-run", help="Print the plan (what would be removed, FLOPs, parameters) without training or writing anything.", panel=OUTPUT_PANEL)),
+    "quiet": (bool, _option(False, "--quiet", "-q", help="No progress bars.", panel=OUTPUT_PANEL)),
+}  # fmt: skip
+
+
+def _training(no_dense_control: bool, **values: Any) -> dict[str, Any]:
+    return {**values, "dense_control": not no_dense_control}
+
+
+def _output(bench_batch_sizes: str, **values: Any) -> dict[str, Any]:
+    return {**values, "bench_batch_sizes": parse_ints("--bench-batch-sizes", bench_batch_sizes)}
 
 
 def job_io(ctx: typer.Context, bars: Any, repo_id: str | None, base_model_id: str | None) -> dict[str, Any]:
@@ -27,68 +119,25 @@ def _default_output_dir(model: str, task: str, suffix: str = "pruned") -> Path:
 
 
 @with_data_options
+@option_group("output", OUTPUT_OPTIONS, _output)
+@option_group("training", TRAINING_OPTIONS, _training)
+@option_group("targets", TARGET_OPTIONS)
 def prune(
     ctx: typer.Context,
     model: str = typer.Argument(..., help="Model directory or Hub id, e.g. bert-base-uncased (a new task head is fine-tuned first if it has none)."),
     task: str = TaskOption,
     output_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", help="Where to write the pruned checkpoint; default ./MODEL-TASK-pruned.", rich_help_panel=OUTPUT_PANEL),
-    data_options: dict[str, Any] | None = None,  # the task-data options, added by @with_data_options
     gguf_file: Optional[str] = GgufFileOption,
-    heads: Optional[float] = typer.Option(None, "--heads", help="Fraction of all attention heads to remove, in [0, 1); default 0.4 (0 with --params, --speedup or --max-drop).", rich_help_panel=PRUNE_PANEL),
-    speedup: Optional[float] = typer.Option(None, "--speedup", help="Prune until the model runs this many times faster than dense (measured on --device at --speedup-batch-size x --speedup-seq-len), choosing layers, heads and FFN neurons by importance per saved second.", rich_help_panel=PRUNE_PANEL),
-    max_drop: Optional[float] = typer.Option(None, "--max-drop", help="The fastest model within this many points of dense (chosen on a slice of train, reported on dev), among --steps (default 6) ever faster steps up to --speedup (default 4).", rich_help_panel=PRUNE_PANEL),
-    speedup_batch_size: int = typer.Option(32, "--speedup-batch-size", min=1, help="Batch size the --speedup is measured and met at.", rich_help_panel=PRUNE_PANEL),
-    speedup_seq_len: int = typer.Option(128, "--speedup-seq-len", min=1, help="Sequence length the --speedup is measured and met at.", rich_help_panel=PRUNE_PANEL),
-    params: Optional[float] = typer.Option(None, "--params", help="Keep this fraction of the parameters, in (0, 1]; --heads, --ffn and --layers then only give the mix (none: allocated by importance per parameter across layers, heads and FFN neurons).", rich_help_panel=PRUNE_PANEL),
-    prune_width: bool = typer.Option(False, "--prune-width", help="With --params alone, also prune the hidden width (the widths tried and their losses go into hfprune_results.json).", rich_help_panel=PRUNE_PANEL),
-    ffn: float = typer.Option(0.0, "--ffn", help="Fraction of FFN neurons to remove, in [0, 1).", rich_help_panel=PRUNE_PANEL),
-    layers: float = typer.Option(0.0, "--layers", help="Fraction of whole layers to drop, in [0, 1).", rich_help_panel=PRUNE_PANEL),
-    layer_strategy: str = typer.Option("top", "--layer-strategy", help=f"Which layers go: {choices(LAYER_STRATEGIES)}.", rich_help_panel=PRUNE_PANEL),
-    method: str = typer.Option("importance", "--method", help=f"Scores that pick what goes: {', '.join(PRUNING_METHODS)}.", rich_help_panel=PRUNE_PANEL),
-    schedule: Optional[str] = typer.Option(None, "--schedule", help=f"{PRUNING_SCHEDULES[0]}, or {PRUNING_SCHEDULES[1]} (prune in --steps steps during recovery); default: {PRUNING_SCHEDULES[1]} with --speedup or more than one step, else {PRUNING_SCHEDULES[0]}.", rich_help_panel=PRUNE_PANEL),
-    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Pruning steps (more than 1: iterative); default 2 with --speedup, 6 with --max-drop, else 1.", rich_help_panel=PRUNE_PANEL),
-    per_layer: bool = typer.Option(False, "--per-layer", help="Rank heads within each layer instead of globally.", rich_help_panel=PRUNE_PANEL),
-    epochs: float = typer.Option(1.0, "--epochs", min=0.0, help="Recovery fine-tuning epochs after pruning.", rich_help_panel=TRAIN_PANEL),
-    finetune_epochs: Optional[float] = typer.Option(None, "--finetune-epochs", min=0.0, help="Most epochs to train a new task head first, when the model has none (early stopping on a slice of train); default 10 under 10,000 examples, else 3.", rich_help_panel=TRAIN_PANEL),
-    allow_weak_baseline: bool = typer.Option(False, "--allow-weak-baseline", help="Prune even when the dense model is not clearly above the majority class (the card says so).", rich_help_panel=TRAIN_PANEL),
-    no_dense_control: bool = typer.Option(False, "--no-dense-control", help="Skip training the dense model on the same examples for the same steps (the honest before the card compares with).", rich_help_panel=TRAIN_PANEL),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N or mps for training and timing; default: the GPU if there is one.", rich_help_panel=TRAIN_PANEL),
-    learning_rate: float = typer.Option(5e-5, "--lr", min=0.0, help="Learning rate (fine-tuning and recovery).", rich_help_panel=TRAIN_PANEL),
-    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Training batch size (evaluation uses twice this).", rich_help_panel=TRAIN_PANEL),
-    distill: Optional[float] = typer.Option(None, "--distill", min=0.0, max=1.0, help="Weight of distillation from the dense model's logits during recovery (0: none); default 0.5 with --speedup or --max-drop, else 0.", rich_help_panel=TRAIN_PANEL),
-    distill_layers: Optional[float] = typer.Option(None, "--distill-layers", min=0.0, help="Weight of layer-wise distillation: each kept layer's output pulled towards the dense model's same layer (0: none); default 1 with --speedup or --max-drop, else 0.", rich_help_panel=TRAIN_PANEL),
-    score_examples: int = typer.Option(512, "--score-examples", min=1, help="Training examples used to score heads.", rich_help_panel=TRAIN_PANEL),
-    max_train_samples: Optional[int] = typer.Option(None, "--max-train-samples", min=1, help="Train on a random subset of N examples (seeded).", rich_help_panel=TRAIN_PANEL),
-    max_eval_samples: Optional[int] = MaxEvalOption,
-    max_length: int = MaxLengthOption,
-    seed: int = typer.Option(42, "--seed", help="Seed for sampling, initialisation and training.", rich_help_panel=TRAIN_PANEL),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty output directory (only once the new one is complete).", rich_help_panel=OUTPUT_PANEL),
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run of the same command from its last checkpoint.", rich_help_panel=OUTPUT_PANEL),
-    save_steps: int = typer.Option(200, "--save-steps", min=1, help="Checkpoint training every N steps (what --resume continues from).", rich_help_panel=OUTPUT_PANEL),
-    bench: bool = typer.Option(True, "--bench/--no-bench", help="Time dense vs pruned and put the table on the card.", rich_help_panel=OUTPUT_PANEL),
-    bench_batch_sizes: str = typer.Option("1,8,32", "--bench-batch-sizes", help="Batch sizes to time, comma-separated.", rich_help_panel=OUTPUT_PANEL),
-    threads: Optional[int] = typer.Option(1, "--threads", min=1, help="CPU threads while timing (steadier on a shared machine).", rich_help_panel=OUTPUT_PANEL),
-    repo_id: Optional[str] = typer.Option(None, "--repo-id", help="Hub repo id the card's loading code should use (see `hfprune push`).", rich_help_panel=OUTPUT_PANEL),
-    base_model_id: Optional[str] = typer.Option(None, "--base-model-id", help="Hub id of the base model, for the card's base_model field (when MODEL is a local folder).", rich_help_panel=OUTPUT_PANEL),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (what would be removed, FLOPs, parameters) without training or writing anything.", rich_help_panel=OUTPUT_PANEL),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars.", rich_help_panel=OUTPUT_PANEL),
+    targets: dict[str, Any] | None = None,  # the option groups, added by @option_group and @with_data_options
+    training: dict[str, Any] | None = None,
+    output: dict[str, Any] | None = None,
+    data_options: dict[str, Any] | None = None,
 ) -> None:
     """Prune MODEL for TASK: fine-tune a head if needed, score, prune, recover, evaluate, time, write a model card.
 
     Example: hfprune prune bert-base-uncased --task mnli --heads 0.4 --ffn 0.2 -o bert-mnli-pruned
     """
-    for option, value in (("--heads", heads), ("--ffn", ffn), ("--layers", layers)):
-        if value is not None:
-            check_fraction(option, value)
-    if params is not None and not 0.0 < params <= 1.0:
-        fail(f"--params must be a fraction in (0, 1], got {params}")
-    if prune_width and params is None:
-        fail("--prune-width needs --params (the width is chosen to meet a parameter budget)")
-    if speedup is not None and speedup <= 1.0:
-        fail(f"--speedup must be above 1, got {speedup}")
-    if max_drop is not None and max_drop < 0:
-        fail(f"--max-drop must be a number of points >= 0, got {max_drop}")
-    batch_sizes = parse_ints("--bench-batch-sizes", bench_batch_sizes)
+    quiet = output.pop("quiet")
     output_dir = output_dir or _default_output_dir(model, task)
 
     with handle_errors():
@@ -97,49 +146,14 @@ def prune(
 
         with progress_display(enabled=not quiet) as bars:
             result = prune_for_task(
-                model,
-                task,
-                output_dir=output_dir,
-                **data_options,
-                gguf_file=gguf_file,
-                head_sparsity=heads,
-                ffn_sparsity=ffn,
-                param_budget=params,
-                prune_width=prune_width,
-                target_speedup=speedup,
-                speedup_batch_size=speedup_batch_size,
-                speedup_seq_len=speedup_seq_len,
-                max_drop=max_drop,
-                layer_sparsity=layers,
-                layer_strategy=layer_strategy,
-                method=method,
-                schedule=schedule,
-                steps=steps,
-                per_layer=per_layer,
-                recovery_epochs=epochs,
-                finetune_epochs=finetune_epochs,
-                learning_rate=learning_rate,
-                batch_size=batch_size,
-                distillation_alpha=distill,
-                distillation_layer_weight=distill_layers,
-                score_num_examples=score_examples,
-                max_train_samples=max_train_samples,
-                max_eval_samples=max_eval_samples,
-                max_length=max_length,
-                seed=seed,
-                allow_weak_baseline=allow_weak_baseline,
-                dense_control=not no_dense_control,
-                device=device,
-                dry_run=dry_run,
-                overwrite=overwrite,
-                resume=resume,
-                save_steps=save_steps,
-                bench=bench,
-                bench_batch_sizes=batch_sizes,
-                bench_threads=threads,
-                **job_io(ctx, bars, repo_id, base_model_id),
-            )
+                model, task, output_dir=output_dir, gguf_file=gguf_file, **data_options, **targets, **training,
+                **output, command=command_line(ctx), progress=bars, log=bars.log,
+            )  # fmt: skip
+    _print_result(result)
 
+
+def _print_result(result) -> None:
+    """What a run shows: dense vs pruned, what was kept, the targets it met or missed, the speedups, warnings."""
     from rich.console import Console
 
     console = Console()

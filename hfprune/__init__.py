@@ -57,9 +57,11 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "scoring.methods": ("score_units",),
     "scoring.similarity": ("angular_distance", "block_influence", "layer_cosine_scores"),
     "scoring.weights": ("magnitude_ffn_scores", "magnitude_head_scores", "random_ffn_scores", "random_head_scores"),
+    "measure.flops": ("count_flops",),
     "measure.generation_speed": ("measure_generation_speed",),
     "measure.latency": ("LatencyModel", "measure_latency_model"),
-    "measure.speed": ("SpeedReport", "count_flops", "measure_speed"),
+    "measure.speed": ("measure_speed",),
+    "measure.speed_report": ("SpeedReport",),
     "planning.allocation": ("allocate_for_time",),
     "planning.plan": (
         "best_head_per_layer",
@@ -95,7 +97,14 @@ OLD_MODULE_PATHS: dict[str, tuple[str, ...]] = {
     "arch.xlnet": ("engine.arch.xlnet",),
     "baselines": ("tasks.baselines",),
     "callbacks": ("training.callbacks", "progress"),
-    "card": ("export.card", "engine.record"),
+    "card": (
+        "export.card",
+        "export.card_source",
+        "export.card_sections",
+        "export.plots",
+        "measure.sparsity",
+        "engine.record",
+    ),
     "checkpoint": ("io.checkpoint",),
     "checks": ("engine.checks",),
     "convert": ("export.convert", "io.v4"),
@@ -116,14 +125,23 @@ OLD_MODULE_PATHS: dict[str, tuple[str, ...]] = {
     "output": ("io.output",),
     "param_target": ("planning.param_target",),
     "per_layer": ("engine.per_layer", "io.per_layer_load"),
-    "pipeline": ("jobs.prune", "jobs.finetune", "jobs.results", "jobs.score", "io.rundir", "tasks.task_data"),
+    "pipeline": (
+        "jobs.prune",
+        "jobs.finetune",
+        "jobs.results",
+        "jobs.score",
+        "io.rundir",
+        "tasks.task_data",
+        "tasks.evaluate",
+        "tasks.specs",
+    ),
     "plan": ("planning.plan",),
     "record": ("engine.record",),
     "results": ("jobs.results",),
     "rundir": ("io.rundir",),
     "score_job": ("jobs.score",),
     "scores": ("scoring.loss", "scoring.common", "scoring.methods", "scoring.similarity", "scoring.weights"),
-    "speed": ("measure.speed",),
+    "speed": ("measure.speed", "measure.flops", "measure.noise", "measure.speed_report"),
     "speed_target": ("planning.speed_target",),
     "structure": ("engine.structure",),
     "surgery": ("engine.surgery", "engine.restore"),
@@ -134,8 +152,11 @@ OLD_MODULE_PATHS: dict[str, tuple[str, ...]] = {
 __getattr_export__, _dir, __all__ = attach(__name__, _EXPORTS)
 
 
+SUBPACKAGES = ("engine", "scoring", "measure", "tasks", "planning", "io", "export", "training", "jobs")
+
+
 def __getattr__(name: str) -> Any:
-    if name in OLD_MODULE_PATHS:  # `hfprune.pipeline` as an attribute, as before
+    if name in OLD_MODULE_PATHS or name in SUBPACKAGES:  # `hfprune.pipeline`, `hfprune.jobs` as attributes
         return importlib.import_module(f"{__name__}.{name}")
     return __getattr_export__(name)
 
@@ -200,9 +221,11 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from .io.loading import from_pretrained, save_for_remote_code
     from .jobs.prune import SPEED_TARGET_RECIPE, prune_for_task
     from .jobs.results import PruneResult
+    from .measure.flops import count_flops
     from .measure.generation_speed import measure_generation_speed
     from .measure.latency import LatencyModel, measure_latency_model
-    from .measure.speed import SpeedReport, count_flops, measure_speed
+    from .measure.speed import measure_speed
+    from .measure.speed_report import SpeedReport
     from .planning.allocation import allocate_for_time
     from .planning.plan import (
         best_head_per_layer,

@@ -2,7 +2,7 @@
 `WeakBaselineError` for a dense model that did not learn its task, exit 1."""
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
     """An error as one line (its type's name when it has no message), for wrapping it in a hfprune error."""
     text = str(error).strip() or type(error).__name__
     return text.splitlines()[0]

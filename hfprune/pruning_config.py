@@ -3,17 +3,22 @@
 Kept apart from the trainer (as TRL pairs `X_config.py` with `X_trainer.py`) so the options, their help text
 and their checks can be read, parsed (`HfArgumentParser`) and documented without the training loop.
 `PruningArguments` is the same class under its first name.
+
+Defaults come from `hfprune.constants` (`PRUNE_DEFAULTS`, `RECOVERY_RECIPE`), the table the prune job and the
+command line read too, and every number is checked against `hfprune._validation.SETTING_BOUNDS`. One default
+differs from the job's on purpose: `target_head_sparsity` is 0.0, as every target here is (a trainer removes only
+what it is asked to), where the job falls back to `FALLBACK_HEAD_SPARSITY` when it is given no target at all.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from transformers import TrainingArguments
 
-from ._validation import check_count, check_fraction, check_number
-from .constants import LAYER_STRATEGIES, PRUNING_METHODS, PRUNING_SCHEDULES
+from ._validation import check_finite, check_setting
+from .constants import LAYER_STRATEGIES, PRUNE_DEFAULTS, PRUNING_METHODS, PRUNING_SCHEDULES, RECOVERY_RECIPE
 from .errors import PruningError
 
 
@@ -41,7 +46,8 @@ class PruningConfig(TrainingArguments):
             Number of steps of the iterative schedule (step k reaches k / pruning_steps of every target).
         target_head_sparsity (`float`, defaults to `0.0`):
             Fraction in [0, 1) of the ORIGINAL model's attention heads to remove; heads of dropped layers count
-            as removed (as in `hfprune.planning.plan.head_sparsity`).
+            as removed (as in `hfprune.planning.plan.head_sparsity`). Like every target here it defaults to
+            removing nothing; the prune job's `head_sparsity` falls back to 0.4 instead when it has no target.
         target_ffn_sparsity (`float`, defaults to `0.0`):
             Fraction in [0, 1) of the original FFN neurons to remove; neurons of dropped layers count as removed.
         target_layer_sparsity (`float`, defaults to `0.0`):
@@ -135,24 +141,24 @@ class PruningConfig(TrainingArguments):
     """
 
     pruning_method: str = field(
-        default="importance",
+        default=PRUNE_DEFAULTS["method"],
         metadata={"help": "How heads and FFN neurons are ranked.", "choices": list(PRUNING_METHODS)},
     )
     pruning_schedule: str = field(
-        default="one_shot",
+        default=RECOVERY_RECIPE["schedule"],
         metadata={"help": "Prune in one step, or in `pruning_steps` steps.", "choices": list(PRUNING_SCHEDULES)},
     )
     pruning_steps: int = field(
-        default=1, metadata={"help": "Iterative schedule: number of steps to reach the targets."}
+        default=RECOVERY_RECIPE["steps"], metadata={"help": "Iterative schedule: number of steps to reach the targets."}
     )
     target_head_sparsity: float = field(
         default=0.0, metadata={"help": "Fraction of the original attention heads to remove, in [0, 1)."}
     )
     target_ffn_sparsity: float = field(
-        default=0.0, metadata={"help": "Fraction of the original FFN neurons to remove, in [0, 1)."}
+        default=PRUNE_DEFAULTS["ffn_sparsity"], metadata={"help": "Fraction of the original FFN neurons to remove, in [0, 1)."}
     )
     target_layer_sparsity: float = field(
-        default=0.0, metadata={"help": "Fraction of the original layers to drop, in [0, 1)."}
+        default=PRUNE_DEFAULTS["layer_sparsity"], metadata={"help": "Fraction of the original layers to drop, in [0, 1)."}
     )
     target_param_budget: float | None = field(
         default=None,
@@ -161,22 +167,22 @@ class PruningConfig(TrainingArguments):
         },
     )
     prune_width: bool = field(
-        default=False, metadata={"help": "With an allocated target_param_budget, also prune the hidden width."}
+        default=PRUNE_DEFAULTS["prune_width"], metadata={"help": "With an allocated target_param_budget, also prune the hidden width."}
     )
     target_speedup: float | None = field(
         default=None, metadata={"help": "Prune until the measured speedup over the dense model reaches this (> 1)."}
     )
-    speedup_batch_size: int = field(default=32, metadata={"help": "Batch size the speedup is measured at."})
-    speedup_seq_len: int = field(default=128, metadata={"help": "Sequence length the speedup is measured at."})
+    speedup_batch_size: int = field(default=PRUNE_DEFAULTS["speedup_batch_size"], metadata={"help": "Batch size the speedup is measured at."})
+    speedup_seq_len: int = field(default=PRUNE_DEFAULTS["speedup_seq_len"], metadata={"help": "Sequence length the speedup is measured at."})
     speedup_num_threads: int | None = field(default=None, metadata={"help": "CPU threads while timing."})
     speedup_extra_steps: int = field(
         default=2, metadata={"help": "Extra pruning steps at most when the measured speedup is short (0: none)."}
     )
     layer_strategy: str = field(
-        default="top", metadata={"help": "Which layers to drop.", "choices": list(LAYER_STRATEGIES)}
+        default=PRUNE_DEFAULTS["layer_strategy"], metadata={"help": "Which layers to drop.", "choices": list(LAYER_STRATEGIES)}
     )
     per_layer_ranking: bool = field(
-        default=False, metadata={"help": "Rank heads and FFN neurons within each layer instead of globally."}
+        default=PRUNE_DEFAULTS["per_layer"], metadata={"help": "Rank heads and FFN neurons within each layer instead of globally."}
     )
     round_to_multiple: int = field(
         default=1, metadata={"help": "Round every layer's kept FFN width to a multiple of this (e.g. 64)."}
@@ -185,20 +191,20 @@ class PruningConfig(TrainingArguments):
         default=1, metadata={"help": "Round every layer's kept number of heads to a multiple of this."}
     )
     score_num_examples: int = field(
-        default=512, metadata={"help": "Examples for scoring, from score_dataset or the train set (not eval)."}
+        default=PRUNE_DEFAULTS["score_num_examples"], metadata={"help": "Examples for scoring, from score_dataset or the train set (not eval)."}
     )
     recovery_epochs: float = field(
-        default=1.0, metadata={"help": "Fine-tuning epochs after each pruning step (0: none)."}
+        default=PRUNE_DEFAULTS["recovery_epochs"], metadata={"help": "Fine-tuning epochs after each pruning step (0: none)."}
     )
     recovery_steps: int = field(
         default=0, metadata={"help": "If > 0, fine-tuning steps after each pruning step (overrides recovery_epochs)."}
     )
     distillation_alpha: float = field(
-        default=0.0, metadata={"help": "Weight in [0, 1] of the KL term from the unpruned teacher's logits."}
+        default=RECOVERY_RECIPE["distillation_alpha"], metadata={"help": "Weight in [0, 1] of the KL term from the unpruned teacher's logits."}
     )
     distillation_temperature: float = field(default=2.0, metadata={"help": "Distillation temperature (> 0)."})
     distillation_layer_weight: float = field(
-        default=0.0, metadata={"help": "Weight (>= 0) of the layer-wise term: each layer's output vs the teacher's."}
+        default=RECOVERY_RECIPE["distillation_layer_weight"], metadata={"help": "Weight (>= 0) of the layer-wise term: each layer's output vs the teacher's."}
     )
     l0_lambda: float = field(
         default=1.0, metadata={"help": "L0 method: penalty coefficient (times the expected fraction of heads kept)."}
@@ -227,10 +233,11 @@ class PruningConfig(TrainingArguments):
             if not ok:
                 value = message.split(" must")[0]
                 raise PruningError(f"{message}, got {getattr(self, value)!r}")
-        for name in ("target_head_sparsity", "target_ffn_sparsity", "target_layer_sparsity"):
-            check_fraction(name, getattr(self, name))
-        if self.target_param_budget is not None:
-            check_number("target_param_budget", self.target_param_budget, 0, 1, open_low=True, expected="None or a number in (0, 1]")
+        for item in fields(self):  # no float setting is NaN or infinite, TrainingArguments' own included
+            check_finite(item.name, getattr(self, item.name, None))
+        for name in _BOUNDED_FIELDS:  # the rules the prune job and the command line check these values by
+            if getattr(self, name) is not None or name in _REQUIRED_FIELDS:
+                check_setting(_RULE_OF_FIELD.get(name, name), getattr(self, name), name=name, plain=False)
         if self.target_speedup is not None:
             self._check_speed_target()
         if self.prune_width and not self.allocates_param_budget:
@@ -238,31 +245,11 @@ class PruningConfig(TrainingArguments):
                 "prune_width needs a target_param_budget without sparsity targets, with pruning_method 'importance' "
                 f"or 'taylor' (got method {self.pruning_method!r}, budget {self.target_param_budget})"
             )
-        for name, low in (
-            ("pruning_steps", 1),
-            ("speedup_batch_size", 1),
-            ("speedup_seq_len", 1),
-            ("speedup_extra_steps", 0),
-            ("round_to_multiple", 1),
-            ("round_heads_to_multiple", 1),
-            ("score_num_examples", 1),
-            ("recovery_steps", 0),
-            ("l0_warmup_steps", 0),
-            ("l0_steps", 0),
-        ):
-            check_count(name, getattr(self, name), low)
-        for name in ("recovery_epochs", "l0_epochs", "l0_lambda"):
-            check_number(name, getattr(self, name), 0)
-        check_number("distillation_alpha", self.distillation_alpha, 0, 1)
-        check_number("distillation_layer_weight", self.distillation_layer_weight, 0)
         if self.distillation_layer_weight > 0 and self.gradient_checkpointing:
             raise PruningError(
                 "distillation_layer_weight reads each layer's output, which gradient checkpointing recomputes "
                 "without it: turn one of them off"
             )
-        for name in ("distillation_temperature", "l0_learning_rate"):
-            check_number(name, getattr(self, name), 0, open_low=True)
-        check_number("l0_init_keep", self.l0_init_keep, 0, 1, open_low=True, open_high=True)
         if self.pruning_schedule == "one_shot" and self.pruning_steps != 1:
             raise PruningError(
                 f"pruning_steps={self.pruning_steps} needs pruning_schedule='iterative' (one_shot is one step)"
@@ -287,7 +274,6 @@ class PruningConfig(TrainingArguments):
             )
 
     def _check_speed_target(self) -> None:
-        check_number("target_speedup", self.target_speedup, 1, open_low=True, expected="None or a number above 1")
         if self.pruning_method not in ("importance", "taylor"):
             raise PruningError(
                 "target_speedup ranks layers, heads and FFN neurons on one scale: use pruning_method "
@@ -296,7 +282,7 @@ class PruningConfig(TrainingArguments):
         if self.target_head_sparsity or self.target_ffn_sparsity or self.target_layer_sparsity or self.target_param_budget is not None:
             raise PruningError("target_speedup chooses what to remove: leave the sparsity and budget targets unset")
         if self.speedup_num_threads is not None:
-            check_count("speedup_num_threads", self.speedup_num_threads, 1)
+            check_setting("bench_threads", self.speedup_num_threads, name="speedup_num_threads", plain=False)
 
     def card_settings(self) -> dict[str, Any]:
         """What the model card's pruning table shows of these arguments."""
@@ -357,10 +343,24 @@ FIELD_OF_SETTING = {
 }
 
 
+SETTING_OF_FIELD = {name: setting for setting, name in FIELD_OF_SETTING.items()}
+
+# The numeric fields, checked in this order against `SETTING_BOUNDS` (under the job's name where it has one).
+_BOUNDED_FIELDS = (
+    "target_head_sparsity", "target_ffn_sparsity", "target_layer_sparsity", "target_param_budget", "target_speedup",
+    "pruning_steps", "speedup_batch_size", "speedup_seq_len", "speedup_extra_steps", "round_to_multiple",
+    "round_heads_to_multiple", "score_num_examples", "recovery_steps", "l0_warmup_steps", "l0_steps",
+    "recovery_epochs", "l0_epochs", "l0_lambda", "distillation_alpha", "distillation_layer_weight",
+    "distillation_temperature", "l0_learning_rate", "l0_init_keep", "learning_rate", "seed", "data_seed",
+)  # fmt: skip
+_REQUIRED_FIELDS = frozenset(_BOUNDED_FIELDS) - {"target_param_budget", "target_speedup", "data_seed"}  # the rest: None is unset
+_RULE_OF_FIELD = {**SETTING_OF_FIELD, "data_seed": "seed"}  # the SETTING_BOUNDS key each field is checked by
+
+
 def config_from_settings(settings: dict[str, Any], **training_arguments: Any) -> PruningConfig:
     """The `PruningConfig` of a job's `settings` (keys of `FIELD_OF_SETTING`; others, and None values, are ignored)."""
     fields = {FIELD_OF_SETTING[key]: value for key, value in settings.items() if key in FIELD_OF_SETTING and value is not None}
     return PruningConfig(**fields, **training_arguments)
 
 
-__all__ = ["FIELD_OF_SETTING", "PruningArguments", "PruningConfig", "config_from_settings"]
+__all__ = ["FIELD_OF_SETTING", "SETTING_OF_FIELD", "PruningArguments", "PruningConfig", "config_from_settings"]

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
 
-
 USER = "fake-user"
 _REPO = r"(?P<repo_id>[^/]+/[^/]+)"
 _ROUTES: list[tuple[str, re.Pattern[str], str]] = [

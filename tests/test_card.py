@@ -12,7 +12,8 @@ from huggingface_hub import ModelCard
 from PIL import Image
 
 import hfprune
-from hfprune.export.card import regenerate_model_card, sparsity_summary, write_model_card
+from hfprune.export.card import regenerate_model_card, write_model_card
+from hfprune.measure.sparsity import sparsity_summary
 
 MNLI_BEFORE = {"validation_matched": {"accuracy": 0.84}, "validation_mismatched": {"accuracy": 0.845}}
 MNLI_AFTER = {"validation_matched": {"accuracy": 0.8312}, "validation_mismatched": {"accuracy": 0.8377}}
@@ -117,7 +118,7 @@ def test_regenerate_keeps_stored_inputs_and_applies_overrides(tmp_path: Path):
     import json
 
     from hfprune.constants import RESULTS_FILE
-    from hfprune.export.card import card_inputs
+    from hfprune.export.card_source import card_inputs
 
     model = tiny_model("gpt2")  # a decoder: the card must not pretend it is a classifier
     hfprune.drop_layers(model, [2])
@@ -162,7 +163,7 @@ def test_regenerate_keeps_stored_inputs_and_applies_overrides(tmp_path: Path):
     ],
 )
 def test_sanitize_paths_keeps_only_the_last_part_of_absolute_paths(text, expected):
-    from hfprune.export.card import sanitize_paths
+    from hfprune.export.card_source import sanitize_paths
 
     assert sanitize_paths(text) == (text if expected is None else expected)
 
@@ -175,7 +176,7 @@ def test_card_inputs_keep_no_absolute_path_and_a_local_base_stays_local(tmp_path
     import json
 
     from hfprune.constants import RESULTS_FILE
-    from hfprune.export.card import card_inputs
+    from hfprune.export.card_source import card_inputs
 
     base = tmp_path / "home" / "alice" / "gpt2"  # a local folder whose name is also a Hub id
     base.mkdir(parents=True)
@@ -248,7 +249,7 @@ def test_an_eval_subset_is_named_in_the_model_index(pruned, tmp_path: Path):
 
 
 def test_majority_baseline_column_and_weak_baseline_warning(pruned, tmp_path: Path):
-    from hfprune.export.card import card_inputs
+    from hfprune.export.card_source import card_inputs
 
     model, _ = pruned
     inputs = card_inputs(

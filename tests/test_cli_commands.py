@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pytest
 from cli_fixtures import one_error_line, snapshot, write_sst2, write_tiny_bert
-from typer.testing import CliRunner
-
 from hfprune.cli import app
+from typer.testing import CliRunner
 
 TOKEN = "hf_CliLoopbackToken0123456789abcdefXYZ"  # shaped like a real user access token
 runner = CliRunner()
@@ -231,9 +230,9 @@ def in_process_hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     import time
     import types
 
+    from hub_server import FakeHub
     from huggingface_hub import constants
     from huggingface_hub.utils import _http as hf_http
-    from hub_server import FakeHub
 
     fake_time = types.SimpleNamespace(**vars(time))
     fake_time.sleep = lambda seconds: None
@@ -318,12 +317,13 @@ def test_push_failures_are_one_line_exit_1_and_retryable(work: Path, in_process_
 def test_bench_warns_once_on_stderr_and_records_a_noisy_timing(work: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     import shutil
 
-    import hfprune.measure.speed as speed_module
     from huggingface_hub import ModelCard
+
+    import hfprune.measure.noise as noise_module
 
     out = tmp_path / "pruned"
     shutil.copytree(work / "pruned", out)
-    monkeypatch.setattr(speed_module.os, "getloadavg", lambda: (64.0, 64.0, 64.0))  # far above any CPU count here
+    monkeypatch.setattr(noise_module.os, "getloadavg", lambda: (64.0, 64.0, 64.0))  # far above any CPU count here
     result = cli("bench", out, "--batch-sizes", "1", "--seq-lengths", "16", "--repeats", "2", "--warmup", "0",
                  "--json", tmp_path / "speed.json", "--update-card", "-q")  # fmt: skip
     assert result.exit_code == 0, result.stderr
@@ -340,10 +340,11 @@ def test_bench_warns_once_on_stderr_and_records_a_noisy_timing(work: Path, tmp_p
 
 
 def test_bench_on_a_quiet_machine_prints_no_warning(work: Path, monkeypatch: pytest.MonkeyPatch):
+    import hfprune.measure.noise as noise_module
     import hfprune.measure.speed as speed_module
 
-    monkeypatch.setattr(speed_module.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
-    monkeypatch.setattr(speed_module, "_timer", lambda device: lambda fn: 5.0)  # steady: no real timing
+    monkeypatch.setattr(noise_module.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    monkeypatch.setattr(speed_module, "device_timer", lambda device: lambda fn: 5.0)  # steady: no real timing
     result = cli("bench", work / "pruned", "--batch-sizes", "1", "--seq-lengths", "16", "--repeats", "4", "-q")
     assert result.exit_code == 0, result.stderr
     assert result.stderr.strip() == "" and "Warning" not in result.stdout

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 from cli_fixtures import one_error_line, snapshot, write_sst2, write_tiny_bert
+from hfprune.cli import app
 from typer.testing import CliRunner
 
-from hfprune.cli import app
-from hfprune.io.output import check_output_dir, write_atomically
 from hfprune.errors import PipelineInputError
+from hfprune.io.output import check_output_dir, write_atomically
 from hfprune.io.rundir import work_dir_for
 
 runner = CliRunner()

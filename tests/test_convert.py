@@ -15,12 +15,12 @@ import pytest
 import torch
 import transformers
 from cli_fixtures import one_error_line
+from hfprune.cli import app
 from safetensors import safe_open
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 import hfprune
-from hfprune.cli import app
 from hfprune.export.convert import convert_checkpoint
 from hfprune.io.v4 import v4_pruned_heads
 

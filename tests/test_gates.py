@@ -4,12 +4,12 @@ import math
 
 import pytest
 import torch
+from conftest import FAMILIES, GQA, tiny_inputs, tiny_model
 
 import hfprune
-from conftest import FAMILIES, GQA, tiny_inputs, tiny_model
+from hfprune.engine.record import kept_ffn
 from hfprune.errors import PruningError, TargetOutOfReachError
 from hfprune.training.gates import GAMMA, ZETA, HeadGates
-from hfprune.engine.record import kept_ffn
 
 FINALIZE_FAMILIES = ["bert", "distilbert", "xlnet", "gpt2", "llama", "qwen3"]
 

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from conftest import tiny_inputs, tiny_model
+
 from hfprune import drop_layers, prune_ffn, prune_heads
 from hfprune.errors import PruningError
 from hfprune.measure.generation_speed import _prefill_and_decode, measure_generation_speed

@@ -11,12 +11,11 @@ import types
 from pathlib import Path
 
 import pytest
+from hub_server import FakeHub
 from huggingface_hub import constants
 from huggingface_hub.utils import _http as hf_http
-from hub_server import FakeHub
 
 from hfprune.export.hub import HubPushError, push_to_hub
-
 
 TOKEN = "hf_FakeLoopbackToken0123456789abcdefXY"  # shaped like a real user access token
 README = "---\nlicense: apache-2.0\nlibrary_name: transformers\ntags:\n- hfprune\n---\n# Pruned model\n"
@@ -259,8 +258,9 @@ def test_missing_folder_or_no_weights(hub: FakeHub, tmp_path: Path):
 @pytest.fixture
 def pruned_dir(tmp_path: Path) -> Path:
     """A real pruned tiny BERT saved with save_pretrained: config.hfprune, weights, no README.md."""
-    import hfprune
     from conftest import tiny_model
+
+    import hfprune
 
     model = tiny_model("bert")
     hfprune.prune_heads(model, {0: [1, 2]})
@@ -294,7 +294,7 @@ def test_push_without_readme_adds_a_structure_card_in_the_same_commit(hub: FakeH
 
 def test_push_card_comes_from_the_stored_results(hub: FakeHub, pruned_dir: Path):
     from hfprune.constants import RESULTS_FILE
-    from hfprune.export.card import card_inputs
+    from hfprune.export.card_source import card_inputs
 
     stored = card_inputs(
         base_model="google-bert/bert-base-uncased", task="sst2", metrics_before={"accuracy": 0.91},

@@ -30,9 +30,10 @@ def test_old_import_paths_still_work():
     from hfprune.pipeline import PruneResult, TaskData, evaluate_model, load_task_data, micro_batches, work_dir_for
     from hfprune.plan import LAYER_STRATEGIES
     from hfprune.results import PruneResult as moved_result
-    from hfprune.tasks import TaskData as moved_task_data
     from hfprune.trainer import L0_GATES_NAME, PRUNING_STATE_NAME, PruningArguments, restore_structure
+
     from hfprune import constants, surgery
+    from hfprune.tasks import TaskData as moved_task_data
 
     assert PruneResult is moved_result and TaskData is moved_task_data
     assert restore_structure is surgery.restore_structure and LAYER_STRATEGIES is constants.LAYER_STRATEGIES
@@ -54,14 +55,15 @@ def test_every_old_module_path_imports_its_names():
             real = importlib.import_module(f"hfprune.{home}")
             for name in getattr(real, "__all__", ()):
                 assert getattr(module, name) is getattr(real, name), f"hfprune.{old}.{name}"
-    from hfprune.engine.arch.base import ArchAdapter
-    from hfprune.scores import _mean_loss, head_importance, normalize_per_layer, score_units
+    from hfprune.scores import head_importance, mean_loss, normalize_per_layer, score_units
     from hfprune.surgery import prune_heads, restore_structure
+
+    from hfprune.engine.arch.base import ArchAdapter
 
     assert importlib.import_module("hfprune.arch.base").ArchAdapter is ArchAdapter  # one copy of the class, not two
     assert hfprune.head_importance is head_importance and hfprune.score_units is score_units
     assert restore_structure is importlib.import_module("hfprune.engine.restore").restore_structure
-    assert callable(_mean_loss) and callable(normalize_per_layer) and prune_heads is hfprune.prune_heads
+    assert callable(mean_loss) and callable(normalize_per_layer) and prune_heads is hfprune.prune_heads
 
 
 # the floors of the house: a module may import only from its own floor or below
@@ -111,3 +113,14 @@ def test_imports_run_down_the_floors_only():
             if target_floor > floor or (target_floor == floor and target_room != room):
                 upward.append(f"{module} -> {target}")
     assert not upward, upward
+
+
+def test_every_public_name_of_every_face_resolves():
+    import importlib
+
+    for name in hfprune.__all__:
+        assert getattr(hfprune, name) is not None, name
+    for package in hfprune.SUBPACKAGES:
+        face = importlib.import_module(f"hfprune.{package}")
+        for name in face.__all__:
+            assert getattr(face, name) is not None, f"hfprune.{package}.{name}"

@@ -7,10 +7,10 @@ import sys
 import pytest
 import torch
 import transformers
-
-import hfprune
 from conftest import FAMILIES, GQA, logits_of, tiny_inputs, tiny_model
 from test_surgery import FFN_SPEC, head_spec
+
+import hfprune
 
 
 def prune_everything(model, family):

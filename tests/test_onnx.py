@@ -14,12 +14,12 @@ import pytest
 import torch
 from cli_fixtures import one_error_line, write_tiny_bert
 from conftest import GQA, VOCAB, tiny_model
+from hfprune.cli import app
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 import hfprune
 from hfprune.export.card import regenerate_model_card
-from hfprune.cli import app
 from hfprune.export.onnx import ONNX_DIR, OnnxMismatchError, export_onnx
 
 FAMILIES = ("bert", "roberta", "electra", "distilbert", "gpt2", "llama", "qwen3", "xlnet")
@@ -175,7 +175,7 @@ def test_export_command(tmp_path):
 
     out = str(tmp_path / "x")
     assert "unknown --format 'tflite'" in one_error_line(runner.invoke(app, ["export", str(tmp_path / "ckpt"), "-f", "tflite", "-o", out]))
-    assert "not empty" in one_error_line(runner.invoke(app, ["export", str(tmp_path / "ckpt"), "-o", str(tmp_path / "ckpt")]))
+    assert "is the input" in one_error_line(runner.invoke(app, ["export", str(tmp_path / "ckpt"), "-o", str(tmp_path / "ckpt")]))
     assert "does not exist" in one_error_line(runner.invoke(app, ["export", str(tmp_path / "nope"), "-o", out]))
     assert not (tmp_path / "x").exists()
 

@@ -2,13 +2,13 @@
 
 import pytest
 import torch
+from conftest import FAMILIES, VOCAB, tiny_model, tiny_pruning_args
 from transformers import default_data_collator
 
-from conftest import FAMILIES, VOCAB, tiny_model, tiny_pruning_args
 from hfprune import drop_layers, prune_ffn, prune_heads, prune_hidden
+from hfprune.engine.record import get_record, gqa_group_size
 from hfprune.errors import PruningError, TargetOutOfReachError
 from hfprune.planning.param_target import WIDTH_FRACTIONS, parameter_cost_model
-from hfprune.engine.record import get_record, gqa_group_size
 from hfprune.pruning_config import PruningArguments
 from hfprune.training.trainer import PruningTrainer
 

@@ -10,9 +10,9 @@ import transformers
 from conftest import logits_of, tiny_inputs, tiny_model
 
 import hfprune
-from hfprune.export.card import regenerate_model_card
 from hfprune.engine.record import unpruned_twin
-from hfprune.measure.speed import count_flops
+from hfprune.export.card import regenerate_model_card
+from hfprune.measure.flops import count_flops
 
 heterogeneity = pytest.importorskip("transformers.integrations.heterogeneity", reason="per_layer_config needs transformers >= 5.23")
 AmbiguousGlobalPerLayerAttributeError = heterogeneity.AmbiguousGlobalPerLayerAttributeError

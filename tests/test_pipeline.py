@@ -13,11 +13,12 @@ from huggingface_hub import ModelCard
 
 import hfprune
 from hfprune.errors import PipelineInputError
-from hfprune.tasks.task_data import evaluate_model, load_task_data
 from hfprune.io.checkpoint import load_model_for_task
-from hfprune.jobs.prune import prune_for_task
 from hfprune.io.output import write_atomically
-from hfprune.tasks.task_data import TaskDataError
+from hfprune.jobs.prune import prune_for_task
+from hfprune.tasks.evaluate import evaluate_model
+from hfprune.tasks.specs import TaskDataError
+from hfprune.tasks.task_data import load_task_data
 
 FAST = dict(batch_size=16, max_length=32, learning_rate=1e-3, bench=False, score_num_examples=32)
 
@@ -98,13 +99,13 @@ def test_overwrite_replaces_the_old_checkpoint_only_once_the_new_one_is_complete
     with pytest.raises(PipelineInputError, match="not empty"):
         prune_for_task(str(tmp_path / "bert"), "sst2", **kwargs)
 
-    import hfprune.export.card
+    import hfprune.jobs.results  # where the job writes the card from
 
     def broken_card(*args, **kwargs):
         raise RuntimeError("disk full")
 
     with monkeypatch.context() as patch:
-        patch.setattr(hfprune.export.card, "write_model_card", broken_card)
+        patch.setattr(hfprune.jobs.results, "write_model_card", broken_card)
         with pytest.raises(RuntimeError, match="disk full"):
             prune_for_task(str(tmp_path / "bert"), "sst2", overwrite=True, **kwargs)
     assert snapshot(out) == {"old.txt": b"previous run"}  # the failed run changed nothing
@@ -112,6 +113,13 @@ def test_overwrite_replaces_the_old_checkpoint_only_once_the_new_one_is_complete
     assert sorted(p.name for p in tmp_path.iterdir()) == [".out.hfprune-work", "bert", "glue", "out"]
     with pytest.raises(PipelineInputError, match="interrupted run: pass resume=True"):
         prune_for_task(str(tmp_path / "bert"), "sst2", overwrite=True, **kwargs)
+
+    dev = tmp_path / "glue" / "SST-2" / "dev.tsv"
+    original = dev.read_text()
+    dev.write_text(original.replace("\t0\n", "\t1\n", 1))  # same path, other contents: not the same run
+    with pytest.raises(PipelineInputError, match=r"used other settings \(data\)"):
+        prune_for_task(str(tmp_path / "bert"), "sst2", overwrite=True, resume=True, **kwargs)
+    dev.write_text(original)
 
     prune_for_task(str(tmp_path / "bert"), "sst2", overwrite=True, resume=True, **kwargs)
     assert not (out / "old.txt").exists() and (out / "model.safetensors").exists()

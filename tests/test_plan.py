@@ -4,9 +4,9 @@ import copy
 
 import pytest
 import torch
+from conftest import tiny_inputs, tiny_model
 
 import hfprune
-from conftest import tiny_inputs, tiny_model
 from hfprune.planning.plan import (
     best_head_per_layer,
     ffn_to_prune,

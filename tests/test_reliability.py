@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from conftest import logits_of, tiny_inputs, tiny_model
+from test_surgery import assert_close
 from torch import nn
 
 import hfprune
-from conftest import logits_of, tiny_inputs, tiny_model
-from test_surgery import assert_close
 
 BERT_HEADS = {0: [1, 3], 2: [0, 1, 2, 3]}
 FFN = {0: [0, 5, 7], 1: list(range(0, 24, 2))}

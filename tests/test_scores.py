@@ -6,10 +6,9 @@ import re
 
 import pytest
 import torch
+from conftest import DECODERS, FAMILIES, GQA, tiny_inputs, tiny_model
 
 import hfprune
-from conftest import DECODERS, FAMILIES, GQA, tiny_inputs, tiny_model
-from hfprune.scoring.similarity import angular_distance, block_influence, layer_cosine_scores
 from hfprune.scoring.loss import (
     ffn_importance,
     head_ablation_scores,
@@ -18,8 +17,9 @@ from hfprune.scoring.loss import (
     mlp_importance,
     taylor_head_scores,
 )
-from hfprune.scoring.weights import magnitude_ffn_scores, magnitude_head_scores, random_ffn_scores, random_head_scores
 from hfprune.scoring.methods import score_units
+from hfprune.scoring.similarity import angular_distance, block_influence, layer_cosine_scores
+from hfprune.scoring.weights import magnitude_ffn_scores, magnitude_head_scores, random_ffn_scores, random_head_scores
 
 EPS = 1e-2
 
@@ -432,12 +432,14 @@ def test_score_units_rejects_what_it_cannot_score():
 
 def test_method_names_have_one_source(tmp_path):
     from hfprune.cli import measure, prune
-    from hfprune.constants import DATA_FREE_METHODS, PRUNING_METHODS, PRUNING_SCHEDULES, SCORING_METHODS
-    from hfprune.jobs.score import score_heads
-    from hfprune.scoring.methods import _DATA_FREE, _METHOD_KINDS
-    from hfprune.pruning_config import PruningArguments
 
-    assert tuple(_METHOD_KINDS) == SCORING_METHODS and tuple(_DATA_FREE) == DATA_FREE_METHODS
+    from hfprune.constants import DATA_FREE_METHODS, METHODS, PRUNING_METHODS, PRUNING_SCHEDULES, SCORING_METHODS
+    from hfprune.jobs.score import score_heads
+    from hfprune.pruning_config import PruningArguments
+    from hfprune.scoring.methods import SCORERS
+
+    assert tuple(METHODS) == SCORING_METHODS and set(SCORERS) == set(SCORING_METHODS)  # one scorer per entry
+    assert DATA_FREE_METHODS == tuple(name for name, method in METHODS.items() if not method.needs_data)
     assert set(PRUNING_METHODS) == set(SCORING_METHODS) - {"ablation"} | {"l0"}
     assert hfprune.training.trainer.PRUNING_METHODS is PRUNING_METHODS
     assert hfprune.training.trainer.PRUNING_SCHEDULES is PRUNING_SCHEDULES

@@ -9,11 +9,15 @@ import math
 
 import pytest
 import torch
+from conftest import FAMILIES, tiny_model
 
 import hfprune
-from conftest import FAMILIES, tiny_model
+import hfprune.measure.noise as noise_module
 import hfprune.measure.speed as speed_module
-from hfprune.measure.speed import SpeedReport, assess_noise, count_flops, load_reasons, measure_speed, noise_reasons
+from hfprune.measure.flops import count_flops
+from hfprune.measure.noise import assess_noise, load_reasons, noise_reasons
+from hfprune.measure.speed import measure_speed
+from hfprune.measure.speed_report import SpeedReport
 
 B, T = 2, 16
 HIDDEN, LAYERS, HEADS, FFN = 32, 3, 4, 24  # the tiny BERT of conftest
@@ -266,9 +270,9 @@ def _fake_timing(monkeypatch, times, load):
     import itertools
 
     values = itertools.cycle(times)
-    monkeypatch.setattr(speed_module, "_timer", lambda device: lambda fn: next(values))
-    monkeypatch.setattr(speed_module.os, "getloadavg", lambda: (load, load, load))
-    monkeypatch.setattr(speed_module, "_cpu_count", lambda: 2)
+    monkeypatch.setattr(speed_module, "device_timer", lambda device: lambda fn: next(values))
+    monkeypatch.setattr(noise_module.os, "getloadavg", lambda: (load, load, load))
+    monkeypatch.setattr(noise_module, "_cpu_count", lambda: 2)
 
 
 def test_measure_speed_on_a_quiet_machine_is_not_noisy(monkeypatch, tmp_path):

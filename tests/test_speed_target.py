@@ -7,18 +7,18 @@ structure exactly, the allocation must meet the target, and the closing measurem
 
 import pytest
 import torch
+from conftest import FAMILIES, GQA, VOCAB, tiny_model, tiny_pruning_args
 from transformers import default_data_collator
 
 import hfprune
-from conftest import FAMILIES, GQA, VOCAB, tiny_model, tiny_pruning_args
 from hfprune import drop_layers, prune_ffn, prune_heads
-from hfprune.planning.allocation import OVERSHOOT, allocate_for_time
-from hfprune.errors import PruningError
-from hfprune.measure.latency import LatencyModel, measure_latency_model, structure_counts
 from hfprune.engine.record import get_record, kept_ffn
-from hfprune.scoring.loss import importance_scores, layer_ablation_scores
-from hfprune.measure.speed import count_flops
+from hfprune.errors import PruningError
+from hfprune.measure.flops import count_flops
+from hfprune.measure.latency import LatencyModel, measure_latency_model, structure_counts
+from hfprune.planning.allocation import OVERSHOOT, allocate_for_time
 from hfprune.pruning_config import PruningArguments
+from hfprune.scoring.loss import importance_scores, layer_ablation_scores
 from hfprune.training.trainer import PruningTrainer
 
 BATCH, SEQ = 2, 16
@@ -260,7 +260,7 @@ def test_recovery_recipe_fills_in_only_what_was_left_out(speed_target, given, ex
 
 
 def test_the_card_counts_only_steps_beyond_the_planned_ones_as_extra():
-    from hfprune.export.card import _speed_target_info
+    from hfprune.export.card_sections import _speed_target_info
 
     def report(planned: int, measured: list[float]) -> dict:
         steps = [{"step": i + 1, "predicted_speedup": x, "measured_speedup": x} for i, x in enumerate(measured)]
@@ -330,9 +330,10 @@ def test_cli_speedup_and_max_drop(tmp_path, monkeypatch):
     timings of a tiny model on a shared machine decide nothing (a run on CI measured 0.93x for a 1.6x structure)."""
     import json
 
-    import hfprune.planning.speed_target
     from cli_fixtures import write_sst2, write_tiny_bert
     from test_cli_commands import cli, one_error_line
+
+    import hfprune.planning.speed_target
 
     shapes = []
 
@@ -401,7 +402,7 @@ def test_max_drop_input_errors_come_before_any_work(tmp_path):
 
 def test_layer_ablation_scores_are_the_measured_loss_increase_of_skipping_each_layer():
     from hfprune.engine.masks import skip_layers
-    from hfprune.scoring.common import _mean_loss
+    from hfprune.scoring.common import mean_loss
 
     model = tiny_model("bert")
     drop_layers(model, [1])
@@ -409,9 +410,9 @@ def test_layer_ablation_scores_are_the_measured_loss_increase_of_skipping_each_l
     scores = layer_ablation_scores(model, batches)
     assert torch.isnan(scores[1]) and not torch.isnan(scores[[0, 2]]).any()
     with torch.no_grad(), skip_layers(model, [2]):
-        skipped = _mean_loss(model, batches)
+        skipped = mean_loss(model, batches)
     with torch.no_grad():
-        assert float(scores[2]) == pytest.approx(skipped - _mean_loss(model, batches))
+        assert float(scores[2]) == pytest.approx(skipped - mean_loss(model, batches))
 
 
 def test_an_extra_step_with_nothing_left_to_reach_ends_the_run_as_missed(tmp_path, monkeypatch):
@@ -436,19 +437,19 @@ def test_an_extra_step_with_nothing_left_to_reach_ends_the_run_as_missed(tmp_pat
 
 def test_calibration_rescales_each_kind_by_its_measured_over_estimated_loss():
     from hfprune.engine.masks import apply_masks, make_head_mask, skip_layers
-    from hfprune.scoring.common import _mean_loss
     from hfprune.planning.allocation import MAX_FACTOR, calibration_factors
+    from hfprune.scoring.common import mean_loss
 
     model, batches = tiny_model("bert"), scoring_batches("bert")
     scores = {"heads": torch.full((3, 4), 1e-4), "ffn": torch.ones(3, 24), "layers": torch.full((3,), 1e-9)}
     plan = {"heads": {0: [1, 2]}, "ffn": {}, "layers": [2]}
     factors = calibration_factors(model, scores, plan, batches, weight=1)
     with torch.no_grad():
-        base = _mean_loss(model, batches)
+        base = mean_loss(model, batches)
         with apply_masks(model, head_mask=make_head_mask(model, plan["heads"])):
-            heads = _mean_loss(model, batches) - base
+            heads = mean_loss(model, batches) - base
         with skip_layers(model, [2]):
-            layers = _mean_loss(model, batches) - base
+            layers = mean_loss(model, batches) - base
     assert set(factors) == {"heads", "layers"}  # the plan removes no FFN neuron: nothing to calibrate
     assert factors["heads"] == pytest.approx(min(max(heads / 2e-4, 1 / MAX_FACTOR), MAX_FACTOR))
     assert factors["layers"] == pytest.approx(min(max(layers / 1e-9, 1 / MAX_FACTOR), MAX_FACTOR))

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from conftest import DECODERS, GQA, logits_of, tiny_inputs, tiny_model
 
 import hfprune
-from conftest import DECODERS, FAMILIES, GQA, logits_of, tiny_inputs, tiny_model
 
 TOLERANCE = 1e-5
 

@@ -13,7 +13,7 @@ import torch
 from sklearn.metrics import matthews_corrcoef
 from transformers import BertTokenizer, EvalPrediction, LlamaConfig, LlamaForCausalLM
 
-from hfprune.tasks.task_data import (
+from hfprune.tasks import (
     GLUE_TASKS,
     TaskDataError,
     TaskSpec,
@@ -417,7 +417,7 @@ def test_load_files_errors(tmp_path):
     with pytest.raises(TaskDataError, match=r"dev\.csv: missing column\(s\) \['text'\]"):
         load_files(tmp_path / "train.csv", tmp_path / "dev.csv")
     (tmp_path / "dev.csv").write_text("text,label\nc,pos\nd,meh\n")
-    with pytest.raises(TaskDataError, match=r"dev\.csv: row 2 has unknown label 'meh'"):
+    with pytest.raises(TaskDataError, match=r"dev\.csv:3: unknown label 'meh', not one of the labels of .*train\.csv"):
         load_files(tmp_path / "train.csv", tmp_path / "dev.csv")
     with pytest.raises(TaskDataError, match=r"Data file not found: .*nope\.csv"):
         load_files(tmp_path / "nope.csv")

@@ -14,20 +14,19 @@ from pathlib import Path
 import datasets
 import pytest
 import torch
+from conftest import FAMILIES, VOCAB, tiny_inputs, tiny_model, tiny_pruning_args
 from torch.utils.data import DataLoader
 from transformers import HfArgumentParser, TrainerCallback, TrainingArguments, default_data_collator
 
 import hfprune
-from conftest import FAMILIES, VOCAB, tiny_inputs, tiny_model, tiny_pruning_args
-from hfprune.errors import PruningError
-from hfprune.planning.plan import ffn_to_prune, heads_to_prune
 from hfprune.engine.record import get_record, kept_ffn
-from hfprune.scoring.loss import importance_scores
-from hfprune.scoring.common import normalize_per_layer
-from hfprune.pruning_config import PruningArguments
-from hfprune.training.trainer import PruningTrainer
-from hfprune.planning.plan import final_targets
 from hfprune.engine.restore import restore_structure
+from hfprune.errors import PruningError
+from hfprune.planning.plan import ffn_to_prune, final_targets, heads_to_prune
+from hfprune.pruning_config import PruningArguments
+from hfprune.scoring.common import normalize_per_layer
+from hfprune.scoring.loss import importance_scores
+from hfprune.training.trainer import PruningTrainer
 
 SCRIPTS = Path(__file__).parent / "scripts"
 SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}

@@ -7,6 +7,10 @@ activations right before the FFN output projection, and blend a layer's output w
 they mean the same thing on a model that was already pruned; a mask that requires grad gives
 d loss / d mask, the basis of importance scores.
 
+Masks follow surgery: each hook reads the units its layer keeps from the model's record when it runs (cached
+until the record changes), so a mask applied before `prune_heads` / `prune_ffn` / `drop_layers` still masks the
+same original heads and neurons afterwards (e.g. `HeadMaskCallback` while `PruningTrainer` prunes).
+
 The mask builders read `{layer: [indices]}` exactly as surgery does (the same checks: no negative,
 float or bool indices), so a mask and a surgery call given the same dict always mean the same units.
 Hooks go on the model inside a PEFT or data-parallel wrapper; a `torch.compile` model is refused, as it
@@ -29,7 +33,8 @@ from .checks import (
     model_for_config,
     model_for_masks,
 )
-from .record import check_record, kept_ffn
+from .record import check_record, get_record, kept_ffn
+from .structure import PATCH_KEY
 
 
 class MaskHandle:
@@ -73,6 +78,9 @@ def apply_masks(
         layer_mask: `[num_layers]`; 0 turns a layer into the identity, 1 keeps it.
         eval_only: the masks act only while `model` is in eval mode; in train mode the hooks leave every
             activation untouched (how `HeadMaskCallback` masks evaluation inside a training run).
+
+    The hooks follow surgery made while they are on (`prune_heads`, `prune_ffn`, `drop_layers`): each reads the
+    units its layer keeps now from `config.hfprune`, so the masks keep meaning the same original units.
     """
     model = model_for_masks(model)
     adapter, record = get_adapter(model), check_record(model)
@@ -90,25 +98,59 @@ def apply_masks(
         if head_mask is not None:
             heads = record["kept_heads"][position]
             if heads and adapter.has_attention(layer):
-                handles.append(adapter.register_head_mask(layer, _selector(head_mask, index, heads, active)))
-        if ffn_mask is not None:
-            neurons = kept_ffn(record, position)
-            if neurons:
-                handles.append(adapter.register_ffn_mask(layer, _selector(ffn_mask, index, neurons, active)))
+                kept = _KeptUnits(model, index, "heads")
+                handles.append(adapter.register_head_mask(layer, _selector(head_mask, index, kept, active)))
+        if ffn_mask is not None and kept_ffn(record, position):
+            kept = _KeptUnits(model, index, "ffn")
+            handles.append(adapter.register_ffn_mask(layer, _selector(ffn_mask, index, kept, active)))
         if layer_mask is not None:
             handles.append(_register_layer_mask(layer, layer_mask, index, active))
     return MaskHandle(handles)
 
 
-def _selector(mask: torch.Tensor, layer: int, kept: list[int], active=lambda: True):
+_UNREAD = object()
+
+
+class _KeptUnits:
+    """The original heads (or FFN neurons) that original layer `layer` keeps NOW, read from the model's record
+    when a hook runs and cached until the record object changes (surgery writes a new one, a rollback puts the
+    old one back). So a mask applied before surgery keeps masking the same original units after it."""
+
+    def __init__(self, model: nn.Module, layer: int, kind: str):
+        self.model, self.layer, self.kind = model, layer, kind
+        self._record = _UNREAD
+        self._index: torch.Tensor | None = None
+        self._on_device: dict[torch.device, torch.Tensor] = {}
+
+    def index(self, device: torch.device) -> torch.Tensor | None:
+        """Current kept units as a long tensor on `device`; None when the layer keeps none (or is gone)."""
+        current = getattr(self.model.config, PATCH_KEY, None)
+        if current is not self._record:
+            record = get_record(self.model)
+            kept: list[int] = []
+            if self.layer in record["kept_layers"]:
+                position = record["kept_layers"].index(self.layer)
+                kept = record["kept_heads"][position] if self.kind == "heads" else kept_ffn(record, position)
+            self._index = torch.as_tensor(kept, dtype=torch.long) if kept else None
+            self._on_device, self._record = {}, current
+        if self._index is None:
+            return None
+        if device not in self._on_device:
+            self._on_device[device] = self._index.to(device)
+        return self._on_device[device]
+
+
+def _selector(mask: torch.Tensor, layer: int, kept: _KeptUnits, active=lambda: True):
     """A function giving this layer's mask entries for its kept (original) indices, cast like the input;
-    None (leave the input as it is) while `active()` is false."""
-    index = torch.as_tensor(kept, dtype=torch.long)
+    None (leave the input as it is) while `active()` is false or the layer keeps none of these units."""
 
     def factor(reference: torch.Tensor) -> torch.Tensor | None:
         if not active():
             return None
-        return mask[layer].index_select(0, index.to(mask.device)).to(device=reference.device, dtype=reference.dtype)
+        index = kept.index(mask.device)
+        if index is None:
+            return None
+        return mask[layer].index_select(0, index).to(device=reference.device, dtype=reference.dtype)
 
     return factor
 

@@ -61,18 +61,18 @@ def is_supported() -> bool:
     return hasattr(PretrainedConfig, "is_heterogeneous")
 
 
-def _is_heterogeneous(config: PretrainedConfig) -> bool:
+def is_heterogeneous(config: PretrainedConfig) -> bool:
     return is_supported() and config.is_heterogeneous
 
 
-def _overrides_of(config: PretrainedConfig) -> dict[int, dict[str, Any]]:
+def overrides_of(config: PretrainedConfig) -> dict[int, dict[str, Any]]:
     """The config's per-layer overrides as `{layer: {field: value}}` (through the public serialised form)."""
-    if not _is_heterogeneous(config):
+    if not is_heterogeneous(config):
         return {}
     return {int(layer): entry for layer, entry in config.to_dict().get(FIELD, {}).items()}
 
 
-def _clear(config: PretrainedConfig) -> None:
+def clear_per_layer_config(config: PretrainedConfig) -> None:
     """Remove the per-layer overrides and the global-access flag (on a transformers without the mixin, the plain
     attributes a saved config left, so that a stale copy is never saved again)."""
     if is_supported():
@@ -82,7 +82,7 @@ def _clear(config: PretrainedConfig) -> None:
     config.__dict__.pop(ALLOW_GLOBAL, None)  # where the mixin keeps the flag
 
 
-def _fields(adapter: ArchAdapter) -> tuple[str, ...]:
+def per_layer_fields(adapter: ArchAdapter) -> tuple[str, ...]:
     return tuple(name for name in (adapter.num_heads_field, adapter.num_kv_heads_field, adapter.intermediate_field) if name)
 
 
@@ -146,7 +146,7 @@ def _same_layers(model: nn.Module, overrides: dict[int, dict[str, Any]]) -> bool
     """Whether building each layer from its per-layer config gives the pruned model's shapes, attributes and
     stand-ins (the shape patch of both is the same)."""
     try:
-        built = _model_from_overrides(stock_class(model), model.config, overrides)
+        built = model_from_overrides(stock_class(model), model.config, overrides)
         return structure_patch(built) == structure_patch(model)
     except (ValueError, TypeError, ZeroDivisionError, RuntimeError, AttributeError):
         return False  # e.g. a head count the hidden size does not divide
@@ -155,7 +155,7 @@ def _same_layers(model: nn.Module, overrides: dict[int, dict[str, Any]]) -> bool
 def write_per_layer_config(model: nn.Module) -> None:
     """Write (or clear) `model.config.per_layer_config` from the model's layers; called whenever the record is."""
     config = model.config
-    _clear(config)
+    clear_per_layer_config(config)
     overrides = layer_overrides(model)
     if overrides:
         setattr(config, ALLOW_GLOBAL, True)
@@ -186,11 +186,11 @@ def _build_layer(adapter: ArchAdapter, layer_class: type, layer_config: Pretrain
     return layer
 
 
-def _model_from_overrides(model_class: type, config: PretrainedConfig, overrides: dict[int, dict[str, Any]]) -> nn.Module:
+def model_from_overrides(model_class: type, config: PretrainedConfig, overrides: dict[int, dict[str, Any]]) -> nn.Module:
     """A model of `config` on the meta device whose layers are built from `overrides`, as PR 45332 would build them."""
     adapter = get_adapter(config)
     plain = copy.deepcopy(config)
-    _clear(plain)
+    clear_per_layer_config(plain)
     setattr(plain, PATCH_KEY, None)
     heterogeneous = copy.deepcopy(plain)
     heterogeneous.per_layer_config = overrides

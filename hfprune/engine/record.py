@@ -4,6 +4,10 @@ Everything is in ORIGINAL indices: `kept_layers[i]` is the original index of cur
 `kept_heads[i]` the original query heads it keeps, `kept_ffn[i]` its original FFN neurons (None: all).
 Once the width was pruned, `kept_hidden` lists the original residual-stream channels kept (None or absent:
 all) and `original` also gives `hidden_size` and `head_dim`; records without them never changed the width.
+
+Surgery also writes `version` (the record format, `RECORD_VERSION`) and `model_type` (the family the record was
+made for). Records of older hfprune versions have neither and are read as before; a newer version, a key this
+version does not know, or a record made for another model type is refused.
 """
 
 from __future__ import annotations
@@ -24,6 +28,11 @@ from .structure import (
     PATCH_KEY,
     stock_class,
     structure_patch,
+)
+
+RECORD_VERSION = 1  # the format of `config.hfprune` this hfprune writes (and the newest it reads)
+RECORD_KEYS = frozenset(
+    ("version", "model_type", "original", "kept_layers", "kept_heads", "kept_ffn", "kept_hidden", "patch", "stock_loadable")
 )
 
 
@@ -141,6 +150,7 @@ def save_record(model: nn.Module, record: dict[str, Any]) -> None:
     setattr(config, PATCH_KEY, None)
     record["patch"] = structure_patch(model)
     record["stock_loadable"] = not record["patch"]
+    record["version"], record["model_type"] = RECORD_VERSION, config.model_type  # an older record gets them too
     setattr(config, PATCH_KEY, record)
     write_per_layer_config(model)  # transformers' own form of the same structure, where it can say it exactly
 
@@ -209,13 +219,45 @@ def _check_patch(patch) -> None:
             raise _corrupt(f"{where} must name a module, a parameter or an attribute")
 
 
+def check_record_format(record, config) -> None:
+    """The record is a dict in a format this hfprune reads (`version` at most `RECORD_VERSION`, only known keys)
+    and was made for `config`'s model type. A record without `version` / `model_type` (older hfprune) passes."""
+    if not isinstance(record, dict):
+        raise _corrupt(f"expected a dict, got {type(record).__name__}")
+    version = record.get("version", 1)
+    if not _is_int(version) or version < 1:
+        raise _corrupt(f"version must be a positive integer, got {version!r:.60}")
+    if version > RECORD_VERSION:
+        raise PruningError(
+            f"config.hfprune has record format version {version}, newer than this hfprune reads ({RECORD_VERSION}): "
+            "upgrade hfprune (pip install -U hfprune)"
+        )
+    unknown = sorted(map(str, set(record) - RECORD_KEYS))
+    if unknown:
+        raise _corrupt(f"unknown key(s) {', '.join(unknown)} (this hfprune knows {', '.join(sorted(RECORD_KEYS))})")
+    model_type = record.get("model_type")
+    if model_type is not None and not isinstance(model_type, str):
+        raise _corrupt(f"model_type must be a string, got {model_type!r:.60}")
+    configured = getattr(config, "model_type", None)
+    if model_type is not None and configured and model_type != configured:
+        raise PruningError(
+            f"config.hfprune was made for a '{model_type}' model, but this is a '{configured}' model; "
+            f"use a checkpoint pruned from a {configured} model"
+        )
+
+
 def validate_record(record, config) -> None:
-    """Check a record's own consistency and that it fits `config` (types, lengths, index ranges, patch).
+    """Check a record's format, its own consistency and that it fits `config` (types, lengths, index ranges, patch).
 
     Raises a one-line `PruningError` saying what is wrong; never a KeyError/TypeError/IndexError.
     """
-    if not isinstance(record, dict):
-        raise _corrupt(f"expected a dict, got {type(record).__name__}")
+    check_record_format(record, config)
+    check_record_structure(record)
+    _check_record_against_config(record, config)
+
+
+def check_record_structure(record: dict) -> None:
+    """A record's own consistency: its keys, sizes, index lists and patch (not whether it fits a config)."""
     missing = [key for key in ("original", "kept_layers", "kept_heads", "kept_ffn") if key not in record]
     if missing:
         raise _corrupt(f"missing {', '.join(missing)}")
@@ -245,6 +287,9 @@ def validate_record(record, config) -> None:
     if not isinstance(record.get("stock_loadable", True), bool):
         raise _corrupt("stock_loadable must be true or false")
 
+
+def _check_record_against_config(record: dict, config) -> None:
+    original, num_layers = record["original"], len(record["kept_layers"])
     configured = get_adapter(config).num_layers(config)
     if configured != num_layers:
         raise PruningError(

@@ -12,6 +12,8 @@ from torch import nn
 from ..errors import PruningError
 from .hidden import prune_hidden
 from .record import (
+    check_record_format,
+    check_record_structure,
     get_record,
     kept_ffn,
     kept_hidden,
@@ -26,6 +28,8 @@ def restore_structure(model: nn.Module, record: dict[str, Any]) -> nn.Module:
     `model` must be the model that `record` was pruned from (unpruned, or pruned less); used to rebuild a
     checkpoint's structure before its weights are loaded.
     """
+    check_record_format(record, model.config)  # a newer format, unknown keys, a record of another model type
+    check_record_structure(record)
     current = get_record(model)
     if original_sizes(current, model) != original_sizes(record, model):
         raise PruningError(

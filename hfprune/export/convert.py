@@ -47,7 +47,7 @@ def convert_checkpoint(source_dir: str | Path, output_dir: str | Path, *, overwr
             f"{source_dir} has no transformers-4 pruned_heads in its config: there is nothing to convert "
             "(hfprune.from_pretrained loads it as it is)"
         )
-    output_dir = check_output_dir(output_dir, overwrite)
+    output_dir = check_output_dir(output_dir, overwrite, [source_dir])  # --overwrite must never delete the source
     model = from_pretrained(source_dir)
 
     def write(folder: Path) -> None:
@@ -56,5 +56,5 @@ def convert_checkpoint(source_dir: str | Path, output_dir: str | Path, *, overwr
             if path.is_file() and not any(path.match(pattern) for pattern in _REWRITTEN):
                 shutil.copy2(path, folder / path.name)
 
-    write_atomically(output_dir, write, overwrite=overwrite)
+    write_atomically(output_dir, write, overwrite=overwrite, inputs=[source_dir])
     return Conversion(output_dir, pruned)

@@ -13,6 +13,9 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from huggingface_hub import HfApi, get_token
@@ -33,7 +36,7 @@ except ImportError:  # huggingface_hub 1.x is built on httpx
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["HubPushError", "check_repo_id", "needs_card", "push_to_hub"]
+__all__ = ["ErrorsOnly", "HubPushError", "check_repo_id", "needs_card", "push_to_hub", "quiet_retries"]
 
 # What `save_pretrained` (or a GGUF export) leaves behind; a folder without any of these is not worth pushing.
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.gguf")
@@ -123,26 +126,60 @@ def _link(source: Path, target: Path) -> None:
         shutil.copy2(source, target)
 
 
+class ErrorsOnly(logging.Filter):
+    """Let only errors through a handler: what a one-line failure already says, its retries do not."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR
+
+
+@contextmanager
+def quiet_retries() -> Iterator[None]:
+    """huggingface_hub prints each retry of a failing request on two lines (a Hub outage: 11 lines) and may warn
+    before it gives up; a push turns that failure into one line that says to re-run it. While the push runs, its
+    own console handler prints errors only and its warnings are ignored. The records still reach the caller's
+    logging (they propagate past the filtered handler), and everything is restored after."""
+    handlers = list(logging.getLogger("huggingface_hub").handlers)
+    errors_only = ErrorsOnly()
+    for handler in handlers:
+        handler.addFilter(errors_only)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(errors_only)
+
+
 def _upload(
     folder: Path, upload: Path, repo_id: str, *, private: bool, commit_message: str, token: str | None, revision: str | None
 ) -> str:
     endpoint = os.environ.get("HF_ENDPOINT", "").rstrip("/") or None
     api = HfApi(endpoint=endpoint, token=token)
     try:
-        repo_url = api.create_repo(repo_id, private=private, exist_ok=True)
-        if revision is not None and not revision.startswith("refs/pr/"):
-            api.create_branch(repo_url.repo_id, branch=revision, exist_ok=True)
-        commit = api.upload_folder(
-            repo_id=repo_url.repo_id,  # fully qualified, even if `repo_id` had no namespace
-            folder_path=upload,
-            commit_message=commit_message,
-            revision=revision,
-        )
+        with quiet_retries():
+            return _create_and_upload(api, upload, repo_id, private, commit_message, revision, folder)
     except Exception as err:
         secret = token or _resolved_token()
         message = _scrub(f"Could not push '{folder}' to '{repo_id}': {_reason(err, api.endpoint)}", secret)
         # Keep the original traceback for debugging unless its text would reveal the token.
         raise HubPushError(message) from (None if _leaks(err, secret) else err)
+
+
+def _create_and_upload(
+    api: HfApi, upload: Path, repo_id: str, private: bool, commit_message: str, revision: str | None, folder: Path
+) -> str:
+    """The network part of a push: the repo (and branch) when missing, then one commit of `upload`."""
+    repo_url = api.create_repo(repo_id, private=private, exist_ok=True)
+    if revision is not None and not revision.startswith("refs/pr/"):
+        api.create_branch(repo_url.repo_id, branch=revision, exist_ok=True)
+    commit = api.upload_folder(
+        repo_id=repo_url.repo_id,  # fully qualified, even if `repo_id` had no namespace
+        folder_path=upload,
+        commit_message=commit_message,
+        revision=revision,
+    )
     logger.info("Pushed %s to %s", folder, commit.commit_url)
     return commit.commit_url
 

@@ -11,7 +11,8 @@ Tracing freezes every Python branch on a tensor value or size. transformers' mas
 while it is traced, but any branch left (in modeling code, a hook) gives a graph that is right only for inputs like
 the traced ones. So the model is traced on a padded batch, and the result is trusted only after onnxruntime has
 matched PyTorch on two other input shapes (padded rows and full rows): a max abs difference above
-`atol + rtol * max|PyTorch output|` raises `OnnxMismatchError` and leaves nothing at OUT. The relative part is
+`atol + rtol * max|PyTorch output|`, or a NaN or inf in either output, raises `OnnxMismatchError` and leaves
+nothing at OUT. The relative part is
 there for language-model logits: fp32 round-off alone differs by ~1e-4 on SmolLM2's logits of magnitude 35
 (2.5e-6 of it, dense model, any onnxruntime optimisation level), while a classifier's logits of magnitude ~1 are
 held to 1e-4 + 1e-5. `rtol=0` is the plain absolute criterion.
@@ -35,9 +36,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._validation import check_number
 from ..engine.arch import get_adapter
 from ..errors import PruningError
-from ..io.checkpoint import TOKENIZER_FILES, resolve_model
+from ..io.checkpoint import TOKENIZER_FILES, load_tokenizer, resolve_model
 from ..io.loading import from_pretrained
 from ..io.output import check_output_dir, write_atomically
 
@@ -78,6 +80,7 @@ class OnnxExport:
 
     @property
     def passed(self) -> bool:
+        # `<=` is False for NaN: a difference that is not a number never passes
         return bool(self.checks) and all(check["max_abs_diff"] <= check["tolerance"] for check in self.checks)
 
     def to_dict(self) -> dict[str, Any]:
@@ -187,12 +190,16 @@ def _check(
     options = ort.SessionOptions()
     options.intra_op_num_threads = max(1, min(4, os.cpu_count() or 1))
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    declared = {graph_input.name for graph_input in session.get_inputs()}
     checks = []
     for seed, (batch_size, seq_len) in enumerate(shapes, start=1):
         sample = _inputs(wrapper.model, wrapper.input_names, batch_size, seq_len, seed)
         with torch.no_grad():
             expected = wrapper(*sample.values())
-        actual = session.run(wrapper.output_names, {name: value.numpy() for name, value in sample.items()})
+        # only the inputs the graph declares: the exporter drops one the model never reads (the attention_mask
+        # of a model whose every head was removed), and onnxruntime refuses an input it does not know
+        feed = {name: value.numpy() for name, value in sample.items() if name in declared}
+        actual = session.run(wrapper.output_names, feed)
         diff = scale = 0.0
         for name, want, got in zip(wrapper.output_names, expected, actual):
             if tuple(got.shape) != tuple(want.shape):
@@ -200,11 +207,27 @@ def _check(
                     f"onnxruntime's {name} has shape {tuple(got.shape)} at batch {batch_size} x {seq_len}, PyTorch's "
                     f"{tuple(want.shape)}: the exported graph fixed a shape it should not have"
                 )
+            got = torch.from_numpy(got)
+            for side, values in (("PyTorch", want), ("onnxruntime", got)):
+                if not bool(torch.isfinite(values).all()):  # max(0.0, nan) is 0.0: NaN would read as a perfect match
+                    raise OnnxMismatchError(
+                        f"{side}'s {name} holds NaN or inf at batch {batch_size} x {seq_len}: the export cannot be "
+                        + ("checked; fix the model's weights first" if side == "PyTorch" else "trusted")
+                        + "; nothing was written"
+                    )
             if want.numel():
-                diff = max(diff, float((torch.from_numpy(got) - want).abs().max()))
+                diff = max(diff, float((got - want).abs().max()))
                 scale = max(scale, float(want.abs().max()))
         checks.append({"batch_size": batch_size, "seq_len": seq_len, "max_abs_diff": diff, "tolerance": atol + rtol * scale})
     return checks
+
+
+def graph_inputs(onnx: Any, path: Path) -> list[str]:
+    """The inputs the exported graph declares, in order: those of the model it reads (no `attention_mask` for a
+    model with no attention head left, since nothing attends)."""
+    graph = onnx.load(str(path), load_external_data=False).graph
+    initializers = {initializer.name for initializer in graph.initializer}
+    return [graph_input.name for graph_input in graph.input if graph_input.name not in initializers]
 
 
 def _check_exportable(model: nn.Module) -> None:
@@ -236,8 +259,6 @@ def _load(model_or_dir: Any) -> tuple[nn.Module, Any, str]:
     model = from_pretrained(source.name_or_path, config=copy.deepcopy(source.config), dtype=torch.float32)
     tokenizer = None
     if not source.is_local or any((Path(source.name_or_path) / name).is_file() for name in TOKENIZER_FILES):
-        from ..io.checkpoint import load_tokenizer
-
         tokenizer = load_tokenizer(source)
     return model, tokenizer, source.display_name
 
@@ -256,7 +277,8 @@ def export_onnx(
     """Export a (pruned) model or checkpoint folder to `output_dir/model.onnx` and check it in onnxruntime.
 
     Writes, atomically (the folder appears complete or not at all), `model.onnx` with dynamic `batch` and
-    `sequence` axes (inputs `input_ids`, `attention_mask`, and `token_type_ids` where the model has segment types;
+    `sequence` axes (inputs `input_ids`, `attention_mask` unless no attention head is left to read it, and
+    `token_type_ids` where the model has segment types, as `OnnxExport.inputs` lists them;
     outputs the model's output tensors, e.g. `logits`), `config.json` (with `config.hfprune`), the tokenizer when
     the source has one (or `tokenizer` is given), and `onnx_export.json`: what was checked and how closely.
 
@@ -266,14 +288,14 @@ def export_onnx(
     Decoders export the forward without a KV cache.
     """
     onnx, ort = _require_onnx()
-    if not (isinstance(atol, (int, float)) and atol > 0):
-        raise PruningError(f"atol must be a positive number, got {atol!r}")
-    if not (isinstance(rtol, (int, float)) and rtol >= 0):
-        raise PruningError(f"rtol must be a number >= 0, got {rtol!r}")
+    atol = check_number("atol", atol, 0, open_low=True, expected="a positive number")
+    rtol = check_number("rtol", rtol, 0, expected="a number >= 0")
     shapes = [tuple(shape) for shape in check_shapes]
     if len(shapes) < 2 or not all(len(shape) == 2 and shape[0] >= 1 and shape[1] >= 2 for shape in shapes):
         raise PruningError(f"check_shapes needs at least two (batch_size >= 1, seq_len >= 2) pairs, got {check_shapes!r}")
-    check_output_dir(output_dir, overwrite)
+    # a checkpoint keeps its export inside it (CKPT/onnx), but the output must not be the checkpoint or hold it
+    inputs = [] if isinstance(model_or_dir, nn.Module) else [model_or_dir]
+    check_output_dir(output_dir, overwrite, inputs, inside_inputs=True)
     model, loaded_tokenizer, name = _load(model_or_dir)
     _check_exportable(model)  # also: a family hfprune knows, or one PruningError line
     tokenizer = tokenizer if tokenizer is not None else loaded_tokenizer
@@ -289,6 +311,7 @@ def export_onnx(
 
         def write(folder: Path) -> None:
             _export(wrapper, sample, folder / ONNX_FILE, opset)
+            result.inputs = graph_inputs(onnx, folder / ONNX_FILE)  # what a caller must feed it
             result.checks = _check(onnx, ort, wrapper, folder / ONNX_FILE, shapes, atol, rtol)
             if not result.passed:
                 worst = max(result.checks, key=lambda check: check["max_abs_diff"] / check["tolerance"])
@@ -303,7 +326,7 @@ def export_onnx(
                       "onnx": onnx.__version__, "onnxruntime": ort.__version__}  # fmt: skip
             (folder / ONNX_REPORT).write_text(json.dumps(report, indent=2) + "\n")
 
-        write_atomically(output_dir, write, overwrite=overwrite)
+        write_atomically(output_dir, write, overwrite=overwrite, inputs=inputs, inside_inputs=True)
     finally:
         model.train(training)
     return result

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..engine.arch import get_adapter
-from ..errors import PipelineInputError, PruningError, _first_line
-from .loading import check_weight_files, from_pretrained
+from ..errors import PipelineInputError, PruningError, first_line
+from .loading import check_weight_files, from_pretrained, load_config
 
 if TYPE_CHECKING:
     from torch import nn
@@ -95,9 +95,6 @@ def resolve_model(
 
     `causal_lm=True` also requires a left-to-right decoder (GPT-2, the Llama family), for perplexity.
     """
-    from transformers import AutoConfig
-
-
     name_or_path, gguf_file = _split_gguf(str(name_or_path), gguf_file)
     path = Path(name_or_path).expanduser()
     # A Hub id is "name" or "org/name"; anything else that does not exist locally is a mistyped path.
@@ -110,14 +107,16 @@ def resolve_model(
         name_or_path = str(path)
     load_kwargs = {"gguf_file": gguf_file} if gguf_file else {}
     try:
-        config = AutoConfig.from_pretrained(name_or_path, **load_kwargs)
+        config = load_config(name_or_path, **load_kwargs)  # a config transformers refuses: one PruningError line
+    except PruningError as error:
+        raise PipelineInputError(f"cannot load model {name_or_path!r}: {first_line(error)}") from None
     except (OSError, ValueError, KeyError, TypeError) as error:
         where = "could not be read" if is_local else "is not a local model directory, and the Hub lookup failed"
-        raise PipelineInputError(f"cannot load model {name_or_path!r}: it {where} ({_first_line(error)})") from None
+        raise PipelineInputError(f"cannot load model {name_or_path!r}: it {where} ({first_line(error)})") from None
     try:
         adapter = get_adapter(config)
     except PruningError as error:
-        raise PipelineInputError(_first_line(error)) from None
+        raise PipelineInputError(first_line(error)) from None
     if causal_lm and not adapter.causal_lm:
         raise PipelineInputError(
             f"{name_or_path} is a {config.model_type} encoder, not a left-to-right language model: its perplexity "
@@ -141,7 +140,7 @@ def load_tokenizer(source: ModelSource) -> Any:
     try:
         tokenizer = AutoTokenizer.from_pretrained(source.name_or_path, **source.load_kwargs)
     except (OSError, ValueError, TypeError, KeyError) as error:
-        raise PipelineInputError(f"cannot load a tokenizer from {source.name_or_path!r} ({_first_line(error)})") from None
+        raise PipelineInputError(f"cannot load a tokenizer from {source.name_or_path!r} ({first_line(error)})") from None
     vocab_size = getattr(source.config, "vocab_size", None) or 0
     if len(tokenizer) < min(100, vocab_size // 2):
         raise PipelineInputError(

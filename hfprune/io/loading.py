@@ -18,13 +18,18 @@ from ..engine.arch import get_adapter
 from ..engine.record import check_record, validate_record
 from ..engine.structure import PATCH_KEY, restructured_class, stock_class
 from ..engine.surgery import prune_heads
-from ..errors import PruningError
+from ..errors import PruningError, first_line
 from .per_layer_load import (
     check_per_layer_config,
     prepare_per_layer_config,
     saved_overrides,
 )
 from .v4 import convert_v4_config
+
+try:  # transformers 5 configs are strict dataclasses: a config that fails their checks raises this (no ValueError)
+    from huggingface_hub.errors import StrictDataclassError as _StrictDataclassError
+except ImportError:  # pragma: no cover - an older huggingface_hub
+    _StrictDataclassError = ValueError
 
 _CONFIG_KWARGS = ("revision", "token", "cache_dir", "local_files_only", "subfolder", "trust_remote_code", "gguf_file")
 _AUTO_CLASSES = (
@@ -38,7 +43,7 @@ _AUTO_CLASSES = (
 )
 
 
-def _model_class(config: PretrainedConfig) -> type:
+def model_class_of(config: PretrainedConfig) -> type:
     architectures = getattr(config, "architectures", None) or []
     for name in architectures:
         model_class = getattr(transformers, name, None)
@@ -56,6 +61,64 @@ def _auto_model_class(auto_class: type, config: PretrainedConfig) -> type:
         ) from None
 
 
+def load_config(pretrained_model_name_or_path: str | Path, **kwargs) -> PretrainedConfig:
+    """`AutoConfig.from_pretrained`, with a config.json that transformers refuses (e.g. a hand-edited `hidden_size`
+    that its heads do not divide) as one `PruningError` line: that the config and the weights disagree where the
+    weights say so, else why the config is invalid. A missing folder or a failed Hub lookup stays an `OSError`."""
+    try:
+        return AutoConfig.from_pretrained(pretrained_model_name_or_path, **kwargs)
+    except (_StrictDataclassError, ValueError, TypeError, KeyError) as error:
+        if isinstance(error, PruningError):
+            raise
+        raise PruningError(_config_error(pretrained_model_name_or_path, kwargs, error)) from None
+
+
+_WIDTH_FIELDS = ("hidden_size", "n_embd", "d_model", "dim")
+
+
+def _config_error(path: str | Path, kwargs: dict, error: BaseException) -> str:
+    cause = error
+    while cause.__cause__ is not None:  # the validator's own message, not the wrapper's
+        cause = cause.__cause__
+    reason = first_line(cause)
+    directory = Path(path).expanduser() / kwargs.get("subfolder", "")
+    mismatch = _width_mismatch(directory, kwargs) if directory.is_dir() else None
+    if mismatch:
+        return f"config.json and the weights disagree: {mismatch} (transformers refuses the config: {reason})"
+    return f"the config of {path} is invalid: {reason}"
+
+
+def _width_mismatch(directory: Path, kwargs: dict) -> str | None:
+    """'config.json says hidden_size 30, the weights' <embedding> is [99, 32]', or None where they agree or it
+    cannot be told (no safetensors, no embedding found, a factorised embedding as ELECTRA's)."""
+    try:
+        raw = json.loads((directory / "config.json").read_text())
+        field = next(name for name in _WIDTH_FIELDS if isinstance(raw.get(name), int))
+    except (OSError, ValueError, StopIteration):
+        return None
+    if "embedding_size" in raw:
+        return None
+    try:
+        files = safetensors_files(directory, kwargs)
+    except PruningError:
+        return None
+    for file in files:
+        try:
+            with safe_open(str(file), framework="pt") as weights:
+                for key in weights.keys():  # noqa: SIM118 (a safe_open handle, not a dict)
+                    module = key.split(".")[-2] if "." in key else key
+                    if "embed" not in module and module != "wte":
+                        continue
+                    shape = weights.get_slice(key).get_shape()
+                    if len(shape) == 2 and shape[0] == raw.get("vocab_size"):
+                        if shape[1] == raw[field]:
+                            return None
+                        return f"config.json says {field} {raw[field]}, the weights' {key} is {list(shape)}"
+        except (SafetensorError, OSError):
+            return None
+    return None
+
+
 def from_pretrained(pretrained_model_name_or_path: str | Path, *model_args, model_class: type | None = None, **kwargs):
     """Load a (possibly pruned) checkpoint saved with `save_pretrained`.
 
@@ -66,18 +129,23 @@ def from_pretrained(pretrained_model_name_or_path: str | Path, *model_args, mode
     (a checkpoint pruned with v4's `prune_heads` loads with the outputs v4 gave; see `hfprune.export.convert`).
 
     A checkpoint that disagrees with itself is refused with a one-line `PruningError` instead of loading
-    with random weights: a corrupt `config.hfprune` record, a record or config whose shapes differ from
-    the weights, layers the weights do not hold, a truncated safetensors file or a folder without weights.
+    with random weights: a corrupt `config.hfprune` record (or one of a newer format, or made for another model
+    type), a record or config whose shapes differ from the weights (a hand-edited `hidden_size` included), layers
+    the weights do not hold, any other weight missing from a checkpoint of the very class it is loaded as (e.g. its
+    `classifier.weight` or `lm_head.weight`; a bare encoder loaded with a task head still gets a new head), a
+    `tie_word_embeddings` flipped by hand, a truncated safetensors file or a folder without weights.
     """
     config = kwargs.pop("config", None)
     if config is None:
         config_kwargs = {key: kwargs[key] for key in _CONFIG_KWARGS if key in kwargs}
-        config = AutoConfig.from_pretrained(pretrained_model_name_or_path, **config_kwargs)
+        config = load_config(pretrained_model_name_or_path, **config_kwargs)
     config, heads_to_remove = convert_v4_config(config)  # transformers 4's pruned_heads -> config.hfprune
     if model_class is None:
-        model_class = _model_class(config)
+        model_class = model_class_of(config)
     elif hasattr(model_class, "_model_mapping"):  # an Auto class: resolve it for this config
         model_class = _auto_model_class(model_class, config)
+    # The checkpoint says it is this very class: every weight must come from it (none is a new head to train).
+    own_class = model_class.__name__ in (getattr(config, "architectures", None) or [])
     saved_per_layer = saved_overrides(config)
     prepare_per_layer_config(config, model_class)  # global reads allowed; a record made from it if there is none
     record = getattr(config, PATCH_KEY, None)
@@ -102,7 +170,8 @@ def from_pretrained(pretrained_model_name_or_path: str | Path, *model_args, mode
         raise PruningError(str(error)) from None
     except SafetensorError as error:
         raise PruningError(f"cannot read the weights of {pretrained_model_name_or_path}: {error}") from None
-    _check_loading_info(model, info, bool(record), reinit_mismatched)
+    check_loading_info(model, info, bool(record), reinit_mismatched, own_class)
+    check_tied_weights(model, pretrained_model_name_or_path, kwargs)
     if record:
         check_record(model)
     if saved_per_layer:
@@ -139,16 +208,7 @@ def check_weight_files(path: str | Path, kwargs: dict) -> None:
         raise PruningError(f"{directory} holds no model weights (no {names[0]} or {names[2]})")
     if kwargs.get("use_safetensors") is False:
         return
-    files = []
-    if names[0] in present:
-        files = [directory / names[0]]
-    elif names[1] in present:
-        try:
-            weight_map = json.loads((directory / names[1]).read_text())["weight_map"]
-            files = [directory / shard for shard in sorted(set(weight_map.values()))]
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-            raise PruningError(f"{directory / names[1]} is not a valid safetensors index ({error})") from None
-    for file in files:
+    for file in safetensors_files(directory, kwargs):
         if not file.is_file():
             raise PruningError(f"{file} is missing (listed in {names[1]})")
         try:
@@ -156,6 +216,77 @@ def check_weight_files(path: str | Path, kwargs: dict) -> None:
                 pass
         except (SafetensorError, OSError) as error:
             raise PruningError(f"{file} is truncated or corrupt ({str(error).splitlines()[0]})") from None
+
+
+def safetensors_files(directory: Path, kwargs: dict) -> list[Path]:
+    """The safetensors files of a local checkpoint folder: the single file, or every shard its index lists."""
+    single = directory / _with_variant(_WEIGHT_NAMES[0], kwargs.get("variant"))
+    index = directory / _with_variant(_WEIGHT_NAMES[1], kwargs.get("variant"))
+    if single.is_file():
+        return [single]
+    if not index.is_file():
+        return []
+    return [directory / shard for shard in sorted(set(weight_map(index).values()))]
+
+
+def weight_map(index: Path) -> dict[str, str]:
+    try:
+        mapping = json.loads(index.read_text())["weight_map"]
+        if not isinstance(mapping, dict):
+            raise TypeError(f"weight_map is a {type(mapping).__name__}")
+        return mapping
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise PruningError(f"{index} is not a valid safetensors index ({error})") from None
+
+
+def _checkpoint_tensors(directory: Path, keys: list[str], kwargs: dict) -> dict[str, object] | None:
+    """The tensors `keys` of a local safetensors checkpoint ({} for keys it lacks); None where there is no such file
+    to read (a Hub id, .bin weights, GGUF)."""
+    if not directory.is_dir() or kwargs.get("gguf_file") or kwargs.get("use_safetensors") is False:
+        return None
+    files = safetensors_files(directory, kwargs)
+    if not files:
+        return None
+    found = {}
+    for file in files:
+        with safe_open(str(file), framework="pt") as weights:
+            names = set(weights.keys())
+            for key in keys:
+                if key in names:
+                    found[key] = weights.get_tensor(key)
+    return found
+
+
+def check_tied_weights(model: nn.Module, path: str | Path, kwargs: dict) -> None:
+    """Refuse a checkpoint whose config ties the output embeddings to the input ones while its weights hold a
+    separate, different output matrix (`tie_word_embeddings` flipped to true by hand): transformers loads both
+    untied and says nothing, and the model then saves without its output matrix (a tied config drops it), so the
+    next load replaces it by the input embeddings. (Flipped to false, the output matrix is missing:
+    `check_loading_info`.)"""
+    if not getattr(model.config, "tie_word_embeddings", False):
+        return
+    try:
+        output, inputs = model.get_output_embeddings(), model.get_input_embeddings()
+    except (AttributeError, NotImplementedError):
+        return
+    if getattr(output, "weight", None) is None or getattr(inputs, "weight", None) is None:
+        return  # no output embeddings (a classifier)
+    names = {id(module): name for name, module in model.named_modules(remove_duplicate=False)}
+    output_key, input_key = f"{names[id(output)]}.weight", f"{names[id(inputs)]}.weight"
+    directory = Path(path).expanduser() / kwargs.get("subfolder", "")
+    try:
+        tensors = _checkpoint_tensors(directory, [output_key], kwargs)
+        if not tensors:
+            return  # the usual tied checkpoint: no separate output matrix
+        tensors.update(_checkpoint_tensors(directory, [input_key], kwargs) or {})
+    except (SafetensorError, OSError):
+        return  # unreadable files are refused by check_weight_files
+    saved_output, saved_input = tensors[output_key], tensors.get(input_key)
+    if saved_input is None or saved_input.shape != saved_output.shape or not bool((saved_input == saved_output).all()):
+        raise PruningError(
+            f"config.json says tie_word_embeddings: true, but the checkpoint holds a separate {output_key} that differs "
+            f"from {input_key}: set tie_word_embeddings to false in config.json"
+        )
 
 
 def _layer_prefix(model: nn.Module) -> str | None:
@@ -167,13 +298,25 @@ def _layer_prefix(model: nn.Module) -> str | None:
     return next((name for name, module in model.named_modules() if module is layers), None)
 
 
-def _check_loading_info(model: nn.Module, info: dict, recorded: bool, reinit_mismatched: bool) -> None:
-    """Refuse a load in which the config's layers did not get their weights from the checkpoint."""
+def _base_prefix(model: nn.Module) -> str:
+    """The state-dict prefix of the base model inside a model with a head (`bert`), '' for a bare base model."""
+    base = getattr(model, "base_model", model)
+    return next((name for name, module in model.named_modules() if module is base), "")
+
+
+def check_loading_info(model: nn.Module, info: dict, recorded: bool, reinit_mismatched: bool, own_class: bool = False) -> None:
+    """Refuse a load in which weights of the model would be randomly initialised: the config's layers always; any
+    other weight (a head) when the checkpoint is of the loaded class itself (`own_class`: its config names it), so
+    that none of it is a new head to train; and a size mismatch in the base model even with `reinit_mismatched`."""
     prefix = _layer_prefix(model)
     pattern = re.compile(rf"^{re.escape(prefix)}\.(\d+)\.") if prefix is not None else None
+    base = _base_prefix(model)
 
     def in_layers(key: str) -> bool:
         return pattern is not None and pattern.match(key) is not None
+
+    def in_base(key: str) -> bool:
+        return not base or key.startswith(f"{base}.")
 
     missing = sorted(key for key in info.get("missing_keys", ()) if in_layers(key))
     if missing:
@@ -183,20 +326,44 @@ def _check_loading_info(model: nn.Module, info: dict, recorded: bool, reinit_mis
             f"the checkpoint has no weights for {len(missing)} parameters of layer(s) {layers} (e.g. {missing[0]}): "
             f"the config says {count} layers, and they would load randomly initialised"
         )
-    for key, saved, expected in sorted(info.get("mismatched_keys", ()), key=lambda item: item[0]):
-        if in_layers(key) or not reinit_mismatched:
+    # layers first, then the rest of the base model (embeddings, norms), then the head
+    order = lambda item: (not in_layers(item[0]), not in_base(item[0]), item[0])
+    for key, saved, expected in sorted(info.get("mismatched_keys", ()), key=order):
+        if in_base(key) or not reinit_mismatched:
             source = "config.hfprune or the config" if in_layers(key) else "the config"
             raise PruningError(
                 f"{source} disagrees with the weights: {key} is {list(saved)} in the checkpoint but "
                 f"{list(expected)} in the model"
-                + ("" if in_layers(key) else "; pass ignore_mismatched_sizes=True to initialise it anew")
+                + ("" if in_base(key) else "; pass ignore_mismatched_sizes=True to initialise it anew")
             )
+    missing = sorted(info.get("missing_keys", ()))
+    if own_class and missing:
+        raise PruningError(
+            f"the checkpoint has no weights for {len(missing)} parameter(s) of {type(model).__name__} (e.g. {missing[0]}), "
+            f"which its config.json names, so they would load randomly initialised"
+            + (_untied_hint(model, missing) or "; the checkpoint is incomplete: save it again from the whole model")
+        )
     unexpected = sorted(key for key in info.get("unexpected_keys", ()) if in_layers(key))
     if recorded and unexpected:
         raise PruningError(
             f"config.hfprune disagrees with the weights: the checkpoint has {len(unexpected)} layer weights the "
             f"recorded structure has no place for (e.g. {unexpected[0]})"
         )
+
+
+def _untied_hint(model: nn.Module, missing: list[str]) -> str:
+    """For a missing output matrix of a model whose config unties it: tie_word_embeddings was likely flipped."""
+    try:
+        output = model.get_output_embeddings()
+    except (AttributeError, NotImplementedError):
+        return ""
+    names = {id(module): name for name, module in model.named_modules(remove_duplicate=False)}
+    if output is None or f"{names.get(id(output))}.weight" not in missing:
+        return ""
+    return (
+        f"; config.json says tie_word_embeddings: false, but the checkpoint has no {names[id(output)]}.weight of its own: "
+        "set tie_word_embeddings to true in config.json"
+    )
 
 
 def _auto_class_names(model_class: type, config: PretrainedConfig) -> list[str]:

@@ -14,12 +14,12 @@ from ..engine.arch import get_adapter
 from ..engine.per_layer import (
     ALLOW_GLOBAL,
     SKIP,
-    _clear,
-    _fields,
-    _is_heterogeneous,
-    _model_from_overrides,
-    _overrides_of,
+    clear_per_layer_config,
+    is_heterogeneous,
     layer_overrides,
+    model_from_overrides,
+    overrides_of,
+    per_layer_fields,
 )
 from ..engine.record import get_record
 from ..engine.structure import PATCH_KEY, stock_class, structure_patch
@@ -40,7 +40,7 @@ def _record_from_overrides(
     format: each layer keeps the first heads of its KV groups, which matters only for pruning it again."""
     adapter = get_adapter(config)
     try:
-        built = _model_from_overrides(model_class, config, overrides)
+        built = model_from_overrides(model_class, config, overrides)
     except PruningError:
         raise
     except (ValueError, TypeError, ZeroDivisionError, RuntimeError, AttributeError) as error:
@@ -67,14 +67,14 @@ def _record_from_overrides(
 def prepare_per_layer_config(config: PretrainedConfig, model_class: type) -> None:
     """Make a config with `per_layer_config` loadable by `model_class` (in place): global reads allowed, since
     hfprune builds the per-layer shapes itself, and a record made from it when the config has no `config.hfprune`."""
-    if not _is_heterogeneous(config):
+    if not is_heterogeneous(config):
         return
     adapter = get_adapter(config)
-    overrides = _overrides_of(config)
-    unknown = sorted({name for entry in overrides.values() for name in entry} - {*_fields(adapter), SKIP})
+    overrides = overrides_of(config)
+    unknown = sorted({name for entry in overrides.values() for name in entry} - {*per_layer_fields(adapter), SKIP})
     if unknown:
         raise PruningError(
-            f"config.per_layer_config sets {', '.join(unknown)} per layer; hfprune reads {', '.join(_fields(adapter))} "
+            f"config.per_layer_config sets {', '.join(unknown)} per layer; hfprune reads {', '.join(per_layer_fields(adapter))} "
             "and skip only"
         )
     setattr(config, ALLOW_GLOBAL, True)
@@ -94,7 +94,7 @@ def check_per_layer_config(model: nn.Module, saved: dict[int, dict[str, Any]]) -
 
 def saved_overrides(config: PretrainedConfig) -> dict[int, dict[str, Any]]:
     """The config's `per_layer_config` as `{layer: overrides}` ({} for none), for `check_per_layer_config`."""
-    return _overrides_of(config)
+    return overrides_of(config)
 
 
 def _normalised(overrides: dict[int, dict[str, Any]], config: PretrainedConfig) -> dict[int, dict[str, Any]]:
@@ -102,6 +102,6 @@ def _normalised(overrides: dict[int, dict[str, Any]], config: PretrainedConfig) 
     if not overrides:
         return {}
     probe = copy.deepcopy(config)
-    _clear(probe)
+    clear_per_layer_config(probe)
     probe.per_layer_config = overrides
-    return _overrides_of(probe)
+    return overrides_of(probe)

@@ -12,13 +12,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..export.card import sparsity_summary
 from ..io.checkpoint import ModelSource, load_model_for_task
-from ..measure.speed import count_flops
+from ..measure.flops import count_flops
+from ..measure.sparsity import sparsity_summary
 from ..pruning_config import PruningConfig
-from ..tasks.task_data import TaskData, _collator, _tokenized
+from ..tasks.task_data import TaskData, padding_collator, tokenize_split
 from ..training.trainer import PruningTrainer
-from .finetune import _quiet
+from .finetune import quiet_trainer
 from .results import PruneResult
 
 __all__ = ["plan_pruning"]
@@ -42,7 +42,7 @@ def plan_pruning(
     """
     say(f"dry run: loading {source.display_name} for {data.name}")
     model, tokenizer, has_head = load_model_for_task(source, data)
-    train = _tokenized(data, data.train, tokenizer, max_length)
+    train = tokenize_split(data, data.train, tokenizer, max_length)
     base_parameters = sum(p.numel() for p in model.parameters())
     flops_before = count_flops(model.eval(), 1, max_length)
     score_dataset = train.shuffle(seed=seed + 1).select(range(min(args.score_num_examples, len(train))))
@@ -50,9 +50,9 @@ def plan_pruning(
         args.output_dir = scratch  # nothing is saved: save_strategy is "no" and there is no recovery
         trainer = PruningTrainer(
             model=model, args=args, train_dataset=train, processing_class=tokenizer,
-            data_collator=None if data.is_lm else _collator(tokenizer), score_dataset=score_dataset,
+            data_collator=None if data.is_lm else padding_collator(tokenizer), score_dataset=score_dataset,
         )  # fmt: skip
-        _quiet(trainer)
+        quiet_trainer(trainer)
         trainer.train()
     model.eval()
     flops_after = count_flops(model, 1, max_length)

@@ -17,14 +17,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..io.checkpoint import ModelSource, load_model_for_task
-from ..io.rundir import FINETUNED_DIR, _save_folder, _save_state
+from ..io.rundir import FINETUNED_DIR, save_folder, save_state
 from ..pruning_config import PruningConfig
-from ..tasks.task_data import (
-    TaskData,
-    _collator,
-    _tokenized,
-    make_compute_metrics,
-)
+from ..tasks.evaluate import make_compute_metrics
+from ..tasks.task_data import TaskData, padding_collator, tokenize_split
 from ..training.callbacks import progress_callbacks
 from ..training.trainer import PruningTrainer
 
@@ -44,7 +40,7 @@ __all__ = [
 ]
 
 
-def _quiet(trainer) -> None:
+def quiet_trainer(trainer) -> None:
     """With a progress callback the Trainer's own tqdm bars and log printing only add noise."""
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
@@ -70,7 +66,7 @@ def micro_batches(batch_size: int) -> tuple[int, int]:
     return batch_size, 1
 
 
-def _training_kwargs(
+def training_kwargs(
     output_dir: Path, *, batch_size: int, learning_rate: float, seed: int, quiet: bool, save_steps: int = 0,
     device: str | None = None,
 ) -> dict[str, Any]:
@@ -136,7 +132,7 @@ def _finetune(
 
     steps_per_epoch = max(1, math.ceil(len(train) / kwargs["batch_size"]))
     interval = min(steps_per_epoch, MAX_EVAL_INTERVAL)
-    settings = _training_kwargs(work_dir / "finetune", quiet=progress is not None, **{**kwargs, "save_steps": interval})
+    settings = training_kwargs(work_dir / "finetune", quiet=progress is not None, **{**kwargs, "save_steps": interval})
     settings.update(
         eval_strategy="steps", eval_steps=interval, load_best_model_at_end=True, save_total_limit=2,
         metric_for_best_model="eval_loss", greater_is_better=False, warmup_steps=0.1,
@@ -148,12 +144,12 @@ def _finetune(
         train_dataset=train,
         eval_dataset=validation,
         processing_class=tokenizer,
-        data_collator=_collator(tokenizer),
+        data_collator=padding_collator(tokenizer),
         compute_metrics=make_compute_metrics(data.spec),
         callbacks=[EarlyStoppingCallback(FINETUNE_PATIENCE), *progress_callbacks(progress, "fine-tune the task head")],
     )
     if progress is not None:
-        _quiet(trainer)
+        quiet_trainer(trainer)
     trainer.train(resume_from_checkpoint=_last_complete_checkpoint(Path(args.output_dir)))
     model.eval()
     summary = {"epochs": round(trainer.state.epoch or 0.0, 2), "steps": trainer.state.global_step, "best_validation": trainer.state.best_metric}
@@ -193,7 +189,7 @@ def prepare_dense_model(
         say(f"loading {source.display_name} for {data.name} ({data.source})")
         model, tokenizer, has_head = load_model_for_task(source, data)
         state["finetuned_first"] = not has_head
-    train = _tokenized(data, data.train, tokenizer, max_length)
+    train = tokenize_split(data, data.train, tokenizer, max_length)
     if not state["finetuned_first"]:
         return model, tokenizer, train
     train, validation = validation_slice(train, training["seed"])
@@ -204,8 +200,8 @@ def prepare_dense_model(
             f"on {len(train)} examples, early stopping on {len(validation)} held-out training examples)"
         )
         state["finetune"] = _finetune(model, tokenizer, train, validation, data, work_dir, epochs=epochs, progress=progress, **training)
-        _save_folder(finetuned, model, tokenizer)
-        _save_state(work_dir, state)
+        save_folder(finetuned, model, tokenizer)
+        save_state(work_dir, state)
     return model, tokenizer, train
 
 
@@ -240,16 +236,16 @@ def train_dense_control(
     args = pruning_args
     pruning_steps = args.num_pruning_steps if pruning_steps is None else pruning_steps
     epochs = args.recovery_epochs * pruning_steps + (args.l0_epochs if args.pruning_method == "l0" else 0)
-    settings = _training_kwargs(
+    settings = training_kwargs(
         work_dir / "control", batch_size=args.per_device_train_batch_size * args.gradient_accumulation_steps,
         learning_rate=args.learning_rate, seed=args.seed, quiet=progress is not None, device="cpu" if args.use_cpu else None,
     )  # fmt: skip
     trainer = PruningTrainer(
         model=dense, args=PruningConfig(recovery_epochs=epochs, **settings), train_dataset=train, processing_class=tokenizer,
-        data_collator=None if data.is_lm else _collator(tokenizer), callbacks=progress_callbacks(progress, "train the dense control"),
+        data_collator=None if data.is_lm else padding_collator(tokenizer), callbacks=progress_callbacks(progress, "train the dense control"),
     )  # fmt: skip
     if progress is not None:
-        _quiet(trainer)
+        quiet_trainer(trainer)
     steps = trainer.train().global_step
     del trainer
     release_memory()

@@ -16,12 +16,10 @@ from typing import Any
 from torch import nn
 from transformers import TrainerCallback
 
+from ..constants import MAX_DROP_CEILING as DEFAULT_CEILING  # the run's defaults, read by the CLI's help too
+from ..constants import MAX_DROP_STEPS as DEFAULT_STEPS
+from ..errors import PipelineInputError, TargetOutOfReachError, first_line
 from .finetune import validation_slice
-
-DEFAULT_STEPS = 6
-"""Steps (candidate models) of a max-drop run when the schedule gives none: 1.14x ... 4x for a 4x ceiling."""
-DEFAULT_CEILING = 4.0
-"""The fastest speedup a max-drop run tries when no `target_speedup` is given."""
 
 
 def selection_split(train, seed: int):
@@ -72,4 +70,20 @@ class KeepFastestWithinDrop(TrainerCallback):
         }
 
 
-__all__ = ["DEFAULT_CEILING", "DEFAULT_STEPS", "KeepFastestWithinDrop", "selection_split"]
+def ceiling_out_of_reach(error: TargetOutOfReachError, max_drop: float, ceiling: float, steps: int) -> PipelineInputError:
+    """A max-drop run whose speed ceiling is out of reach, said in the terms of the run asked for: the search
+    prunes towards `ceiling` (the user may never have given a target_speedup), and the drop allowed is not what
+    stopped it."""
+    reason = first_line(error)
+    reason = reason.split(": ", 1)[1] if reason.startswith("target_speedup=") and ": " in reason else reason
+    return PipelineInputError(
+        f"max_drop={max_drop:g} searches {steps} ever faster pruning steps up to target_speedup={ceiling:g} (its "
+        f"ceiling, default {DEFAULT_CEILING:g}), and this model cannot be pruned that far ({reason}); the drop allowed "
+        "is not the limit: give a lower target_speedup with max_drop",
+        cli_message=f"--max-drop {max_drop:g} searches {steps} ever faster pruning steps up to a {ceiling:g}x speedup "
+        f"(--speedup, default {DEFAULT_CEILING:g}), and this model cannot be pruned that far ({reason}); the "
+        f"{max_drop:g} points allowed are not the limit: give a lower --speedup with --max-drop",
+    )
+
+
+__all__ = ["DEFAULT_CEILING", "DEFAULT_STEPS", "KeepFastestWithinDrop", "ceiling_out_of_reach", "selection_split"]

@@ -18,7 +18,7 @@ from torch import nn
 
 from ..constants import RESULTS_FILE, SPEED_FILE, SPEED_IMAGE
 from ..export.card import write_model_card
-from ..io.rundir import _jsonable
+from ..io.rundir import jsonable
 
 __all__ = ["PruneResult", "Stopwatch", "write_output_folder"]
 
@@ -75,18 +75,18 @@ class PruneResult:
             "metrics_after": self.metrics_after,
             "sparsity": self.sparsity,
             "finetuned_first": self.finetuned_first,
-            "speed": _jsonable(self.speed.to_dict()) if self.speed is not None else None,
-            "pruning_history": _jsonable(self.pruning_history),
-            "settings": _jsonable(self.settings),
+            "speed": jsonable(self.speed.to_dict()) if self.speed is not None else None,
+            "pruning_history": jsonable(self.pruning_history),
+            "settings": jsonable(self.settings),
             "timings_s": {key: round(value, 2) for key, value in self.timings.items()},
-            "baselines": _jsonable(self.baselines),
+            "baselines": jsonable(self.baselines),
             "weak_baseline": self.weak_baseline,
-            "finetune": _jsonable(self.finetune),
-            "dense_control": _jsonable(self.dense_control),
-            "speed_target": _jsonable(self.speed_target),
-            "selection": _jsonable(self.selection),
-            "param_target": _jsonable(self.param_target),
-            "generation_speed": _jsonable(self.generation_speed),
+            "finetune": jsonable(self.finetune),
+            "dense_control": jsonable(self.dense_control),
+            "speed_target": jsonable(self.speed_target),
+            "selection": jsonable(self.selection),
+            "param_target": jsonable(self.param_target),
+            "generation_speed": jsonable(self.generation_speed),
             "dry_run": self.dry_run,
         }
 
@@ -109,7 +109,7 @@ def write_output_folder(
     model.save_pretrained(folder)
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
-    (folder / RESULTS_FILE).write_text(json.dumps(_jsonable({**results, "card": card_kwargs}), indent=2) + "\n")
+    (folder / RESULTS_FILE).write_text(json.dumps(jsonable({**results, "card": card_kwargs}), indent=2) + "\n")
     if speed is not None:
         speed.save_json(folder / SPEED_FILE)
         speed.plot(folder / SPEED_IMAGE)

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._validation import check_setting
 from ..constants import (
     DATA_FREE_METHODS,
     IMPORTANCE_IMAGE,
@@ -25,9 +26,10 @@ from ..constants import (
 )
 from ..engine.record import get_record
 from ..errors import PipelineInputError
-from ..export.card import plot_head_importance
-from ..io.checkpoint import load_model_for_task
-from ..io.output import check_output_dir, write_atomically
+from ..export.plots import plot_head_importance
+from ..io.checkpoint import load_model_for_task, resolve_model
+from ..io.output import check_output_dir, job_inputs, write_atomically
+from ..planning.plan import heads_left
 from ..scoring.methods import score_units
 from ..tasks.task_data import TaskData, load_task_data, scoring_batches
 
@@ -76,9 +78,14 @@ def score_task(
     say = log or (lambda message: logger.warning(message))
     if method not in SCORING_METHODS:
         raise PipelineInputError(f"unknown scoring method {method!r}; choose {choices(SCORING_METHODS)}")
-    output_dir = check_output_dir(output_dir, overwrite)
+    check_setting("seed", seed, error=PipelineInputError)
+    inputs = job_inputs(model_name_or_path, data_kwargs=data_kwargs)  # --overwrite must never delete them
+    output_dir = check_output_dir(output_dir, overwrite, inputs)
     data = load_task_data(task, max_train_samples=num_examples, seed=seed, **(data_kwargs or {}))
-    model, tokenizer, has_head = load_model_for_task(model_name_or_path, data, gguf_file=gguf_file)
+    source = resolve_model(model_name_or_path, gguf_file=gguf_file, causal_lm=data.is_lm)
+    if not heads_left(source.config):  # checked on the config, before any weights load
+        raise PipelineInputError(f"{model_name_or_path} has no attention heads left (every head was removed): there are no heads to score")
+    model, tokenizer, has_head = load_model_for_task(source, data)
     if not has_head and method not in DATA_FREE_METHODS:
         say(f"{model_name_or_path} has no trained {data.name} head: gradient scores reflect a random classifier (fine-tune first, or use `hfprune prune`)")
     scores = score_heads(model, tokenizer, data, method=method, num_examples=num_examples, batch_size=batch_size, max_length=max_length, seed=seed)
@@ -92,7 +99,7 @@ def score_task(
         (folder / SCORES_FILE).write_text(json.dumps(payload, indent=2) + "\n")
         plot_head_importance(scores.float(), record, folder / IMPORTANCE_IMAGE, title=f"head scores ({method}), {data.name}")
 
-    write_atomically(output_dir, write, overwrite=overwrite)
+    write_atomically(output_dir, write, overwrite=overwrite, inputs=inputs)
     return payload
 
 

@@ -15,16 +15,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._validation import check_count
 from ..errors import PruningError
-from .speed import (
-    _check_int,
-    _quartiles,
-    _random_inputs,
-    _resolve_device,
-    _timer,
-    _vocab_size,
-    dense_twin,
-)
+from .flops import model_vocab_size, random_inputs
+from .speed import dense_twin, device_timer, quartiles, resolve_device
 
 
 def _prefill_and_decode(model: nn.Module, inputs: dict[str, torch.Tensor], new_tokens: int):
@@ -74,14 +68,14 @@ def measure_generation_speed(
         raise PruningError("models must be a non-empty {name: model} mapping; the first one is the baseline")
     for value, name, low in ((batch_size, "batch_size", 1), (prompt_len, "prompt_len", 1), (new_tokens, "new_tokens", 1),
                              (warmup, "warmup", 0), (repeats, "repeats", 1)):  # fmt: skip
-        _check_int(name, value, low)
-    device = _resolve_device(device)
-    names, timer = list(models), _timer(device)
-    inputs = _random_inputs(min(_vocab_size(model) for model in models.values()), batch_size, prompt_len, device)
+        check_count(name, value, low)
+    device = resolve_device(device)
+    names, timer = list(models), device_timer(device)
+    inputs = random_inputs(min(model_vocab_size(model) for model in models.values()), batch_size, prompt_len, device)
     training = {name: model.training for name, model in models.items()}
     previous_threads = torch.get_num_threads()
     if device.type == "cpu" and num_threads is not None:
-        torch.set_num_threads(_check_int("num_threads", num_threads, 1))
+        torch.set_num_threads(check_count("num_threads", num_threads, 1))
     times = {name: {"prefill": [], "decode": []} for name in names}
     try:
         phases = {}
@@ -104,7 +98,7 @@ def measure_generation_speed(
     rows = []
     for name in names:
         (prefill_p25, prefill, prefill_p75), (decode_p25, decode, decode_p75) = (
-            _quartiles(times[name][phase]) for phase in ("prefill", "decode")
+            quartiles(times[name][phase]) for phase in ("prefill", "decode")
         )
         rows.append({
             "model": name, "batch_size": batch_size, "prompt_len": prompt_len, "new_tokens": new_tokens,

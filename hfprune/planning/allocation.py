@@ -34,7 +34,7 @@ from ..engine.masks import (
 from ..engine.record import get_record, gqa_group_size, kept_ffn
 from ..errors import PruningError, TargetOutOfReachError
 from ..measure.latency import LatencyModel, structure_counts
-from ..scoring.common import _mean_loss, _scoring_mode
+from ..scoring.common import mean_loss, scoring_mode
 
 
 def _score(values: torch.Tensor, index: list[int]) -> float:
@@ -202,11 +202,11 @@ def calibration_factors(model: nn.Module, scores, plan, dataloader, weight: int 
     }
     kinds = [kind for kind, (_, units) in parts.items() if units and estimated[kind] > 0]
     losses = []
-    with _scoring_mode(model):
-        base = _mean_loss(model, dataloader)
+    with scoring_mode(model):
+        base = mean_loss(model, dataloader)
         for kind in kinds:
             with parts[kind][0]():
-                losses.append(_mean_loss(model, dataloader) - base)
+                losses.append(mean_loss(model, dataloader) - base)
     device = next(model.parameters()).device
     losses = average_over_processes(torch.tensor(losses, dtype=torch.float64), weight, device).tolist()
     # one round moves a kind's scale at most MAX_FACTOR either way: removals interact, so a plan made on a big

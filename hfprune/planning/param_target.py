@@ -10,17 +10,21 @@ The residual-stream width is not linear with the rest (a channel costs less once
 so with `prune_width` it is searched, as Minitron searches its candidate architectures: each width in
 `WIDTH_FRACTIONS` of the current one (the least important channels by `hidden_importance` go) gets its own
 calibrated allocation of the rest of the budget, and the candidate whose whole plan, applied to a copy, loses
-least on the scoring data is kept. The candidates and their losses go into `report()`.
+least on the scoring data is kept. When no such width can reach the budget (embeddings that outweigh every layer:
+one fraction too wide for the rest to make up, the next narrower than the budget alone), the width that alone
+meets it is found and tried. The candidates and their losses go into `report()`.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..engine.hidden import prune_hidden
 from ..engine.masks import (
     apply_masks,
     make_ffn_mask,
@@ -30,9 +34,9 @@ from ..engine.masks import (
 from ..engine.record import get_record, kept_hidden
 from ..errors import PruningError, TargetOutOfReachError
 from ..measure.latency import LatencyModel, measure_latency_model
-from ..scoring.common import _mean_loss, _scoring_mode
+from ..measure.sparsity import num_parameters
+from ..scoring.common import mean_loss, scoring_mode
 from .allocation import calibrated_allocation
-from .plan import _num_parameters as num_parameters
 
 WIDTH_FRACTIONS = (1.0, 0.875, 0.75, 0.625, 0.5)
 """The residual-stream widths tried at each step, as fractions of the width the model has then."""
@@ -61,8 +65,8 @@ def _masked_loss(model: nn.Module, plan: dict[str, Any], dataloader) -> float:
         "ffn_mask": make_ffn_mask(model, plan["ffn"]),
         "layer_mask": make_layer_mask(model, plan["layers"]),
     }
-    with _scoring_mode(model), apply_masks(model, **masks):
-        return float(_mean_loss(model, dataloader))
+    with scoring_mode(model), apply_masks(model, **masks):
+        return float(mean_loss(model, dataloader))
 
 
 class ParamTarget:
@@ -91,45 +95,107 @@ class ParamTarget:
                 widths.append(keep)
         return [None if keep == width else keep for keep in widths]
 
+    def _narrowed(self, model: nn.Module, hidden_scores: torch.Tensor, keep: int | None) -> tuple[nn.Module, list[int]] | None:
+        """`(model cut to keep channels, the channels removed)`; `model` itself for None; None where this family
+        cannot express the width (e.g. heads tied to it)."""
+        if keep is None:
+            return model, []
+        channels = _channels_to_remove(model, hidden_scores, keep)
+        candidate = copy.deepcopy(model)
+        try:
+            prune_hidden(candidate, channels)
+        except PruningError:
+            return None
+        return candidate, channels
+
+    def _width_alone(self, model: nn.Module, hidden_scores: torch.Tensor, parameters: int, counts: dict[int, int]) -> int | None:
+        """The narrowest width (a multiple of `round_to_multiple`) whose model still has at least `parameters`
+        before anything else goes: the width that alone spends the cut. A budget that only the width can reach
+        (embeddings that outweigh every layer) falls between the fixed `WIDTH_FRACTIONS`: one is too wide for the
+        layers, heads and neurons to make up the rest, the next narrower than the budget. Found by interpolating
+        the parameter counts (near linear in the width; `counts`: width -> count, those known), each guess
+        counted on a pruned copy. None when it is the current width or the family cannot cut its width."""
+        multiple = self.multiple
+        above = [keep for keep, count in counts.items() if count >= parameters]
+        if not above:  # the model is already within the budget
+            return None
+        hi = min(above)
+        below = [keep for keep, count in counts.items() if count < parameters]
+        lo = max(below) if below else 0  # 0: an estimate of no parameters at no width, never counted
+        while True:
+            low, high = (lo // multiple + 1) * multiple, ((hi - 1) // multiple) * multiple  # the grid strictly between
+            if low > high:
+                break
+            count_lo = counts[lo] if lo else 0
+            guess = lo + (parameters - count_lo) * (hi - lo) / max(counts[hi] - count_lo, 1)
+            keep = min(max(math.ceil(guess / multiple) * multiple, low), high)
+            narrowed = self._narrowed(model, hidden_scores, keep)
+            if narrowed is None:
+                return None
+            counts[keep] = num_parameters(narrowed[0])
+            del narrowed
+            if counts[keep] >= parameters:
+                hi = keep
+            else:
+                lo = keep
+        return None if hi == max(counts) else hi
+
+    def _candidate(
+        self, model: nn.Module, scores: dict[str, torch.Tensor], keep: int | None, parameters: int, dataloader,
+        weight: int, counts: dict[int, int], rank: bool,
+    ) -> dict[str, Any] | None:
+        """The plan at width `keep`: the channels, and the allocation of the rest of the budget (with its masked loss
+        when `rank`); None where the width cannot be cut, overshoots the budget alone, or leaves it out of reach."""
+        narrowed = self._narrowed(model, scores.get("hidden"), keep)
+        if narrowed is None:
+            return None
+        candidate, channels = narrowed
+        width = len(kept_hidden(get_record(candidate), candidate.config))
+        counts[width] = num_parameters(candidate)
+        if counts[width] < parameters:
+            return None  # the width alone would overshoot the budget
+        try:
+            plan = calibrated_allocation(
+                candidate, scores, parameter_cost_model(candidate), parameters, dataloader,
+                ffn_multiple=self.multiple, weight=weight,
+            )  # fmt: skip
+        except TargetOutOfReachError:
+            return None
+        plan["hidden"] = channels
+        plan["hidden_size"] = width
+        if rank:
+            plan["loss"] = _masked_loss(candidate, plan, dataloader)
+        return plan
+
     def plan(
         self, model: nn.Module, scores: dict[str, torch.Tensor], parameters: int, dataloader=None, weight: int = 1
     ) -> dict[str, Any]:
         """The plan that brings `model` to `parameters`: `"hidden"` (channels, original indices) and the usual
-        `"layers"`, `"heads"`, `"ffn"`; with `prune_width`, `scores` needs `"hidden"` and `dataloader`."""
+        `"layers"`, `"heads"`, `"ffn"`; with `prune_width`, `scores` needs `"hidden"` and `dataloader`.
+
+        With `prune_width` the candidates are the widths of `WIDTH_FRACTIONS`, the least masked loss winning; when
+        none of them can reach the budget, the width that alone meets it (`_width_alone`) is tried, so a budget
+        that some width reaches is reached."""
         if self.prune_width and ("hidden" not in scores or dataloader is None):
             raise PruningError("prune_width needs 'hidden' scores and scoring data to choose a width")
         widths = self._widths(model, parameters)
+        counts: dict[int, int] = {}  # width -> parameters of the model cut to it
         candidates = []
         for keep in widths:
-            candidate, channels = model, []
-            if keep is not None:
-                channels = _channels_to_remove(model, scores["hidden"], keep)
-                candidate = copy.deepcopy(model)
-                try:
-                    from ..engine.hidden import prune_hidden
-
-                    prune_hidden(candidate, channels)
-                except PruningError:  # a width this family cannot express (e.g. heads tied to the width)
-                    continue
-                if num_parameters(candidate) < parameters:
-                    continue  # the width alone would overshoot the budget
-            try:
-                plan = calibrated_allocation(
-                    candidate, scores, parameter_cost_model(candidate), parameters, dataloader,
-                    ffn_multiple=self.multiple, weight=weight,
-                )  # fmt: skip
-            except TargetOutOfReachError:
-                continue
-            plan["hidden"] = channels
-            plan["hidden_size"] = len(kept_hidden(get_record(candidate), candidate.config))
-            if len(widths) > 1:
-                plan["loss"] = _masked_loss(candidate, plan, dataloader)
-            candidates.append(plan)
-            del candidate
+            plan = self._candidate(model, scores, keep, parameters, dataloader, weight, counts, rank=self.prune_width)
+            if plan is not None:
+                candidates.append(plan)
+        if self.prune_width and counts and not candidates:  # the budget falls between two of the fixed widths
+            keep = self._width_alone(model, scores["hidden"], parameters, counts)
+            if keep is not None and keep not in {plan["hidden_size"] for plan in candidates}:
+                plan = self._candidate(model, scores, keep, parameters, dataloader, weight, counts, rank=True)
+                if plan is not None:
+                    candidates.append(plan)
         if not candidates:
             raise TargetOutOfReachError(
                 f"target_param_budget={self.budget:g} is out of reach: no structure of this model keeps only "
                 f"{parameters:,} of its {self.dense_parameters:,} parameters"
+                + (f" (widths tried: {', '.join(map(str, sorted(counts, reverse=True)))})" if self.prune_width and counts else "")
             )
         best = min(candidates, key=lambda plan: plan.get("loss", 0.0))
         self.steps.append(

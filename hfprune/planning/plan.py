@@ -22,13 +22,14 @@ from ..engine.masks import apply_masks, make_head_mask
 from ..engine.record import get_record, gqa_group_size, kept_ffn
 from ..engine.surgery import prune_heads
 from ..errors import PruningError
+from ..measure.sparsity import num_parameters
 from ..scoring.loss import head_importance
 
 if TYPE_CHECKING:  # pruning_config imports this module
     from ..pruning_config import PruningConfig
 
 
-def _round(value: float) -> int:
+def round_half_up(value: float) -> int:
     """Round half up (Python's `round` rounds 0.5 to even, so 2.5 heads would become 2)."""
     return math.floor(value + 0.5)
 
@@ -135,11 +136,11 @@ def heads_to_prune(
 
     def unit_budget(available_heads: int, limit: int) -> int:
         heads = (
-            _round(check_fraction("fraction", fraction) * available_heads)
+            round_half_up(check_fraction("fraction", fraction) * available_heads)
             if count is None
             else check_count("count", count, 0, limit)
         )
-        return _round(heads / gqa_group_size)
+        return round_half_up(heads / gqa_group_size)
 
     if per_layer:
         chosen = []
@@ -251,6 +252,21 @@ def _pruned_heads(model: nn.Module) -> tuple[int, int]:
     return total - sum(len(heads) for heads in record["kept_heads"]), total
 
 
+def heads_left(model_or_config: Any) -> int:
+    """How many attention heads a model (or its config) still has, over all its layers."""
+    return sum(len(heads) for heads in get_record(model_or_config)["kept_heads"])
+
+
+def check_head_target(model: nn.Module, target: float | None) -> None:
+    """Refuse a head sparsity above 0 for a model whose every head was already removed (a legal hfprune output):
+    there is no head to score or remove, and the target would silently change nothing."""
+    if target and not heads_left(model):
+        raise PruningError(
+            f"target_head_sparsity={target:g} has nothing to remove: the model has no attention heads left "
+            "(every head was removed); prune FFN neurons or layers instead"
+        )
+
+
 def head_sparsity(model: nn.Module) -> float:
     """The fraction of the original model's attention heads that are gone (dropped layers included)."""
     pruned, total = _pruned_heads(model)
@@ -289,7 +305,7 @@ def iterative_head_pruning(
             raise PruningError("min_metric_fraction needs an eval_fn to measure the metric")
     group_size = gqa_group_size(get_record(model))
     pruned, total = _pruned_heads(model)
-    target, per_step = _round(target_sparsity * total), max(1, _round(step * total))
+    target, per_step = round_half_up(target_sparsity * total), max(1, round_half_up(step * total))
 
     baseline = eval_fn(model) if eval_fn is not None else None
     history = [dict(step=0, sparsity=pruned / total, metric=baseline, heads_pruned={}, applied=True)]
@@ -316,11 +332,7 @@ def iterative_head_pruning(
 
 
 # ---- the trainer's targets: sparsities reached, parameter budget -------------------------------------
-def _num_parameters(model: nn.Module) -> int:
-    return sum(parameter.numel() for parameter in model.parameters())
-
-
-def _sparsities(model: nn.Module) -> dict[str, float]:
+def sparsities(model: nn.Module) -> dict[str, float]:
     """Fractions of the original heads, FFN neurons and layers that are gone (dropped layers count as gone)."""
     record = get_record(model)
     original = record["original"]
@@ -345,7 +357,7 @@ def _parameter_split(model: nn.Module) -> dict[str, int]:
     layers (norms...); `total`: everything. Removing a fraction f of the heads removes about f of `heads`.
     """
     adapter = get_adapter(model)
-    split = {"heads": 0, "ffn": 0, "layers": 0, "total": _num_parameters(model)}
+    split = {"heads": 0, "ffn": 0, "layers": 0, "total": num_parameters(model)}
     for layer in adapter.get_layers(model):
         paths = {adapter.query, adapter.key, adapter.value, adapter.output}  # GPT-2: q, k, v share one module
         attention = sum(_numel(resolve(layer, path)) for path in paths)
@@ -376,6 +388,7 @@ def final_targets(args: PruningConfig, model: nn.Module) -> dict[str, float]:
         "ffn": args.target_ffn_sparsity,
         "layers": args.target_layer_sparsity,
     }
+    check_head_target(model, targets["heads"])
     if args.target_param_budget is None:
         return targets
     check_unpruned(model, "target_param_budget")
@@ -421,7 +434,7 @@ def plan_to_goal(
     current = sum(len(units) for units in kept)
     if not per_layer:
         return planner(scores, count=max(current - kept_goal, 0), per_layer=False)
-    per_layer_goal = _round(kept_goal / len(kept_layers))
+    per_layer_goal = round_half_up(kept_goal / len(kept_layers))
     plan = {}
     for position, layer in enumerate(kept_layers):
         count = len(kept[position]) - per_layer_goal
@@ -464,10 +477,12 @@ def resolve_layers_to_drop(
 __all__ = [
     "LAYER_STRATEGIES",
     "best_head_per_layer",
+    "check_head_target",
     "check_unpruned",
     "ffn_to_prune",
     "final_targets",
     "head_sparsity",
+    "heads_left",
     "heads_to_prune",
     "iterative_head_pruning",
     "layers_to_drop",

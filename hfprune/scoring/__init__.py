@@ -2,68 +2,25 @@
 never change the model; `methods.score_units` is the one method table from a name to its scorer.
 """
 
-from typing import TYPE_CHECKING
-
 from .._lazy import attach
 
-_EXPORTS = {
+# module -> the public names it provides
+_EXPORTS: dict[str, tuple[str, ...]] = {  # fmt: skip
     "activations": (
-        "ACTIVATION_KINDS",
-        "activation_ffn_scores",
-        "activation_head_scores",
-        "activation_kv_group_scores",
-        "activation_scores",
-        "hidden_importance",
+        "ACTIVATION_KINDS", "activation_ffn_scores", "activation_head_scores", "activation_kv_group_scores",
+        "activation_scores", "hidden_importance",
     ),
     "common": (
-        "Batch",
-        "GATE_KINDS",
-        "LossFn",
-        "normalize_per_layer",
+        "Batch", "GATE_KINDS", "LossFn", "batch_loss", "batch_size_of", "examples_of", "gate_dtype", "is_causal_lm",
+        "mean_loss", "missing_as_nan", "model_device", "normalize_per_layer", "present_units", "scoring_mode",
+        "to_device", "unit_shape",
     ),
     "loss": (
-        "ffn_importance",
-        "head_ablation_scores",
-        "head_importance",
-        "importance_scores",
-        "layer_ablation_scores",
-        "mlp_importance",
-        "taylor_head_scores",
+        "ffn_importance", "head_ablation_scores", "head_importance", "importance_scores", "layer_ablation_scores",
+        "mlp_importance", "taylor_head_scores",
     ),
-    "methods": ("score_units",),
-    "similarity": (
-        "angular_distance",
-        "block_influence",
-        "layer_cosine_scores",
-    ),
-    "weights": (
-        "magnitude_ffn_scores",
-        "magnitude_head_scores",
-        "random_ffn_scores",
-        "random_head_scores",
-    ),
+    "methods": ("SCORERS", "ScoreRequest", "Scorer", "register_scorer", "score_units",),
+    "similarity": ("angular_distance", "block_influence", "layer_cosine_scores",),
+    "weights": ("magnitude_ffn_scores", "magnitude_head_scores", "random_ffn_scores", "random_head_scores",),
 }
 __getattr__, __dir__, __all__ = attach(__name__, _EXPORTS)
-
-if TYPE_CHECKING:
-    from .activations import (
-        ACTIVATION_KINDS,
-        activation_ffn_scores,
-        activation_head_scores,
-        activation_kv_group_scores,
-        activation_scores,
-        hidden_importance,
-    )
-    from .common import GATE_KINDS, Batch, LossFn, normalize_per_layer
-    from .loss import (
-        ffn_importance,
-        head_ablation_scores,
-        head_importance,
-        importance_scores,
-        layer_ablation_scores,
-        mlp_importance,
-        taylor_head_scores,
-    )
-    from .methods import score_units
-    from .similarity import angular_distance, block_influence, layer_cosine_scores
-    from .weights import magnitude_ffn_scores, magnitude_head_scores, random_ffn_scores, random_head_scores

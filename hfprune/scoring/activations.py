@@ -40,12 +40,12 @@ from ..errors import PruningError
 from .common import (
     Batch,
     LossFn,
-    _batch_size,
-    _device,
-    _loss,
-    _scoring_mode,
-    _to_device,
+    batch_loss,
+    batch_size_of,
+    model_device,
     normalize_per_layer,
+    scoring_mode,
+    to_device,
 )
 
 ACTIVATION_KINDS = ("heads", "kv_groups", "ffn", "hidden")
@@ -111,10 +111,10 @@ def activation_scores(
     if unknown or not kinds:
         raise PruningError(f"unknown activation kinds {unknown}; choose from {list(ACTIVATION_KINDS)}")
     model = model_for_masks(model)
-    adapter, record, device = get_adapter(model), check_record(model), _device(model)
+    adapter, record, device = get_adapter(model), check_record(model), model_device(model)
     tokens = _TokenMask(adapter.time_major)
     sums: dict[tuple, _Sums] = {}
-    with ExitStack() as hooks, _scoring_mode(model):
+    with ExitStack() as hooks, scoring_mode(model):
         for position, layer in enumerate(adapter.get_layers(model)):
             heads = record["kept_heads"][position]
             if heads and adapter.has_attention(layer) and {"heads", "kv_groups"} & set(kinds):
@@ -129,7 +129,7 @@ def activation_scores(
                 hooks.enter_context(_removing(module.register_forward_hook(lambda m, a, out, w=watch: w(out))))
         batches = 0
         for batch in dataloader:
-            batch = _to_device(batch, device)
+            batch = to_device(batch, device)
             mask = batch.get("attention_mask")
             tokens.set(torch.ones_like(batch["input_ids"]) if mask is None else mask)
             model(**batch, **_no_cache(model))
@@ -247,7 +247,7 @@ def hidden_importance(
     if method == "activation":
         return activation_scores(model, dataloader, ("hidden",))["hidden"]
     model = model_for_masks(model)
-    record, device = check_record(model), _device(model)
+    record, device = check_record(model), model_device(model)
     sites = channel_sites(model)
     totals = [None] * len(sites)
     gates: list[torch.Tensor | None] = [None] * len(sites)
@@ -264,16 +264,16 @@ def hidden_importance(
         return hook
 
     examples = 0
-    with ExitStack() as hooks, _scoring_mode(model, grad=True):
+    with ExitStack() as hooks, scoring_mode(model, grad=True):
         for number, (module, time_major) in enumerate(sites):
             hooks.enter_context(_removing(module.register_forward_hook(gate_hook(number, time_major))))
         for batch in dataloader:
-            batch = _to_device(batch, device)
+            batch = to_device(batch, device)
             gates[:] = [None] * len(sites)
-            loss = _loss(model, batch, loss_fn)
+            loss = batch_loss(model, batch, loss_fn)
             used = [number for number, gate in enumerate(gates) if gate is not None]
             grads = torch.autograd.grad(loss, [gates[number] for number in used], allow_unused=True)
-            size = _batch_size(batch)
+            size = batch_size_of(batch)
             for number, grad in zip(used, grads):
                 if grad is None:
                     continue

@@ -35,18 +35,18 @@ GATE_KINDS = ("heads", "ffn", "mlp")
 
 
 # ---- shared plumbing ---------------------------------------------------------------------------------
-def _device(model: nn.Module) -> torch.device:
+def model_device(model: nn.Module) -> torch.device:
     return getattr(model, "device", None) or next(model.parameters()).device
 
 
-def _gate_dtype(model: nn.Module) -> torch.dtype:
+def gate_dtype(model: nn.Module) -> torch.dtype:
     """float32, or float64 for a float64 model: gradients of half-precision gates would be too coarse."""
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     return torch.promote_types(dtype, torch.float32)
 
 
 @contextmanager
-def _scoring_mode(model: nn.Module, grad: bool = False) -> Iterator[None]:
+def scoring_mode(model: nn.Module, grad: bool = False) -> Iterator[None]:
     """Eval mode (no dropout) and frozen parameters; every module's mode and `requires_grad` restored after."""
     modes = [(module, module.training) for module in model.modules()]
     flags = [(parameter, parameter.requires_grad) for parameter in model.parameters()]
@@ -63,17 +63,17 @@ def _scoring_mode(model: nn.Module, grad: bool = False) -> Iterator[None]:
             module.training = training
 
 
-def _to_device(batch: Batch, device: torch.device) -> dict[str, Any]:
+def to_device(batch: Batch, device: torch.device) -> dict[str, Any]:
     return {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in batch.items()}
 
 
-def _batch_size(batch: Batch) -> int:
+def batch_size_of(batch: Batch) -> int:
     return next(value.shape[0] for value in batch.values() if isinstance(value, torch.Tensor) and value.dim())
 
 
-def _examples(batch: Batch) -> Iterator[dict[str, Any]]:
+def examples_of(batch: Batch) -> Iterator[dict[str, Any]]:
     """Split a batch into batches of one example (tensors sliced on dim 0, other values shared)."""
-    size = _batch_size(batch)
+    size = batch_size_of(batch)
     for index in range(size):
         yield {
             key: value[index : index + 1] if isinstance(value, torch.Tensor) and value.dim() else value
@@ -81,13 +81,13 @@ def _examples(batch: Batch) -> Iterator[dict[str, Any]]:
         }
 
 
-def _is_causal_lm(model: nn.Module) -> bool:
+def is_causal_lm(model: nn.Module) -> bool:
     return type(model).__name__ in set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
 
 
-def _loss(model: nn.Module, batch: Batch, loss_fn: LossFn | None) -> torch.Tensor:
+def batch_loss(model: nn.Module, batch: Batch, loss_fn: LossFn | None) -> torch.Tensor:
     """`loss_fn(outputs, batch)`, else the model's own loss; a causal LM without `labels` predicts its input."""
-    causal_lm = _is_causal_lm(model)
+    causal_lm = is_causal_lm(model)
     no_cache = {"use_cache": False} if causal_lm else {}  # scoring never generates: no KV cache to build
     if loss_fn is not None:
         return loss_fn(model(**batch, **no_cache), batch)
@@ -102,7 +102,7 @@ def _loss(model: nn.Module, batch: Batch, loss_fn: LossFn | None) -> torch.Tenso
     return loss
 
 
-def _shape(record: dict, kind: str) -> tuple[int, ...]:
+def unit_shape(record: dict, kind: str) -> tuple[int, ...]:
     """The original-index shape of one kind of score ("heads", "ffn" or "mlp")."""
     original = record["original"]
     return {
@@ -112,9 +112,9 @@ def _shape(record: dict, kind: str) -> tuple[int, ...]:
     }[kind]
 
 
-def _present(record: dict, kind: str) -> torch.Tensor:
+def present_units(record: dict, kind: str) -> torch.Tensor:
     """Boolean mask, in original indices, of the heads / neurons / MLPs that still exist."""
-    present = torch.zeros(_shape(record, kind), dtype=torch.bool)
+    present = torch.zeros(unit_shape(record, kind), dtype=torch.bool)
     for position, layer in enumerate(record["kept_layers"]):
         if kind == "heads":
             present[layer, record["kept_heads"][position]] = True
@@ -125,7 +125,7 @@ def _present(record: dict, kind: str) -> torch.Tensor:
     return present
 
 
-def _missing_as_nan(scores: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+def missing_as_nan(scores: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
     return scores.masked_fill(~present.to(scores.device), float("nan"))
 
 
@@ -137,13 +137,13 @@ def normalize_per_layer(scores: torch.Tensor) -> torch.Tensor:
 
 
 # ---- ablation ----------------------------------------------------------------------------------------
-def _mean_loss(model: nn.Module, dataloader: Iterable[Batch]) -> float:
+def mean_loss(model: nn.Module, dataloader: Iterable[Batch]) -> float:
     """The model's loss averaged over examples (batches weighted by size)."""
-    device, total, examples = _device(model), 0.0, 0
+    device, total, examples = model_device(model), 0.0, 0
     for batch in dataloader:
-        batch = _to_device(batch, device)
-        size = _batch_size(batch)
-        total += _loss(model, batch, None).item() * size
+        batch = to_device(batch, device)
+        size = batch_size_of(batch)
+        total += batch_loss(model, batch, None).item() * size
         examples += size
     if examples == 0:
         raise PruningError("the dataloader gave no batches to score")

@@ -19,18 +19,18 @@ from .common import (
     GATE_KINDS,
     Batch,
     LossFn,
-    _batch_size,
-    _device,
-    _examples,
-    _gate_dtype,
-    _loss,
-    _mean_loss,
-    _missing_as_nan,
-    _present,
-    _scoring_mode,
-    _shape,
-    _to_device,
+    batch_loss,
+    batch_size_of,
+    examples_of,
+    gate_dtype,
+    mean_loss,
+    missing_as_nan,
+    model_device,
     normalize_per_layer,
+    present_units,
+    scoring_mode,
+    to_device,
+    unit_shape,
 )
 
 
@@ -86,29 +86,35 @@ def importance_scores(
     unknown = [kind for kind in kinds if kind not in GATE_KINDS]
     if unknown or not kinds:
         raise PruningError(f"unknown gate kinds {unknown}; choose from {list(GATE_KINDS)}")
-    record, device, dtype = get_record(model), _device(model), _gate_dtype(model)
-    gates = {kind: torch.ones(_shape(record, kind), device=device, dtype=dtype, requires_grad=True) for kind in kinds}
-    totals = {kind: torch.zeros_like(gate) for kind, gate in gates.items()}
+    record, device, dtype = get_record(model), model_device(model), gate_dtype(model)
+    present = {kind: present_units(record, kind) for kind in kinds}
+    # a kind with no unit left (every head removed) gets no gate: the loss could not depend on it, and with
+    # nothing else gated it would have no gradient at all. Its scores are all NaN, like any unit that is gone.
+    gated = [kind for kind in kinds if present[kind].any()]
+    if not gated:
+        return {kind: torch.full(unit_shape(record, kind), float("nan"), device=device, dtype=dtype) for kind in kinds}
+    gates = {kind: torch.ones(unit_shape(record, kind), device=device, dtype=dtype, requires_grad=True) for kind in gated}
+    totals = {kind: torch.zeros(unit_shape(record, kind), device=device, dtype=dtype) for kind in kinds}
     examples = 0
     with (
-        _scoring_mode(model, grad=True),
+        scoring_mode(model, grad=True),
         apply_masks(model, head_mask=gates.get("heads"), ffn_mask=gates.get("ffn")),
         _mlp_gates(model, gates.get("mlp")),
     ):
         for batch in dataloader:
-            batch = _to_device(batch, device)
-            for part in _examples(batch) if per_example else (batch,):
+            batch = to_device(batch, device)
+            for part in examples_of(batch) if per_example else (batch,):
                 # autograd.grad, not backward(): nothing is ever accumulated into a parameter's .grad
-                loss = _loss(model, part, loss_fn)
+                loss = batch_loss(model, part, loss_fn)
                 grads = torch.autograd.grad(loss, list(gates.values()), allow_unused=True)
-                size = _batch_size(part)
+                size = batch_size_of(part)
                 for kind, grad in zip(gates, grads):
                     if grad is not None:
                         totals[kind] += grad.abs() * size
                 examples += size
     if examples == 0:
         raise PruningError("the dataloader gave no batches to score")
-    scores = {kind: _missing_as_nan(total / examples, _present(record, kind)) for kind, total in totals.items()}
+    scores = {kind: missing_as_nan(total / examples, present[kind]) for kind, total in totals.items()}
     if normalize:
         scores.update({kind: normalize_per_layer(scores[kind]) for kind in scores if kind != "mlp"})
     return scores
@@ -160,11 +166,11 @@ def layer_ablation_scores(model: nn.Module, dataloader: Iterable[Batch]) -> torc
     """
     record = get_record(model)
     scores = torch.full((record["original"]["num_layers"],), float("nan"))
-    with _scoring_mode(model):
-        base = _mean_loss(model, dataloader)
+    with scoring_mode(model):
+        base = mean_loss(model, dataloader)
         for layer in record["kept_layers"]:
             with skip_layers(model, [layer]):
-                scores[layer] = _mean_loss(model, dataloader) - base
+                scores[layer] = mean_loss(model, dataloader) - base
     return scores
 
 
@@ -181,14 +187,14 @@ def head_ablation_scores(
     """
     if metric != "loss" and not callable(metric):
         raise PruningError(f"metric must be 'loss' or a callable metric(model, dataloader), got {metric!r}")
-    evaluate = _mean_loss if metric == "loss" else metric
+    evaluate = mean_loss if metric == "loss" else metric
     record = get_record(model)
-    present = _present(record, "heads")
+    present = present_units(record, "heads")
     scores = torch.full(present.shape, float("nan"), dtype=torch.float64)
-    with _scoring_mode(model):
+    with scoring_mode(model):
         base = evaluate(model, dataloader)
         for layer, head in present.nonzero().tolist():
-            mask = torch.ones(present.shape, device=_device(model))
+            mask = torch.ones(present.shape, device=model_device(model))
             mask[layer, head] = 0
             with apply_masks(model, head_mask=mask):
                 scores[layer, head] = evaluate(model, dataloader) - base

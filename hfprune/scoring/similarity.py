@@ -14,7 +14,7 @@ from torch import nn
 from ..engine.arch import get_adapter
 from ..engine.record import get_record
 from ..errors import PruningError
-from .common import Batch, _device, _scoring_mode, _to_device
+from .common import Batch, model_device, scoring_mode, to_device
 
 
 # ---- layer similarity --------------------------------------------------------------------------------
@@ -40,7 +40,7 @@ def _mean_block_similarity(
     Indexed by the original index of the first layer of each block of `span` consecutive current layers;
     NaN where no such block starts.
     """
-    adapter, record, device = get_adapter(model), get_record(model), _device(model)
+    adapter, record, device = get_adapter(model), get_record(model), model_device(model)
     layers = adapter.get_layers(model)
     if not 1 <= span <= len(layers):
         raise PruningError(f"n must be in [1, {len(layers)}] (the model's layers), got {span}")
@@ -61,9 +61,9 @@ def _mean_block_similarity(
     starts = len(layers) - span + 1
     sums, tokens = torch.zeros(starts, dtype=torch.float64), 0
     try:
-        with _scoring_mode(model):
+        with scoring_mode(model):
             for batch in dataloader:
-                batch = _to_device(batch, device)
+                batch = to_device(batch, device)
                 model(**batch)
                 mask = _token_mask(batch, last_token)
                 for start in range(starts):

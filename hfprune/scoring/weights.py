@@ -10,7 +10,7 @@ from ..engine.arch import get_adapter
 from ..engine.arch.base import resolve
 from ..engine.record import get_record, gqa_group_size, kept_ffn, kv_groups
 from ..errors import PruningError
-from .common import _missing_as_nan, _present
+from .common import missing_as_nan, present_units
 
 
 # ---- data-free baselines -----------------------------------------------------------------------------
@@ -77,9 +77,9 @@ def magnitude_ffn_scores(model: nn.Module) -> torch.Tensor:
 
 def random_head_scores(model: nn.Module, seed: int = 0) -> torch.Tensor:
     """`[num_layers, num_heads]` uniform random scores (the random-pruning baseline); NaN for heads gone."""
-    present = _present(get_record(model), "heads")
+    present = present_units(get_record(model), "heads")
     generator = torch.Generator().manual_seed(seed)
-    return _missing_as_nan(torch.rand(present.shape, generator=generator, dtype=torch.float64), present)
+    return missing_as_nan(torch.rand(present.shape, generator=generator, dtype=torch.float64), present)
 
 
 def random_ffn_scores(model: nn.Module, seed: int = 0) -> torch.Tensor:

@@ -15,7 +15,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import WeakBaselineError
-from .task_data import TaskData, TaskSpec, compute_metrics
+from .evaluate import compute_metrics
+from .specs import TaskSpec
+from .task_data import TaskData
 
 __all__ = ["Z_ONE_SIDED_95", "check_dense_model", "split_baselines", "task_baselines", "weak_baseline_reason"]
 
@@ -52,6 +54,12 @@ def task_baselines(spec: TaskSpec, eval_labels: Mapping[str, Sequence[Any]]) -> 
     return {split: split_baselines(spec, labels) for split, labels in eval_labels.items()}
 
 
+def _undefined(value: Any) -> bool:
+    """A metric that is no number: NaN (a correlation of constant predictions), inf, or None (NaN as a resumed
+    run reads it back from its JSON state)."""
+    return value is None or not math.isfinite(float(value))
+
+
 def weak_baseline_reason(
     spec: TaskSpec,
     metrics: Mapping[str, Mapping[str, float]],
@@ -62,12 +70,20 @@ def weak_baseline_reason(
 
     "Clearly" means beyond a one-sided 95% margin: for classification, accuracy above the majority rate p by
     1.645 * sqrt(p (1 - p) / n), the spread of a constant predictor's accuracy on n examples, and the task's
-    main metric above both baselines'; for a correlation (CoLA's MCC, STS-B), above 1.645 / sqrt(n).
+    main metric above both baselines'; for a correlation (CoLA's MCC, STS-B), above 1.645 / sqrt(n). A metric
+    that is undefined (NaN, e.g. the correlation of constant predictions) is not above anything: weak.
     """
     main = spec.main_metric
     for split, values in metrics.items():
         n = max(int(sizes.get(split, 0)), 1)
         trivial = baselines[split]
+        checked = (main,) if main in _CORRELATIONS else ("accuracy", main)
+        undefined = next((key for key in checked if key in values and _undefined(values[key])), None)
+        if undefined is not None:
+            return (
+                f"on {split}, the dense model's {undefined} is undefined (NaN: e.g. constant predictions), "
+                "which is not above what a constant or random prediction gets"
+            )
         if main in _CORRELATIONS:  # CoLA's MCC, STS-B's correlations: about N(0, 1/n) for a model that learned nothing
             needed = Z_ONE_SIDED_95 / math.sqrt(n)
             if values.get(main, 0.0) <= needed:

@@ -44,7 +44,9 @@ class HeadMaskCallback(TrainerCallback):
     built (`on_init_end`; `on_train_begin` for a callback added later or a `model_init` Trainer), with
     `apply_masks(..., eval_only=True)`: in train mode they leave every activation untouched, so neither the
     loss nor the gradients change. They therefore also mask `trainer.evaluate()` / `trainer.predict()` after
-    `train()`. Call `remove()` when done with the Trainer: the model then has no hooks left.
+    `train()`. Call `remove()` when done with the Trainer: the model then has no hooks left. The mask is in
+    original indices and follows surgery made while it is attached (`PruningTrainer`'s pruning steps): evaluation
+    after a step masks the same original heads, and a masked head that was pruned is simply gone.
 
     Args:
         heads_to_mask: `{layer: [heads]}` in original indices, or a `[num_layers, num_heads]` mask

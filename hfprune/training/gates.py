@@ -65,6 +65,8 @@ from ..engine.surgery import prune_ffn, prune_heads
 from ..engine.transaction import all_or_nothing
 from ..errors import PruningError, TargetOutOfReachError
 from ..measure.latency import LatencyModel
+from ..measure.sparsity import num_parameters
+from ..planning.param_target import parameter_cost_model
 
 GAMMA, ZETA = -0.1, 1.1  # stretch limits of the hard-concrete distribution (Louizos et al. 2018)
 _EPS = 1e-6  # keeps the uniform noise away from 0 and 1, where its logit is infinite
@@ -208,8 +210,6 @@ class HeadGates(nn.Module):
         self._read_structure(model)
 
         if costs is None and (ffn or blocks or param_budget is not None):
-            from ..planning.param_target import parameter_cost_model
-
             costs = parameter_cost_model(model)
         self.costs = (
             GateCosts(head=1.0)
@@ -223,9 +223,7 @@ class HeadGates(nn.Module):
         )
         self.dense_cost = float(self._cost(*self._all_open()))
         if param_budget is not None:
-            from ..planning.plan import _num_parameters
-
-            parameters = _num_parameters(model)
+            parameters = num_parameters(model)
             target_sparsity = (1 - param_budget) * parameters / max(self.dense_cost, 1e-12)
             if target_sparsity >= 1:
                 more = "" if ffn and blocks else "gate more kinds (ffn=True, blocks=True) or "

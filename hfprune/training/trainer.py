@@ -7,10 +7,9 @@ parameters, so an optimizer built before it would silently keep training tensors
 With `pruning_method="l0"` the single step instead trains hard-concrete head gates (`hfprune.training.gates.HeadGates`)
 with an L0 penalty and removes the heads whose gates closed.
 
-Checkpoints of step `k` live in `output_dir/pruning-step-{k}/checkpoint-*` (`pruning-step-1-l0/` for the gate
-training) with a `pruning_state.json` next to the Trainer's files. Resuming rebuilds the pruned structure recorded
-in the checkpoint's `config.json` on the original model BEFORE the weights load, then lets the Trainer restore
-weights, optimizer, scheduler and RNG states, so a killed run continues exactly where it stopped.
+What one step removes, and the surgery, live in `hfprune.training.steps` (`PruningSteps`); where each step is
+checkpointed and how a killed run resumes, in `hfprune.training.resume` (`PruningCheckpoints`). This module holds
+the loop, the scores, the losses and the card.
 
 Under `torchrun` / `accelerate launch` every rank scores its own shard of the scoring data and the scores are
 averaged with `all_reduce`, so all ranks prune the same units (checked with an all-gather of the plans).
@@ -21,59 +20,40 @@ from __future__ import annotations
 import copy
 import gc
 import itertools
-import json
 import os
-import shutil
 from contextlib import nullcontext
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
-from transformers import Trainer, TrainerState
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, set_seed
+from transformers import Trainer
+from transformers.trainer_utils import TrainOutput, set_seed
 from transformers.utils import logging
 
-from ..constants import (  # noqa: F401
+from .._validation import offset_seed
+from ..constants import (
     DATA_FREE_METHODS,
     L0_GATES_FILE,
     PER_LAYER_NORMALIZED_METHODS,
     PRUNING_METHODS,
-    PRUNING_PHASES,
     PRUNING_SCHEDULES,
     PRUNING_STATE_FILE,
 )
 from ..distributed import average_over_processes, check_same_plan, is_distributed
 from ..engine.arch import get_adapter
-from ..engine.hidden import prune_hidden
-from ..engine.record import get_record, gqa_group_size, kept_ffn
-from ..engine.restore import restore_structure
-from ..engine.surgery import drop_layers, prune_ffn, prune_heads
+from ..engine.restore import restore_structure  # re-exported: its old import path
 from ..errors import PruningError, TargetOutOfReachError
-from ..export.card import metrics_from_history, write_model_card
-from ..io.rundir import latest_pruning_checkpoint
+from ..export.card import write_model_card
+from ..export.card_source import metrics_from_history
 from ..measure.latency import Timer
+from ..measure.sparsity import num_parameters
 from ..planning.param_target import ParamTarget
-from ..planning.plan import (
-    _num_parameters,
-    _round,
-    _sparsities,
-    check_unpruned,
-    ffn_to_prune,
-    final_targets,
-    heads_to_prune,
-    layers_to_drop,
-    plan_to_goal,
-    step_targets,
-)
+from ..planning.plan import check_head_target, check_unpruned, final_targets, sparsities
 from ..planning.speed_target import SpeedTarget
-from ..pruning_config import PruningArguments, PruningConfig  # noqa: F401 (PruningArguments: re-exported)
-from ..scoring.activations import hidden_importance
+from ..pruning_config import PruningArguments, PruningConfig  # PruningArguments: re-exported
 from ..scoring.common import normalize_per_layer
-from ..scoring.loss import layer_ablation_scores
 from ..scoring.methods import score_units
-from ..scoring.similarity import layer_cosine_scores
 from .distill import (
     layer_distillation_loss,
     layer_outputs,
@@ -82,20 +62,17 @@ from .distill import (
     teacher_inputs,
 )
 from .gates import HeadGates
+from .resume import RESUME_KEYS as _RESUME_KEYS  # noqa: F401  (its old name)
+from .resume import PruningCheckpoints
+from .steps import PruningSteps
 
 logger = logging.get_logger(__name__)
 
 PRUNING_STATE_NAME, L0_GATES_NAME = PRUNING_STATE_FILE, L0_GATES_FILE  # their first names
-# Arguments that define what a run prunes: a checkpoint made with other values cannot be resumed.
-_RESUME_KEYS = (
-    "pruning_method", "pruning_schedule", "pruning_steps", "target_head_sparsity", "target_ffn_sparsity",
-    "target_layer_sparsity", "target_param_budget", "layer_strategy", "per_layer_ranking", "round_to_multiple",
-    "round_heads_to_multiple", "target_speedup", "speedup_batch_size", "speedup_seq_len", "prune_width",
-)  # fmt: skip
 
 
 # ---- the trainer ---------------------------------------------------------------------------------------
-class PruningTrainer(Trainer):
+class PruningTrainer(PruningSteps, PruningCheckpoints, Trainer):
     """A `Trainer` whose `train()` prunes: score -> prune -> recovery fine-tune, once or iteratively.
 
     Args:
@@ -179,47 +156,19 @@ class PruningTrainer(Trainer):
         checkpoint = self._find_checkpoint(resume_from_checkpoint)
         state = self._read_pruning_state(checkpoint) if checkpoint else None
 
-        own_teacher = args.distills and self.teacher_model is None
-        if own_teacher:
-            self.teacher_model = copy.deepcopy(self.model)  # the unpruned model, before any restore or surgery
-        if self.teacher_model is not None:
-            self.teacher_model.to(args.device).eval().requires_grad_(False)
-        if args.allocates_param_budget:
-            if state is None:
-                check_unpruned(self.model, "target_param_budget")
-            self._budget = ParamTarget(self.model, args, state and state.get("param_target"))
-            targets = {}
-        elif args.pruning_method == "l0":  # the gates' own target: checked where they are made
-            if args.target_param_budget is not None and state is None:
-                check_unpruned(self.model, "target_param_budget")
-            targets = {}
-        else:
-            targets = final_targets(args, self.model)
-        if args.target_speedup is not None:  # measured on the model as given: the original, also when resuming
-            dense = self.teacher_model if own_teacher else None  # a copy of the dense model already: time against it
-            saved = state and state.get("speed_target")
-            self._speed = SpeedTarget(self.model, args, self.speed_timer, saved, reference=dense)
+        targets = self._set_up_targets(state)
 
         if state is None:
             first_step, resume_phase = 1, None
             self.pruning_history = []
             self._record_step(0, train_steps=0, ignore_keys_for_eval=ignore_keys_for_eval)
         else:
-            first_step, resume_phase = state["pruning_step"], state["phase"]
-            self.pruning_history = state["history"]
-            with open(os.path.join(checkpoint, "config.json")) as handle:
-                record = json.load(handle).get("hfprune")
-            if record:
-                restore_structure(self.model, record)  # the structure first: then the weights fit
-            self._load_from_checkpoint(checkpoint)  # also when no training phase resumes (e.g. no recovery)
-            self._after_surgery()
-            self.state = TrainerState.load_from_json(os.path.join(checkpoint, "trainer_state.json"))
-            logger.info(f"Resuming pruning step {first_step} ({resume_phase}) from {checkpoint}")
+            first_step, resume_phase = self._resume_from(checkpoint, state)
 
         step, last_step = first_step, max(args.num_pruning_steps, first_step)
         while step <= last_step:
             resuming = checkpoint if step == first_step else None
-            set_seed(args.seed + step)  # each step's randomness is independent of how the run got there
+            set_seed(offset_seed(args.seed, step))  # each step's randomness is independent of how the run got there
             train_steps, losses = 0, 0.0
             if args.pruning_method == "l0":
                 if resuming is None or resume_phase == "l0":
@@ -260,6 +209,33 @@ class PruningTrainer(Trainer):
             self.param_report, self._budget = self._budget.report(self.model), None
         return TrainOutput(total_steps, metrics["train_loss"], metrics)
 
+    def _set_up_targets(self, state: dict[str, Any] | None) -> dict[str, float]:
+        """The teacher, and what the steps prune towards: the final sparsities (returned), or a parameter budget
+        or a speed target (kept on the trainer, restored from a resumed run's `state`)."""
+        args = self.args
+        own_teacher = args.distills and self.teacher_model is None
+        if own_teacher:
+            self.teacher_model = copy.deepcopy(self.model)  # the unpruned model, before any restore or surgery
+        if self.teacher_model is not None:
+            self.teacher_model.to(args.device).eval().requires_grad_(False)
+        if args.allocates_param_budget:
+            if state is None:
+                check_unpruned(self.model, "target_param_budget")
+            self._budget = ParamTarget(self.model, args, state and state.get("param_target"))
+            targets = {}
+        elif args.pruning_method == "l0":  # the gates' own target: checked where they are made
+            if args.target_param_budget is not None and state is None:
+                check_unpruned(self.model, "target_param_budget")
+            check_head_target(self.model, args.target_head_sparsity)
+            targets = {}
+        else:
+            targets = final_targets(args, self.model)
+        if args.target_speedup is not None:  # measured on the model as given: the original, also when resuming
+            dense = self.teacher_model if own_teacher else None  # a copy of the dense model already: time against it
+            saved = state and state.get("speed_target")
+            self._speed = SpeedTarget(self.model, args, self.speed_timer, saved, reference=dense)
+        return targets
+
     def _train_gates(
         self, step: int, resuming: str | None, state: dict[str, Any] | None, ignore_keys_for_eval
     ) -> tuple[int, float]:
@@ -269,7 +245,7 @@ class PruningTrainer(Trainer):
         one parameter scale (CoFi), the Lagrangian pulling the expected parameters to the budget."""
         args = self.args
         budget = args.target_param_budget
-        dense_parameters = _num_parameters(self.model)
+        dense_parameters = num_parameters(self.model)
         self._gates = HeadGates(
             self.model,
             init_keep=args.l0_init_keep,
@@ -282,7 +258,7 @@ class PruningTrainer(Trainer):
             param_budget=budget,
         ).attach(self.model)
         if resuming is not None:
-            gates_state = torch.load(os.path.join(resuming, L0_GATES_NAME), map_location="cpu", weights_only=True)
+            gates_state = torch.load(os.path.join(resuming, L0_GATES_FILE), map_location="cpu", weights_only=True)
             self._gates.load_state_dict(gates_state)
         try:
             output = self._run_phase((step, "l0"), args.l0_epochs, args.l0_steps, resuming, state, ignore_keys_for_eval)
@@ -296,7 +272,7 @@ class PruningTrainer(Trainer):
             self._gates = None
         self._after_surgery()
         if budget is not None:
-            parameters = _num_parameters(self.model)
+            parameters = num_parameters(self.model)
             self.param_report = {
                 "method": "l0",
                 "target_param_budget": budget,
@@ -352,8 +328,8 @@ class PruningTrainer(Trainer):
     def _record_step(
         self, step: int, train_steps: int, losses: float = 0.0, ignore_keys_for_eval: list[str] | None = None
     ) -> None:
-        entry: dict[str, Any] = {"step": step, **_sparsities(self.model)}
-        entry["num_parameters"] = _num_parameters(self.model)
+        entry: dict[str, Any] = {"step": step, **sparsities(self.model)}
+        entry["num_parameters"] = num_parameters(self.model)
         if self._speed is not None:
             entry["predicted_speedup"] = self._speed.latency.speedup(self.model)
             measured = [m for m in self._speed.measurements if m["step"] == step]
@@ -369,112 +345,12 @@ class PruningTrainer(Trainer):
         logs = {("pruning_step" if key == "step" else key): value for key, value in entry.items()}
         self.log(logs)
 
-    # ---- one pruning step ------------------------------------------------------------------------------
-    def _prune_step(self, step: int, targets: dict[str, float]) -> dict[str, Any]:
-        """Drop layers, then score and prune heads and FFN neurons, up to this step's share of the targets."""
-        args, model = self.args, self.model
-        if self._speed is not None:
-            return self._prune_for_time(step)
-        if self._budget is not None:
-            return self._prune_for_params(step)
-        targets = step_targets(targets, step, args.num_pruning_steps)
-        original = get_record(model)["original"]
-        num_layers, num_heads = original["num_layers"], original["num_heads"]
-        plan: dict[str, Any] = {"layers": [], "heads": {}, "ffn": {}}
-
-        to_drop = min(_round(targets["layers"] * num_layers), num_layers - 1)
-        dropped = num_layers - len(get_record(model)["kept_layers"])
-        if to_drop > dropped:
-            plan["layers"] = self._plan_layers(to_drop, dropped, step)
-            check_same_plan(plan["layers"])
-            drop_layers(model, plan["layers"])
-
-        record = get_record(model)
-        kinds = []
-        heads_goal = _round(targets["heads"] * num_layers * num_heads)
-        if heads_goal > num_layers * num_heads - sum(len(heads) for heads in record["kept_heads"]):
-            kinds.append("heads")
-        ffn_total = num_layers * original["intermediate_size"]
-        ffn_goal = _round(targets["ffn"] * ffn_total)
-        ffn_kept = sum(len(kept_ffn(record, position)) for position in range(len(record["kept_layers"])))
-        if ffn_goal > ffn_total - ffn_kept:
-            kinds.append("ffn")
-        if kinds:
-            scores = self.pruning_scores[step] = self._unit_scores(kinds, step)
-            group_size = gqa_group_size(record)
-            planners = {
-                "heads": lambda s, **kw: heads_to_prune(s, gqa_group_size=group_size, multiple_of=args.round_heads_to_multiple, **kw),
-                "ffn": lambda s, **kw: ffn_to_prune(s, multiple_of=args.round_to_multiple, **kw),
-            }  # fmt: skip
-            kept = {"heads": record["kept_heads"], "ffn": [kept_ffn(record, i) for i in range(len(record["kept_layers"]))]}
-            goals = {"heads": num_layers * num_heads - heads_goal, "ffn": ffn_total - ffn_goal}
-            for kind, unit_scores in scores.items():
-                plan[kind] = plan_to_goal(
-                    unit_scores, goals[kind], planners[kind], kept[kind], record["kept_layers"], per_layer=args.per_layer_ranking
-                )
-            check_same_plan({"heads": plan["heads"], "ffn": plan["ffn"]})
-            prune_heads(model, plan["heads"])
-            prune_ffn(model, plan["ffn"])
-        self._after_surgery()
-        logger.info(f"Pruning step {step}: {_sparsities(model)}")
-        return plan
-
-    def _prune_for_time(self, step: int) -> dict[str, Any]:
-        """Remove what costs least importance per second saved, down to this step's share of the time."""
-        seconds = self._speed.step_seconds(step, self.args.num_pruning_steps)
-        scores = self._allocation_scores(step)
-        plan = self._speed.plan(self.model, scores, seconds, self._score_dataloader(), self._score_weight)
-        self._apply_plan(plan)
-        logger.info(f"Pruning step {step}: predicted {self._speed.latency.speedup(self.model):.2f}x, {_sparsities(self.model)}")
-        return plan
-
-    def _prune_for_params(self, step: int) -> dict[str, Any]:
-        """Remove what costs least importance per parameter, down to this step's share of the budget."""
-        parameters = self._budget.step_parameters(step, self.args.num_pruning_steps)
-        scores = self._allocation_scores(step, hidden=self._budget.prune_width)
-        plan = self._budget.plan(self.model, scores, parameters, self._score_dataloader(), self._score_weight)
-        self._apply_plan(plan)
-        logger.info(f"Pruning step {step}: {_num_parameters(self.model):,} parameters, {_sparsities(self.model)}")
-        return plan
-
-    def _allocation_scores(self, step: int, hidden: bool = False) -> dict[str, torch.Tensor]:
-        """Heads and FFN neurons by first-order importance (a good estimate for small units), layers by their
-        measured loss increase (whole layers are big steps), channels by `hidden_importance`: one loss scale."""
-        scores = self._unit_scores(["heads", "ffn"], step)
-        layers = layer_ablation_scores(self.model, self._score_dataloader())
-        scores["layers"] = average_over_processes(layers, self._score_weight, self.args.device)
-        if hidden:
-            channels = hidden_importance(self.model, self._score_dataloader())
-            scores["hidden"] = average_over_processes(channels, self._score_weight, self.args.device)
-        self.pruning_scores[step] = scores
-        return scores
-
-    def _apply_plan(self, plan: dict[str, Any]) -> None:
-        """An allocation's surgery, the same on every process: channels, heads, FFN neurons, then layers."""
-        check_same_plan({key: plan[key] for key in ("layers", "heads", "ffn")} | {"hidden": plan.get("hidden", [])})
-        if plan.get("hidden"):
-            prune_hidden(self.model, plan["hidden"])
-        prune_heads(self.model, plan["heads"])
-        prune_ffn(self.model, plan["ffn"])
-        drop_layers(self.model, plan["layers"])
-        self._after_surgery()
-
-    def _plan_layers(self, to_drop: int, dropped: int, step: int) -> list[int]:
-        """Original indices of the layers this step drops (`to_drop` in total, `dropped` already gone)."""
-        strategy, num_layers = self.args.layer_strategy, get_record(self.model)["original"]["num_layers"]
-        kept = get_record(self.model)["kept_layers"]
-        if strategy == "contribution":
-            loader = self._score_dataloader()
-            scores = average_over_processes(layer_cosine_scores(self.model, loader), self._score_weight, self.args.device)
-            return layers_to_drop(num_layers, to_drop - dropped, strategy, scores)
-        candidates = [layer for layer in layers_to_drop(num_layers, to_drop, strategy) if layer in kept]
-        return candidates[: to_drop - dropped]
-
+    # ---- scores (what a pruning step ranks by) ----------------------------------------------------------
     def _unit_scores(self, kinds: list[str], step: int) -> dict[str, torch.Tensor]:
         """Scores of `kinds` ("heads", "ffn") by `pruning_method`, identical on every process."""
         method, model = self.args.pruning_method, self.model
         if method in DATA_FREE_METHODS:  # random is seeded, so every process draws the same numbers
-            return score_units(model, method, kinds, seed=self.args.seed + step)
+            return score_units(model, method, kinds, seed=offset_seed(self.args.seed, step))
         # gradient scores: each process scores its shard, unnormalised; average first, then normalise
         scores = score_units(model, method, kinds, self._score_dataloader(), normalize=False)
         scores = {kind: average_over_processes(value, self._score_weight, self.args.device) for kind, value in scores.items()}
@@ -637,108 +513,6 @@ class PruningTrainer(Trainer):
             license=license,
             tags=[tags] if isinstance(tags, str) else tags,
         )
-
-    # ---- checkpoints -----------------------------------------------------------------------------------
-    def _get_output_dir(self, trial) -> str:
-        run_dir = super()._get_output_dir(trial)
-        if self._stage is None:
-            return run_dir
-        step, phase = self._stage
-        return os.path.join(run_dir, f"pruning-step-{step}" + ("-l0" if phase == "l0" else ""))
-
-    def _init_training_state(
-        self, max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial
-    ):
-        result = super()._init_training_state(
-            max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial
-        )
-        if resume_from_checkpoint is None:  # a resumed state already holds the earlier steps' logs
-            self.state.log_history = self._log_carry + self.state.log_history
-        return result
-
-    def _pruning_state(self) -> dict[str, Any]:
-        step, phase = self._stage
-        return {
-            "pruning_step": step,
-            "phase": phase,
-            "history": self.pruning_history,
-            # losses of this phase so far (steps before a resume included), for the step's train_loss
-            "phase_loss_sum": getattr(self, "_phase_loss_offset", 0.0)
-            + getattr(self, "_total_loss_scalar", 0.0)
-            + float(getattr(self, "_tr_loss", 0.0)),
-            "arguments": {key: getattr(self.args, key) for key in _RESUME_KEYS},
-            **({"speed_target": self._speed.state()} if self._speed is not None else {}),
-            **({"param_target": self._budget.state()} if self._budget is not None else {}),
-        }
-
-    def _save_checkpoint(self, model, trial) -> None:
-        # pruning_state.json goes first: the Trainer writes trainer_state.json last, which marks a complete checkpoint
-        folder = os.path.join(self._get_output_dir(trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-        if self.args.should_save:
-            os.makedirs(folder, exist_ok=True)
-            with open(os.path.join(folder, PRUNING_STATE_NAME), "w") as handle:
-                json.dump(self._pruning_state(), handle, indent=2)
-            if self._gates is not None:
-                torch.save(self._gates.state_dict(), os.path.join(folder, L0_GATES_NAME))
-        super()._save_checkpoint(model, trial)
-
-    def _save_step_checkpoint(self, step: int) -> None:
-        """Without recovery training the Trainer saves nothing: checkpoint the pruned model so a resume finds it."""
-        self._stage = (step, "recovery")
-        folder = os.path.join(self._get_output_dir(None), f"{PREFIX_CHECKPOINT_DIR}-0")
-        if self.args.should_save:
-            os.makedirs(folder, exist_ok=True)
-            with open(os.path.join(folder, PRUNING_STATE_NAME), "w") as handle:
-                json.dump(self._pruning_state(), handle, indent=2)
-            self.save_model(folder, _internal_call=True)
-            state = TrainerState(log_history=list(self.state.log_history))
-            state.save_to_json(os.path.join(folder, "trainer_state.json"))  # last: marks the checkpoint complete
-        self.accelerator.wait_for_everyone()
-
-    def _rotate_pruning_steps(self, step: int) -> None:
-        """With `save_total_limit`, a finished step's checkpoints make the earlier steps' ones useless."""
-        if not self.args.save_total_limit or not self.args.should_save:
-            return
-        current = Path(self._get_output_dir_for(step, "recovery"))
-        if not any((path / "trainer_state.json").is_file() for path in current.glob(f"{PREFIX_CHECKPOINT_DIR}-*")):
-            return
-        for earlier in range(1, step + 1):
-            for phase in PRUNING_PHASES:
-                if (earlier, phase) != (step, "recovery"):
-                    shutil.rmtree(self._get_output_dir_for(earlier, phase), ignore_errors=True)
-
-    def _get_output_dir_for(self, step: int, phase: str) -> str:
-        saved, self._stage = self._stage, (step, phase)
-        try:
-            return self._get_output_dir(None)
-        finally:
-            self._stage = saved
-
-    def _find_checkpoint(self, resume_from_checkpoint: str | bool | None) -> str | None:
-        """The checkpoint to resume: the given path, or (True) the latest complete one under output_dir."""
-        if resume_from_checkpoint is None or resume_from_checkpoint is False:
-            return None
-        if resume_from_checkpoint is not True:
-            path = str(resume_from_checkpoint)
-            if not os.path.isfile(os.path.join(path, PRUNING_STATE_NAME)):
-                raise PruningError(f"{path} is not a PruningTrainer checkpoint (no {PRUNING_STATE_NAME})")
-            return path
-        found = latest_pruning_checkpoint(self.args.output_dir)
-        if found is None:
-            raise PruningError(f"no complete PruningTrainer checkpoint found in {self.args.output_dir}")
-        return found
-
-    def _read_pruning_state(self, checkpoint: str) -> dict[str, Any]:
-        with open(os.path.join(checkpoint, PRUNING_STATE_NAME)) as handle:
-            state = json.load(handle)
-        mine = {key: getattr(self.args, key) for key in _RESUME_KEYS}
-        differ = [key for key in _RESUME_KEYS if state["arguments"].get(key) != mine[key]]
-        if differ:
-            raise PruningError(
-                f"{checkpoint} was made with other pruning arguments ({', '.join(differ)}); cannot resume"
-            )
-        return state
-
 
 __all__ = [
     "PRUNING_METHODS",

@@ -9,7 +9,6 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import torch  # noqa: E402
-
 from conftest import VOCAB, tiny_model, tiny_pruning_args  # noqa: E402,F401  (tiny_pruning_args: for the scripts)
 
 
