@@ -1,4 +1,4 @@
-"""What leaves hfprune: model cards, the Hub push, ONNX export and transformers-4 checkpoint conversion."""
+"""What leaves hfprune: model cards, the Hub push, ONNX and GGUF export and transformers-4 checkpoint conversion."""
 
 from .._lazy import attach
 
@@ -16,6 +16,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {  # fmt: skip
         "prune_card_inputs", "python_call", "sanitize_paths", "sanitized", "speed_report", "stored_card_inputs",
     ),
     "convert": ("Conversion", "convert_checkpoint",),
+    "gguf": ("GGUF_DTYPES", "GgufExport", "export_gguf",),
     "hub": ("ErrorsOnly", "HubPushError", "check_repo_id", "needs_card", "push_to_hub", "quiet_retries",),
     "onnx": (
         "ONNX_DIR", "ONNX_FILE", "ONNX_REPORT", "OnnxExport", "OnnxMismatchError", "export_onnx", "read_onnx_report",
