@@ -80,7 +80,8 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "training.callbacks": ("HeadMaskCallback", "LayerDropCallback"),
     "training.gates": ("HeadGates",),
     "training.trainer": ("PruningTrainer",),
-    "jobs.prune": ("SPEED_TARGET_RECIPE", "prune_for_task"),
+    "constants": ("SPEED_TARGET_RECIPE",),
+    "jobs.prune": ("prune_for_task",),
     "jobs.results": ("PruneResult",),
 }
 
@@ -135,6 +136,9 @@ OLD_MODULE_PATHS: dict[str, tuple[str, ...]] = {
         "tasks.task_data",
         "tasks.evaluate",
         "tasks.specs",
+        "jobs.prune_arguments",
+        "constants",
+        "errors",
     ),
     "plan": ("planning.plan",),
     "record": ("engine.record",),
@@ -221,7 +225,8 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from .export.hub import HubPushError, push_to_hub
     from .export.onnx import OnnxExport, export_onnx
     from .io.loading import from_pretrained, save_for_remote_code
-    from .jobs.prune import SPEED_TARGET_RECIPE, prune_for_task
+    from .constants import SPEED_TARGET_RECIPE
+    from .jobs.prune import prune_for_task
     from .jobs.results import PruneResult
     from .measure.flops import count_flops
     from .measure.generation_speed import measure_generation_speed

@@ -254,7 +254,7 @@ def test_prune_for_task_meets_a_speed_target_and_the_card_reports_target_predict
     ],
 )
 def test_recovery_recipe_fills_in_only_what_was_left_out(speed_target, given, expected):
-    from hfprune.jobs.prune import recovery_recipe
+    from hfprune.jobs.prune_arguments import recovery_recipe
 
     assert recovery_recipe(speed_target, *given) == expected
 

@@ -25,16 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from .._validation import FRACTION
-from ..constants import LAYER_STRATEGIES, PRUNE_DEFAULTS, SPEED_TARGET_RECIPE
+from ..constants import LAYER_STRATEGIES, PRUNE_DEFAULTS
 from ..engine.record import get_record
 from ..engine.structure import stock_class
 from ..engine.surgery import drop_layers
-from ..errors import (
-    PipelineInputError,
-    PruningError,
-    WeakBaselineError,  # noqa: F401  (its old import path)
-    first_line,
-)
+from ..errors import PipelineInputError, PruningError, first_line
 from ..export.card import check_card_checkpoint, update_card_speed
 from ..export.card_source import card_inputs
 from ..io.checkpoint import load_model, load_model_for_task, resolve_model
@@ -49,17 +44,16 @@ from ..tasks.evaluate import evaluate_model
 from ..tasks.specs import LM_TASK
 from ..tasks.task_data import load_task_data, scoring_batches
 from .bench import check_dense_base, check_sequence_lengths
-from .prune_arguments import parse_prune_arguments, recovery_recipe  # noqa: F401  (recovery_recipe: its old path)
+from .prune_arguments import parse_prune_arguments
 from .prune_job import PruneJob
 from .report_files import write_file_atomically, write_json_atomically
 from .results import PruneResult, write_output_folder
-from .score import score_heads, score_task
 
 logger = logging.getLogger(__name__)
 D = PRUNE_DEFAULTS
 
-# The jobs. The names imported above from their new homes (evaluate_model, recovery_recipe, ...) stay importable here.
-__all__ = ["SPEED_TARGET_RECIPE", "PruneResult", "benchmark_checkpoint", "check_sparsity", "drop_layers_for_task", "prune_for_task", "score_heads", "score_task"]
+# The jobs. Their old module path, hfprune.pipeline, reads the names that moved from their homes (OLD_MODULE_PATHS).
+__all__ = ["benchmark_checkpoint", "check_sparsity", "drop_layers_for_task", "prune_for_task"]
 
 
 def check_sparsity(name: str, value: float) -> float:
