@@ -68,6 +68,7 @@ TARGET_OPTIONS = {
     "schedule": (Optional[str], _option(None, "--schedule", help=f"{PRUNING_SCHEDULES[0]}, or {PRUNING_SCHEDULES[1]} (prune in --steps steps during recovery); default: {PRUNING_SCHEDULES[1]} with --speedup or more than one step, else {PLAIN['schedule']}.", panel=PRUNE_PANEL)),
     "steps": (Optional[int], _option(None, "--steps", **within("steps"), help=f"Pruning steps (more than 1: iterative); default {SPEED['steps']} with --speedup, {MAX_DROP_STEPS} with --max-drop, else {PLAIN['steps']}.", panel=PRUNE_PANEL)),
     "per_layer": (bool, _option(D["per_layer"], "--per-layer", help="Rank heads within each layer instead of globally.", panel=PRUNE_PANEL)),
+    "uniform": (bool, _option(D["uniform"], "--uniform", help="Stock shapes: the same heads (KV groups) and FFN width in every kept layer and no layer without attention or MLP, whatever the target, so transformers, vLLM, TGI, SGLang and llama.cpp load the result without hfprune.", panel=PRUNE_PANEL)),
 }  # fmt: skip
 
 TRAINING_OPTIONS = {
@@ -198,6 +199,9 @@ def _print_plan(console, result) -> None:
         console.print(f"layer {layer}: keeps {len(heads)} heads {heads}")
     for unit, values in result.sparsity.items():
         console.print(f"{unit}: would keep {values['kept']:,} of {values['original']:,} ({values['sparsity']:.1%} removed)")
+    if "stock_loadable" in plan:
+        stock = "stock (plain transformers loads it)" if plan["stock_loadable"] else "per-layer (hfprune.from_pretrained loads it)"
+        console.print(f"shapes: {stock}")
     before, after = plan["flops_per_sequence_before"], plan["flops_per_sequence_after"]
     console.print(f"FLOPs per sequence of {plan['max_length']} tokens: {before / 1e9:.3f} G -> {after / 1e9:.3f} G (ideal speedup {plan['ideal_speedup']:.2f}x)")
 

@@ -76,6 +76,7 @@ PRUNE_DEFAULTS = MappingProxyType(
         "layer_strategy": "top",
         "method": "importance",
         "per_layer": False,
+        "uniform": False,
         "score_num_examples": 512,
         # how the pruned model recovers
         "recovery_epochs": 1.0,

@@ -85,6 +85,16 @@ class PruningConfig(TrainingArguments):
         per_layer_ranking (`bool`, defaults to `False`):
             Rank heads and FFN neurons within each layer (every layer loses the same share) instead of over the
             whole model.
+        uniform (`bool`, defaults to `False`):
+            Stock shapes: every planner (sparsities, `target_param_budget`, `target_speedup`, the L0 gates) keeps
+            the same number of heads (KV groups) and the same FFN width in every kept layer, and never removes a
+            layer's whole attention or MLP (whole layers may still go), so the config alone describes the model
+            (`config.hfprune["stock_loadable"]`) and transformers, vLLM, TGI, SGLang and llama.cpp load it unchanged.
+            Llama-family head counts also divide the hidden size, as transformers requires; encoders whose head size
+            is `hidden_size / heads` (BERT...) cannot state fewer heads, so only their FFN widths and layers are stock.
+            Rounding (`round_to_multiple`, `round_heads_to_multiple`) applies alike to every layer; ranking is
+            per layer (`per_layer_ranking` changes nothing); L0 gates then leave the blocks ungated
+            (`hfprune.planning.uniform`).
         round_to_multiple (`int`, defaults to `1`):
             Round every layer's kept FFN width to a multiple of this (e.g. 64) for faster dense kernels.
         round_heads_to_multiple (`int`, defaults to `1`):
@@ -183,6 +193,10 @@ class PruningConfig(TrainingArguments):
     )
     per_layer_ranking: bool = field(
         default=PRUNE_DEFAULTS["per_layer"], metadata={"help": "Rank heads and FFN neurons within each layer instead of globally."}
+    )
+    uniform: bool = field(
+        default=PRUNE_DEFAULTS["uniform"],
+        metadata={"help": "The same heads (KV groups) and FFN width in every kept layer: stock shapes any runtime loads."},
     )
     round_to_multiple: int = field(
         default=1, metadata={"help": "Round every layer's kept FFN width to a multiple of this (e.g. 64)."}
@@ -296,6 +310,7 @@ class PruningConfig(TrainingArguments):
             **({"target_speedup": self.target_speedup} if self.target_speedup is not None else {}),
             **({"target_param_budget": self.target_param_budget} if self.target_param_budget is not None else {}),
             **({"prune_width": True} if self.prune_width else {}),
+            **({"uniform": True} if self.uniform else {}),
             "recovery_epochs": self.recovery_epochs,
             "recovery_steps": self.recovery_steps,
             "distillation_alpha": self.distillation_alpha,
@@ -336,6 +351,7 @@ FIELD_OF_SETTING = {
     "speedup_seq_len": "speedup_seq_len",
     "layer_strategy": "layer_strategy",
     "per_layer": "per_layer_ranking",
+    "uniform": "uniform",
     "score_num_examples": "score_num_examples",
     "recovery_epochs": "recovery_epochs",
     "distillation_alpha": "distillation_alpha",

@@ -17,6 +17,7 @@ from huggingface_hub import EvalResult
 from torch import nn
 
 from ..constants import HEADS_IMAGE, IMPORTANCE_IMAGE, REMOTE_CODE_FILE, RESULTS_FILE, SPEED_IMAGE, __version__
+from ..engine.arch import get_adapter
 from ..engine.record import kept_ffn
 from ..measure.noise import NOISE_ADVICE
 from ..tasks.specs import GLUE_HUB_ID, GLUE_TASKS, TaskSpec, get_task
@@ -421,13 +422,35 @@ def _onnx_door(checkpoint_dir: Path) -> dict[str, Any] | None:
     return {"dir": ONNX_DIR, "opset": report.get("opset"), "max_abs_diff": f"{report['max_abs_diff']:.1e}", "shapes": shapes, "run": run}
 
 
+LLAMA_CPP_FAMILY = ("llama", "mistral", "qwen2")
+"""The model types `hfprune export --format gguf` writes for llama.cpp."""
+
+
+def _engines(model: nn.Module, record: dict[str, Any]) -> str:
+    """Which engines load this checkpoint, from the saved record's `stock_loadable` (not from how it was pruned).
+    Decoders: vLLM, TGI and SGLang with stock shapes only; llama.cpp for the Llama family (`llama` architecture for
+    stock shapes, `deci` for per-layer ones). Encoders: transformers or hfprune, and ONNX."""
+    adapter, llama_cpp = get_adapter(model), getattr(model.config, "model_type", None) in LLAMA_CPP_FAMILY
+    gguf = "llama.cpp (`{}` architecture via `hfprune export --format gguf`{})"
+    onnx = "ONNX (`hfprune export --format onnx`)"
+    if record["stock_loadable"]:
+        engines = ["transformers (no hfprune needed)", "vLLM, TGI, SGLang" if adapter.causal_lm else onnx]
+        return ", ".join(engines + ([gguf.format("llama", "")] if llama_cpp else []))
+    engines = ["hfprune.from_pretrained", onnx] + ([gguf.format("deci", ", Llama family")] if llama_cpp else [])
+    if not adapter.causal_lm:
+        return ", ".join(engines)
+    hint = ": prune with --uniform for those" if adapter.uniform_heads_in_config else ""
+    return ", ".join(engines) + f"; not vLLM/TGI/SGLang{hint}"
+
+
 def loading_section(model: nn.Module, record: dict[str, Any], repo_id: str, checkpoint_dir: Path) -> dict[str, Any]:
     """The template's "how to load it" fields: the repo id, the Auto class, whether stock transformers loads
-    it, the remote code, `per_layer_config` and an ONNX export when the checkpoint holds them."""
+    it and which engines do, the remote code, `per_layer_config` and an ONNX export when the checkpoint holds them."""
     return {
         "repo_id": repo_id,
         "auto_class": _auto_class(model),
         "stock_loadable": bool(record["stock_loadable"]),
+        "engines": _engines(model, record),
         "remote_code": (checkpoint_dir / REMOTE_CODE_FILE).exists(),
         "per_layer_config": _per_layer_fields(model),
         "transformers_version": transformers.__version__,

@@ -56,14 +56,15 @@ def plan_pruning(
         trainer.train()
     model.eval()
     flops_after = count_flops(model, 1, max_length)
+    record = copy.deepcopy(getattr(model.config, "hfprune", None) or {})
     plan = {
         **settings,
         "flops_per_sequence_before": flops_before,
         "flops_per_sequence_after": flops_after,
         "ideal_speedup": flops_before / flops_after if flops_after else None,
         "planned_on_untrained_head": not has_head,
+        "stock_loadable": record.get("stock_loadable", True),  # the config alone describes the planned shapes
     }
-    record = copy.deepcopy(getattr(model.config, "hfprune", None) or {})
     return PruneResult(
         output_dir=output_dir, base_model=source.display_name, task=data.name, metrics_before={}, metrics_after={},
         sparsity=sparsity_summary(model, base_parameters), finetuned_first=not has_head, settings=plan,

@@ -88,6 +88,7 @@ def prune_for_task(
     schedule: str | None = None,
     steps: int | None = None,
     per_layer: bool = D["per_layer"],
+    uniform: bool = D["uniform"],
     recovery_epochs: float = D["recovery_epochs"],
     finetune_epochs: float | None = None,
     learning_rate: float = D["learning_rate"],
@@ -129,7 +130,8 @@ def prune_for_task(
     (`ModelDataArguments`); what to remove (`TargetArguments`): sparsities (`head_sparsity`, default 0.4 when no
     other target is given), or a `param_budget` (fraction of parameters kept), a `target_speedup` (measured at
     `speedup_batch_size` x `speedup_seq_len`) or a `max_drop` (the fastest model within that many points of the
-    dense one); how the pruned model recovers (`RecoveryArguments`: left None, a speed target uses
+    dense one), with `uniform` the same heads and FFN width in every kept layer (stock shapes that transformers,
+    vLLM, TGI, SGLang and llama.cpp load unchanged); how the pruned model recovers (`RecoveryArguments`: left None, a speed target uses
     `SPEED_TARGET_RECIPE`, other targets one step and no distillation); what is timed and written
     (`OutputArguments`). Every default is in `hfprune.constants.PRUNE_DEFAULTS`, which the CLI and `PruningConfig`
     read too.

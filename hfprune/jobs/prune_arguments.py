@@ -88,6 +88,8 @@ class TargetArguments:
 
     method, layer_strategy, per_layer: how heads, FFN neurons and layers are ranked (`PruningConfig`'s
     `pruning_method`, `layer_strategy`, `per_layer_ranking`); score_num_examples: training examples scored.
+    uniform: whatever the target, the same heads (KV groups) and FFN width in every kept layer and no layer without
+    attention or MLP, so the config alone describes the model (`PruningConfig.uniform`, `hfprune.planning.uniform`).
     """
 
     head_sparsity: float | None = None
@@ -103,6 +105,7 @@ class TargetArguments:
     layer_strategy: str = D["layer_strategy"]
     method: str = D["method"]
     per_layer: bool = D["per_layer"]
+    uniform: bool = D["uniform"]
     score_num_examples: int = D["score_num_examples"]
 
     @property
@@ -246,6 +249,7 @@ def job_settings(model_data: ModelDataArguments, targets: TargetArguments, recov
         "max_drop": targets.max_drop,
         "layer_strategy": targets.layer_strategy,
         "per_layer": targets.per_layer,
+        "uniform": True if targets.uniform else None,
         "recovery_epochs": recovery.recovery_epochs,
         "learning_rate": recovery.learning_rate,
         "batch_size": recovery.batch_size,

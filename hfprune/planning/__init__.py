@@ -1,5 +1,5 @@
 """Which units go: strategies and target arithmetic (`plan`), spending a time budget (`allocation`,
-`speed_target`) or a parameter budget (`param_target`) by importance.
+`speed_target`) or a parameter budget (`param_target`) by importance, and stock shapes for all of them (`uniform`).
 """
 
 from .._lazy import attach
@@ -17,5 +17,8 @@ _EXPORTS: dict[str, tuple[str, ...]] = {  # fmt: skip
         "resolve_layers_to_drop", "step_targets",
     ),
     "speed_target": ("SpeedTarget", "TOLERANCE",),
+    "uniform": (
+        "allowed_counts", "lowest_units", "nearest_count", "uniform_closed", "uniform_counts", "uniform_keep", "uniform_plan",
+    ),
 }
 __getattr__, __dir__, __all__ = attach(__name__, _EXPORTS)

@@ -35,6 +35,7 @@ from ..engine.record import get_record, gqa_group_size, kept_ffn
 from ..errors import PruningError, TargetOutOfReachError
 from ..measure.latency import LatencyModel, structure_counts
 from ..scoring.common import mean_loss, scoring_mode
+from .uniform import uniform_counts
 
 
 def _score(values: torch.Tensor, index: list[int]) -> float:
@@ -75,6 +76,22 @@ class _Layer:
         if can_drop:
             yield self.layer_score, now, "layer"
 
+    def count(self, kind: str) -> int:
+        return self.heads if kind == "heads" else self.neurons
+
+    def preview(self, kind: str, keep: int) -> tuple[float, int, int]:
+        """`(importance, units, count left)` of cutting this layer's least important `kind` units down to `keep`."""
+        cost, taken, left = 0.0, 0, self.count(kind)
+        for score, members in self.head_units if kind == "heads" else self.neuron_blocks:
+            if left <= keep:
+                break
+            cost, taken, left = cost + score, taken + 1, left - len(members)
+        return cost, taken, left
+
+    def cut(self, kind: str, keep: int) -> None:
+        for _ in range(self.preview(kind, keep)[1]):
+            self.remove(kind)
+
     def remove(self, kind: str) -> None:
         if kind == "heads":
             _, unit = self.head_units.pop(0)
@@ -94,6 +111,7 @@ def allocate_for_time(
     *,
     ffn_multiple: int = 1,
     min_layers: int = 1,
+    uniform: bool = False,
 ) -> dict[str, Any]:
     """The plan (original indices) that brings `model`'s predicted forward time down to `target_seconds`.
 
@@ -103,6 +121,9 @@ def allocate_for_time(
             and neurons, `layer_ablation_scores` of layers); without "layers", no layer is dropped whole.
         ffn_multiple: FFN neurons go in blocks of this many, so every kept width stays a multiple of it.
         min_layers: layers that always stay.
+        uniform: every kept layer keeps the same heads (KV groups) and FFN width, never none
+            (`hfprune.planning.uniform`): a move takes one step down the allowed counts in every layer at once (each
+            losing its least important units; the step's importance is the sum over layers), or drops a layer.
     Returns:
         `{"layers": [...], "heads": {layer: [...]}, "ffn": {layer: [...]}, "predicted_seconds": float}`; heads
         and neurons of dropped layers are not listed (the layer goes whole). Apply with `prune_heads`,
@@ -117,6 +138,10 @@ def allocate_for_time(
         _Layer(index, record["kept_heads"][position], kept_ffn(record, position), scores, group, ffn_multiple)
         for position, index in enumerate(record["kept_layers"])
     ]
+    if uniform:
+        counts = {kind: uniform_counts(model, kind, ffn_multiple if kind == "ffn" else 1) for kind in ("heads", "ffn")}
+        alive, seconds = _allocate_uniform(layers, latency, target_seconds, counts, min_layers)
+        return _allocation(layers, alive, seconds)
     alive = list(layers)
     seconds = latency.predict_counts(structure_counts(model))
     while seconds > target_seconds:
@@ -132,22 +157,86 @@ def allocate_for_time(
                 if best is None or key < best[0]:
                     best = (key, saved, kind, layer)
         if best is None:
-            raise TargetOutOfReachError(
-                f"cannot reach {target_seconds * 1e3:.2f} ms per forward (predicted {seconds * 1e3:.2f} ms with "
-                "nothing left to remove): lower the speedup target"
-            )
+            raise _out_of_reach(target_seconds, seconds)
         _, saved, kind, layer = best
         seconds -= saved
         if kind == "layer":
             alive.remove(layer)
         else:
             layer.remove(kind)
+    return _allocation(layers, alive, seconds)
+
+
+def _out_of_reach(target_seconds: float, seconds: float) -> TargetOutOfReachError:
+    return TargetOutOfReachError(
+        f"cannot reach {target_seconds * 1e3:.2f} ms per forward (predicted {seconds * 1e3:.2f} ms with "
+        "nothing left to remove): lower the speedup target"
+    )
+
+
+def _allocation(layers: list[_Layer], alive: list[_Layer], seconds: float) -> dict[str, Any]:
     return {
         "layers": sorted(layer.index for layer in layers if layer not in alive),
         "heads": {layer.index: sorted(layer.removed_heads) for layer in alive if layer.removed_heads},
         "ffn": {layer.index: sorted(layer.removed_neurons) for layer in alive if layer.removed_neurons},
         "predicted_seconds": seconds,
     }
+
+
+def _allocate_uniform(
+    layers: list[_Layer], latency: LatencyModel, target_seconds: float, counts: dict[str, list[int]], min_layers: int
+) -> tuple[list[_Layer], float]:
+    """`allocate_for_time(uniform=True)`: `(layers kept, predicted seconds)`. Layers that differ are first cut to the
+    largest count every layer may keep; then each move is one step down the allowed counts of `counts` in every
+    kept layer, or one layer dropped, chosen as `allocate_for_time` chooses a unit."""
+    alive = list(layers)
+    for layer in alive:
+        for kind, allowed in counts.items():
+            layer.cut(kind, max(allowed))
+
+    def seconds_of(kept: list[_Layer]) -> float:
+        return latency.fixed + sum(latency.layer_seconds(layer.heads, layer.neurons) for layer in kept)
+
+    seconds = seconds_of(alive)
+    while seconds > target_seconds:
+        need, best = seconds - target_seconds, None
+        moves = _uniform_moves(alive, latency, counts, can_drop=len(alive) > min_layers)
+        for cost, saved, move in moves:
+            if saved <= 0:
+                continue
+            key = (saved - need > OVERSHOOT * target_seconds, cost / min(saved, need))
+            if best is None or key < best[0]:
+                best = (key, move)
+        if best is None:
+            raise _out_of_reach(target_seconds, seconds)
+        kind, value = best[1]
+        if kind == "layer":
+            alive.remove(value)
+        else:
+            for layer in alive:
+                layer.cut(kind, value)
+        seconds = seconds_of(alive)
+    return alive, seconds
+
+
+def _uniform_moves(alive: list[_Layer], latency: LatencyModel, counts: dict[str, list[int]], can_drop: bool):
+    """`(importance, saved seconds, move)` of each uniform move: `("layer", layer)`, or `(kind, count)`: every kept
+    layer down to the next allowed count of that kind, each losing its least important units."""
+    moves = []
+    if can_drop:
+        moves += [(layer.layer_score, latency.layer_seconds(layer.heads, layer.neurons), ("layer", layer)) for layer in alive]
+    for kind, allowed in counts.items():
+        lower = [count for count in allowed if count < max(layer.count(kind) for layer in alive)]
+        if not lower:
+            continue
+        keep, cost, saved = max(lower), 0.0, 0.0
+        for layer in alive:
+            score, _, left = layer.preview(kind, keep)
+            heads, neurons = (left, layer.neurons) if kind == "heads" else (layer.heads, left)
+            cost += score
+            saved += latency.layer_seconds(layer.heads, layer.neurons) - latency.layer_seconds(heads, neurons)
+        moves.append((cost, saved, (kind, keep)))
+    return moves
 
 
 CALIBRATION_ROUNDS = 3
@@ -166,6 +255,7 @@ def calibrated_allocation(
     *,
     ffn_multiple: int = 1,
     weight: int = 1,
+    uniform: bool = False,
 ) -> dict[str, Any]:
     """`allocate_for_time` down to `target` (in `costs`' unit); with a `dataloader`, on calibrated scores.
 
@@ -174,16 +264,16 @@ def calibrated_allocation(
     applied alone as a mask and its measured loss increase divided by the scores it was planned with gives
     that kind's factor; the plan is made again on the rescaled scores (`CALIBRATION_ROUNDS` times), and its
     `"calibration"` entry holds the last factors. `weight`: this process's examples, for averaging the losses
-    over processes.
+    over processes; `uniform`: see `allocate_for_time`.
     """
-    plan = allocate_for_time(model, scores, costs, target, ffn_multiple=ffn_multiple)
+    plan = allocate_for_time(model, scores, costs, target, ffn_multiple=ffn_multiple, uniform=uniform)
     if dataloader is None:
         return plan
     scores = dict(scores)
     for _ in range(CALIBRATION_ROUNDS):
         factors = calibration_factors(model, scores, plan, dataloader, weight)
         scores = {kind: value * factors.get(kind, 1.0) for kind, value in scores.items()}
-        plan = allocate_for_time(model, scores, costs, target, ffn_multiple=ffn_multiple)
+        plan = allocate_for_time(model, scores, costs, target, ffn_multiple=ffn_multiple, uniform=uniform)
         plan["calibration"] = factors
     return plan
 

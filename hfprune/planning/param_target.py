@@ -76,6 +76,7 @@ class ParamTarget:
         self.budget = float(args.target_param_budget)
         self.prune_width = bool(args.prune_width)
         self.multiple = args.round_to_multiple
+        self.uniform = bool(args.uniform)  # the same heads and FFN width in every kept layer
         self.dense_parameters = state["dense_parameters"] if state else num_parameters(model)
         self.steps: list[dict[str, Any]] = list(state["steps"]) if state else []
 
@@ -157,7 +158,7 @@ class ParamTarget:
         try:
             plan = calibrated_allocation(
                 candidate, scores, parameter_cost_model(candidate), parameters, dataloader,
-                ffn_multiple=self.multiple, weight=weight,
+                ffn_multiple=self.multiple, weight=weight, uniform=self.uniform,
             )  # fmt: skip
         except TargetOutOfReachError:
             return None

@@ -8,7 +8,7 @@ heads that are already gone: they are never planned again and do not count as ca
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -24,6 +24,7 @@ from ..engine.surgery import prune_heads
 from ..errors import PruningError
 from ..measure.sparsity import num_parameters
 from ..scoring.loss import head_importance
+from .uniform import allowed_counts, nearest_count, uniform_plan
 
 if TYPE_CHECKING:  # pruning_config imports this module
     from ..pruning_config import PruningConfig
@@ -101,6 +102,32 @@ def _round_layers(
     return rounded
 
 
+def _uniform_heads(
+    scores: torch.Tensor,
+    units: list[list[tuple[float, int, list[int]]]],
+    fraction: float | None,
+    count: int | None,
+    group_size: int,
+    multiple_of: int,
+    counts: Sequence[int] | None,
+) -> dict[int, list[int]]:
+    """`heads_to_prune(uniform=True)`: the heads the fraction or count leaves, spread evenly over the layers that
+    have heads and rounded to the nearest allowed count; every layer keeps its best."""
+    sizes = [sum(len(heads) for _, _, heads in row) for row in units if row]
+    if not sizes:
+        return {}
+    existing = sum(sizes)
+    if count is None:
+        removed = round_half_up(check_fraction("fraction", fraction) * existing)
+    else:
+        removed = check_count("count", count, 0, scores.numel())
+    removed = min(round_half_up(removed / group_size) * group_size, existing)  # whole KV groups, as without uniform
+    if counts is None:
+        counts = allowed_counts(min(sizes), multiple_of=multiple_of, unit=group_size)
+    keep = nearest_count((existing - removed) / len(sizes), [c for c in counts if 0 < c <= min(sizes)] or [min(sizes)])
+    return uniform_plan(scores, keep, group_size)
+
+
 def _plan(chosen: Iterable[tuple[int, list[int]]]) -> dict[int, list[int]]:
     plan: dict[int, list[int]] = {}
     for layer, heads in chosen:
@@ -117,6 +144,8 @@ def heads_to_prune(
     keep_at_least_one: bool = True,
     gqa_group_size: int = 1,
     multiple_of: int = 1,
+    uniform: bool = False,
+    counts: Sequence[int] | None = None,
 ) -> dict[int, list[int]]:
     """The lowest-scoring heads, as a `{layer: [heads]}` plan for `prune_heads`.
 
@@ -127,12 +156,20 @@ def heads_to_prune(
     `keep_at_least_one` never takes a layer's last head (group): fewer heads are planned if it must.
     `multiple_of > 1` then rounds every layer's number of kept heads to the nearest multiple of it (or keeps the
     layer whole), for hardware-friendly shapes; the total may then differ from the target by a few heads.
+
+    `uniform=True` gives every layer that still has heads the same number of them, its best ones, and never none
+    (so ranking is per layer, and `per_layer` and `keep_at_least_one` change nothing): the total the fraction or
+    count leaves, spread evenly, rounded to the nearest of `counts`, the allowed per-layer head counts
+    (`hfprune.planning.uniform.uniform_counts(model, "heads")`; default: whole KV groups, at least one, at most
+    what every layer has, multiples of `multiple_of`).
     """
     scores = _check_scores(scores, gqa_group_size)
     if (fraction is None) == (count is None):
         raise PruningError("give exactly one of fraction and count")
     multiple = _check_multiple(multiple_of, gqa_group_size)
     units = _units(scores, gqa_group_size)
+    if uniform:
+        return _uniform_heads(scores, units, fraction, count, gqa_group_size, multiple_of, counts)
 
     def unit_budget(available_heads: int, limit: int) -> int:
         heads = (
@@ -172,6 +209,8 @@ def ffn_to_prune(
     per_layer: bool = True,
     keep_at_least_one: bool = False,
     multiple_of: int = 1,
+    uniform: bool = False,
+    counts: Sequence[int] | None = None,
 ) -> dict[int, list[int]]:
     """The lowest-scoring FFN neurons, as a `{layer: [neurons]}` plan for `prune_ffn`.
 
@@ -179,7 +218,8 @@ def ffn_to_prune(
     neurons already gone). Give exactly one of `fraction` (of the neurons that still exist) or `count`, per layer
     by default or over the whole model with `per_layer=False` (the same rules as `heads_to_prune`). A layer may
     lose its whole MLP unless `keep_at_least_one`. `multiple_of` (e.g. 64) rounds every layer's kept width to
-    the nearest multiple, which dense kernels run faster than odd widths.
+    the nearest multiple, which dense kernels run faster than odd widths. `uniform=True` gives every layer the
+    same width, never 0 (`counts`: the allowed widths, as in `heads_to_prune`).
     """
     return heads_to_prune(
         scores,
@@ -188,6 +228,8 @@ def ffn_to_prune(
         per_layer=per_layer,
         keep_at_least_one=keep_at_least_one,
         multiple_of=multiple_of,
+        uniform=uniform,
+        counts=counts,
     )
 
 
@@ -424,14 +466,18 @@ def plan_to_goal(
     kept_layers: list[int],
     *,
     per_layer: bool,
+    uniform: bool = False,
 ) -> dict[int, list[int]]:
     """Plan heads or neurons (`planner`: `heads_to_prune` or `ffn_to_prune`) so that `kept_goal` remain in all.
 
     `kept[i]` are the units current layer `i` (original id `kept_layers[i]`) still has. Globally: one call for
     the difference. Per layer: every remaining layer keeps kept_goal / layers of them, planned layer by layer
-    (a layer already below that loses nothing).
+    (a layer already below that loses nothing). Uniform: every remaining layer keeps the same number, the allowed
+    count nearest kept_goal / layers (`heads_to_prune(uniform=True)`; `per_layer` is then implied).
     """
     current = sum(len(units) for units in kept)
+    if uniform:
+        return planner(scores, count=max(current - kept_goal, 0), uniform=True)
     if not per_layer:
         return planner(scores, count=max(current - kept_goal, 0), per_layer=False)
     per_layer_goal = round_half_up(kept_goal / len(kept_layers))

@@ -66,6 +66,7 @@ class SpeedTarget:
         self.extra_steps = args.speedup_extra_steps
         self.planned_steps = args.num_pruning_steps
         self.ffn_multiple = args.round_to_multiple
+        self.uniform = bool(args.uniform)  # the same heads and FFN width in every kept layer
         timer = timer or speed_timer(
             args.speedup_batch_size, args.speedup_seq_len, device=args.device, num_threads=args.speedup_num_threads
         )
@@ -113,8 +114,9 @@ class SpeedTarget:
         """The allocation for `seconds`; with a `dataloader`, on scores calibrated against measured losses
         (`hfprune.planning.allocation.calibrated_allocation`). `weight`: this process's examples, for averaging."""
         plan = calibrated_allocation(
-            model, scores, self.latency, seconds, dataloader, ffn_multiple=self.ffn_multiple, weight=weight
-        )
+            model, scores, self.latency, seconds, dataloader, ffn_multiple=self.ffn_multiple, weight=weight,
+            uniform=self.uniform,
+        )  # fmt: skip
         if "calibration" in plan:
             self.calibrations.append(plan["calibration"])
         return plan

@@ -1,52 +1,50 @@
 """Trainable L0 gates on attention heads, then physical removal of the heads they close.
 
-Each head (under grouped-query attention: each key/value group) gets a hard-concrete gate z in [0, 1]
-(Louizos, Welling & Kingma 2018, "Learning Sparse Neural Networks through L0 Regularization"):
+Each head (under grouped-query attention: each key/value group) gets a hard-concrete gate z in [0, 1] (Louizos,
+Welling & Kingma 2018, "Learning Sparse Neural Networks through L0 Regularization"):
 
     u ~ U(0, 1),  s = sigmoid((log u - log(1 - u) + log_alpha) / beta),  z = clamp(s (zeta - gamma) + gamma, 0, 1)
 
-with beta = 2/3, gamma = -0.1, zeta = 1.1. The gate scales the head's context right before the attention
-output projection (the same hook as `hfprune.apply_masks`), and the expected number of non-zero gates,
-sum sigmoid(log_alpha - beta log(-gamma / zeta)), is a differentiable L0 penalty: its coefficient sets how
-many heads close (Voita et al. 2019, "Analyzing Multi-Head Self-Attention: Specialized Heads Do the
-Heavy Lifting, the Rest Can Be Pruned"). Evaluation uses Louizos et al.'s deterministic gate
-z_hat = clamp(sigmoid(log_alpha) (zeta - gamma) + gamma, 0, 1), which is exactly 0 or 1 once training has
-pushed log_alpha far enough.
+with beta = 2/3, gamma = -0.1, zeta = 1.1. The gate scales the head's context right before the attention output
+projection (the same hook as `hfprune.apply_masks`), and the expected number of non-zero gates,
+sum sigmoid(log_alpha - beta log(-gamma / zeta)), is a differentiable L0 penalty: its coefficient sets how many heads
+close (Voita et al. 2019, "Analyzing Multi-Head Self-Attention: Specialized Heads Do the Heavy Lifting, the Rest Can
+Be Pruned").
+Evaluation uses Louizos et al.'s deterministic gate z_hat = clamp(sigmoid(log_alpha) (zeta - gamma) + gamma, 0, 1),
+which is exactly 0 or 1 once training has pushed log_alpha far enough.
 
-Shim, Choi, Sung & Choi 2021 ("Layer-wise Pruning of Transformer Attention Heads for Efficient Language
-Modeling") add three stabilisers, all implemented here:
+Shim, Choi, Sung & Choi 2021 ("Layer-wise Pruning of Transformer Attention Heads for Efficient Language Modeling") add
+three stabilisers, all implemented here:
 
 1. sparsity-loss warm-up: the penalty coefficient grows linearly from 0 to `l0_lambda` over `warmup_steps`;
 2. gate initialisation: log_alpha starts where every gate is open with probability `init_keep`;
-3. attention output scaling: a layer's gated context is multiplied by n / max(1, sum z_hat), n being the
-   layer's number of heads and sum z_hat its expected number of open heads (z_hat is Louizos et al.'s
-   test-time estimate of a gate). With binary gates this is n / (number of open heads), so the attention
-   output keeps its magnitude as heads close; at initialisation it cancels the uniform z_hat exactly. The
-   factor is a per-step constant (no gradient flows through it, as with inverted dropout's 1 / keep).
+3. attention output scaling: a layer's gated context is multiplied by n / max(1, sum z_hat), n being the layer's
+   number of heads and sum z_hat its expected number of open heads (z_hat is Louizos et al.'s test-time estimate of a
+   gate). With binary gates this is n / (number of open heads), so the attention output keeps its magnitude as heads
+   close; at initialisation it cancels the uniform z_hat exactly. The factor is a per-step constant (no gradient flows
+   through it, as with inverted dropout's 1 / keep).
 
-With a `target_sparsity` the penalty is CoFi's Lagrangian instead (Xia, Zhong & Chen 2022, "Structured
-Pruning Learns Compact and Accurate Models"): lambda_1 (s - t) + lambda_2 (s - t)^2, with s the expected
-fraction of heads closed and t the target (ramped over the warm-up from where the gates start, 1 - init_keep). The two multipliers
-`lagrangian` are trained by gradient ASCENT beside the gates, so any gap between s and t grows its own
-pressure until it closes, whatever the learning rate and number of steps; and the final decision closes
-exactly round(t * heads) heads, the least open ones.
+With a `target_sparsity` the penalty is CoFi's Lagrangian instead (Xia, Zhong & Chen 2022, "Structured Pruning Learns
+Compact and Accurate Models"): lambda_1 (s - t) + lambda_2 (s - t)^2, with s the expected fraction of heads closed and
+t the target (ramped over the warm-up from where the gates start, 1 - init_keep). The two multipliers `lagrangian` are
+trained by gradient ASCENT beside the gates, so any gap between s and t grows its own pressure until it closes,
+whatever the learning rate and number of steps; and the final decision closes exactly round(t * heads) heads, the
+least open ones.
 
-CoFi also gates coarser units, and so can `HeadGates`: with `ffn=True` every FFN neuron gets a gate (scaling
-its activation before the FFN output projection, the hook of `apply_masks(ffn_mask=...)`), and with
-`blocks=True` every layer's attention block and MLP block get one more gate each, multiplying all of that
-block's heads or neurons, so a whole block can close. The kinds are then put on one scale by a cost per unit
-(`costs`, a `hfprune.measure.latency.LatencyModel`: the parameters of `hfprune.planning.param_target.parameter_cost_model` by
-default, or seconds). The penalty and the target are then the expected fraction of the gated COST kept or
-removed, sum over layers of P(block open) * (block + unit cost * sum of P(unit open)), and `param_budget=b`
-sets the target that keeps b of the model's parameters. With a target, the least open gates of any kind
-close, in order, skipping those that would overshoot, so the removed cost lands within one of the smallest
-unit (an FFN neuron) of the target.
+CoFi also gates coarser units, and so can `HeadGates`: with `ffn=True` every FFN neuron gets a gate (scaling its
+activation before the FFN output projection, the hook of `apply_masks(ffn_mask=...)`), and with `blocks=True` every
+layer's attention block and MLP block get one more gate each, multiplying all of that block's heads or neurons, so a
+whole block can close. The kinds are then put on one scale by a cost per unit (`costs`, a
+`hfprune.measure.latency.LatencyModel`: the parameters of `hfprune.planning.param_target.parameter_cost_model` by
+default, or seconds). The penalty and the target are then the expected fraction of the gated COST kept or removed, sum
+over layers of P(block open) * (block + unit cost * sum of P(unit open)), and `param_budget=b` sets the target that
+keeps b of the model's parameters. With a target, the least open gates of any kind close, in order, skipping those
+that would overshoot, so the removed cost lands within one of the smallest unit (an FFN neuron) of the target.
 
-`HeadGates.finalize` makes the gates binary (a head stays iff z_hat > 0.5, i.e. log_alpha > 0), removes the
-closed heads with `hfprune.prune_heads`, and folds the scale n / kept into the kept heads' output-projection
-weights, removes the FFN neurons (and blocks) whose gates closed, so the pruned model computes exactly
-what the gated model computes in eval mode when its deterministic gates are 0 or 1 (`binarize_` snaps them
-there).
+`HeadGates.finalize` makes the gates binary (a head stays iff z_hat > 0.5, i.e. log_alpha > 0), removes the closed
+heads with `hfprune.prune_heads`, and folds the scale n / kept into the kept heads' output-projection weights, removes
+the FFN neurons (and blocks) whose gates closed, so the pruned model computes exactly what the gated model computes in
+eval mode when its deterministic gates are 0 or 1 (`binarize_` snaps them there); `uniform=True`: stock shapes.
 """
 
 from __future__ import annotations
@@ -67,6 +65,7 @@ from ..errors import PruningError, TargetOutOfReachError
 from ..measure.latency import LatencyModel
 from ..measure.sparsity import num_parameters
 from ..planning.param_target import parameter_cost_model
+from ..planning.uniform import uniform_closed, uniform_counts
 
 GAMMA, ZETA = -0.1, 1.1  # stretch limits of the hard-concrete distribution (Louizos et al. 2018)
 _EPS = 1e-6  # keeps the uniform noise away from 0 and 1, where its logit is infinite
@@ -147,6 +146,7 @@ class HeadGates(nn.Module):
             otherwise.
         param_budget: the fraction of the model's parameters to keep; sets `target_sparsity` (from parameter
             costs; exclusive with `target_sparsity` and `costs`).
+        uniform: stock shapes: every layer keeps as many head units and neurons (its most open ones), never none.
     """
 
     def __init__(
@@ -163,16 +163,20 @@ class HeadGates(nn.Module):
         blocks: bool = False,
         costs: LatencyModel | None = None,
         param_budget: float | None = None,
+        uniform: bool = False,
     ):
         super().__init__()
         self.init_keep = check_number("init_keep", init_keep, 0, 1, open_low=True, open_high=True)
         self.temperature = check_number("temperature", temperature, 0, open_low=True)
         self.l0_lambda = check_number("l0_lambda", l0_lambda, 0)
         self.warmup_steps = check_count("warmup_steps", warmup_steps)
-        for name, value in (("scale_attention_output", scale_attention_output), ("ffn", ffn), ("blocks", blocks)):
+        flags = {"scale_attention_output": scale_attention_output, "ffn": ffn, "blocks": blocks, "uniform": uniform}
+        for name, value in flags.items():
             if not isinstance(value, bool):
                 raise PruningError(f"{name} must be True or False, got {value!r}")
-        self.scale_attention_output, self.gate_ffn, self.gate_blocks = scale_attention_output, ffn, blocks
+        if uniform and blocks:
+            raise PruningError("uniform shapes never remove a whole attention or MLP block: use blocks=False")
+        self.scale_attention_output, self.gate_ffn, self.gate_blocks, self.uniform = flags.values()
         if target_sparsity is not None:
             check_number("target_sparsity", target_sparsity, 0, 1, open_high=True)
         if param_budget is not None:
@@ -211,22 +215,16 @@ class HeadGates(nn.Module):
 
         if costs is None and (ffn or blocks or param_budget is not None):
             costs = parameter_cost_model(model)
-        self.costs = (
-            GateCosts(head=1.0)
-            if costs is None
-            else GateCosts(
-                head=costs.head,
-                attention=costs.attention if blocks else 0.0,
-                neuron=costs.neuron if ffn or blocks else 0.0,
-                mlp=costs.mlp if blocks else 0.0,
-            )
-        )
+        self.costs = GateCosts(head=1.0) if costs is None else GateCosts(
+            head=costs.head, attention=costs.attention if blocks else 0.0,
+            neuron=costs.neuron if ffn or blocks else 0.0, mlp=costs.mlp if blocks else 0.0,
+        )  # fmt: skip
         self.dense_cost = float(self._cost(*self._all_open()))
         if param_budget is not None:
             parameters = num_parameters(model)
             target_sparsity = (1 - param_budget) * parameters / max(self.dense_cost, 1e-12)
             if target_sparsity >= 1:
-                more = "" if ffn and blocks else "gate more kinds (ffn=True, blocks=True) or "
+                more = "" if ffn and (blocks or uniform) else "gate more kinds (ffn=True, blocks=True) or "
                 raise TargetOutOfReachError(
                     f"param_budget={param_budget:g} is out of reach: the gated units hold {self.dense_cost:,.0f} of the "
                     f"model's {parameters:,} parameters; {more}raise the budget"
@@ -239,10 +237,8 @@ class HeadGates(nn.Module):
 
     def extra_repr(self) -> str:
         kinds = ["heads"] + ["ffn"] * self.gate_ffn + ["blocks"] * self.gate_blocks
-        return (
-            f"gates={list(self.log_alpha.shape)}, kinds={kinds}, group_size={self.group_size}, l0_lambda={self.l0_lambda}, "
-            f"warmup_steps={self.warmup_steps}, scale_attention_output={self.scale_attention_output}"
-        )
+        return (f"gates={list(self.log_alpha.shape)}, kinds={kinds}, group_size={self.group_size}, l0_lambda={self.l0_lambda}, "
+                f"warmup_steps={self.warmup_steps}, scale_attention_output={self.scale_attention_output}, uniform={self.uniform}")
 
     def gate_parameters(self) -> list[nn.Parameter]:
         """The gates' log-alphas (what the optimizer trains by descent; `lagrangian` climbs)."""
@@ -277,6 +273,9 @@ class HeadGates(nn.Module):
         self.present.copy_(present)
         self.ffn_present.copy_(ffn_present)
         self.head_counts.copy_(present.view(self.num_layers, -1, self.group_size).sum(dim=-1))
+        if self.uniform:  # the kept counts every layer may take, in gate units (KV groups, neurons)
+            heads = [count // self.group_size for count in uniform_counts(model, "heads")]
+            self._counts = {"heads": heads, "ffn": uniform_counts(model, "ffn") if self.gate_ffn else []}
 
     def _units_of(self, heads: list[int]) -> torch.Tensor:
         return torch.as_tensor(heads, dtype=torch.long) // self.group_size
@@ -427,6 +426,8 @@ class HeadGates(nn.Module):
 
     def _decide(self) -> tuple[dict[int, set[int]], dict[int, set[int]], set[tuple[int, int]]]:
         """Closed head units, closed neurons and closed blocks `(layer, 0 attention / 1 MLP)`, original indices."""
+        if self.uniform:
+            return self._uniform_decision()
         if self.target_sparsity is not None:
             return self._target_decision()
         with torch.no_grad():
@@ -492,6 +493,17 @@ class HeadGates(nn.Module):
         units = {slot.index: set(slot.units.tolist()) - open_units[slot.index] for slot in self._slots}
         neurons = {slot.index: set(slot.neurons.tolist()) - open_neurons[slot.index] for slot in self._ffn_slots}
         return units, neurons, closed_blocks
+
+    def _uniform_decision(self) -> tuple[dict[int, set[int]], dict[int, set[int]], set[tuple[int, int]]]:
+        """Every layer keeps its k most open head units and w most open neurons, the same k and w everywhere, never
+        0; with a target, to within one such step of it (`hfprune.planning.uniform.uniform_closed`)."""
+        heads, ffn = self.log_alpha.tolist(), self.ffn_log_alpha.tolist() if self.gate_ffn else None
+        rows = {"heads": {slot.index: {u: heads[slot.index][u] for u in slot.units.tolist()} for slot in self._slots}}
+        if self.gate_ffn:
+            rows["ffn"] = {slot.index: {n: ffn[slot.index][n] for n in slot.neurons.tolist()} for slot in self._ffn_slots}
+        goal = None if self.target_sparsity is None else self.target_sparsity * self.dense_cost
+        closed = uniform_closed(rows, self._counts, {"heads": self.costs.head * self.group_size, "ffn": self.costs.neuron}, goal)
+        return closed["heads"], closed.get("ffn", {}), set()
 
     def plan(self) -> dict[str, dict[int, list[int]]]:
         """What closed gates remove: `{"heads": {layer: [heads]}, "ffn": {layer: [neurons]}}`, original indices,

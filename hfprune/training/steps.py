@@ -32,6 +32,7 @@ from ..planning.plan import (
     sparsities,
     step_targets,
 )
+from ..planning.uniform import uniform_counts
 from ..scoring.activations import hidden_importance
 from ..scoring.loss import layer_ablation_scores
 from ..scoring.similarity import layer_cosine_scores
@@ -74,16 +75,20 @@ class PruningSteps:
         if kinds:
             scores = self.pruning_scores[step] = self._unit_scores(kinds, step)
             group_size = gqa_group_size(record)
+            multiples = {"heads": args.round_heads_to_multiple, "ffn": args.round_to_multiple}
+            # uniform: the per-layer counts this model may keep (whole KV groups, multiples, heads dividing the width)
+            counts = {kind: uniform_counts(model, kind, multiples[kind]) if args.uniform else None for kind in kinds}
             planners = {
-                "heads": lambda s, **kw: heads_to_prune(s, gqa_group_size=group_size, multiple_of=args.round_heads_to_multiple, **kw),
-                "ffn": lambda s, **kw: ffn_to_prune(s, multiple_of=args.round_to_multiple, **kw),
+                "heads": lambda s, **kw: heads_to_prune(s, gqa_group_size=group_size, multiple_of=multiples["heads"], counts=counts["heads"], **kw),
+                "ffn": lambda s, **kw: ffn_to_prune(s, multiple_of=multiples["ffn"], counts=counts["ffn"], **kw),
             }  # fmt: skip
             kept = {"heads": record["kept_heads"], "ffn": [kept_ffn(record, i) for i in range(len(record["kept_layers"]))]}
             goals = {"heads": num_layers * num_heads - heads_goal, "ffn": ffn_total - ffn_goal}
             for kind, unit_scores in scores.items():
                 plan[kind] = plan_to_goal(
-                    unit_scores, goals[kind], planners[kind], kept[kind], record["kept_layers"], per_layer=args.per_layer_ranking
-                )
+                    unit_scores, goals[kind], planners[kind], kept[kind], record["kept_layers"],
+                    per_layer=args.per_layer_ranking, uniform=args.uniform,
+                )  # fmt: skip
             check_same_plan({"heads": plan["heads"], "ffn": plan["ffn"]})
             prune_heads(model, plan["heads"])
             prune_ffn(model, plan["ffn"])

@@ -254,8 +254,9 @@ class PruningTrainer(PruningSteps, PruningCheckpoints, Trainer):
             scale_attention_output=args.l0_scale_attention,
             target_sparsity=None if budget is not None else args.target_head_sparsity or None,
             ffn=budget is not None,
-            blocks=budget is not None,
+            blocks=budget is not None and not args.uniform,  # uniform shapes never remove a whole block
             param_budget=budget,
+            uniform=args.uniform,
         ).attach(self.model)
         if resuming is not None:
             gates_state = torch.load(os.path.join(resuming, L0_GATES_FILE), map_location="cpu", weights_only=True)
