@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from .common import EXIT_FAILED, fail, handle_errors, quiet_libraries
+
+if TYPE_CHECKING:
+    from hfprune.export.gguf import GgufExport
 
 FORMATS = ("onnx", "gguf")
 
@@ -15,18 +19,20 @@ def export(
     checkpoint: str = typer.Argument(..., help="A checkpoint directory (pruned or not, transformers 4 pruned_heads included) or Hub id."),
     output_dir: Path = typer.Option(..., "--output-dir", "-o", help="onnx: where to write model.onnx, config.json, the tokenizer and onnx_export.json; gguf: the .gguf file to write."),
     format: str = typer.Option("onnx", "--format", "-f", help="Export format (onnx, gguf)."),
-    dtype: str = typer.Option("f32", "--dtype", help="gguf: f32 or f16."),
+    dtype: str = typer.Option("f32", "--dtype", help="gguf: f32, f16, bf16, or llama.cpp's quantized q8_0, q6_k, q5_k_m, q4_k_m, q4_0 (K-quants fall back per tensor where rows are no multiple of 256)."),
     tokenizer_pre: str = typer.Option(None, "--tokenizer-pre", help="gguf: llama.cpp's pre-tokenizer name (llama-bpe, smollm, qwen2...) when it is not recognised."),
     opset: int = typer.Option(17, "--opset", min=14, help="ONNX opset."),
     atol: float = typer.Option(1e-4, "--atol", help="Absolute part of the largest max-abs difference onnxruntime may have from PyTorch (fp32)."),
     rtol: float = typer.Option(1e-5, "--rtol", help="Relative part, times the largest PyTorch output (0: absolute only)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output (only once the new export is complete)."),
+    no_check: bool = typer.Option(False, "--no-check", help="gguf: keep the file without comparing its logits in llama.cpp with PyTorch's (the check needs llama-cpp-python)."),
 ) -> None:
     """Export CHECKPOINT to ONNX (dynamic batch and sequence axes) and check it in onnxruntime at two input shapes,
     or to one GGUF file for llama.cpp (Llama family; architecture llama for stock shapes, deci for per-layer ones).
 
     Decoders export the forward without a KV cache (logits). Needs onnx and onnxruntime (the onnx extra of hfprune),
-    or gguf (the gguf extra).
+    or gguf and llama-cpp-python (the gguf extra): the GGUF file is kept only once llama.cpp's logits match
+    PyTorch's within the --dtype's tolerance (exit 1 otherwise), unless --no-check.
 
     Examples: hfprune export ./bert-mnli-pruned --format onnx -o ./bert-mnli-pruned/onnx
               hfprune export ./smollm-pruned --format gguf -o ./smollm-pruned.gguf
@@ -37,12 +43,15 @@ def export(
         with handle_errors():
             quiet_libraries()
             from hfprune.export.gguf import export_gguf
+            from hfprune.export.gguf_check import GgufMismatchError
 
-            written = export_gguf(checkpoint, output_dir, dtype=dtype, tokenizer_pre=tokenizer_pre, overwrite=overwrite)
-        shapes = "stock shapes" if written.architecture == "llama" else "per-layer shapes"
-        typer.echo(f"wrote {written.path} (architecture {written.architecture}, {shapes}, {written.dtype}, {len(written.head_count)} layers)")
-        for note in written.stand_ins:
-            typer.echo(f"  {note}")
+            try:
+                written = export_gguf(
+                    checkpoint, output_dir, dtype=dtype, tokenizer_pre=tokenizer_pre, overwrite=overwrite, check=not no_check
+                )
+            except GgufMismatchError as error:  # the export ran, its check failed: not bad input
+                fail(str(error), EXIT_FAILED)
+        _report_gguf(written)
         return
     with handle_errors():
         quiet_libraries()
@@ -57,3 +66,20 @@ def export(
     )
     typer.echo(f"wrote {result.path} (opset {result.opset}; inputs {', '.join(result.inputs)}; outputs {', '.join(result.outputs)})")
     typer.echo(f"onnxruntime vs PyTorch, max abs difference: {checks}")
+
+
+def _report_gguf(written: GgufExport) -> None:
+    shapes = "stock shapes" if written.architecture == "llama" else "per-layer shapes"
+    typer.echo(f"wrote {written.path} (architecture {written.architecture}, {shapes}, {written.dtype}, {len(written.head_count)} layers)")
+    for note in written.stand_ins:
+        typer.echo(f"  {note}")
+    if written.max_relative_difference is None:
+        typer.echo("not checked in llama.cpp (--no-check)")
+        return
+    source = ""
+    if written.f32_max_relative_difference is not None:  # a quantized file: its f32 source was checked first
+        source = f"; the f32 file it was quantized from: {written.f32_max_relative_difference:.1e}"
+    typer.echo(
+        f"llama.cpp vs PyTorch on {written.sequences} token sequences, max relative logit difference: "
+        f"{written.max_relative_difference:.1e} (tolerance {written.tolerance:g}){source}"
+    )

@@ -75,6 +75,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "export.card": ("write_model_card",),
     "export.convert": ("convert_checkpoint",),
     "export.gguf": ("GgufExport", "export_gguf"),
+    "export.gguf_check": ("GgufMismatchError",),
     "export.hub": ("HubPushError", "push_to_hub"),
     "export.onnx": ("OnnxExport", "export_onnx"),
     "training.callbacks": ("HeadMaskCallback", "LayerDropCallback"),
@@ -222,6 +223,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from .export.card import write_model_card
     from .export.convert import convert_checkpoint
     from .export.gguf import GgufExport, export_gguf
+    from .export.gguf_check import GgufMismatchError
     from .export.hub import HubPushError, push_to_hub
     from .export.onnx import OnnxExport, export_onnx
     from .io.loading import from_pretrained, save_for_remote_code

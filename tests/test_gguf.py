@@ -4,6 +4,7 @@ is installed) logits in llama.cpp against PyTorch's, with an f32 KV cache."""
 from __future__ import annotations
 
 import importlib.util
+import sys
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from typer.testing import CliRunner
 import hfprune
 from hfprune.errors import PruningError
 from hfprune.export.gguf import permute
+from hfprune.export.gguf_check import GGUF_TOLERANCES, GgufMismatchError, quantize
 
 gguf = pytest.importorskip("gguf")
 HAS_LLAMA_CPP = importlib.util.find_spec("llama_cpp") is not None
@@ -93,8 +95,8 @@ def field(reader, key):
     return values if found.types[0] == gguf.GGUFValueType.ARRAY else values[0]
 
 
-def export(model, tmp_path, dtype="f32", name="model.gguf"):
-    return hfprune.export_gguf(model, tmp_path / name, dtype=dtype, tokenizer=tiny_tokenizer(), tokenizer_pre="gpt-2")
+def export(model, tmp_path, dtype="f32", name="model.gguf", check=HAS_LLAMA_CPP):
+    return hfprune.export_gguf(model, tmp_path / name, dtype=dtype, tokenizer=tiny_tokenizer(), tokenizer_pre="gpt-2", check=check)
 
 
 def tensors(reader) -> dict:
@@ -179,7 +181,7 @@ def test_refusals_are_one_line_and_write_nothing(tmp_path):
     with pytest.raises(PruningError, match="exists"):
         export(model, tmp_path, name="out.gguf")
     assert target.read_text() == "old"
-    hfprune.export_gguf(model, target, tokenizer=tiny_tokenizer(), tokenizer_pre="gpt-2", overwrite=True)
+    hfprune.export_gguf(model, target, tokenizer=tiny_tokenizer(), tokenizer_pre="gpt-2", overwrite=True, check=HAS_LLAMA_CPP)
     assert target.read_bytes()[:4] == b"GGUF" and sorted(path.name for path in tmp_path.iterdir()) == ["out.gguf"]
 
 
@@ -189,9 +191,12 @@ def test_export_command(tmp_path):
     tiny_tokenizer().save_pretrained(tmp_path / "ckpt")
     runner = CliRunner()
     args = ["export", str(tmp_path / "ckpt"), "--format", "gguf", "-o", str(tmp_path / "m.gguf"), "--tokenizer-pre", "gpt-2"]
+    args += [] if HAS_LLAMA_CPP else ["--no-check"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "architecture deci" in result.output and (tmp_path / "m.gguf").is_file()
+    if HAS_LLAMA_CPP:
+        assert "llama.cpp vs PyTorch on 3 token sequences, max relative logit difference:" in result.output
     again = runner.invoke(app, args)
     assert "--overwrite" in one_error_line(again)
 
@@ -239,6 +244,121 @@ def test_llama_cpp_f16_is_close(tmp_path):
     model = uneven(tiny_llama())
     export(model, tmp_path, dtype="f16")
     assert max_relative_difference(model, tmp_path / "model.gguf") <= 1e-2
+
+
+# ---- dtypes and the check --------------------------------------------------------------------------------
+def types(reader) -> dict[str, str]:
+    return {tensor.name: tensor.tensor_type.name for tensor in reader.tensors}
+
+
+def test_bf16_keeps_norms_in_f32_and_rounds_like_torch(tmp_path):
+    model = uneven(tiny_llama())
+    result = export(model, tmp_path, dtype="bf16")
+    reader = gguf.GGUFReader(tmp_path / "model.gguf")
+    found = types(reader)
+    assert found["blk.0.attn_q.weight"] == found["output.weight"] == "BF16" and found["blk.0.attn_norm.weight"] == "F32"
+    assert field(reader, "general.file_type") == gguf.LlamaFileType.MOSTLY_BF16
+    data = gguf.quants.dequantize(tensors(reader)["blk.0.ffn_up.weight"].data, gguf.GGMLQuantizationType.BF16)
+    up = hfprune.get_adapter(model).get_layers(model)[0].mlp.up_proj.weight.detach()
+    assert np.array_equal(data, up.bfloat16().float().numpy())
+    if HAS_LLAMA_CPP:
+        assert 0 < result.max_relative_difference <= result.tolerance == GGUF_TOLERANCES["bf16"]
+
+
+@needs_llama_cpp
+@pytest.mark.parametrize(
+    "dtype, file_type, rows_of_64", [("q8_0", "MOSTLY_Q8_0", "Q8_0"), ("q4_k_m", "MOSTLY_Q4_K_M", "Q5_0")]
+)
+def test_quantized_exports_run_in_llama_cpp_and_pass_the_check(dtype, file_type, rows_of_64, tmp_path):
+    """llama.cpp's quantizer makes the file from a checked f32 one; rows of 64 values are too short for K-quants
+    (q4_K falls back to q5_0), rows of 38 (a pruned FFN's down projection) too short for any: f16."""
+    model = uneven(tiny_llama())
+    result = export(model, tmp_path, dtype=dtype)
+    assert result.f32_max_relative_difference <= 1e-4 and result.sequences == 3
+    assert 0 < result.max_relative_difference <= result.tolerance == GGUF_TOLERANCES[dtype]
+    assert result.to_dict()["max_relative_difference"] == result.max_relative_difference
+    assert [path.name for path in tmp_path.iterdir()] == ["model.gguf"]  # no temporary file left
+    reader = gguf.GGUFReader(tmp_path / "model.gguf")
+    assert field(reader, "general.file_type") == getattr(gguf.LlamaFileType, file_type)
+    found = types(reader)
+    assert found["blk.0.ffn_gate.weight"] == found["blk.4.attn_q.weight"] == rows_of_64
+    assert found["blk.0.ffn_down.weight"] == "F16" and found["blk.0.attn_norm.weight"] == "F32"
+    assert max_relative_difference(model, tmp_path / "model.gguf") <= GGUF_TOLERANCES[dtype]
+
+
+def perturb_one_weight(monkeypatch, name="blk.0.ffn_up.weight"):
+    """The file llama.cpp gets no longer is the model: one row of one weight moved."""
+    add_tensor = gguf.GGUFWriter.add_tensor
+
+    def perturbed(self, tensor_name, tensor, *args, **kwargs):
+        if tensor_name == name:
+            tensor = tensor.copy()
+            tensor[0] += 1.0
+        return add_tensor(self, tensor_name, tensor, *args, **kwargs)
+
+    monkeypatch.setattr(gguf.GGUFWriter, "add_tensor", perturbed)
+
+
+@needs_llama_cpp
+@pytest.mark.parametrize("dtype", ["f32", "q8_0"])
+def test_a_file_unlike_the_model_is_refused_in_one_line_and_not_written(dtype, tmp_path, monkeypatch):
+    perturb_one_weight(monkeypatch)
+    with pytest.raises(GgufMismatchError, match=r"differ from PyTorch's by .* more than the 0.0001 tolerance for f32") as error:
+        export(uneven(tiny_llama()), tmp_path, dtype=dtype)
+    assert "\n" not in str(error.value) and list(tmp_path.iterdir()) == []
+    result = export(uneven(tiny_llama()), tmp_path, check=False)  # unchecked, the same file is kept
+    assert result.max_relative_difference is None and result.sequences == 0 and (tmp_path / "model.gguf").is_file()
+
+
+def test_without_llama_cpp_the_check_and_quantizing_ask_for_it_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # import llama_cpp fails
+    model = uneven(tiny_llama())
+    with pytest.raises(PruningError, match=r"needs llama-cpp-python .*hfprune\[gguf\].*check=False") as error:
+        export(model, tmp_path, check=True)
+    assert "\n" not in str(error.value)
+    with pytest.raises(PruningError, match="q8_0 GGUF .* needs llama-cpp-python"):
+        export(model, tmp_path, dtype="q8_0", check=False)
+    assert list(tmp_path.iterdir()) == []
+    assert export(model, tmp_path, check=False).max_relative_difference is None
+
+
+@needs_llama_cpp
+def test_a_quantizer_failure_is_one_line(tmp_path):
+    (tmp_path / "broken.gguf").write_bytes(b"GGUF" + bytes(100))
+    with pytest.raises(PruningError, match="quantizer could not make a q8_0 file: .*failed") as error:
+        quantize(tmp_path / "broken.gguf", tmp_path / "out.gguf", "q8_0")
+    assert "\n" not in str(error.value) and not (tmp_path / "out.gguf").exists()
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    uneven(tiny_llama()).save_pretrained(tmp_path / "ckpt")
+    tiny_tokenizer().save_pretrained(tmp_path / "ckpt")
+    return tmp_path / "ckpt"
+
+
+def export_command(checkpoint, out, *options):
+    args = ["export", str(checkpoint), "--format", "gguf", "-o", str(out), "--tokenizer-pre", "gpt-2", *options]
+    return CliRunner().invoke(app, args)
+
+
+@needs_llama_cpp
+def test_export_command_quantizes_checks_and_refuses_a_mismatch(checkpoint, tmp_path, monkeypatch):
+    result = export_command(checkpoint, tmp_path / "q.gguf", "--dtype", "q8_0")
+    assert result.exit_code == 0, result.output
+    assert "q8_0" in result.output and "the f32 file it was quantized from:" in result.output
+    perturb_one_weight(monkeypatch)
+    failed = export_command(checkpoint, tmp_path / "bad.gguf")
+    assert "more than the 0.0001 tolerance for f32" in one_error_line(failed, code=1)
+    assert not (tmp_path / "bad.gguf").exists()
+    unchecked = export_command(checkpoint, tmp_path / "bad.gguf", "--no-check")
+    assert unchecked.exit_code == 0 and "not checked in llama.cpp (--no-check)" in unchecked.output
+
+
+def test_export_command_without_llama_cpp_names_no_check(checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)
+    assert "--no-check" in one_error_line(export_command(checkpoint, tmp_path / "m.gguf"))
+    assert export_command(checkpoint, tmp_path / "m.gguf", "--no-check").exit_code == 0
 
 
 def tiny_family(family: str, seed: int = 0):

@@ -17,6 +17,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {  # fmt: skip
     ),
     "convert": ("Conversion", "convert_checkpoint",),
     "gguf": ("GGUF_DTYPES", "GgufExport", "export_gguf",),
+    "gguf_check": ("GGUF_QUANTIZED", "GGUF_TOLERANCES", "GgufMismatchError",),
     "hub": ("ErrorsOnly", "HubPushError", "check_repo_id", "needs_card", "push_to_hub", "quiet_retries",),
     "onnx": (
         "ONNX_DIR", "ONNX_FILE", "ONNX_REPORT", "OnnxExport", "OnnxMismatchError", "export_onnx", "read_onnx_report",

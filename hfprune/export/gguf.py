@@ -27,12 +27,15 @@ adds exactly zero (all of its weights are zero, so its output is 0.0 bit for bit
   `attention_bias`/`mlp_bias`): the same zero stand-in, carrying the bias as its output bias.
 
 A stand-in costs one neuron (or one head of KV cache) per layer that has one; `GgufExport.stand_ins` lists them.
-`gguf` is a dependency of the `gguf` extra; it is imported only inside these calls.
+
+Before the file is kept, it is loaded in llama.cpp and its logits compared with PyTorch's (`gguf_check`).
+`gguf` and `llama_cpp` are dependencies of the `gguf` extra; they are imported only inside these calls.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import importlib
 import json
@@ -51,10 +54,11 @@ from ..errors import PipelineInputError, PruningError
 from ..io.checkpoint import TOKENIZER_FILES, load_tokenizer, resolve_model
 from ..io.loading import from_pretrained
 from ..io.output import check_output_file
+from .gguf_check import GGUF_QUANTIZED, require_llama_cpp_for, write_checked
 
 __all__ = ["GGUF_DTYPES", "GgufExport", "export_gguf"]
 
-GGUF_DTYPES = ("f32", "f16")
+GGUF_DTYPES = ("f32", "f16", "bf16", *GGUF_QUANTIZED)
 FAMILIES = ("llama", "mistral", "qwen2")  # qwen3's per-head q/k norms have no place in llama.cpp's llama/deci
 
 # llama.cpp's convert_hf_to_gguf.py: the string whose token ids identify a BPE pre-tokenizer, and the hashes of
@@ -87,12 +91,20 @@ class GgufExport:
     tokenizer_pre: str | None
     tied_embeddings: bool
     stand_ins: list[str] = field(default_factory=list)  # "layer 3: zero FFN of width 1 (MLP removed)", ...
+    # the check in llama.cpp (None and 0 when check=False): max |llama.cpp - PyTorch| / max |PyTorch| over
+    # `sequences` token sequences, its tolerance, and for a quantized dtype the same for the f32 file it came from
+    max_relative_difference: float | None = None
+    tolerance: float | None = None
+    sequences: int = 0
+    f32_max_relative_difference: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": "gguf", "file": self.path.name, "architecture": self.architecture, "dtype": self.dtype,
                 "head_count": self.head_count, "head_count_kv": self.head_count_kv,
                 "feed_forward_length": self.feed_forward_length, "tokenizer_pre": self.tokenizer_pre,
-                "tied_embeddings": self.tied_embeddings, "stand_ins": self.stand_ins}  # fmt: skip
+                "tied_embeddings": self.tied_embeddings, "stand_ins": self.stand_ins,
+                "max_relative_difference": self.max_relative_difference, "tolerance": self.tolerance,
+                "sequences": self.sequences, "f32_max_relative_difference": self.f32_max_relative_difference}  # fmt: skip
 
 
 def _require_gguf() -> Any:
@@ -165,10 +177,15 @@ def permute(weights: torch.Tensor, n_head: int) -> torch.Tensor:
     return weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:]).swapaxes(1, 2).reshape(weights.shape)
 
 
-def _array(tensor: torch.Tensor, dtype: str) -> np.ndarray:
+def _add_tensor(gguf: Any, writer: Any, name: str, tensor: torch.Tensor, dtype: str) -> None:
     data = tensor.detach().to("cpu", torch.float32).contiguous().numpy()
-    # llama.cpp keeps norms and biases (1-D) in f32, like its converter
-    return data.astype(np.float16) if dtype == "f16" and data.ndim > 1 else data
+    if dtype == "f32" or data.ndim == 1:  # llama.cpp keeps norms and biases (1-D) in f32, like its converter
+        writer.add_tensor(name, data)
+    elif dtype == "f16":
+        writer.add_tensor(name, data.astype(np.float16))
+    else:  # bf16, as llama.cpp's converter writes it: numpy has no bfloat16, so raw bytes of a declared type
+        bf16 = gguf.GGMLQuantizationType.BF16
+        writer.add_tensor(name, gguf.quants.quantize(data, bf16), raw_dtype=bf16)
 
 
 def _bias(module: nn.Module) -> torch.Tensor | None:
@@ -308,6 +325,84 @@ def _write_tokenizer(gguf: Any, writer: Any, tokenizer: Any, vocab_size: int, pr
 
 
 # ---- the file -------------------------------------------------------------------------------------------
+_FILE_TYPES = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "bf16": "MOSTLY_BF16"}  # quantized: llama.cpp's quantizer sets it
+
+
+@dataclass
+class _Structure:
+    """The model as llama.cpp's llama/deci architectures read it."""
+
+    layers: list[_Layer]
+    heads: list[int]
+    kv_heads: list[int]
+    ffn: list[int]
+    architecture: str
+    head_dim: int
+    vocab_size: int
+    hidden: int
+    tied: bool
+
+
+def _structure(model: nn.Module) -> _Structure:
+    adapter = get_adapter(model)
+    head_dim = adapter.head_dim(model.config)
+    embed = model.get_input_embeddings().weight
+    vocab_size, hidden = embed.shape
+    layers = [_layer(adapter, layer, index, hidden, head_dim) for index, layer in enumerate(adapter.get_layers(model))]
+    if not layers:
+        raise PruningError("the model has no layer left; llama.cpp needs at least one")
+    heads = [layer.heads for layer in layers]
+    kv_heads = [layer.kv_heads for layer in layers]
+    ffn = [layer.ffn for layer in layers]
+    uniform = len(set(heads)) == len(set(kv_heads)) == len(set(ffn)) == 1 and heads[0] > 0
+    lm_head = model.get_output_embeddings().weight
+    if _bias(model.get_output_embeddings()) is not None:
+        raise PruningError("llama.cpp's llama/deci architectures have no lm_head bias")
+    tied = lm_head is embed or lm_head.data_ptr() == embed.data_ptr()
+    return _Structure(
+        layers, heads, kv_heads, ffn, "llama" if uniform else "deci", int(head_dim), int(vocab_size), int(hidden), bool(tied)
+    )
+
+
+def _write(gguf: Any, model: nn.Module, shapes: _Structure, tokenizer: Any, pre: str | None, target: Path, dtype: str) -> str:
+    """Write the GGUF file `target` in `dtype` (f32, f16 or bf16). Returns the tokenizer's pre-tokenizer name."""
+    config = model.config
+    uniform = shapes.architecture == "llama"
+    writer = gguf.GGUFWriter(str(target), shapes.architecture)
+    writer.add_name(Path(str(getattr(config, "_name_or_path", "") or "model")).name or "model")
+    writer.add_context_length(_context_length(config))
+    writer.add_embedding_length(shapes.hidden)
+    writer.add_block_count(len(shapes.layers))
+    writer.add_feed_forward_length(shapes.ffn[0] if uniform else shapes.ffn)
+    writer.add_head_count(shapes.heads[0] if uniform else shapes.heads)
+    writer.add_head_count_kv(shapes.kv_heads[0] if uniform else shapes.kv_heads)
+    writer.add_key_length(shapes.head_dim)
+    writer.add_value_length(shapes.head_dim)
+    writer.add_rope_dimension_count(shapes.head_dim)
+    theta, factor = _rope(config)
+    writer.add_rope_freq_base(theta)
+    if factor:
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(factor)
+    writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
+    writer.add_vocab_size(shapes.vocab_size)
+    writer.add_file_type(getattr(gguf.LlamaFileType, _FILE_TYPES[dtype]))
+    name = _write_tokenizer(gguf, writer, tokenizer, shapes.vocab_size, pre)
+
+    _add_tensor(gguf, writer, "token_embd.weight", model.get_input_embeddings().weight, dtype)
+    for index, layer in enumerate(shapes.layers):
+        for tensor_name, tensor in layer.tensors.items():
+            _add_tensor(gguf, writer, f"blk.{index}.{tensor_name}", tensor, dtype)
+    _add_tensor(gguf, writer, "output_norm.weight", model.model.norm.weight, dtype)
+    if not shapes.tied:
+        _add_tensor(gguf, writer, "output.weight", model.get_output_embeddings().weight, dtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return name
+
+
 def export_gguf(
     model_or_dir: nn.Module | str | os.PathLike,
     path: str | os.PathLike,
@@ -316,15 +411,26 @@ def export_gguf(
     tokenizer: Any = None,
     tokenizer_pre: str | None = None,
     overwrite: bool = False,
+    check: bool = True,
 ) -> GgufExport:
     """Write a (pruned) Llama-family model or checkpoint folder to the GGUF file `path`, for llama.cpp.
 
-    `dtype`: "f32" or "f16" (norms and biases stay f32, as llama.cpp's converter keeps them). Architecture
-    `llama` when every layer has the same heads, KV groups and FFN width, `deci` (per-layer arrays) otherwise;
-    any structure hfprune makes is exact in llama.cpp: uneven heads and KV groups, uneven FFN widths, removed
-    attention or MLP blocks, dropped layers, a pruned width. A removed MLP is written as an FFN of one neuron
-    whose weights are zero (llama.cpp's `deci` would otherwise drop that layer's attention output), and a layer 0
-    without attention as one zero head; both add exactly 0 (see the module notes).
+    Architecture `llama` when every layer has the same heads, KV groups and FFN width, `deci` (per-layer arrays)
+    otherwise; any structure hfprune makes is exact in llama.cpp: uneven heads and KV groups, uneven FFN widths,
+    removed attention or MLP blocks, dropped layers, a pruned width. A removed MLP is written as an FFN of one
+    neuron whose weights are zero (llama.cpp's `deci` would otherwise drop that layer's attention output), and a
+    layer 0 without attention as one zero head; both add exactly 0 (see the module notes).
+
+    `dtype`: "f32", "f16" or "bf16" (norms and biases stay f32, as llama.cpp's converter keeps them), or a type of
+    llama.cpp's own quantizer, run on an f32 file: "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0". K-quants need rows
+    of a multiple of 256 values, q8_0/q4_0 of 32: llama.cpp falls back per tensor by itself, q4_K to q5_0, q5_K to
+    q5_1, q6_K to q8_0, and to f16 where rows are no multiple of 32 (the down projection of a pruned FFN of 38
+    neurons). So hidden widths of 576 (SmolLM2) or 64 get no K-quant tensor at all.
+
+    `check` (default): before the file is kept, llama.cpp loads it (f32 KV cache) and its logits on three fixed
+    token sequences are compared with the model's in PyTorch (float32); beyond `GGUF_TOLERANCES[dtype]` (relative
+    to the largest logit) `GgufMismatchError` is raised and nothing is written. A quantized file's f32 source is
+    checked at the f32 tolerance first. The check and the quantized types need llama-cpp-python (`hfprune[gguf]`).
 
     The tokenizer (`tokenizer`, or the checkpoint's) is written too: GPT-2-style byte-level BPE only;
     `tokenizer_pre` names llama.cpp's pre-tokenizer when it is not recognised. The file is written under a
@@ -344,63 +450,12 @@ def export_gguf(
     tokenizer = tokenizer if tokenizer is not None else loaded_tokenizer
     if tokenizer is None:
         raise PruningError("GGUF export needs the model's tokenizer (llama.cpp reads it from the file): pass tokenizer=")
-
-    config = model.config
-    adapter = get_adapter(model)
-    head_dim = adapter.head_dim(config)
-    embed = model.get_input_embeddings().weight
-    vocab_size, hidden = embed.shape
-    layers = [_layer(adapter, layer, index, hidden, head_dim) for index, layer in enumerate(adapter.get_layers(model))]
-    if not layers:
-        raise PruningError("the model has no layer left; llama.cpp needs at least one")
-    heads = [layer.heads for layer in layers]
-    kv_heads = [layer.kv_heads for layer in layers]
-    ffn = [layer.ffn for layer in layers]
-    uniform = len(set(heads)) == len(set(kv_heads)) == len(set(ffn)) == 1 and heads[0] > 0
-    arch = "llama" if uniform else "deci"
-    lm_head = model.get_output_embeddings().weight
-    tied = lm_head is embed or lm_head.data_ptr() == embed.data_ptr()
-    if _bias(model.get_output_embeddings()) is not None:
-        raise PruningError("llama.cpp's llama/deci architectures have no lm_head bias")
-
+    shapes = _structure(model)
+    require_llama_cpp_for(dtype, check)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        writer = gguf.GGUFWriter(str(tmp), arch)
-        writer.add_name(Path(str(getattr(config, "_name_or_path", "") or "model")).name or "model")
-        writer.add_context_length(_context_length(config))
-        writer.add_embedding_length(int(hidden))
-        writer.add_block_count(len(layers))
-        writer.add_feed_forward_length(ffn[0] if uniform else ffn)
-        writer.add_head_count(heads[0] if uniform else heads)
-        writer.add_head_count_kv(kv_heads[0] if uniform else kv_heads)
-        writer.add_key_length(int(head_dim))
-        writer.add_value_length(int(head_dim))
-        writer.add_rope_dimension_count(int(head_dim))
-        theta, factor = _rope(config)
-        writer.add_rope_freq_base(theta)
-        if factor:
-            writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-            writer.add_rope_scaling_factor(factor)
-        writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
-        writer.add_vocab_size(int(vocab_size))
-        writer.add_file_type(gguf.LlamaFileType.ALL_F32 if dtype == "f32" else gguf.LlamaFileType.MOSTLY_F16)
-        pre = _write_tokenizer(gguf, writer, tokenizer, int(vocab_size), tokenizer_pre)
-
-        writer.add_tensor("token_embd.weight", _array(embed, dtype))
-        for index, layer in enumerate(layers):
-            for name, tensor in layer.tensors.items():
-                writer.add_tensor(f"blk.{index}.{name}", _array(tensor, dtype))
-        writer.add_tensor("output_norm.weight", _array(model.model.norm.weight, dtype))
-        if not tied:
-            writer.add_tensor("output.weight", _array(lm_head, dtype))
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write = functools.partial(_write, gguf, model, shapes, tokenizer, tokenizer_pre)  # (target, dtype) -> pre
+    pre, checked = write_checked(write, path, dtype, model, shapes.vocab_size, _context_length(model.config), check=check)
+    stand_ins = [note for layer in shapes.layers for note in layer.notes]
     return GgufExport(
-        path, arch, dtype, heads, kv_heads, ffn, pre, bool(tied), [note for layer in layers for note in layer.notes]
+        path, shapes.architecture, dtype, shapes.heads, shapes.kv_heads, shapes.ffn, pre, shapes.tied, stand_ins, **checked
     )
