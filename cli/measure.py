@@ -93,36 +93,60 @@ def evaluate(
     Console().print(metrics_table(f"{model} on {result['task']}", {"value": result["metrics"]}))
 
 
+ENGINES = ("pytorch", "llama.cpp")
+
+
 def bench(
     checkpoint: Path = typer.Argument(..., help="A pruned checkpoint directory."),
     base: Optional[str] = typer.Option(None, "--base", help="The dense model to compare with; default: random weights with the original shapes."),
     gguf_file: Optional[str] = typer.Option(None, "--gguf-file", help="The --base model is this GGUF checkpoint inside the --base folder."),
-    batch_sizes: str = typer.Option("1,8,32", "--batch-sizes", help="Comma-separated batch sizes."),
-    seq_lengths: str = typer.Option("128", "--seq-lengths", help="Comma-separated sequence lengths."),
+    engine: str = typer.Option("pytorch", "--engine", help="pytorch (forward passes at --batch-sizes x --seq-lengths) or llama.cpp (both models exported to GGUF at --dtype; prefill and decode tokens/s; Llama family)."),
+    batch_sizes: str = typer.Option("1,8,32", "--batch-sizes", help="pytorch: comma-separated batch sizes."),
+    seq_lengths: str = typer.Option("128", "--seq-lengths", help="pytorch: comma-separated sequence lengths."),
+    dtype: str = typer.Option("q8_0", "--dtype", help="llama.cpp: the GGUF type both models are timed at (f32, f16, bf16, q8_0, q4_k_m...)."),
+    prompt_len: int = typer.Option(128, "--prompt-len", min=1, help="llama.cpp: prompt tokens (prefill)."),
+    new_tokens: int = typer.Option(32, "--new-tokens", min=1, help="llama.cpp: greedy tokens generated after the prompt (decode)."),
     threads: Optional[int] = typer.Option(1, "--threads", min=1, help="CPU threads (pinned while timing)."),
     repeats: int = typer.Option(10, "--repeats", min=1, help="Timed repeats per shape."),
     warmup: int = typer.Option(3, "--warmup", min=0, help="Untimed warm-up rounds per shape."),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1, ...; default: the GPU if there is one."),
+    device: Optional[str] = typer.Option(None, "--device", help="pytorch: cpu, cuda, cuda:1, ...; default: the GPU if there is one."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON."),
-    plot_path: Optional[Path] = typer.Option(None, "--plot", help="Write a throughput/speedup PNG."),
+    plot_path: Optional[Path] = typer.Option(None, "--plot", help="pytorch: write a throughput/speedup PNG."),
     update_card: bool = typer.Option(False, "--update-card", help="Store the timings in the checkpoint and re-render its model card."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
-    """Time a pruned checkpoint against its dense original (latency, throughput, FLOPs, speedup).
+    """Time a pruned checkpoint against its dense original (latency, throughput, FLOPs, speedup), in PyTorch or,
+    for the Llama family, in llama.cpp where it is served.
 
-    Example: hfprune bench ./bert-mnli-pruned --batch-sizes 1,8,32 --threads 1
+    Examples: hfprune bench ./bert-mnli-pruned --batch-sizes 1,8,32 --threads 1
+              hfprune bench ./smollm-pruned --engine llama.cpp --dtype q8_0 --threads 2
     """
-    sizes, lengths = parse_ints("--batch-sizes", batch_sizes), parse_ints("--seq-lengths", seq_lengths)
-    with handle_errors():
-        quiet_libraries()
-        from hfprune.jobs.prune import benchmark_checkpoint
+    if engine not in ENGINES:
+        fail(f"unknown --engine {engine!r}; choose {', '.join(ENGINES)}")
+    if engine == "llama.cpp":
+        if plot_path is not None or device not in (None, "cpu"):
+            fail("--plot and --device are for --engine pytorch; llama.cpp is timed on the CPU")
+        with handle_errors():
+            quiet_libraries()
+            from hfprune.jobs.llama_cpp_bench import benchmark_llama_cpp
 
-        with progress_display(enabled=not quiet) as bars:
-            report = benchmark_checkpoint(
-                checkpoint, base_model=base, base_gguf_file=gguf_file, batch_sizes=sizes, seq_lengths=lengths,
-                num_threads=threads, repeats=repeats, warmup=warmup, device=device, json_path=json_path,
-                plot_path=plot_path, update_card=update_card, progress=bars,
+            report = benchmark_llama_cpp(
+                checkpoint, base_model=base, base_gguf_file=gguf_file, dtype=dtype, prompt_len=prompt_len,
+                new_tokens=new_tokens, threads=threads or 1, repeats=repeats, warmup=warmup, json_path=json_path,
+                update_card=update_card,
             )  # fmt: skip
+    else:
+        sizes, lengths = parse_ints("--batch-sizes", batch_sizes), parse_ints("--seq-lengths", seq_lengths)
+        with handle_errors():
+            quiet_libraries()
+            from hfprune.jobs.prune import benchmark_checkpoint
+
+            with progress_display(enabled=not quiet) as bars:
+                report = benchmark_checkpoint(
+                    checkpoint, base_model=base, base_gguf_file=gguf_file, batch_sizes=sizes, seq_lengths=lengths,
+                    num_threads=threads, repeats=repeats, warmup=warmup, device=device, json_path=json_path,
+                    plot_path=plot_path, update_card=update_card, progress=bars,
+                )  # fmt: skip
     typer.echo(report.table())
     if report.noisy:
         warn(report.noise_warning())

@@ -59,6 +59,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "scoring.weights": ("magnitude_ffn_scores", "magnitude_head_scores", "random_ffn_scores", "random_head_scores"),
     "measure.flops": ("count_flops",),
     "measure.generation_speed": ("measure_generation_speed",),
+    "measure.llama_cpp_speed": ("LlamaCppSpeedReport", "measure_llama_cpp_speed"),
     "measure.latency": ("LatencyModel", "measure_latency_model"),
     "measure.speed": ("measure_speed",),
     "measure.speed_report": ("SpeedReport",),
@@ -82,6 +83,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "training.gates": ("HeadGates",),
     "training.trainer": ("PruningTrainer",),
     "constants": ("SPEED_TARGET_RECIPE",),
+    "jobs.llama_cpp_bench": ("benchmark_llama_cpp",),
     "jobs.prune": ("prune_for_task",),
     "jobs.results": ("PruneResult",),
 }

@@ -5,7 +5,8 @@ from .._lazy import attach
 # module -> the public names it provides
 _EXPORTS: dict[str, tuple[str, ...]] = {  # fmt: skip
     "card": (
-        "DEFAULT_TEMPLATE", "check_card_checkpoint", "regenerate_model_card", "update_card_speed", "write_model_card",
+        "DEFAULT_TEMPLATE", "check_card_checkpoint", "regenerate_model_card", "update_card_gguf",
+        "update_card_llama_cpp_speed", "update_card_speed", "write_model_card",
     ),
     "card_sections": (
         "eval_results", "is_score", "loading_section", "provenance_section", "results_section", "speed_section",

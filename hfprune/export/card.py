@@ -44,6 +44,8 @@ __all__ = [
     "DEFAULT_TEMPLATE",
     "check_card_checkpoint",
     "regenerate_model_card",
+    "update_card_gguf",
+    "update_card_llama_cpp_speed",
     "update_card_speed",
     "write_model_card",
 ]
@@ -112,6 +114,8 @@ def write_model_card(
     param_target: Mapping[str, Any] | None = None,
     selection_note: str | None = None,
     generation_speed: Sequence[Mapping[str, Any]] | None = None,
+    llama_cpp_speed: Mapping[str, Any] | None = None,
+    gguf: Mapping[str, Any] | None = None,
     importance: torch.Tensor | Sequence[Sequence[float | None]] | None = None,
     command: str | None = None,
     repo_id: str | None = None,
@@ -146,6 +150,9 @@ def write_model_card(
             was kept and, with `prune_width`, the widths tried and their losses.
         selection_note: how a `max_drop` run chose its step, in one sentence.
         generation_speed: decoders: `hfprune.measure_generation_speed` rows (prefill and decode tokens/s).
+        llama_cpp_speed: the same in llama.cpp, dense and pruned GGUF files of one type
+            (`hfprune.measure_llama_cpp_speed`'s report, or its JSON form).
+        gguf: `GgufExport.to_dict()` of the GGUF file in the checkpoint folder: the card's llama.cpp lines.
         importance: `[num_layers, num_heads]` head importance of the unpruned model (original indices);
             `importance_note` says how it relates to what was pruned.
         command: the command line that produced the checkpoint (absolute paths reduced to their last part).
@@ -183,7 +190,7 @@ def write_model_card(
     )  # fmt: skip
     timings = speed_section(
         speed, speed_target=speed_target, param_target=param_target, generation_speed=generation_speed,
-        selection_note=selection_note, checkpoint_dir=checkpoint_dir,
+        llama_cpp_speed=llama_cpp_speed, selection_note=selection_note, checkpoint_dir=checkpoint_dir,
     )  # fmt: skip
     card = ModelCard.from_template(
         card_data,
@@ -194,7 +201,7 @@ def write_model_card(
         **results,
         **structure_section(record, sparsity, has_importance=scores is not None, importance_note=importance_note),
         **timings,
-        **loading_section(model, record, name, checkpoint_dir),
+        **loading_section(model, record, name, checkpoint_dir, gguf),
         **provenance_section(finetuned_first, pruning, command, checkpoint_dir),
     )
     card = ModelCard(re.sub(r"\n{3,}", "\n\n", str(card)))  # Jinja leaves blank lines where blocks were
@@ -252,19 +259,36 @@ def regenerate_model_card(
     )
 
 
-def update_card_speed(checkpoint_dir: str | Path, report: Any) -> ModelCard:
-    """Store a new `SpeedReport` in a checkpoint (`hfprune_results.json`, `speed.json`, `speed.png`) and
-    re-render its card with it, so that a later `hfprune card` keeps the timings and their noise verdict.
-
-    The checkpoint is checked first (`check_card_checkpoint`): a folder hfprune did not write is refused before
-    any of its files changes."""
-    checkpoint_dir = Path(checkpoint_dir)
+def _store_card_inputs(checkpoint_dir: Path, **inputs: Any) -> None:
+    """Set card inputs (and the same top-level results) in a checkpoint's `hfprune_results.json`, so that a later
+    `hfprune card` keeps them; the checkpoint is checked first (`check_card_checkpoint`): a folder hfprune did not
+    write is refused before any of its files changes."""
     check_card_checkpoint(checkpoint_dir)
     results_path = checkpoint_dir / RESULTS_FILE
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    results.setdefault("card", {})["speed"] = report.to_dict()
-    results["speed"] = report.to_dict()
+    results.setdefault("card", {}).update(inputs)
+    results.update(inputs)
     results_path.write_text(json.dumps(results, indent=2) + "\n")
+
+
+def update_card_speed(checkpoint_dir: str | Path, report: Any) -> ModelCard:
+    """Store a new `SpeedReport` in a checkpoint (`hfprune_results.json`, `speed.json`, `speed.png`) and
+    re-render its card with it, so that a later `hfprune card` keeps the timings and their noise verdict."""
+    checkpoint_dir = Path(checkpoint_dir)
+    _store_card_inputs(checkpoint_dir, speed=report.to_dict())
     report.save_json(checkpoint_dir / SPEED_FILE)
     report.plot(checkpoint_dir / SPEED_IMAGE)
+    return regenerate_model_card(checkpoint_dir)
+
+
+def update_card_llama_cpp_speed(checkpoint_dir: str | Path, report: Any) -> ModelCard:
+    """Store a `LlamaCppSpeedReport` in a checkpoint and re-render its card with it, beside the PyTorch timings."""
+    _store_card_inputs(Path(checkpoint_dir), llama_cpp_speed=report.to_dict())
+    return regenerate_model_card(checkpoint_dir)
+
+
+def update_card_gguf(checkpoint_dir: str | Path, export: Mapping[str, Any]) -> ModelCard:
+    """Store the `GgufExport.to_dict()` of a GGUF file written into a checkpoint and re-render its card, which then
+    shows how to run the file in llama.cpp."""
+    _store_card_inputs(Path(checkpoint_dir), gguf=dict(export))
     return regenerate_model_card(checkpoint_dir)

@@ -19,9 +19,11 @@ from torch import nn
 from ..constants import HEADS_IMAGE, IMPORTANCE_IMAGE, REMOTE_CODE_FILE, RESULTS_FILE, SPEED_IMAGE, __version__
 from ..engine.arch import get_adapter
 from ..engine.record import kept_ffn
+from ..measure.llama_cpp_speed import LlamaCppSpeedReport
 from ..measure.noise import NOISE_ADVICE
 from ..tasks.specs import GLUE_HUB_ID, GLUE_TASKS, TaskSpec, get_task
 from .card_source import sanitize_paths, sanitized, speed_report
+from .gguf import FAMILIES
 from .onnx import ONNX_DIR, ONNX_FILE, read_onnx_report
 
 __all__ = [
@@ -363,18 +365,37 @@ def _generation_rows(generation_speed: Sequence[Mapping[str, Any]] | None) -> li
     ]  # fmt: skip
 
 
+def _llama_cpp_speed(report: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The llama.cpp timing (`LlamaCppSpeedReport.to_dict()`) as the card shows it: settings, rows, noise warning."""
+    if not report:
+        return None
+    rows = [
+        {
+            "model": row["model"], "prefill": f"{row['prefill_tokens_per_s']:,.0f}", "decode": f"{row['decode_tokens_per_s']:,.1f}",
+            "prefill_speedup": f"{row['prefill_speedup']:.2f}x", "decode_speedup": f"{row['decode_speedup']:.2f}x",
+            "ideal": f"{row['ideal_prefill_speedup']:.2f}x" if row.get("ideal_prefill_speedup") else "",
+            "noise": "noisy" if row["noise"]["noisy"] else "ok",
+        }
+        for row in report["rows"]
+    ]  # fmt: skip
+    return {**report["settings"], "rows": rows, "warning": LlamaCppSpeedReport(**report).noise_warning()}
+
+
 def speed_section(
     speed: Any,
     *,
     speed_target: Mapping[str, Any] | None,
     param_target: Mapping[str, Any] | None,
     generation_speed: Sequence[Mapping[str, Any]] | None,
+    llama_cpp_speed: Mapping[str, Any] | None,
     selection_note: str | None,
     checkpoint_dir: Path,
 ) -> dict[str, Any]:
     """The template's speed fields: the timing table with its noise verdict, the speed or parameter target it
-    was pruned to, decoder generation speed, how a `max_drop` run chose its step, and `speed.png` if present."""
+    was pruned to, decoder generation speed in PyTorch and in llama.cpp, how a `max_drop` run chose its step, and
+    `speed.png` if present."""
     return {
+        "llama_cpp_speed": _llama_cpp_speed(llama_cpp_speed),
         "speed": _speed_info(speed),
         "speed_target": _speed_target_info(speed_target),
         "param_target": _param_target_info(param_target),
@@ -422,15 +443,11 @@ def _onnx_door(checkpoint_dir: Path) -> dict[str, Any] | None:
     return {"dir": ONNX_DIR, "opset": report.get("opset"), "max_abs_diff": f"{report['max_abs_diff']:.1e}", "shapes": shapes, "run": run}
 
 
-LLAMA_CPP_FAMILY = ("llama", "mistral", "qwen2")
-"""The model types `hfprune export --format gguf` writes for llama.cpp."""
-
-
 def _engines(model: nn.Module, record: dict[str, Any]) -> str:
     """Which engines load this checkpoint, from the saved record's `stock_loadable` (not from how it was pruned).
     Decoders: vLLM, TGI and SGLang with stock shapes only; llama.cpp for the Llama family (`llama` architecture for
     stock shapes, `deci` for per-layer ones). Encoders: transformers or hfprune, and ONNX."""
-    adapter, llama_cpp = get_adapter(model), getattr(model.config, "model_type", None) in LLAMA_CPP_FAMILY
+    adapter, llama_cpp = get_adapter(model), getattr(model.config, "model_type", None) in FAMILIES
     gguf = "llama.cpp (`{}` architecture via `hfprune export --format gguf`{})"
     onnx = "ONNX (`hfprune export --format onnx`)"
     if record["stock_loadable"]:
@@ -443,9 +460,21 @@ def _engines(model: nn.Module, record: dict[str, Any]) -> str:
     return ", ".join(engines) + f"; not vLLM/TGI/SGLang{hint}"
 
 
-def loading_section(model: nn.Module, record: dict[str, Any], repo_id: str, checkpoint_dir: Path) -> dict[str, Any]:
+def _gguf_door(gguf: Mapping[str, Any] | None, checkpoint_dir: Path) -> dict[str, Any] | None:
+    """The card's llama.cpp lines when the checkpoint folder holds the GGUF file `export_gguf` wrote and checked."""
+    if not gguf or not (checkpoint_dir / str(gguf.get("file"))).is_file():
+        return None
+    checked = gguf.get("max_relative_difference")
+    check = f"{checked:.1e} of the largest logit" if isinstance(checked, (int, float)) else None
+    return {"file": gguf["file"], "dtype": gguf["dtype"], "architecture": gguf["architecture"], "check": check}
+
+
+def loading_section(
+    model: nn.Module, record: dict[str, Any], repo_id: str, checkpoint_dir: Path, gguf: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """The template's "how to load it" fields: the repo id, the Auto class, whether stock transformers loads
-    it and which engines do, the remote code, `per_layer_config` and an ONNX export when the checkpoint holds them."""
+    it and which engines do, the remote code, `per_layer_config`, and an ONNX or GGUF export when the checkpoint
+    holds them."""
     return {
         "repo_id": repo_id,
         "auto_class": _auto_class(model),
@@ -455,6 +484,7 @@ def loading_section(model: nn.Module, record: dict[str, Any], repo_id: str, chec
         "per_layer_config": _per_layer_fields(model),
         "transformers_version": transformers.__version__,
         "onnx": _onnx_door(checkpoint_dir),
+        "gguf": _gguf_door(gguf, checkpoint_dir),
     }
 
 

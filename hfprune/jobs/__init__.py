@@ -1,5 +1,5 @@
 """The jobs behind the CLI, each one call: `prune_for_task`, `drop_layers_for_task`, `benchmark_checkpoint`,
-`score_task`, `evaluate_checkpoint`, the dry run, the demo, and the files every job writes.
+`benchmark_llama_cpp`, `score_task`, `evaluate_checkpoint`, the dry run, the demo, and the files every job writes.
 """
 
 from .._lazy import attach
@@ -14,6 +14,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {  # fmt: skip
         "FINETUNE_PATIENCE", "MAX_EVAL_INTERVAL", "MAX_MICRO_BATCH", "default_finetune_epochs", "micro_batches",
         "prepare_dense_model", "release_memory", "train_dense_control", "validation_slice",
     ),
+    "llama_cpp_bench": ("benchmark_llama_cpp", "time_in_llama_cpp",),
     "max_drop": ("KeepFastestWithinDrop", "ceiling_out_of_reach", "selection_split",),
     "prune": ("benchmark_checkpoint", "check_sparsity", "drop_layers_for_task", "prune_for_task",),
     "prune_arguments": (

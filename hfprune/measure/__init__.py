@@ -9,6 +9,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {  # fmt: skip
     "flops": ("count_flops",),
     "generation_speed": ("generation_against_dense", "measure_generation_speed",),
     "llama_cpp": ("llama_cpp_logits", "open_gguf", "require_llama_cpp",),
+    "llama_cpp_speed": ("LlamaCppSpeedReport", "measure_llama_cpp_speed",),
     "latency": ("LatencyModel", "Timer", "measure_latency_model", "speed_timer", "structure_counts",),
     "noise": ("assess_noise", "load_reasons", "noise_reasons",),
     "sparsity": ("num_parameters", "original_parameter_count", "sparsity_summary",),

@@ -1,0 +1,125 @@
+"""`hfprune bench CKPT --engine llama.cpp`: a pruned decoder and its dense original, both exported to GGUF at the
+same type, timed side by side in llama.cpp (prefill and decode tokens/s).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ..engine.record import unpruned_twin
+from ..engine.structure import stock_class
+from ..errors import PipelineInputError, PruningError, first_line
+from ..export.card import check_card_checkpoint, update_card_llama_cpp_speed
+from ..export.gguf import FAMILIES, GGUF_DTYPES, export_gguf
+from ..io.checkpoint import load_tokenizer, resolve_model
+from ..io.loading import from_pretrained
+from ..io.output import check_output_file, job_inputs
+from ..measure.flops import count_flops
+from ..measure.llama_cpp_speed import LlamaCppSpeedReport, measure_llama_cpp_speed
+from .bench import check_dense_base, check_sequence_lengths
+from .report_files import write_json_atomically
+
+__all__ = ["benchmark_llama_cpp", "time_in_llama_cpp"]
+
+
+def time_in_llama_cpp(
+    pruned: Any,
+    dense: Any,
+    tokenizer: Any,
+    *,
+    dtype: str = "q8_0",
+    prompt_len: int = 128,
+    new_tokens: int = 32,
+    threads: int = 1,
+    repeats: int = 5,
+    warmup: int = 1,
+) -> LlamaCppSpeedReport:
+    """Export `dense` and `pruned` (Llama-family causal LMs) to GGUF files of type `dtype` in a temporary folder and
+    time them side by side in llama.cpp (`measure_llama_cpp_speed`); the prefill's ideal speedup is the ratio of
+    their PyTorch forward FLOPs on the prompt. The files are not checked against PyTorch (timing does not depend
+    on weight values; `export_gguf` checks the files it keeps) and are removed afterwards."""
+    ideal = count_flops(dense, 1, prompt_len) / count_flops(pruned, 1, prompt_len)
+    with tempfile.TemporaryDirectory(prefix="hfprune-gguf-bench-") as folder:
+        files = {}
+        for name, model in (("dense", dense), ("pruned", pruned)):
+            files[name] = Path(folder) / f"{name}.gguf"
+            export_gguf(model, files[name], dtype=dtype, tokenizer=tokenizer, tokenizer_pre="default", check=False)
+        report = measure_llama_cpp_speed(
+            files, prompt_len=prompt_len, new_tokens=new_tokens, warmup=warmup, repeats=repeats, threads=threads,
+            ideal_prefill_speedup={"pruned": ideal},
+        )  # fmt: skip
+    report.settings["dtype"] = dtype
+    return report
+
+
+def benchmark_llama_cpp(
+    checkpoint: str | os.PathLike,
+    *,
+    base_model: str | None = None,
+    base_gguf_file: str | None = None,
+    dtype: str = "q8_0",
+    prompt_len: int = 128,
+    new_tokens: int = 32,
+    threads: int = 1,
+    repeats: int = 5,
+    warmup: int = 1,
+    json_path: str | os.PathLike | None = None,
+    update_card: bool = False,
+) -> LlamaCppSpeedReport:
+    """Time a pruned Llama-family checkpoint against its dense original in llama.cpp (`time_in_llama_cpp`).
+
+    The dense model is `base_model` when given (`base_gguf_file`: a GGUF checkpoint in that folder), else a
+    random-weight model with the original shapes: timing does not depend on weight values. Both are written with
+    the checkpoint's tokenizer. `json_path`: also write the report as JSON; `update_card`: store it in the checkpoint
+    and re-render its card, which then shows the llama.cpp speed beside PyTorch's.
+
+    Refused in one line (`PipelineInputError`) before any weights load: an unknown `dtype`, a `json_path` that
+    cannot be written, a folder that is not a model or has no tokenizer, a prompt longer than the model takes, and a
+    `base_model` that is not the dense original of the checkpoint.
+    """
+    checkpoint = Path(checkpoint)
+    if dtype not in GGUF_DTYPES:
+        choices = ", ".join(GGUF_DTYPES)
+        raise PipelineInputError(f"dtype must be one of {choices}, got {dtype!r}", cli_message=f"--dtype must be one of {choices}, got {dtype!r}")
+    inputs = job_inputs(checkpoint, base_model)
+    if json_path is not None:
+        check_output_file(json_path, name="json_path", cli_name="--json", inputs=inputs)
+    if not (checkpoint / "config.json").is_file():
+        raise PipelineInputError(f"{checkpoint} is not a model directory (no config.json)")
+    source = resolve_model(checkpoint, need_tokenizer=True, causal_lm=True)
+    if source.config.model_type not in FAMILIES:
+        raise PipelineInputError(
+            f"llama.cpp timing exports GGUF for the Llama family ({', '.join(FAMILIES)}), and {checkpoint} is a "
+            f"{source.config.model_type} model"
+        )
+    if update_card:
+        check_card_checkpoint(checkpoint)
+    check_sequence_lengths(source.config, [prompt_len + new_tokens], model=f"the checkpoint {checkpoint}")
+    base = None
+    if base_model is not None:
+        base = resolve_model(base_model, gguf_file=base_gguf_file, need_tokenizer=False)
+        check_dense_base(source.config, base.config, base_model)
+    tokenizer = load_tokenizer(source)
+    pruned = from_pretrained(checkpoint).eval()
+    if base is None:
+        dense = unpruned_twin(pruned).eval()
+    else:
+        kwargs = {**base.model_kwargs, "dtype": next(pruned.parameters()).dtype}
+        dense = from_pretrained(base.name_or_path, config=base.config, model_class=stock_class(pruned), **kwargs).eval()
+    try:
+        report = time_in_llama_cpp(
+            pruned, dense, tokenizer, dtype=dtype, prompt_len=prompt_len, new_tokens=new_tokens, threads=threads,
+            repeats=repeats, warmup=warmup,
+        )  # fmt: skip
+    except PruningError as error:
+        if isinstance(error, PipelineInputError):
+            raise
+        raise PipelineInputError(first_line(error)) from None
+    if json_path is not None:
+        write_json_atomically(json_path, report.to_dict())
+    if update_card:
+        update_card_llama_cpp_speed(checkpoint, report)
+    return report
