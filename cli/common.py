@@ -227,6 +227,7 @@ def handle_errors() -> Iterator[None]:
     except Exception as error:
         if os.environ.get("HFPRUNE_DEBUG"):
             raise
+        from hfprune.export.gguf_check import GgufMismatchError
         from hfprune.export.hub import HubPushError
         from hfprune.tasks.specs import TaskDataError
 
@@ -234,6 +235,8 @@ def handle_errors() -> Iterator[None]:
         text = message.splitlines()[0] if message else type(error).__name__
         if is_disk_full(error):
             fail(f"no space left on device ({text}); free some space and rerun the same command with --resume", EXIT_FAILED)
+        if isinstance(error, GgufMismatchError):  # the export ran and its check failed: not bad input
+            fail(text, EXIT_FAILED)
         if isinstance(error, (TaskDataError, PruningError)):
             fail(text, EXIT_BAD_INPUT)
         if isinstance(error, (HubPushError, WeakBaselineError)):

@@ -68,6 +68,7 @@ TARGET_OPTIONS = {
     "schedule": (Optional[str], _option(None, "--schedule", help=f"{PRUNING_SCHEDULES[0]}, or {PRUNING_SCHEDULES[1]} (prune in --steps steps during recovery); default: {PRUNING_SCHEDULES[1]} with --speedup or more than one step, else {PLAIN['schedule']}.", panel=PRUNE_PANEL)),
     "steps": (Optional[int], _option(None, "--steps", **within("steps"), help=f"Pruning steps (more than 1: iterative); default {SPEED['steps']} with --speedup, {MAX_DROP_STEPS} with --max-drop, else {PLAIN['steps']}.", panel=PRUNE_PANEL)),
     "per_layer": (bool, _option(D["per_layer"], "--per-layer", help="Rank heads within each layer instead of globally.", panel=PRUNE_PANEL)),
+    "round_to_multiple": (int, _option(D["round_to_multiple"], "--round-to-multiple", **within("round_to_multiple"), help="Keep every layer's FFN width a multiple of this (32 for llama.cpp's q8_0, 256 for its K-quants, 64 for GPU kernels).", panel=PRUNE_PANEL)),
     "uniform": (bool, _option(D["uniform"], "--uniform", help="Stock shapes: the same heads (KV groups) and FFN width in every kept layer and no layer without attention or MLP, whatever the target, so transformers, vLLM, TGI, SGLang and llama.cpp load the result without hfprune.", panel=PRUNE_PANEL)),
 }  # fmt: skip
 
@@ -95,6 +96,7 @@ OUTPUT_OPTIONS = {
     "bench": (bool, _option(D["bench"], "--bench/--no-bench", help="Time dense vs pruned and put the table on the card.", panel=OUTPUT_PANEL)),
     "bench_batch_sizes": (str, _option(",".join(map(str, D["bench_batch_sizes"])), "--bench-batch-sizes", help="Batch sizes to time, comma-separated.", panel=OUTPUT_PANEL)),
     "bench_threads": (Optional[int], _option(CLI_BENCH_THREADS, "--threads", **within("bench_threads"), help="CPU threads while timing (steadier on a shared machine).", panel=OUTPUT_PANEL)),
+    "gguf_dtype": (Optional[str], _option(None, "--gguf-dtype", help="--task lm, Llama family: also write model-TYPE.gguf for llama.cpp (f32, f16, bf16, q8_0, q4_k_m, ...), checked in llama.cpp, and time it there beside the dense model (needs hfprune[gguf]).", panel=OUTPUT_PANEL)),
     "repo_id": (Optional[str], _option(None, "--repo-id", help="Hub repo id the card's loading code should use (see `hfprune push`).", panel=OUTPUT_PANEL)),
     "base_model_id": (Optional[str], _option(None, "--base-model-id", help="Hub id of the base model, for the card's base_model field (when MODEL is a local folder).", panel=OUTPUT_PANEL)),
     "dry_run": (bool, _option(D["dry_run"], "--dry-run", help="Print the plan (what would be removed, FLOPs, parameters) without training or writing anything.", panel=OUTPUT_PANEL)),

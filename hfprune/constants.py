@@ -77,6 +77,7 @@ PRUNE_DEFAULTS = MappingProxyType(
         "method": "importance",
         "per_layer": False,
         "uniform": False,
+        "round_to_multiple": 1,
         "score_num_examples": 512,
         # how the pruned model recovers
         "recovery_epochs": 1.0,

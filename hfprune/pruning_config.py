@@ -199,7 +199,8 @@ class PruningConfig(TrainingArguments):
         metadata={"help": "The same heads (KV groups) and FFN width in every kept layer: stock shapes any runtime loads."},
     )
     round_to_multiple: int = field(
-        default=1, metadata={"help": "Round every layer's kept FFN width to a multiple of this (e.g. 64)."}
+        default=PRUNE_DEFAULTS["round_to_multiple"],
+        metadata={"help": "Round every layer's kept FFN width to a multiple of this (e.g. 64; 32 for llama.cpp's q8_0, 256 for its K-quants)."},
     )
     round_heads_to_multiple: int = field(
         default=1, metadata={"help": "Round every layer's kept number of heads to a multiple of this."}
@@ -343,6 +344,7 @@ FIELD_OF_SETTING = {
     "steps": "pruning_steps",
     "head_sparsity": "target_head_sparsity",
     "ffn_sparsity": "target_ffn_sparsity",
+    "round_to_multiple": "round_to_multiple",
     "layer_sparsity": "target_layer_sparsity",
     "param_budget": "target_param_budget",
     "prune_width": "prune_width",

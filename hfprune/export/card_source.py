@@ -140,6 +140,8 @@ def card_inputs(
     param_target: Mapping[str, Any] | None = None,
     selection_note: str | None = None,
     generation_speed: Sequence[Mapping[str, Any]] | None = None,
+    llama_cpp_speed: Mapping[str, Any] | None = None,
+    gguf: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The JSON-safe keyword arguments of `write_model_card`, as stored in `hfprune_results.json`.
 
@@ -165,6 +167,8 @@ def card_inputs(
         "param_target": dict(param_target) if param_target else None,
         "selection_note": selection_note,
         "generation_speed": [dict(row) for row in generation_speed] if generation_speed else None,
+        "llama_cpp_speed": dict(llama_cpp_speed) if llama_cpp_speed else None,
+        "gguf": dict(gguf) if gguf else None,
         "importance": None
         if scores is None
         else [[None if math.isnan(v) else v for v in row] for row in scores.tolist()],
@@ -209,6 +213,8 @@ def prune_card_inputs(
         speed_target=result.speed_target,
         param_target=result.param_target,
         generation_speed=result.generation_speed,
+        llama_cpp_speed=result.llama_cpp_speed,
+        gguf=result.gguf,
         selection_note=(result.selection or {}).get("protocol"),
         importance=result.importance,
         command=command,

@@ -9,6 +9,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from ..engine.record import unpruned_twin
 from ..engine.structure import stock_class
 from ..errors import PipelineInputError, PruningError, first_line
@@ -18,16 +20,45 @@ from ..io.checkpoint import load_tokenizer, resolve_model
 from ..io.loading import from_pretrained
 from ..io.output import check_output_file, job_inputs
 from ..measure.flops import count_flops
+from ..measure.llama_cpp import require_llama_cpp
 from ..measure.llama_cpp_speed import LlamaCppSpeedReport, measure_llama_cpp_speed
 from .bench import check_dense_base, check_sequence_lengths
 from .report_files import write_json_atomically
 
-__all__ = ["benchmark_llama_cpp", "time_in_llama_cpp"]
+__all__ = ["benchmark_llama_cpp", "check_gguf_job", "gguf_file_name", "time_in_llama_cpp"]
+
+
+def gguf_file_name(dtype: str) -> str:
+    """The GGUF file a job writes into its checkpoint: `model-q8_0.gguf`."""
+    return f"model-{dtype}.gguf"
+
+
+def _check_dtype(dtype: str, cli_name: str) -> None:
+    if dtype not in GGUF_DTYPES:
+        choices = ", ".join(GGUF_DTYPES)
+        name = cli_name.lstrip("-").replace("-", "_")
+        raise PipelineInputError(f"{name} must be one of {choices}, got {dtype!r}", cli_message=f"{cli_name} must be one of {choices}, got {dtype!r}")
+
+
+def check_gguf_job(dtype: str, config: Any, is_lm: bool, name: str) -> None:
+    """Refuse, in one line and before any weights load, a job's GGUF export that cannot be made: an unknown type, a
+    task other than `lm`, a model outside the Llama family, or llama-cpp-python missing (the file is checked in it)."""
+    _check_dtype(dtype, "--gguf-dtype")
+    if not is_lm:
+        raise PipelineInputError("gguf_dtype writes a language model for llama.cpp: it needs task='lm'", cli_message="--gguf-dtype writes a language model for llama.cpp: it needs --task lm")
+    if getattr(config, "model_type", None) not in FAMILIES:
+        raise PipelineInputError(
+            f"GGUF export supports the Llama family ({', '.join(FAMILIES)}), and {name} is a {getattr(config, 'model_type', None)} model"
+        )
+    try:
+        require_llama_cpp(f"a job that writes a {dtype} GGUF (checked in llama.cpp)")
+    except PruningError as error:
+        raise PipelineInputError(first_line(error)) from None
 
 
 def time_in_llama_cpp(
-    pruned: Any,
-    dense: Any,
+    pruned: nn.Module,
+    dense: nn.Module | None,
     tokenizer: Any,
     *,
     dtype: str = "q8_0",
@@ -37,10 +68,12 @@ def time_in_llama_cpp(
     repeats: int = 5,
     warmup: int = 1,
 ) -> LlamaCppSpeedReport:
-    """Export `dense` and `pruned` (Llama-family causal LMs) to GGUF files of type `dtype` in a temporary folder and
+    """Export `dense` and `pruned` (Llama-family causal LMs; `dense` None: a random-weight model with the original
+    shapes, as timing does not depend on weight values) to GGUF files of type `dtype` in a temporary folder and
     time them side by side in llama.cpp (`measure_llama_cpp_speed`); the prefill's ideal speedup is the ratio of
     their PyTorch forward FLOPs on the prompt. The files are not checked against PyTorch (timing does not depend
     on weight values; `export_gguf` checks the files it keeps) and are removed afterwards."""
+    dense = dense if dense is not None else unpruned_twin(pruned).eval()
     ideal = count_flops(dense, 1, prompt_len) / count_flops(pruned, 1, prompt_len)
     with tempfile.TemporaryDirectory(prefix="hfprune-gguf-bench-") as folder:
         files = {}
@@ -81,9 +114,7 @@ def benchmark_llama_cpp(
     `base_model` that is not the dense original of the checkpoint.
     """
     checkpoint = Path(checkpoint)
-    if dtype not in GGUF_DTYPES:
-        choices = ", ".join(GGUF_DTYPES)
-        raise PipelineInputError(f"dtype must be one of {choices}, got {dtype!r}", cli_message=f"--dtype must be one of {choices}, got {dtype!r}")
+    _check_dtype(dtype, "--dtype")
     inputs = job_inputs(checkpoint, base_model)
     if json_path is not None:
         check_output_file(json_path, name="json_path", cli_name="--json", inputs=inputs)
@@ -104,9 +135,8 @@ def benchmark_llama_cpp(
         check_dense_base(source.config, base.config, base_model)
     tokenizer = load_tokenizer(source)
     pruned = from_pretrained(checkpoint).eval()
-    if base is None:
-        dense = unpruned_twin(pruned).eval()
-    else:
+    dense = None
+    if base is not None:
         kwargs = {**base.model_kwargs, "dtype": next(pruned.parameters()).dtype}
         dense = from_pretrained(base.name_or_path, config=base.config, model_class=stock_class(pruned), **kwargs).eval()
     try:

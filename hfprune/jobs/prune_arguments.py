@@ -90,6 +90,8 @@ class TargetArguments:
     `pruning_method`, `layer_strategy`, `per_layer_ranking`); score_num_examples: training examples scored.
     uniform: whatever the target, the same heads (KV groups) and FFN width in every kept layer and no layer without
     attention or MLP, so the config alone describes the model (`PruningConfig.uniform`, `hfprune.planning.uniform`).
+    round_to_multiple: every kept FFN width a multiple of this (`PruningConfig.round_to_multiple`): 32 keeps
+    llama.cpp's q8_0 on every tensor, 256 its K-quants (narrower rows fall back to other types).
     """
 
     head_sparsity: float | None = None
@@ -106,6 +108,7 @@ class TargetArguments:
     method: str = D["method"]
     per_layer: bool = D["per_layer"]
     uniform: bool = D["uniform"]
+    round_to_multiple: int = D["round_to_multiple"]
     score_num_examples: int = D["score_num_examples"]
 
     @property
@@ -151,6 +154,8 @@ class OutputArguments:
     output_dir: the checkpoint folder, written atomically (`overwrite`: replace a non-empty one once the new one is
         complete); `resume`: continue an interrupted run from its work directory; `dry_run`: plan only.
     bench, bench_batch_sizes, bench_threads, bench_repeats: time dense vs pruned (None threads: the current setting).
+    gguf_dtype: Llama-family `lm` jobs: also write `model-<gguf_dtype>.gguf` for llama.cpp into the checkpoint
+        (`export_gguf`, checked in llama.cpp) and, with `bench`, time it beside the dense model in llama.cpp.
     repo_id, base_model_id, command: the card's Hub ids and the command that made it.
     progress, log: `progress(stage, done, total)` and one-line messages (default: the logger).
     """
@@ -163,6 +168,7 @@ class OutputArguments:
     bench_batch_sizes: Sequence[int] = D["bench_batch_sizes"]
     bench_threads: int | None = None
     bench_repeats: int = D["bench_repeats"]
+    gguf_dtype: str | None = None
     repo_id: str | None = None
     base_model_id: str | None = None
     command: str | None = None
@@ -250,6 +256,7 @@ def job_settings(model_data: ModelDataArguments, targets: TargetArguments, recov
         "layer_strategy": targets.layer_strategy,
         "per_layer": targets.per_layer,
         "uniform": True if targets.uniform else None,
+        "round_to_multiple": targets.round_to_multiple if targets.round_to_multiple != 1 else None,
         "recovery_epochs": recovery.recovery_epochs,
         "learning_rate": recovery.learning_rate,
         "batch_size": recovery.batch_size,

@@ -11,8 +11,9 @@ on the job and leaves what it made:
     prune_and_recover     `PruningTrainer`: score, prune, recover; a max-drop run keeps its chosen step
     evaluate_pruned       the "after" metrics
     dense_control         the dense model trained on the same examples for the same steps (the honest "before")
-    time                  dense vs pruned (decoders: prefill and decode too)
+    time                  dense vs pruned (decoders: prefill and decode too; with `gguf_dtype`, also in llama.cpp)
     write_output          model, tokenizer, card and `hfprune_results.json`, atomically
+    export_gguf           with `gguf_dtype`: `model-<dtype>.gguf` for llama.cpp, checked there, into the checkpoint
 
 Until it succeeds, the run keeps its state in `work_dir_for(output_dir)` (`run_state`: the fine-tuned model, the
 "before" metrics and scores, training checkpoints), so that the same call with `resume=True` continues after a
@@ -33,7 +34,9 @@ from torch.utils.data import DataLoader
 
 from .._validation import check_device
 from ..errors import PipelineInputError, PruningError, TargetOutOfReachError, first_line
+from ..export.card import update_card_gguf
 from ..export.card_source import prune_card_inputs, python_call
+from ..export.gguf import export_gguf
 from ..io.checkpoint import config_has_head, resolve_model
 from ..io.output import check_output_dir, job_inputs, write_atomically
 from ..io.rundir import (
@@ -59,6 +62,7 @@ from ..training.callbacks import progress_callbacks
 from ..training.trainer import PruningTrainer
 from .dry_run import plan_pruning
 from .finetune import prepare_dense_model, quiet_trainer, release_memory, train_dense_control, training_kwargs
+from .llama_cpp_bench import check_gguf_job, gguf_file_name, time_in_llama_cpp
 from .max_drop import KeepFastestWithinDrop, ceiling_out_of_reach, selection_split
 from .prune_arguments import (
     ModelDataArguments,
@@ -83,7 +87,7 @@ class PruneJob:
 
     STAGES = (
         "prepare_dense_model", "evaluate_dense", "score", "prune_and_recover", "evaluate_pruned", "dense_control",
-        "time", "write_output",
+        "time", "write_output", "export_gguf",
     )  # fmt: skip
 
     def __init__(self, model_data: ModelDataArguments, targets: TargetArguments, recovery: RecoveryArguments, output: OutputArguments):
@@ -100,7 +104,7 @@ class PruneJob:
         self.teacher = self.speed_target = self.param_target = self.selection = None  # prune_and_recover
         self.base_parameters, self.history = 0, []
         self.metrics_after = None  # evaluate_pruned
-        self.speed = self.generation = None  # time
+        self.speed = self.generation = self.llama_cpp = None  # time
         self.result: PruneResult | None = None  # write_output
 
     def run(self) -> PruneResult:
@@ -165,6 +169,8 @@ class PruneJob:
             raise PipelineInputError("a dry run plans sparsity targets; a speed target is planned on timings measured during the run")
         if targets.max_drop is not None and self.data.is_lm:
             raise PipelineInputError("max_drop is in points of a task metric; for --task lm give a target_speedup or param_budget")
+        if self.output.gguf_dtype is not None:
+            check_gguf_job(self.output.gguf_dtype, self.source.config, self.data.is_lm, name)
         if self.recovery.finetune_epochs == 0 and not config_has_head(self.source.config, self.data):
             raise PipelineInputError(
                 f"{name} has no trained head for {self.data.name}; it needs finetune_epochs > 0",
@@ -312,7 +318,7 @@ class PruneJob:
         """Dense vs pruned at `bench_batch_sizes` x `max_length` (the dense twin has the original shapes: speed does
         not depend on weight values); a decoder's user waits for prefill and every decoded token, so both are timed."""
         output, max_length = self.output, self.model_data.max_length
-        self.speed = self.generation = None
+        self.speed = self.generation = self.llama_cpp = None
         if output.bench:
             self.say("timing dense vs pruned")
             self.speed = time_against_dense(
@@ -323,6 +329,12 @@ class PruneJob:
                 self.generation = generation_against_dense(
                     self.model, self.teacher, prompt_len=max_length, num_threads=output.bench_threads,
                     repeats=output.bench_repeats, device=self.device,
+                )  # fmt: skip
+            if output.gguf_dtype is not None:
+                self.say(f"timing dense vs pruned in llama.cpp ({output.gguf_dtype})")
+                self.llama_cpp = time_in_llama_cpp(
+                    self.model, self.teacher, self.tokenizer, dtype=output.gguf_dtype, prompt_len=max_length,
+                    threads=output.bench_threads or 1, repeats=output.bench_repeats,
                 )  # fmt: skip
             self.stopwatch.lap("time")
         self.teacher = None  # the last stage that needs the dense model
@@ -338,7 +350,7 @@ class PruneJob:
             timings=self.stopwatch.timings, baselines=self.baselines, weak_baseline=self.weak,
             finetune=self.run_state.get("finetune"), dense_control=self.run_state.get("dense_control"),
             speed_target=self.speed_target, selection=self.selection, generation_speed=self.generation,
-            param_target=self.param_target,
+            param_target=self.param_target, llama_cpp_speed=self.llama_cpp.to_dict() if self.llama_cpp else None,
         )  # fmt: skip
         name = self.model_data.model_name_or_path
         command = output.command or python_call(
@@ -357,3 +369,19 @@ class PruneJob:
         )  # fmt: skip
         write_atomically(output_dir, write, overwrite=output.overwrite, inputs=self.inputs)
         self.stopwatch.lap("write")
+
+    def export_gguf(self) -> None:
+        """With `gguf_dtype`: the GGUF file for llama.cpp, written into the finished checkpoint once llama.cpp's
+        logits match PyTorch's (`export_gguf`), and the card re-rendered with its llama.cpp lines. It comes after
+        the checkpoint, so that a file that fails its check costs only itself: the checkpoint is complete."""
+        dtype = self.output.gguf_dtype
+        if dtype is None:
+            return
+        self.say(f"writing the {dtype} GGUF for llama.cpp")
+        try:
+            written = export_gguf(self.model, self.output_dir / gguf_file_name(dtype), dtype=dtype, tokenizer=self.tokenizer, overwrite=True)
+        except PruningError as error:
+            raise type(error)(f"{first_line(error)} (the checkpoint in {self.output_dir} is complete; only its GGUF file is missing)") from None
+        self.result.gguf = written.to_dict()
+        update_card_gguf(self.output_dir, self.result.gguf)
+        self.stopwatch.lap("gguf")

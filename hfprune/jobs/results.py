@@ -64,6 +64,8 @@ class PruneResult:
     # an allocated param_budget: what was kept and each step's width choice (`ParamTarget.report`)
     param_target: dict[str, Any] | None = None
     generation_speed: list[dict[str, Any]] | None = None  # decoders: prefill / decode tokens/s, dense vs pruned
+    llama_cpp_speed: dict[str, Any] | None = None  # gguf_dtype: the same in llama.cpp (`LlamaCppSpeedReport.to_dict()`)
+    gguf: dict[str, Any] | None = None  # gguf_dtype: the GGUF file written into the checkpoint (`GgufExport.to_dict()`)
     dry_run: bool = False  # the plan only: nothing was trained or written
 
     def to_dict(self) -> dict[str, Any]:
@@ -87,6 +89,8 @@ class PruneResult:
             "selection": jsonable(self.selection),
             "param_target": jsonable(self.param_target),
             "generation_speed": jsonable(self.generation_speed),
+            "llama_cpp_speed": jsonable(self.llama_cpp_speed),
+            "gguf": jsonable(self.gguf),
             "dry_run": self.dry_run,
         }
 
