@@ -76,6 +76,7 @@ TRAINING_OPTIONS = {
     "recovery_epochs": (float, _option(D["recovery_epochs"], "--epochs", **within("recovery_epochs"), help="Recovery fine-tuning epochs after pruning.", panel=TRAIN_PANEL)),
     "finetune_epochs": (Optional[float], _option(None, "--finetune-epochs", **within("finetune_epochs"), help="Most epochs to train a new task head first, when the model has none (early stopping on a slice of train); default 10 under 10,000 examples, else 3.", panel=TRAIN_PANEL)),
     "allow_weak_baseline": (bool, _option(D["allow_weak_baseline"], "--allow-weak-baseline", help="Prune even when the dense model is not clearly above the majority class (the card says so).", panel=TRAIN_PANEL)),
+    "reconstruct": (bool, _option(D["reconstruct"], "--reconstruct", help="After each pruning step, before recovery, refit the kept heads and FFN neurons layer by layer so that each block matches the dense model on training examples (with --epochs 0: no training at all).", panel=TRAIN_PANEL)),
     "no_dense_control": (bool, _option(not D["dense_control"], "--no-dense-control", help="Skip training the dense model on the same examples for the same steps (the honest before the card compares with).", panel=TRAIN_PANEL)),
     "device": (Optional[str], _option(None, "--device", help="cpu, cuda, cuda:N or mps for training and timing; default: the GPU if there is one.", panel=TRAIN_PANEL)),
     "learning_rate": (float, _option(D["learning_rate"], "--lr", **within("learning_rate"), help="Learning rate (fine-tuning and recovery).", panel=TRAIN_PANEL)),

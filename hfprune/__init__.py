@@ -10,6 +10,7 @@ The package is built in floors; each subpackage imports only those below it:
     export/    model cards, Hub push, ONNX, transformers-4 conversion
     io/        from_pretrained for pruned checkpoints, model sources, atomic output folders, resume state
     planning/  which units go: plans, time and parameter budgets
+    reconstruction/  refitting what was kept, layer by layer, to match the dense model (reconstruct)
     tasks/     task data, metrics, evaluation, baselines
     scoring/   importance scores          measure/  FLOPs, speed, latency model
     engine/    adapters, masks, record, surgery
@@ -72,6 +73,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "iterative_head_pruning",
         "layers_to_drop",
     ),
+    "reconstruction.sequential": ("BlockFit", "ReconstructionReport", "reconstruct"),
     "io.loading": ("from_pretrained", "save_for_remote_code"),
     "export.card": ("write_model_card",),
     "export.convert": ("convert_checkpoint",),
@@ -160,7 +162,7 @@ OLD_MODULE_PATHS: dict[str, tuple[str, ...]] = {
 __getattr_export__, _dir, __all__ = attach(__name__, _EXPORTS)
 
 
-SUBPACKAGES = ("engine", "scoring", "measure", "tasks", "planning", "io", "export", "training", "jobs")
+SUBPACKAGES = ("engine", "scoring", "measure", "tasks", "planning", "reconstruction", "io", "export", "training", "jobs")
 
 
 def __getattr__(name: str) -> Any:
@@ -247,6 +249,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
         layers_to_drop,
     )
     from .pruning_config import PruningArguments, PruningConfig
+    from .reconstruction.sequential import BlockFit, ReconstructionReport, reconstruct
     from .scoring.activations import (
         activation_ffn_scores,
         activation_head_scores,

@@ -81,6 +81,7 @@ PRUNE_DEFAULTS = MappingProxyType(
         "score_num_examples": 512,
         # how the pruned model recovers
         "recovery_epochs": 1.0,
+        "reconstruct": False,
         "learning_rate": 5e-5,
         "batch_size": 32,
         "allow_weak_baseline": False,

@@ -109,6 +109,10 @@ class PruningConfig(TrainingArguments):
             Fine-tuning epochs after each pruning step (0: none).
         recovery_steps (`int`, defaults to `0`):
             If > 0, fine-tuning optimizer steps after each pruning step, instead of `recovery_epochs`.
+        reconstruct (`bool`, defaults to `False`):
+            After each pruning step, before any recovery training, refit the kept units of every layer so that each
+            block's output matches the dense model's on the scoring examples (`hfprune.reconstruct`, least squares,
+            layer by layer). The dense copy is the teacher: it is kept even without distillation.
         distillation_alpha (`float`, defaults to `0.0`):
             Weight of a KL distillation term from the unpruned teacher: loss = (1 - alpha) * task +
             alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)). The teacher is `teacher_model`, or a
@@ -214,6 +218,10 @@ class PruningConfig(TrainingArguments):
     recovery_steps: int = field(
         default=0, metadata={"help": "If > 0, fine-tuning steps after each pruning step (overrides recovery_epochs)."}
     )
+    reconstruct: bool = field(
+        default=PRUNE_DEFAULTS["reconstruct"],
+        metadata={"help": "After each pruning step, refit the kept units layer by layer to match the dense model's blocks."},
+    )
     distillation_alpha: float = field(
         default=RECOVERY_RECIPE["distillation_alpha"], metadata={"help": "Weight in [0, 1] of the KL term from the unpruned teacher's logits."}
     )
@@ -314,10 +322,16 @@ class PruningConfig(TrainingArguments):
             **({"uniform": True} if self.uniform else {}),
             "recovery_epochs": self.recovery_epochs,
             "recovery_steps": self.recovery_steps,
+            **({"reconstruct": True} if self.reconstruct else {}),
             "distillation_alpha": self.distillation_alpha,
             **({"distillation_layer_weight": self.distillation_layer_weight} if self.distillation_layer_weight else {}),
             "learning_rate": self.learning_rate,
         }
+
+    @property
+    def needs_teacher(self) -> bool:
+        """Whether a dense copy must be kept: to distil from, or to reconstruct against."""
+        return self.distills or self.reconstruct
 
     @property
     def distills(self) -> bool:
@@ -356,6 +370,7 @@ FIELD_OF_SETTING = {
     "uniform": "uniform",
     "score_num_examples": "score_num_examples",
     "recovery_epochs": "recovery_epochs",
+    "reconstruct": "reconstruct",
     "distillation_alpha": "distillation_alpha",
     "distillation_layer_weight": "distillation_layer_weight",
 }

@@ -500,7 +500,8 @@ def _fine_tuning(finetuned_first: bool, pruning: Mapping[str, Any]) -> dict[str,
         words = f"{epochs:g} epoch{'' if epochs == 1 else 's'}"
     else:
         words = None
-    return {"head_first": bool(finetuned_first), "recovery": words is not None, "recovery_words": words}
+    reconstruct = bool(pruning.get("reconstruct"))
+    return {"head_first": bool(finetuned_first), "recovery": words is not None, "recovery_words": words, "reconstruct": reconstruct}
 
 
 def _number(value: Any) -> float:

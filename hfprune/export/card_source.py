@@ -187,6 +187,12 @@ def python_call(function: str, *args: Any, **kwargs: Any) -> str:
     return f"{function}({', '.join(arguments)})"
 
 
+def _reconstruction_minutes(result: Any) -> dict[str, float]:
+    """The minutes layer-wise reconstruction took, for the card's settings (nothing when it did not run)."""
+    seconds = sum(report["seconds"] for report in getattr(result, "reconstruction", None) or ())
+    return {"reconstruction_minutes": round(seconds / 60, 2)} if seconds else {}
+
+
 def prune_card_inputs(
     result: Any,
     *,
@@ -218,7 +224,7 @@ def prune_card_inputs(
         selection_note=(result.selection or {}).get("protocol"),
         importance=result.importance,
         command=command,
-        pruning={key: value for key, value in result.settings.items() if value is not None},
+        pruning={key: value for key, value in result.settings.items() if value is not None} | _reconstruction_minutes(result),
         base_num_parameters=base_num_parameters,
         finetuned_first=result.finetuned_first,
         repo_id=repo_id,

@@ -103,6 +103,7 @@ def prune_for_task(
     seed: int = D["seed"],
     allow_weak_baseline: bool = D["allow_weak_baseline"],
     dense_control: bool = D["dense_control"],
+    reconstruct: bool = D["reconstruct"],
     device: str | None = None,
     dry_run: bool = D["dry_run"],
     overwrite: bool = D["overwrite"],
@@ -135,7 +136,9 @@ def prune_for_task(
     dense one), with `uniform` the same heads and FFN width in every kept layer (stock shapes that transformers,
     vLLM, TGI, SGLang and llama.cpp load unchanged); how the pruned model recovers (`RecoveryArguments`: left None, a speed target uses
     `SPEED_TARGET_RECIPE`, other targets one step and no distillation); what is timed and written
-    (`OutputArguments`). Every default is in `hfprune.constants.PRUNE_DEFAULTS`, which the CLI and `PruningConfig`
+    (`OutputArguments`). `reconstruct=True` refits the kept units layer by layer against the dense model after each
+    pruning step, before recovery; with `recovery_epochs=0` the job then trains nothing at all (no dense control)
+    and reports the minutes reconstruction took (`timings["reconstruct"]`). Every default is in `hfprune.constants.PRUNE_DEFAULTS`, which the CLI and `PruningConfig`
     read too.
 
     A dense model that is not clearly above the trivial baselines raises `WeakBaselineError` (its state is kept:

@@ -129,6 +129,9 @@ class RecoveryArguments:
     learning_rate, batch_size: both trainings (evaluation uses twice the batch size).
     allow_weak_baseline: prune a dense model that is not clearly above the trivial baselines (the card says so).
     dense_control: when the pruned model trained, train the dense model on the same examples for the same steps.
+    reconstruct: after each pruning step, before recovery, refit the kept units layer by layer to match the dense
+        model's blocks on the scoring examples (training data only; `hfprune.reconstruct`). With recovery_epochs=0
+        nothing is trained at all: the model must already solve the task (or be a language model).
     device: "cpu", "cuda", "cuda:N" or "mps" for training and timing (None: the GPU when there is one).
     save_steps: checkpoint training every so many steps (what `resume` continues from).
     """
@@ -143,6 +146,7 @@ class RecoveryArguments:
     distillation_layer_weight: float | None = None
     allow_weak_baseline: bool = D["allow_weak_baseline"]
     dense_control: bool = D["dense_control"]
+    reconstruct: bool = D["reconstruct"]
     device: str | None = None
     save_steps: int = D["save_steps"]
 
@@ -258,6 +262,7 @@ def job_settings(model_data: ModelDataArguments, targets: TargetArguments, recov
         "uniform": True if targets.uniform else None,
         "round_to_multiple": targets.round_to_multiple if targets.round_to_multiple != 1 else None,
         "recovery_epochs": recovery.recovery_epochs,
+        "reconstruct": True if recovery.reconstruct else None,
         "learning_rate": recovery.learning_rate,
         "batch_size": recovery.batch_size,
         "distillation_alpha": recovery.distillation_alpha,

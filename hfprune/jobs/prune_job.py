@@ -102,6 +102,7 @@ class PruneJob:
         self.evaluate = self.baselines = self.weak = None  # evaluate_dense
         self.score_dataset = self.collate = self.importance = None  # score
         self.teacher = self.speed_target = self.param_target = self.selection = None  # prune_and_recover
+        self.reconstruction: list[dict[str, Any]] | None = None  # prune_and_recover, with `reconstruct`
         self.base_parameters, self.history = 0, []
         self.metrics_after = None  # evaluate_pruned
         self.speed = self.generation = self.llama_cpp = None  # time
@@ -238,7 +239,7 @@ class PruneJob:
     def prune_and_recover(self) -> None:
         """`PruningTrainer` prunes to the targets and recovers. The dense model stays only as the distillation
         teacher (the pruned one is edited in place); a max-drop run keeps the fastest step within its drop."""
-        self.teacher = copy.deepcopy(self.model).eval() if self.pruning_args.distills else None
+        self.teacher = copy.deepcopy(self.model).eval() if self.pruning_args.needs_teacher else None
         self.base_parameters = sum(p.numel() for p in self.model.parameters())
         trainer, keeper, step_eval = self._pruning_trainer()
         resume = self.output.resume and latest_pruning_checkpoint(self.work_dir / "prune")
@@ -250,12 +251,15 @@ class PruneJob:
             raise ceiling_out_of_reach(error, self.targets.max_drop, self.targets.target_speedup, self.recovery.steps) from None
         self.model, self.history = trainer.model.eval(), list(trainer.pruning_history)
         self.speed_target, self.param_target = trainer.speedup_report, trainer.param_report
+        self.reconstruction = trainer.reconstruction_reports or None
         self.selection = keeper and keeper.summary(len(step_eval))
         if keeper is not None:
             self._keep_chosen_step(keeper)
         del trainer, keeper
         release_memory()
         self.stopwatch.lap("prune + recover")
+        if self.reconstruction:  # part of "prune + recover", reported on its own
+            self.stopwatch.timings["reconstruct"] = sum(report["seconds"] for report in self.reconstruction)
 
     def _pruning_trainer(self) -> tuple[PruningTrainer, KeepFastestWithinDrop | None, Any]:
         """The trainer, the max-drop step keeper (or None) and the examples each pruning step is evaluated on."""
@@ -350,7 +354,7 @@ class PruneJob:
             timings=self.stopwatch.timings, baselines=self.baselines, weak_baseline=self.weak,
             finetune=self.run_state.get("finetune"), dense_control=self.run_state.get("dense_control"),
             speed_target=self.speed_target, selection=self.selection, generation_speed=self.generation,
-            param_target=self.param_target, llama_cpp_speed=self.llama_cpp.to_dict() if self.llama_cpp else None,
+            param_target=self.param_target, reconstruction=self.reconstruction, llama_cpp_speed=self.llama_cpp.to_dict() if self.llama_cpp else None,
         )  # fmt: skip
         name = self.model_data.model_name_or_path
         command = output.command or python_call(

@@ -63,6 +63,8 @@ class PruneResult:
     selection: dict[str, Any] | None = None
     # an allocated param_budget: what was kept and each step's width choice (`ParamTarget.report`)
     param_target: dict[str, Any] | None = None
+    # reconstruct: one `ReconstructionReport.to_dict()` per pruning step (each block's error before and after, seconds)
+    reconstruction: list[dict[str, Any]] | None = None
     generation_speed: list[dict[str, Any]] | None = None  # decoders: prefill / decode tokens/s, dense vs pruned
     llama_cpp_speed: dict[str, Any] | None = None  # gguf_dtype: the same in llama.cpp (`LlamaCppSpeedReport.to_dict()`)
     gguf: dict[str, Any] | None = None  # gguf_dtype: the GGUF file written into the checkpoint (`GgufExport.to_dict()`)
@@ -88,6 +90,7 @@ class PruneResult:
             "speed_target": jsonable(self.speed_target),
             "selection": jsonable(self.selection),
             "param_target": jsonable(self.param_target),
+            "reconstruction": jsonable(self.reconstruction),
             "generation_speed": jsonable(self.generation_speed),
             "llama_cpp_speed": jsonable(self.llama_cpp_speed),
             "gguf": jsonable(self.gguf),

@@ -52,6 +52,7 @@ from ..planning.param_target import ParamTarget
 from ..planning.plan import check_head_target, check_unpruned, final_targets, sparsities
 from ..planning.speed_target import SpeedTarget
 from ..pruning_config import PruningArguments, PruningConfig  # PruningArguments: re-exported
+from ..reconstruction.sequential import reconstruct
 from ..scoring.common import normalize_per_layer
 from ..scoring.methods import score_units
 from .distill import (
@@ -137,6 +138,7 @@ class PruningTrainer(PruningSteps, PruningCheckpoints, Trainer):
         self.speedup_report: dict[str, Any] | None = None
         self._budget: ParamTarget | None = None
         self.param_report: dict[str, Any] | None = None
+        self.reconstruction_reports: list[dict[str, Any]] = []  # `args.reconstruct`: one report per pruning step
 
     # ---- the outer loop ----------------------------------------------------------------------------------
     def train(
@@ -182,6 +184,8 @@ class PruningTrainer(PruningSteps, PruningCheckpoints, Trainer):
                         raise
                     logger.warning(f"speed target missed: {error}")  # an extra step found nothing left to remove
                     break
+            if args.reconstruct and resuming is None:  # a resumed phase's checkpoint holds the refitted weights
+                self._reconstruct(step)
             if args.recovery_steps > 0 or args.recovery_epochs > 0:
                 phase_steps, phase_losses = self._run_phase(
                     (step, "recovery"), args.recovery_epochs, args.recovery_steps, resuming, state, ignore_keys_for_eval
@@ -213,7 +217,7 @@ class PruningTrainer(PruningSteps, PruningCheckpoints, Trainer):
         """The teacher, and what the steps prune towards: the final sparsities (returned), or a parameter budget
         or a speed target (kept on the trainer, restored from a resumed run's `state`)."""
         args = self.args
-        own_teacher = args.distills and self.teacher_model is None
+        own_teacher = args.needs_teacher and self.teacher_model is None
         if own_teacher:
             self.teacher_model = copy.deepcopy(self.model)  # the unpruned model, before any restore or surgery
         if self.teacher_model is not None:
@@ -317,6 +321,19 @@ class PruningTrainer(PruningSteps, PruningCheckpoints, Trainer):
         steps_run = output.global_step - self._initial_global_step
         return output.global_step, self._phase_loss_offset + output.training_loss * steps_run
 
+    def _reconstruct(self, step: int) -> None:
+        """Refit the kept units layer by layer against the dense teacher, on the scoring examples (never eval).
+
+        Every process fits on all of them (not its shard), so all ranks write the same weights."""
+        if self.teacher_model is None:
+            raise PruningError("reconstruct needs the dense model: pass teacher_model or let the trainer copy it")
+        report = reconstruct(self.model, self.teacher_model, self._score_dataloader(shard=False))
+        self.reconstruction_reports.append({"step": step, **report.to_dict()})
+        logger.info(
+            f"Pruning step {step}: reconstructed {len(report.blocks)} blocks in {report.seconds:.1f} s, mean relative "
+            f"block error {report.mean_error_before:.4f} -> {report.mean_error_after:.4f}"
+        )
+
     def _after_surgery(self) -> None:
         """Forget everything built on the old parameters: optimizer, scheduler, DDP wrapper, accelerate's lists."""
         self.optimizer, self.lr_scheduler = None, None
@@ -360,8 +377,9 @@ class PruningTrainer(PruningSteps, PruningCheckpoints, Trainer):
             scores = {kind: normalize_per_layer(value) for kind, value in scores.items()}
         return scores
 
-    def _score_dataloader(self) -> DataLoader:
-        """Up to `score_num_examples` examples of `score_dataset` (else the train set), this process's share."""
+    def _score_dataloader(self, shard: bool = True) -> DataLoader:
+        """Up to `score_num_examples` examples of `score_dataset` (else the train set), this process's share
+        (`shard=False`: all of them)."""
         dataset = self.score_dataset if self.score_dataset is not None else self.train_dataset
         if dataset is None:
             raise PruningError(
@@ -373,9 +391,10 @@ class PruningTrainer(PruningSteps, PruningCheckpoints, Trainer):
         generator = torch.Generator().manual_seed(self.args.seed)
         indices = sorted(torch.randperm(len(dataset), generator=generator)[:limit].tolist())
         world, rank = self.args.world_size, self.args.process_index
-        if world > 1 and len(indices) >= world:
+        if shard and world > 1 and len(indices) >= world:
             indices = indices[rank::world]
-        self._score_weight = len(indices)
+        if shard:
+            self._score_weight = len(indices)
         import datasets
 
         if isinstance(dataset, datasets.Dataset):

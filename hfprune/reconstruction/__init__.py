@@ -1,0 +1,17 @@
+"""Layer-wise reconstruction of what a pruned model kept (`reconstruct`): per block, the kept units' output
+projection is refitted so that the block's output matches the dense model's on calibration data (`fits`), from
+float64 moments accumulated over the calibration tokens (`statistics`), layer after layer on the inputs the
+already-reconstructed layers produce (`sequential`).
+"""
+
+from .._lazy import attach
+
+# module -> the public names it provides
+_EXPORTS: dict[str, tuple[str, ...]] = {  # fmt: skip
+    "fits": ("METHODS", "least_squares_fit", "scale_fit"),
+    "sequential": (
+        "BLOCK_MODULES", "DEFAULT_DAMPING", "BlockFit", "ReconstructionReport", "check_reconstructable", "reconstruct",
+    ),
+    "statistics": ("BlockStatistics", "augmented"),
+}
+__getattr__, __dir__, __all__ = attach(__name__, _EXPORTS)
