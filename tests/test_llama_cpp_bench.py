@@ -8,12 +8,13 @@ import json
 import pytest
 from cli_fixtures import one_error_line
 from hfprune.cli import app
-from test_gguf import tiny_llama, tiny_tokenizer, uneven
+from test_gguf import VOCAB, tiny_llama, tiny_tokenizer, uneven
 from typer.testing import CliRunner
 
 import hfprune
 from hfprune.errors import PipelineInputError
 from hfprune.export.card import regenerate_model_card
+from hfprune.jobs.llama_cpp_bench import prefill_flops
 from hfprune.measure.llama_cpp_speed import measure_llama_cpp_speed
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="llama-cpp-python is not installed")
@@ -47,6 +48,13 @@ def test_measure_times_every_file_and_reports_speedups(tmp_path):
         assert set(row["noise"]) == {"noisy", "reasons"}
     assert pruned["ideal_prefill_speedup"] == 1.5 and report.settings["threads"] == 1
     assert "| pruned |" in report.table() and json.loads(json.dumps(report.to_dict()))["rows"][1]["model"] == "pruned"
+
+
+def test_the_prefill_ideal_counts_the_output_layer_for_the_last_token_only():
+    model = tiny_llama()
+    one, many = hfprune.count_flops(model, 1, 1), hfprune.count_flops(model, 1, 16)
+    assert prefill_flops(model, 1) == one
+    assert prefill_flops(model, 16) == many - 2 * VOCAB * 64 * 15  # llama.cpp computes one row of logits, not 16
 
 
 def test_benchmark_checkpoint_in_llama_cpp_updates_the_card(checkpoint, tmp_path):

@@ -14,7 +14,9 @@ _EXPORTS: dict[str, tuple[str, ...]] = {  # fmt: skip
         "FINETUNE_PATIENCE", "MAX_EVAL_INTERVAL", "MAX_MICRO_BATCH", "default_finetune_epochs", "micro_batches",
         "prepare_dense_model", "release_memory", "train_dense_control", "validation_slice",
     ),
-    "llama_cpp_bench": ("benchmark_llama_cpp", "time_in_llama_cpp",),
+    "llama_cpp_bench": (
+        "benchmark_llama_cpp", "check_gguf_job", "gguf_file_name", "prefill_flops", "time_in_llama_cpp",
+    ),
     "max_drop": ("KeepFastestWithinDrop", "ceiling_out_of_reach", "selection_split",),
     "prune": ("benchmark_checkpoint", "check_sparsity", "drop_layers_for_task", "prune_for_task",),
     "prune_arguments": (

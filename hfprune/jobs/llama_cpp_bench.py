@@ -25,7 +25,7 @@ from ..measure.llama_cpp_speed import LlamaCppSpeedReport, measure_llama_cpp_spe
 from .bench import check_dense_base, check_sequence_lengths
 from .report_files import write_json_atomically
 
-__all__ = ["benchmark_llama_cpp", "check_gguf_job", "gguf_file_name", "time_in_llama_cpp"]
+__all__ = ["benchmark_llama_cpp", "check_gguf_job", "gguf_file_name", "prefill_flops", "time_in_llama_cpp"]
 
 
 def gguf_file_name(dtype: str) -> str:
@@ -56,6 +56,14 @@ def check_gguf_job(dtype: str, config: Any, is_lm: bool, name: str) -> None:
         raise PipelineInputError(first_line(error)) from None
 
 
+def prefill_flops(model: nn.Module, prompt_len: int) -> float:
+    """The FLOPs of llama.cpp's prefill of a `prompt_len`-token prompt: PyTorch's forward, less the output layer for
+    every position but the last (llama.cpp computes the logits of the last prompt token only). Their ratio is the
+    prefill's ideal speedup; with SmolLM2's 49,152-token vocabulary the output layer is a fifth of a token's forward."""
+    head = model.get_output_embeddings().weight
+    return count_flops(model, 1, prompt_len) - 2 * head.numel() * (prompt_len - 1)
+
+
 def time_in_llama_cpp(
     pruned: nn.Module,
     dense: nn.Module | None,
@@ -71,10 +79,10 @@ def time_in_llama_cpp(
     """Export `dense` and `pruned` (Llama-family causal LMs; `dense` None: a random-weight model with the original
     shapes, as timing does not depend on weight values) to GGUF files of type `dtype` in a temporary folder and
     time them side by side in llama.cpp (`measure_llama_cpp_speed`); the prefill's ideal speedup is the ratio of
-    their PyTorch forward FLOPs on the prompt. The files are not checked against PyTorch (timing does not depend
+    their prefill FLOPs (`prefill_flops`). The files are not checked against PyTorch (timing does not depend
     on weight values; `export_gguf` checks the files it keeps) and are removed afterwards."""
     dense = dense if dense is not None else unpruned_twin(pruned).eval()
-    ideal = count_flops(dense, 1, prompt_len) / count_flops(pruned, 1, prompt_len)
+    ideal = prefill_flops(dense, prompt_len) / prefill_flops(pruned, prompt_len)
     with tempfile.TemporaryDirectory(prefix="hfprune-gguf-bench-") as folder:
         files = {}
         for name, model in (("dense", dense), ("pruned", pruned)):
