@@ -6,7 +6,7 @@ from .._lazy import attach
 
 # module -> the public names it provides
 _EXPORTS: dict[str, tuple[str, ...]] = {  # fmt: skip
-    "bench": ("check_dense_base", "check_sequence_lengths", "max_sequence_length",),
+    "bench": ("check_dense_base", "check_sequence_lengths", "load_dense_base", "max_sequence_length",),
     "demo": ("DemoReport", "SENTENCES", "default_model_path", "run_demo",),
     "dry_run": ("plan_pruning",),
     "evaluate": ("evaluate_checkpoint",),

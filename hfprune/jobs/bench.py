@@ -7,11 +7,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from ..engine.record import get_record, original_sizes
-from ..engine.structure import PATCH_KEY
-from ..errors import PipelineInputError, PruningError, first_line
+from torch import nn
 
-__all__ = ["check_dense_base", "check_sequence_lengths", "max_sequence_length"]
+from ..engine.record import get_record, original_sizes
+from ..engine.structure import PATCH_KEY, stock_class
+from ..errors import PipelineInputError, PruningError, first_line
+from ..io.checkpoint import ModelSource
+from ..io.loading import from_pretrained
+
+__all__ = ["check_dense_base", "check_sequence_lengths", "load_dense_base", "max_sequence_length"]
 
 # Families whose position ids start after the padding index (RoBERTa's `padding_idx + 1`): that many fewer usable.
 _OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "data2vec-text")
@@ -95,3 +99,12 @@ def check_dense_base(pruned_config: Any, base_config: Any, base_name: str) -> No
             f"the base model {base_name} is not the original of the pruned checkpoint: it has {', '.join(differ)}; "
             "give the dense model it was pruned from"
         )
+
+
+def load_dense_base(base: ModelSource | None, pruned: nn.Module) -> nn.Module | None:
+    """The dense `--base` a pruned model is timed against, in eval mode and the pruned model's dtype (None without
+    one: the timers then build a random-weight model with the original shapes)."""
+    if base is None:
+        return None
+    kwargs = {**base.model_kwargs, "dtype": next(pruned.parameters()).dtype}
+    return from_pretrained(base.name_or_path, config=base.config, model_class=stock_class(pruned), **kwargs).eval()

@@ -12,7 +12,6 @@ from typing import Any
 from torch import nn
 
 from ..engine.record import unpruned_twin
-from ..engine.structure import stock_class
 from ..errors import PipelineInputError, PruningError, first_line
 from ..export.card import check_card_checkpoint, update_card_llama_cpp_speed
 from ..export.gguf import FAMILIES, GGUF_DTYPES, export_gguf
@@ -22,7 +21,7 @@ from ..io.output import check_output_file, job_inputs
 from ..measure.flops import count_flops
 from ..measure.llama_cpp import require_llama_cpp
 from ..measure.llama_cpp_speed import LlamaCppSpeedReport, measure_llama_cpp_speed
-from .bench import check_dense_base, check_sequence_lengths
+from .bench import check_dense_base, check_sequence_lengths, load_dense_base
 from .report_files import write_json_atomically
 
 __all__ = ["benchmark_llama_cpp", "check_gguf_job", "gguf_file_name", "prefill_flops", "time_in_llama_cpp"]
@@ -143,10 +142,7 @@ def benchmark_llama_cpp(
         check_dense_base(source.config, base.config, base_model)
     tokenizer = load_tokenizer(source)
     pruned = from_pretrained(checkpoint).eval()
-    dense = None
-    if base is not None:
-        kwargs = {**base.model_kwargs, "dtype": next(pruned.parameters()).dtype}
-        dense = from_pretrained(base.name_or_path, config=base.config, model_class=stock_class(pruned), **kwargs).eval()
+    dense = load_dense_base(base, pruned)
     try:
         report = time_in_llama_cpp(
             pruned, dense, tokenizer, dtype=dtype, prompt_len=prompt_len, new_tokens=new_tokens, threads=threads,

@@ -27,7 +27,6 @@ from typing import Any
 from .._validation import FRACTION
 from ..constants import LAYER_STRATEGIES, PRUNE_DEFAULTS
 from ..engine.record import get_record
-from ..engine.structure import stock_class
 from ..engine.surgery import drop_layers
 from ..errors import PipelineInputError, PruningError, first_line
 from ..export.card import check_card_checkpoint, update_card_speed
@@ -43,7 +42,7 @@ from ..scoring.similarity import layer_cosine_scores
 from ..tasks.evaluate import evaluate_model
 from ..tasks.specs import LM_TASK
 from ..tasks.task_data import load_task_data, scoring_batches
-from .bench import check_dense_base, check_sequence_lengths
+from .bench import check_dense_base, check_sequence_lengths, load_dense_base
 from .prune_arguments import parse_prune_arguments
 from .prune_job import PruneJob
 from .report_files import write_file_atomically, write_json_atomically
@@ -282,10 +281,7 @@ def benchmark_checkpoint(
         check_dense_base(source.config, base.config, base_model)
         check_sequence_lengths(base.config, seq_lengths, model=f"the base model {base_model}")
     pruned = from_pretrained(checkpoint).eval()
-    dense = None
-    if base is not None:
-        kwargs = {**base.model_kwargs, "dtype": next(pruned.parameters()).dtype}
-        dense = from_pretrained(base.name_or_path, config=base.config, model_class=stock_class(pruned), **kwargs).eval()
+    dense = load_dense_base(base, pruned)
     try:
         report = time_against_dense(
             pruned, dense, batch_sizes=batch_sizes, seq_lengths=seq_lengths, num_threads=num_threads,
