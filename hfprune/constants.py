@@ -60,6 +60,9 @@ PRUNING_PHASES: tuple[str, ...] = ("l0", "recovery")
 LAYER_STRATEGIES: tuple[str, ...] = ("top", "bottom", "even", "odd", "symmetric", "contribution")
 """Which layers `hfprune.planning.plan.layers_to_drop` drops (Sajjad et al. 2020, plus "contribution": by layer scores)."""
 
+RECONSTRUCTION_METHODS: tuple[str, ...] = ("least_squares", "scales")
+"""How `hfprune.reconstruct` refits an output projection: every kept column, or one scale per kept unit (Kwon et al.)."""
+
 # ---- defaults -----------------------------------------------------------------------------------------
 PRUNE_DEFAULTS = MappingProxyType(
     {
@@ -82,6 +85,7 @@ PRUNE_DEFAULTS = MappingProxyType(
         # how the pruned model recovers
         "recovery_epochs": 1.0,
         "reconstruct": False,
+        "reconstruct_method": "least_squares",
         "learning_rate": 5e-5,
         "batch_size": 32,
         "allow_weak_baseline": False,
@@ -150,6 +154,7 @@ def choices(names: tuple[str, ...]) -> str:
 
 __all__ = [
     "CLI_BENCH_THREADS",
+    "RECONSTRUCTION_METHODS",
     "DATA_FREE_METHODS",
     "FALLBACK_HEAD_SPARSITY",
     "HEADS_IMAGE",

@@ -18,7 +18,7 @@ from typing import Any
 from transformers import TrainingArguments
 
 from ._validation import check_finite, check_setting
-from .constants import LAYER_STRATEGIES, PRUNE_DEFAULTS, PRUNING_METHODS, PRUNING_SCHEDULES, RECOVERY_RECIPE
+from .constants import LAYER_STRATEGIES, PRUNE_DEFAULTS, PRUNING_METHODS, PRUNING_SCHEDULES, RECONSTRUCTION_METHODS, RECOVERY_RECIPE
 from .errors import PruningError
 
 
@@ -111,8 +111,12 @@ class PruningConfig(TrainingArguments):
             If > 0, fine-tuning optimizer steps after each pruning step, instead of `recovery_epochs`.
         reconstruct (`bool`, defaults to `False`):
             After each pruning step, before any recovery training, refit the kept units of every layer so that each
-            block's output matches the dense model's on the scoring examples (`hfprune.reconstruct`, least squares,
-            layer by layer). The dense copy is the teacher: it is kept even without distillation.
+            block's output matches the dense model's on the scoring examples (`hfprune.reconstruct`, layer by
+            layer, fitted to the dense model's residual stream). The dense copy is the teacher: it is kept even
+            without distillation.
+        reconstruct_method (`str`, defaults to `"least_squares"`):
+            How `reconstruct` refits each output projection: `"least_squares"` (every kept column and the bias) or
+            `"scales"` (one scale per kept head and FFN neuron, Kwon et al. 2022's mask tuning).
         distillation_alpha (`float`, defaults to `0.0`):
             Weight of a KL distillation term from the unpruned teacher: loss = (1 - alpha) * task +
             alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)). The teacher is `teacher_model`, or a
@@ -222,6 +226,10 @@ class PruningConfig(TrainingArguments):
         default=PRUNE_DEFAULTS["reconstruct"],
         metadata={"help": "After each pruning step, refit the kept units layer by layer to match the dense model's blocks."},
     )
+    reconstruct_method: str = field(
+        default=PRUNE_DEFAULTS["reconstruct_method"],
+        metadata={"help": "How reconstruct refits each output projection.", "choices": list(RECONSTRUCTION_METHODS)},
+    )
     distillation_alpha: float = field(
         default=RECOVERY_RECIPE["distillation_alpha"], metadata={"help": "Weight in [0, 1] of the KL term from the unpruned teacher's logits."}
     )
@@ -251,6 +259,7 @@ class PruningConfig(TrainingArguments):
             (self.pruning_method in PRUNING_METHODS, f"pruning_method must be one of {list(PRUNING_METHODS)}"),
             (self.pruning_schedule in PRUNING_SCHEDULES, f"pruning_schedule must be one of {list(PRUNING_SCHEDULES)}"),
             (self.layer_strategy in LAYER_STRATEGIES, f"layer_strategy must be one of {list(LAYER_STRATEGIES)}"),
+            (self.reconstruct_method in RECONSTRUCTION_METHODS, f"reconstruct_method must be one of {list(RECONSTRUCTION_METHODS)}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -322,7 +331,7 @@ class PruningConfig(TrainingArguments):
             **({"uniform": True} if self.uniform else {}),
             "recovery_epochs": self.recovery_epochs,
             "recovery_steps": self.recovery_steps,
-            **({"reconstruct": True} if self.reconstruct else {}),
+            **({"reconstruct": True, "reconstruct_method": self.reconstruct_method} if self.reconstruct else {}),
             "distillation_alpha": self.distillation_alpha,
             **({"distillation_layer_weight": self.distillation_layer_weight} if self.distillation_layer_weight else {}),
             "learning_rate": self.learning_rate,
@@ -371,6 +380,7 @@ FIELD_OF_SETTING = {
     "score_num_examples": "score_num_examples",
     "recovery_epochs": "recovery_epochs",
     "reconstruct": "reconstruct",
+    "reconstruct_method": "reconstruct_method",
     "distillation_alpha": "distillation_alpha",
     "distillation_layer_weight": "distillation_layer_weight",
 }

@@ -103,6 +103,7 @@ def prune_for_task(
     allow_weak_baseline: bool = D["allow_weak_baseline"],
     dense_control: bool = D["dense_control"],
     reconstruct: bool = D["reconstruct"],
+    reconstruct_method: str = D["reconstruct_method"],
     device: str | None = None,
     dry_run: bool = D["dry_run"],
     overwrite: bool = D["overwrite"],

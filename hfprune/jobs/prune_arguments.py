@@ -132,6 +132,7 @@ class RecoveryArguments:
     reconstruct: after each pruning step, before recovery, refit the kept units layer by layer to match the dense
         model's blocks on the scoring examples (training data only; `hfprune.reconstruct`). With recovery_epochs=0
         nothing is trained at all: the model must already solve the task (or be a language model).
+        reconstruct_method: "least_squares" (every kept column) or "scales" (one scale per kept unit).
     device: "cpu", "cuda", "cuda:N" or "mps" for training and timing (None: the GPU when there is one).
     save_steps: checkpoint training every so many steps (what `resume` continues from).
     """
@@ -147,6 +148,7 @@ class RecoveryArguments:
     allow_weak_baseline: bool = D["allow_weak_baseline"]
     dense_control: bool = D["dense_control"]
     reconstruct: bool = D["reconstruct"]
+    reconstruct_method: str = D["reconstruct_method"]
     device: str | None = None
     save_steps: int = D["save_steps"]
 
@@ -200,13 +202,17 @@ def recovery_recipe(
     steps: int | None,
     distillation_alpha: float | None,
     distillation_layer_weight: float | None,
+    trains: bool = True,
 ) -> tuple[str, int, float, float]:
     """Fill in what the caller left None: `SPEED_TARGET_RECIPE` for a speed target, else `RECOVERY_RECIPE`.
 
-    More than one step means the iterative schedule; an explicit `schedule="one_shot"` keeps one step.
+    More than one step means the iterative schedule; an explicit `schedule="one_shot"` keeps one step. A speed
+    target without recovery training (`trains=False`) plans one step: a second would only score the same untrained
+    model again (and double the job's time), and the extra steps still correct the plan by measurement.
     """
     if schedule is None:
-        schedule = "iterative" if (steps or 0) > 1 or (steps is None and speed_target) else RECOVERY_RECIPE["schedule"]
+        iterative = (steps or 0) > 1 or (steps is None and speed_target and trains)
+        schedule = "iterative" if iterative else RECOVERY_RECIPE["schedule"]
     if steps is None:
         steps = SPEED_TARGET_RECIPE["steps"] if speed_target and schedule == "iterative" else RECOVERY_RECIPE["steps"]
     recipe = SPEED_TARGET_RECIPE if speed_target else RECOVERY_RECIPE
@@ -233,7 +239,8 @@ def resolve_defaults(
         schedule, steps = "iterative", (steps if steps is not None and steps > 1 else MAX_DROP_STEPS)
         target_speedup = MAX_DROP_CEILING if target_speedup is None else target_speedup
     schedule, steps, alpha, layer_weight = recovery_recipe(
-        target_speedup is not None, schedule, steps, recovery.distillation_alpha, recovery.distillation_layer_weight
+        target_speedup is not None, schedule, steps, recovery.distillation_alpha, recovery.distillation_layer_weight,
+        trains=recovery.recovery_epochs > 0,
     )
     targets = replace(targets, head_sparsity=head_sparsity, target_speedup=target_speedup)
     recovery = replace(recovery, schedule=schedule, steps=steps, distillation_alpha=alpha, distillation_layer_weight=layer_weight)
@@ -263,6 +270,7 @@ def job_settings(model_data: ModelDataArguments, targets: TargetArguments, recov
         "round_to_multiple": targets.round_to_multiple if targets.round_to_multiple != 1 else None,
         "recovery_epochs": recovery.recovery_epochs,
         "reconstruct": True if recovery.reconstruct else None,
+        "reconstruct_method": recovery.reconstruct_method if recovery.reconstruct else None,
         "learning_rate": recovery.learning_rate,
         "batch_size": recovery.batch_size,
         "distillation_alpha": recovery.distillation_alpha,

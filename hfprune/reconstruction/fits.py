@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import torch
 
+from ..constants import RECONSTRUCTION_METHODS
 from .statistics import BlockStatistics, augmented
 
-METHODS = ("least_squares", "scales")
+METHODS = RECONSTRUCTION_METHODS
 """The refits `hfprune.reconstruct(method=...)` knows."""
 
 

@@ -327,7 +327,9 @@ class PruningTrainer(PruningSteps, PruningCheckpoints, Trainer):
         Every process fits on all of them (not its shard), so all ranks write the same weights."""
         if self.teacher_model is None:
             raise PruningError("reconstruct needs the dense model: pass teacher_model or let the trainer copy it")
-        report = reconstruct(self.model, self.teacher_model, self._score_dataloader(shard=False))
+        report = reconstruct(
+            self.model, self.teacher_model, self._score_dataloader(shard=False), method=self.args.reconstruct_method
+        )
         self.reconstruction_reports.append({"step": step, **report.to_dict()})
         logger.info(
             f"Pruning step {step}: reconstructed {len(report.blocks)} blocks in {report.seconds:.1f} s, mean relative "
