@@ -17,6 +17,7 @@ from hfprune.errors import PruningError
 from hfprune.measure.flops import count_flops
 from hfprune.measure.latency import LatencyModel, measure_latency_model, structure_counts
 from hfprune.planning.allocation import OVERSHOOT, allocate_for_time
+from hfprune.planning.speed_target import SLOPE_RANGE, SpeedTarget
 from hfprune.pruning_config import PruningArguments
 from hfprune.scoring.loss import importance_scores, layer_ablation_scores
 from hfprune.training.trainer import PruningTrainer
@@ -251,12 +252,40 @@ def test_prune_for_task_meets_a_speed_target_and_the_card_reports_target_predict
         (False, (None, None, None, None), ("one_shot", 1, 0.0, 0.0)),
         (False, (None, 3, None, 2.0), ("iterative", 3, 0.0, 2.0)),  # more than one step is iterative
         (False, ("iterative", None, 0.3, None), ("iterative", 1, 0.3, 0.0)),
+        (True, (None, None, None, None, False), ("one_shot", 1, 0.5, 1.0)),  # no training: one step
+        (True, (None, 2, None, None, False), ("iterative", 2, 0.5, 1.0)),  # unless two are asked for
     ],
 )
 def test_recovery_recipe_fills_in_only_what_was_left_out(speed_target, given, expected):
     from hfprune.jobs.prune_arguments import recovery_recipe
 
     assert recovery_recipe(speed_target, *given) == expected
+
+
+@pytest.mark.parametrize(
+    "measurements, expected",
+    [
+        # two measurements on a line of slope 1 with an offset: the line is followed
+        ([(1.25, 1.2), (1.5, 1 / (1 / 1.5 + 1 / 1.2 - 1 / 1.25))], None),
+        # MiniLM-L6 without recovery: 1.35x and 1.39x measured for 1.20x and 1.40x predicted, slope 0.17: noise, so
+        # the ratio of the last measurement is used (the line would have planned 2.6x for a 1.5x target)
+        ([(1.2000919176802005, 1.349151308196616), (1.4040055893250325, 1.3872684807848137)], "ratio"),
+    ],
+)
+def test_a_correction_follows_two_measurements_only_when_their_slope_is_plausible(measurements, expected):
+    target = SpeedTarget.__new__(SpeedTarget)  # only the measurements matter here
+    target.measurements = [{"predicted_speedup": p, "measured_speedup": m} for p, m in measurements]
+    wanted = 1 / 1.5
+    (predicted_0, measured_0), (predicted, measured) = [(1 / p, 1 / m) for p, m in measurements]
+    slope = (measured - measured_0) / (predicted - predicted_0)
+    corrected = target._corrected_time(wanted)
+    if expected == "ratio":
+        assert not SLOPE_RANGE[0] <= slope <= SLOPE_RANGE[1]
+        assert corrected == pytest.approx(wanted * predicted / measured)
+        assert 1 / corrected < 1.6  # the plan aims near 1.5x / (measured / predicted), not at 2.6x
+    else:
+        assert slope == pytest.approx(1.0)
+        assert corrected == pytest.approx(predicted + (wanted - measured) / slope)
 
 
 def test_the_card_counts_only_steps_beyond_the_planned_ones_as_extra():
