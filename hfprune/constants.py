@@ -154,7 +154,6 @@ def choices(names: tuple[str, ...]) -> str:
 
 __all__ = [
     "CLI_BENCH_THREADS",
-    "RECONSTRUCTION_METHODS",
     "DATA_FREE_METHODS",
     "FALLBACK_HEAD_SPARSITY",
     "HEADS_IMAGE",
@@ -169,6 +168,7 @@ __all__ = [
     "PRUNING_SCHEDULES",
     "PRUNING_STATE_FILE",
     "README_FILE",
+    "RECONSTRUCTION_METHODS",
     "RECOVERY_RECIPE",
     "REMOTE_CODE_FILE",
     "RESULTS_FILE",

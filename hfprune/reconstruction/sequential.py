@@ -6,7 +6,7 @@ Sequential: the calibration batches are run once up to the first layer (a pre-ho
 then each layer runs on the hidden states the already-reconstructed layers before it produced. Within a layer the
 attention block is fitted first, then the MLP on the inputs after the refitted attention; then the layer runs once
 more to give the next layer its inputs. One block's statistics are in memory at a time (plus the cached hidden
-states of the calibration batches).
+states of the calibration batches, twice with the "stream" target: the pruned model's and the dense model's).
 
 Two targets (`TARGETS`). "stream" (the default): the dense model runs beside the pruned one, and each block's
 output projection is fitted so that it plus the residual it is added to lands where the dense model's residual
