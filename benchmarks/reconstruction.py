@@ -11,8 +11,8 @@ Protocol (written into the JSON next to the numbers):
   method="activation", uniform=True` (the same share of every layer's FFN neurons by mean |activation|, Minitron's
   score; f = 0.254 keeps 85% of the parameters). `none`: removal only; `stream`: the same call with
   `reconstruct=True` (least-squares refit of every kept block's output projection, layer by layer, fitted to the
-  dense model's residual stream). Scoring and reconstruction use CALIBRATION_BLOCKS blocks of 128 tokens of the
-  first DISTILL_TOKENS tokens of WikiText-2 valid (train text; the test split is only evaluated).
+  dense model's residual stream). Scoring and reconstruction use the row's calibration blocks of 128 tokens of the
+  first tokens of WikiText-2 valid (train text; the test split is only evaluated).
 - Evaluation: perplexity in PyTorch on the first EVAL_TOKENS tokens of WikiText-2 test, non-overlapping windows of
   128 and 512 tokens (`hfprune.tasks.perplexity`), the protocol of smollm_width.py (dense: 51.88 @128 on 16,384).
 - Wall: the whole `prune_for_task` call (scoring, allocation, reconstruction, the job's own small evaluation, writing).
@@ -82,7 +82,6 @@ def main() -> None:
         result: dict[str, Any] = {
             "what": "SmolLM2-135M at 85% of its parameters without training: plain removal against reconstruction",
             "protocol": __doc__.split("Protocol (written into the JSON next to the numbers):\n")[1].split("\n\nResults:")[0]
-            .replace("CALIBRATION_BLOCKS", str(blocks)).replace("DISTILL_TOKENS", f"{data.distill_tokens:,}")
             .replace("EVAL_TOKENS", f"{data.eval_tokens:,}"),
             "data": data.describe(), "threads": args.threads, "hfprune_commit": git_commit(),
             "dense_parameters": num_parameters(dense), "dense": previous.get("dense") or evaluate(dense, data),
@@ -91,7 +90,7 @@ def main() -> None:
         log(f"dense: ppl@128 {result['dense']['ppl_128']:.2f}")
         del dense
         for name in args.rows.split(","):
-            if any(row["row"] == name for row in result["rows"]):
+            if any(row["row"] == name and row.get("calibration_blocks", 64) == blocks for row in result["rows"]):
                 continue
             output = scratch / name.replace(":", "-")
             log(f"{name}: prune_for_task({targets_of(name)}, recovery_epochs=0)")
@@ -105,7 +104,7 @@ def main() -> None:
             wall = time.perf_counter() - start
             model = hfprune.from_pretrained(output).eval()
             row = {
-                "row": name, "targets": targets_of(name), "parameters": num_parameters(model),
+                "row": name, "calibration_blocks": blocks, "targets": targets_of(name), "parameters": num_parameters(model),
                 "kept_fraction": num_parameters(model) / result["dense_parameters"], "structure": compact(structure(model)),
                 "wall_s": round(wall, 1), "reconstruct_s": round(pruned.timings.get("reconstruct", 0.0), 1),
                 "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2), **evaluate(model, data),
@@ -130,12 +129,12 @@ def markdown(result: dict[str, Any]) -> str:
         "# SmolLM2-135M without training: plain removal against layer-wise reconstruction (`benchmarks/reconstruction.py`)",
         "", result["protocol"], "",
         f"Dense: ppl@128 {dense['ppl_128']:.2f}, ppl@512 {dense['ppl_512']:.2f}. Goal at 85%: ppl@128 <= {GOAL}x dense.", "",
-        "| row | parameters kept | structure | ppl@128 | ppl@512 | x dense @128 | wall (reconstruction) | peak RSS |",
-        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+        "| row | calibration blocks | parameters kept | structure | ppl@128 | ppl@512 | x dense @128 | wall (reconstruction) | peak RSS |",
+        "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
     ]  # fmt: skip
     for row in result["rows"]:
         lines.append(
-            f"| {row['row']} | {row['parameters']:,} ({row['kept_fraction']:.4f}) | {row['structure']} | {row['ppl_128']:.2f} "
+            f"| {row['row']} | {row.get('calibration_blocks', 64)} | {row['parameters']:,} ({row['kept_fraction']:.4f}) | {row['structure']} | {row['ppl_128']:.2f} "
             f"| {row['ppl_512']:.2f} | {row['ratio_128_vs_dense']:.2f} | {row['wall_s']:.0f} s ({row['reconstruct_s']:.0f} s) "
             f"| {row['peak_rss_gb']:.2f} GB |"
         )
