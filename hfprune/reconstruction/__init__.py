@@ -8,9 +8,10 @@ from .._lazy import attach
 
 # module -> the public names it provides
 _EXPORTS: dict[str, tuple[str, ...]] = {  # fmt: skip
-    "fits": ("METHODS", "least_squares_fit", "scale_fit"),
+    "fits": ("least_squares_fit", "scale_fit"),
     "sequential": (
-        "BLOCK_MODULES", "DEFAULT_DAMPING", "BlockFit", "ReconstructionReport", "check_reconstructable", "reconstruct",
+        "BLOCK_MODULES", "DEFAULT_DAMPING", "MIN_TOKENS_PER_INPUT", "RESIDUAL_MODULES", "TARGETS", "BlockFit",
+        "ReconstructionReport", "check_reconstructable", "reconstruct",
     ),
     "statistics": ("BlockStatistics", "augmented"),
 }

@@ -15,11 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from ..constants import RECONSTRUCTION_METHODS
 from .statistics import BlockStatistics, augmented
-
-METHODS = RECONSTRUCTION_METHODS
-"""The refits `hfprune.reconstruct(method=...)` knows."""
 
 
 def least_squares_fit(
@@ -69,4 +65,4 @@ def _solve(matrix: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
     return torch.linalg.pinv(matrix, hermitian=True) @ right
 
 
-__all__ = ["METHODS", "least_squares_fit", "scale_fit"]
+__all__ = ["least_squares_fit", "scale_fit"]

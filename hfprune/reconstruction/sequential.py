@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..constants import RECONSTRUCTION_METHODS
 from ..engine.arch import get_adapter
 from ..engine.arch.base import ArchAdapter, resolve
 from ..engine.arch.bert import BertAdapter
@@ -44,7 +45,7 @@ from ..engine.record import get_record
 from ..engine.structure import EmptyMLP
 from ..errors import PruningError
 from ..progress import Progress
-from .fits import METHODS, least_squares_fit, scale_fit
+from .fits import least_squares_fit, scale_fit
 from .statistics import BlockStatistics
 
 logger = logging.getLogger(__name__)
@@ -179,8 +180,8 @@ def check_reconstructable(
     pruned: nn.Module, dense: nn.Module, method: str, damping: float, target: str = "stream"
 ) -> ArchAdapter:
     """Refuse, in one line and before any work, what `reconstruct` cannot refit; returns the family's adapter."""
-    if method not in METHODS:
-        raise PruningError(f"unknown reconstruction method {method!r}; choose from {', '.join(METHODS)}")
+    if method not in RECONSTRUCTION_METHODS:
+        raise PruningError(f"unknown reconstruction method {method!r}; choose from {', '.join(RECONSTRUCTION_METHODS)}")
     if target not in TARGETS:
         raise PruningError(f"unknown reconstruction target {target!r}; choose from {', '.join(TARGETS)}")
     if not damping >= 0 or damping == float("inf"):
