@@ -41,6 +41,7 @@ from ..engine.arch import get_adapter
 from ..engine.arch.base import ArchAdapter, resolve
 from ..engine.arch.bert import BertAdapter
 from ..engine.arch.llama import LlamaAdapter
+from ..engine.layer_inputs import LayerInput, StopForward, first_layer_inputs, next_input
 from ..engine.record import get_record
 from ..engine.structure import EmptyMLP
 from ..errors import PruningError
@@ -68,7 +69,6 @@ MIN_TOKENS_PER_INPUT = 4
 TARGETS = ("block", "stream")
 """What a block is fitted to (`reconstruct(target=...)`): the dense block on the pruned model's input ("block"),
 or the dense model's own residual stream ("stream")."""
-NOT_MODEL_INPUTS = ("labels", "label", "idx")
 
 
 @dataclass
@@ -107,19 +107,6 @@ class ReconstructionReport:
         return {**asdict(self), "mean_error_before": self.mean_error_before, "mean_error_after": self.mean_error_after}
 
 
-class _Stop(Exception):
-    """Raised by a hook once it has what it needs: the rest of the forward pass is not run."""
-
-
-@dataclass
-class _LayerInput:
-    """One calibration batch as a layer receives it, and which of its tokens are real (not padding)."""
-
-    args: tuple
-    kwargs: dict[str, Any]
-    mask: torch.Tensor | None
-
-
 def reconstruct(
     pruned: nn.Module,
     dense: nn.Module,
@@ -152,8 +139,8 @@ def reconstruct(
     report = ReconstructionReport(method=method, damping=damping, target=target)
     try:
         with torch.no_grad():
-            cached = _first_layer_inputs(pruned, adapter, dataloader, max_batches)
-            report.tokens = sum(_tokens(entry) for entry in cached)
+            cached = first_layer_inputs(pruned, dataloader, max_batches)
+            report.tokens = sum(entry.tokens for entry in cached)
             _warn_if_few_tokens(pruned, adapter, report.tokens)
             layers, dense_layers = adapter.get_layers(pruned), adapter.get_layers(dense)
             dense_position = {original: i for i, original in enumerate(get_record(dense)["kept_layers"])}
@@ -162,12 +149,12 @@ def reconstruct(
             for position, (layer, original) in enumerate(zip(layers, get_record(pruned)["kept_layers"])):
                 dense_layer = dense_layers[dense_position[original]]
                 while dense_cached is not None and dense_next < dense_position[original]:  # through dropped layers too
-                    dense_cached = [_next_input(dense_layers[dense_next], entry) for entry in dense_cached]
+                    dense_cached = [next_input(dense_layers[dense_next], entry) for entry in dense_cached]
                     dense_next += 1
                 for block in ("attention", "mlp"):
                     if _has_block(adapter, layer, block) and (target == "stream" or not _same_as_dense(adapter, layer, dense_layer, block)):
                         report.blocks.append(_refit_block(pruned, adapter, layer, dense_layer, block, cached, dense_cached, original, method, damping))
-                cached = [_next_input(layer, entry) for entry in cached]
+                cached = [next_input(layer, entry) for entry in cached]
                 if progress is not None:
                     progress("reconstruct", position + 1, len(layers))
     finally:
@@ -236,57 +223,9 @@ def _in_features(projection: nn.Module) -> int:
     return projection.weight.shape[1] if isinstance(projection, nn.Linear) else 0
 
 
-def _first_layer_inputs(
-    model: nn.Module, adapter: ArchAdapter, dataloader: Iterable[Mapping[str, Any]], max_batches: int | None
-) -> list[_LayerInput]:
-    """Each calibration batch as the first layer receives it (the model runs only up to there)."""
-    device = next(model.parameters()).device
-    cached: list[_LayerInput] = []
-    current: dict[str, torch.Tensor | None] = {}
-
-    def catch(module, args, kwargs):
-        cached.append(_LayerInput(args, kwargs, current["mask"]))
-        raise _Stop
-
-    handle = adapter.get_layers(model)[0].register_forward_pre_hook(catch, with_kwargs=True)
-    try:
-        for number, batch in enumerate(dataloader):
-            if max_batches is not None and number >= max_batches:
-                break
-            inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items() if k not in NOT_MODEL_INPUTS}
-            current["mask"] = inputs.get("attention_mask")
-            try:
-                model(**inputs, use_cache=False)
-            except _Stop:
-                pass
-    finally:
-        handle.remove()
-    if not cached:
-        raise PruningError("reconstruction needs calibration data: the dataloader gave no batch")
-    return cached
-
-
-def _tokens(entry: _LayerInput) -> int:
-    hidden = _hidden(entry)
-    return int(entry.mask.sum()) if entry.mask is not None else hidden.shape[0] * hidden.shape[1]
-
-
-def _hidden(entry: _LayerInput) -> torch.Tensor:
-    return entry.args[0] if entry.args else entry.kwargs["hidden_states"]
-
-
-def _next_input(layer: nn.Module, entry: _LayerInput) -> _LayerInput:
-    """The same batch as the next layer receives it: this (already refitted) layer's output."""
-    output = layer(*entry.args, **entry.kwargs)
-    hidden = output[0] if isinstance(output, tuple) else output
-    if entry.args:
-        return _LayerInput((hidden, *entry.args[1:]), entry.kwargs, entry.mask)
-    return _LayerInput(entry.args, {**entry.kwargs, "hidden_states": hidden}, entry.mask)
-
-
 def _refit_block(
     model: nn.Module, adapter: ArchAdapter, layer: nn.Module, dense_layer: nn.Module, block: str,
-    cached: list[_LayerInput], dense_cached: list[_LayerInput] | None, original: int, method: str, damping: float,
+    cached: list[LayerInput], dense_cached: list[LayerInput] | None, original: int, method: str, damping: float,
 ) -> BlockFit:  # fmt: skip
     """Collect one block's statistics on the cached inputs, refit its output projection, write it back.
     `dense_cached`: the dense model's inputs of the same layer (target "stream"), or None (target "block")."""
@@ -312,7 +251,7 @@ def _refit_block(
 
 
 def _block_statistics(
-    adapter: ArchAdapter, layer: nn.Module, dense_layer: nn.Module, block: str, path: str, cached: list[_LayerInput]
+    adapter: ArchAdapter, layer: nn.Module, dense_layer: nn.Module, block: str, path: str, cached: list[LayerInput]
 ) -> BlockStatistics:
     """Run the layer on every cached batch up to the block's output projection: X is what that projection
     receives, Y what the dense block gives for the same block input."""
@@ -326,7 +265,7 @@ def _block_statistics(
     def add_when_ready() -> None:
         if "x" in captured and "y" in captured:
             stats.add(captured.pop("x"), captured.pop("y"), captured["mask"])
-            raise _Stop  # the rest of the layer is not needed
+            raise StopForward  # the rest of the layer is not needed
 
     def catch_inputs(module, args):
         captured["x"] = args[0]
@@ -348,7 +287,7 @@ def _block_statistics(
             captured["mask"] = entry.mask
             try:
                 layer(*entry.args, **entry.kwargs)
-            except _Stop:
+            except StopForward:
                 pass
     finally:
         for handle in handles:
@@ -358,7 +297,7 @@ def _block_statistics(
 
 def _stream_statistics(
     adapter: ArchAdapter, layer: nn.Module, dense_layer: nn.Module, block: str, path: str,
-    cached: list[_LayerInput], dense_cached: list[_LayerInput],
+    cached: list[LayerInput], dense_cached: list[LayerInput],
 ) -> BlockStatistics:  # fmt: skip
     """X is what the pruned projection receives; Y = Y_dense + R_dense - R_pruned, the output that puts the pruned
     residual stream where the dense model's is after this block: Y_dense is the dense projection's output on the
@@ -376,11 +315,11 @@ def _stream_statistics(
 
     def catch_dense_output(module, args, output):
         captured["y"] = output
-        raise _Stop
+        raise StopForward
 
     def catch_inputs(module, args):
         captured["x"] = args[0]
-        raise _Stop
+        raise StopForward
 
     handles = [
         dense_layer.get_submodule(residual_path).register_forward_pre_hook(catch_residual("dense"), with_kwargs=True),
@@ -394,7 +333,7 @@ def _stream_statistics(
             for module, inputs in ((dense_layer, dense_entry), (layer, entry)):
                 try:
                     module(*inputs.args, **inputs.kwargs)
-                except _Stop:
+                except StopForward:
                     pass
             target = captured["y"] + captured["dense"] - captured["pruned"]
             stats.add(captured["x"], target, entry.mask)

@@ -7,7 +7,7 @@ from .._lazy import attach
 # module -> the public names it provides
 _EXPORTS: dict[str, tuple[str, ...]] = {  # fmt: skip
     "activations": (
-        "ACTIVATION_KINDS", "activation_ffn_scores", "activation_head_scores", "activation_kv_group_scores",
+        "ACTIVATION_KINDS", "ActivationWatch", "activation_ffn_scores", "activation_head_scores", "activation_kv_group_scores",
         "activation_scores", "hidden_importance",
     ),
     "common": (
@@ -20,7 +20,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {  # fmt: skip
         "mlp_importance", "taylor_head_scores",
     ),
     "methods": ("SCORERS", "ScoreRequest", "Scorer", "register_scorer", "score_units",),
-    "similarity": ("angular_distance", "block_influence", "layer_cosine_scores",),
+    "similarity": ("BlockSimilarity", "angular_distance", "block_influence", "layer_cosine_scores", "token_mask",),
     "weights": ("magnitude_ffn_scores", "magnitude_head_scores", "random_ffn_scores", "random_head_scores",),
 }
 __getattr__, __dir__, __all__ = attach(__name__, _EXPORTS)

@@ -93,6 +93,53 @@ class _TokenMask:
         return torch.ones(shape, device=tensor.device), shape.numel()
 
 
+class ActivationWatch:
+    """Hooks that add up the forward-only statistics of `activation_scores` while the model's modules run,
+    however they are driven: whole forward passes, or one layer at a time over the calibration batches
+    (`hfprune.streaming`). Call `batch(mask)` before each batch's modules run; `scores()` at the end."""
+
+    def __init__(self, model: nn.Module, kinds: str | Iterable[str] = ACTIVATION_KINDS):
+        kinds = (kinds,) if isinstance(kinds, str) else tuple(dict.fromkeys(kinds))
+        unknown = [kind for kind in kinds if kind not in ACTIVATION_KINDS]
+        if unknown or not kinds:
+            raise PruningError(f"unknown activation kinds {unknown}; choose from {list(ACTIVATION_KINDS)}")
+        self.model, self.kinds = model, kinds
+        self.adapter, self.record = get_adapter(model), check_record(model)
+        self.tokens = _TokenMask(self.adapter.time_major)
+        self.sums: dict[tuple, _Sums] = {}
+        self._hooks = ExitStack()
+
+    def __enter__(self) -> ActivationWatch:
+        adapter, record, kinds, tokens, sums = self.adapter, self.record, self.kinds, self.tokens, self.sums
+        for position, layer in enumerate(adapter.get_layers(self.model)):
+            heads = record["kept_heads"][position]
+            if heads and adapter.has_attention(layer) and {"heads", "kv_groups"} & set(kinds):
+                watch = _watch_heads(record, heads, tokens, sums, position, kinds)
+                self._hooks.enter_context(_removing(adapter.register_head_mask(layer, watch)))
+            if kept_ffn(record, position) and "ffn" in kinds:
+                watch = _watch(tokens, sums.setdefault(("ffn", position), _Sums()), torch.abs)
+                self._hooks.enter_context(_removing(adapter.register_ffn_mask(layer, watch)))
+        if "hidden" in kinds:
+            for number, (module, time_major) in enumerate(channel_sites(self.model)):
+                watch = _watch(tokens, sums.setdefault(("hidden", number), _Sums()), torch.abs, time_major)
+                self._hooks.enter_context(_removing(module.register_forward_hook(lambda m, a, out, w=watch: w(out))))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._hooks.close()
+
+    def batch(self, mask: torch.Tensor) -> None:
+        """The next batch's real tokens ([batch, tokens], 1 for a real token)."""
+        self.tokens.set(mask)
+
+    def scores(self, normalize: bool = False) -> dict[str, torch.Tensor]:
+        """`{kind: scores}` in original indices (see `activation_scores`)."""
+        scores = {kind: _to_original(self.record, self.model.config, kind, self.sums) for kind in self.kinds}
+        if normalize:
+            scores.update({kind: normalize_per_layer(value) for kind, value in scores.items() if kind != "hidden"})
+        return scores
+
+
 def activation_scores(
     model: nn.Module,
     dataloader: Iterable[Batch],
@@ -106,40 +153,19 @@ def activation_scores(
     units already gone. `normalize` divides each layer's row of the per-layer kinds by its L2 norm (as
     `head_importance` does) before ranking them globally; "hidden" is never normalised.
     """
-    kinds = (kinds,) if isinstance(kinds, str) else tuple(dict.fromkeys(kinds))
-    unknown = [kind for kind in kinds if kind not in ACTIVATION_KINDS]
-    if unknown or not kinds:
-        raise PruningError(f"unknown activation kinds {unknown}; choose from {list(ACTIVATION_KINDS)}")
     model = model_for_masks(model)
-    adapter, record, device = get_adapter(model), check_record(model), model_device(model)
-    tokens = _TokenMask(adapter.time_major)
-    sums: dict[tuple, _Sums] = {}
-    with ExitStack() as hooks, scoring_mode(model):
-        for position, layer in enumerate(adapter.get_layers(model)):
-            heads = record["kept_heads"][position]
-            if heads and adapter.has_attention(layer) and {"heads", "kv_groups"} & set(kinds):
-                watch = _watch_heads(record, heads, tokens, sums, position, kinds)
-                hooks.enter_context(_removing(adapter.register_head_mask(layer, watch)))
-            if kept_ffn(record, position) and "ffn" in kinds:
-                watch = _watch(tokens, sums.setdefault(("ffn", position), _Sums()), torch.abs)
-                hooks.enter_context(_removing(adapter.register_ffn_mask(layer, watch)))
-        if "hidden" in kinds:
-            for number, (module, time_major) in enumerate(channel_sites(model)):
-                watch = _watch(tokens, sums.setdefault(("hidden", number), _Sums()), torch.abs, time_major)
-                hooks.enter_context(_removing(module.register_forward_hook(lambda m, a, out, w=watch: w(out))))
-        batches = 0
+    device = model_device(model)
+    batches = 0
+    with ActivationWatch(model, kinds) as watch, scoring_mode(model):
         for batch in dataloader:
             batch = to_device(batch, device)
             mask = batch.get("attention_mask")
-            tokens.set(torch.ones_like(batch["input_ids"]) if mask is None else mask)
+            watch.batch(torch.ones_like(batch["input_ids"]) if mask is None else mask)
             model(**batch, **_no_cache(model))
             batches += 1
     if not batches:
         raise PruningError("the dataloader gave no batches to score")
-    scores = {kind: _to_original(record, model.config, kind, sums) for kind in kinds}
-    if normalize:
-        scores.update({kind: normalize_per_layer(value) for kind, value in scores.items() if kind != "hidden"})
-    return scores
+    return watch.scores(normalize)
 
 
 def _watch(tokens: _TokenMask, sums: _Sums, statistic: Callable, time_major: bool | None = None):
@@ -292,6 +318,7 @@ def hidden_importance(
 
 __all__ = [
     "ACTIVATION_KINDS",
+    "ActivationWatch",
     "activation_ffn_scores",
     "activation_head_scores",
     "activation_kv_group_scores",

@@ -19,7 +19,7 @@ from datasets import Dataset
 
 from .specs import TaskDataError
 
-__all__ = ["lm_blocks", "load_lm_texts", "perplexity"]
+__all__ = ["NextTokenLoss", "lm_blocks", "load_lm_texts", "perplexity"]
 
 TEXT_SUFFIXES = (".txt", ".text", ".raw")  # in the order a data folder is searched
 
@@ -77,24 +77,37 @@ def perplexity(model: torch.nn.Module, dataloader: Iterable[Mapping[str, torch.T
     device = getattr(model, "device", None) or next(model.parameters()).device
     was_training = model.training
     model.eval()
-    total_nll, total_tokens = 0.0, 0
+    total = NextTokenLoss()
     try:
         with torch.no_grad():
             for batch in dataloader:
-                input_ids = batch["input_ids"].to(device)
                 mask = batch.get("attention_mask")
-                mask = mask.to(device) if mask is not None else None
-                labels = batch.get("labels")
-                if labels is None:
-                    labels = input_ids if mask is None else input_ids.masked_fill(mask == 0, -100)
-                labels = labels.to(device)[:, 1:]
-                logits = model(input_ids=input_ids, attention_mask=mask).logits[:, :-1]
-                total_nll += torch.nn.functional.cross_entropy(
-                    logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction="sum"
-                ).item()
-                total_tokens += int((labels != -100).sum())
+                logits = model(input_ids=batch["input_ids"].to(device), attention_mask=mask.to(device) if mask is not None else None).logits
+                total.add(logits, batch)
     finally:
         model.train(was_training)
-    if total_tokens == 0:
-        raise TaskDataError("No tokens to score: the dataloader is empty or every label is -100.")
-    return math.exp(total_nll / total_tokens)
+    return total.perplexity()
+
+
+class NextTokenLoss:
+    """Summed next-token NLL and the tokens it covers, batch by batch, however the logits were computed (a whole
+    model, or one streamed layer at a time: `hfprune.streaming`)."""
+
+    def __init__(self) -> None:
+        self.nll, self.tokens = 0.0, 0
+
+    def add(self, logits: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> None:
+        """One batch's logits `[batch, tokens, vocab]`; its labels (-100 ignored), else its ids where the mask is 1."""
+        input_ids, mask, labels = batch["input_ids"], batch.get("attention_mask"), batch.get("labels")
+        if labels is None:
+            labels = input_ids if mask is None else input_ids.masked_fill(mask == 0, -100)
+        labels = labels.to(logits.device)[:, 1:]
+        self.nll += torch.nn.functional.cross_entropy(
+            logits[:, :-1].flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction="sum"
+        ).item()
+        self.tokens += int((labels != -100).sum())
+
+    def perplexity(self) -> float:
+        if self.tokens == 0:
+            raise TaskDataError("No tokens to score: the dataloader is empty or every label is -100.")
+        return math.exp(self.nll / self.tokens)
