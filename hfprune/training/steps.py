@@ -19,7 +19,7 @@ import torch
 from transformers.utils import logging
 
 from ..distributed import average_over_processes, check_same_plan
-from ..engine.hidden import prune_hidden
+from ..engine.apply_plan import apply_plan
 from ..engine.record import get_record, gqa_group_size, kept_ffn
 from ..engine.surgery import drop_layers, prune_ffn, prune_heads
 from ..measure.sparsity import num_parameters
@@ -129,11 +129,7 @@ class PruningSteps:
     def _apply_plan(self, plan: dict[str, Any]) -> None:
         """An allocation's surgery, the same on every process: channels, heads, FFN neurons, then layers."""
         check_same_plan({key: plan[key] for key in ("layers", "heads", "ffn")} | {"hidden": plan.get("hidden", [])})
-        if plan.get("hidden"):
-            prune_hidden(self.model, plan["hidden"])
-        prune_heads(self.model, plan["heads"])
-        prune_ffn(self.model, plan["ffn"])
-        drop_layers(self.model, plan["layers"])
+        apply_plan(self.model, plan)
         self._after_surgery()
 
     def _plan_layers(self, to_drop: int, dropped: int, step: int) -> list[int]:

@@ -12,7 +12,12 @@ from transformers.pytorch_utils import Conv1D
 
 from ...errors import PruningError
 from ..structure import PATCH_KEY, EmptyAttention, EmptyMLP
-from ..transaction import replace_parameter, slice_parameter  # noqa: F401 (replace_parameter: for adapters)
+from ..transaction import (
+    copied_parameter,
+    is_tracing,
+    replace_parameter,  # noqa: F401 (for adapters)
+    slice_parameter,
+)
 
 
 def resolve(module: nn.Module, path: str):
@@ -54,7 +59,7 @@ def check_sliceable(module) -> None:
     else:
         raise PruningError(f"cannot slice a {type(module).__name__}; expected nn.Linear or Conv1D (quantized and "
                            "adapter-wrapped layers are not supported: dequantize or merge them first)")
-    if weight.device.type == "meta":
+    if weight.device.type == "meta" and not is_tracing():  # a dry run (`tracing_slices`) has no values to cut
         raise PruningError("cannot slice weights on the meta device (offloaded?); load the model fully first")
 
 
@@ -72,7 +77,7 @@ def check_norm(norm: nn.Module) -> None:
     weight, bias = getattr(norm, "weight", None), getattr(norm, "bias", None)
     if not isinstance(weight, nn.Parameter) or weight.dim() != 1 or (bias is not None and bias.dim() != 1):
         raise PruningError(f"cannot cut the channels of a {type(norm).__name__}; expected a LayerNorm or RMSNorm")
-    if weight.device.type == "meta":
+    if weight.device.type == "meta" and not is_tracing():  # a dry run (`tracing_slices`) has no values to cut
         raise PruningError("cannot slice weights on the meta device (offloaded?); load the model fully first")
 
 
@@ -84,7 +89,7 @@ def stand_in(module_class: type, out_features: int, projection: nn.Module, **kwa
     bias = projection.bias
     module = module_class(out_features, has_bias=bias is not None, **kwargs)
     if bias is not None:
-        module.bias = nn.Parameter(bias.detach().clone(), requires_grad=bias.requires_grad)
+        module.bias = copied_parameter(bias)
     return module.to(device=projection.weight.device, dtype=projection.weight.dtype)
 
 
