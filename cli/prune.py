@@ -89,6 +89,7 @@ TRAINING_OPTIONS = {
     "max_train_samples": (Optional[int], _option(None, "--max-train-samples", **within("max_train_samples"), help="Train on a random subset of N examples (seeded).", panel=TRAIN_PANEL)),
     "max_eval_samples": (Optional[int], MaxEvalOption),
     "max_length": (int, MaxLengthOption),
+    "stream": (bool, _option(D["stream"], "--stream", help="For models larger than memory: read the checkpoint one layer at a time from its safetensors files; --task lm with --params, planned from forward-only scores, cut tensor by tensor, no training.", panel=TRAIN_PANEL)),
     "seed": (int, _option(D["seed"], "--seed", **within("seed"), help="Seed for sampling, initialisation and training.", panel=TRAIN_PANEL)),
 }  # fmt: skip
 

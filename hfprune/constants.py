@@ -93,6 +93,7 @@ PRUNE_DEFAULTS = MappingProxyType(
         "save_steps": 200,
         # what is written and timed
         "dry_run": False,
+        "stream": False,
         "overwrite": False,
         "resume": False,
         "bench": True,

@@ -7,9 +7,11 @@ from .._lazy import attach
 
 # module -> the public names it provides
 _EXPORTS: dict[str, tuple[str, ...]] = {  # fmt: skip
+    "apply_plan": ("PLAN_KEYS", "PLAN_NOTES", "apply_plan",),
     "arch": ("ArchAdapter", "get_adapter", "register_adapter", "supported_model_types",),
     "checks": ("check_indices", "check_mapping", "model_for_config", "model_for_masks", "model_for_surgery",),
     "hidden": ("channel_sites", "prune_hidden",),
+    "layer_inputs": ("LayerInput", "StopForward", "first_layer_inputs", "layer_output", "next_input",),
     "masks": ("MaskHandle", "apply_masks", "make_ffn_mask", "make_head_mask", "make_layer_mask", "skip_layers",),
     "per_layer": ("PRE_NORM_MODEL_TYPES", "is_supported", "layer_overrides", "write_per_layer_config",),
     "record": (
@@ -20,6 +22,6 @@ _EXPORTS: dict[str, tuple[str, ...]] = {  # fmt: skip
     "restore": ("restore_structure",),
     "structure": ("EmptyAttention", "EmptyMLP", "PATCH_KEY", "PatchError", "stock_class", "structure_patch",),
     "surgery": ("drop_layers", "finish_surgery", "prune_ffn", "prune_heads", "start_surgery",),
-    "transaction": ("all_or_nothing", "replace_parameter", "slice_parameter",),
+    "transaction": ("SliceTrace", "Trace", "all_or_nothing", "copied_parameter", "is_tracing", "replace_parameter", "slice_parameter", "tracing_slices",),
 }
 __getattr__, __dir__, __all__ = attach(__name__, _EXPORTS)

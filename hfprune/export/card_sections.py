@@ -325,18 +325,23 @@ def _speed_target_info(report: Mapping[str, Any] | None) -> dict[str, str] | Non
     }
 
 
+BUDGET_METHODS = {
+    "l0": "L0 gates on the heads, FFN neurons and whole attention and MLP blocks, trained with CoFi's Lagrangian; the "
+    "least open gates closed",
+    "stream": "planned from forward-only activation scores with one layer in memory at a time: the layers and KV "
+    "groups asked for, then the same FFN width in every layer",
+    None: "allocated by importance per parameter across layers, heads and FFN neurons",
+}
+"""How a parameter budget was spent, by the `method` of its report, for the card."""
+
+
 def _param_target_info(report: Mapping[str, Any] | None) -> dict[str, str] | None:
     """The card's sentence parts for an allocated parameter budget (None without one)."""
     if not report or report.get("parameters") is None:
         return None
     info = {
         "budget": f"{report['target_param_budget'] * 100:g}%",
-        "how": (
-            "L0 gates on the heads, FFN neurons and whole attention and MLP blocks, trained with CoFi's Lagrangian; "
-            "the least open gates closed"
-            if report.get("method") == "l0"
-            else "allocated by importance per parameter across layers, heads and FFN neurons"
-        ),
+        "how": BUDGET_METHODS.get(report.get("method"), BUDGET_METHODS[None]),
         "kept": f"{report['parameters']:,} of {report['dense_parameters']:,} ({report['kept_fraction']:.1%})",
         "width": None,
     }

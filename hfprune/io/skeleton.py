@@ -9,10 +9,12 @@ the skeleton has is in them with the same shape (none missing, no layer weight t
 
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import Path
 
 import torch
+from accelerate import init_empty_weights
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
@@ -36,7 +38,9 @@ from .v4 import convert_v4_config
 __all__ = ["checkpoint_skeleton", "saved_weight_shapes"]
 
 
-def checkpoint_skeleton(checkpoint_dir: str | Path, *, check_weights: bool = False) -> nn.Module:
+def checkpoint_skeleton(
+    checkpoint_dir: str | Path, *, check_weights: bool = False, buffers: bool = False, dtype: torch.dtype | None = None
+) -> nn.Module:
     """The checkpoint's model with its pruned shapes on the meta device: all a card needs (structure and
     parameter counts), without reading the weights.
 
@@ -45,6 +49,9 @@ def checkpoint_skeleton(checkpoint_dir: str | Path, *, check_weights: bool = Fal
     shape that differs from the config or the `config.hfprune` record, layer weights the record has no place for,
     a `tie_word_embeddings` flipped by hand. Only the safetensors headers are read (a `.bin` checkpoint is mapped,
     not loaded). A config.json that transformers refuses is a `PruningError` either way.
+
+    `buffers=True` builds the buffers for real (rotary frequencies, position ids: what a forward pass needs besides
+    the weights, as `from_pretrained` computes them), `dtype` the floating-point dtype the model is built in.
     """
     checkpoint_dir = Path(checkpoint_dir)
     config, _ = convert_v4_config(load_config(checkpoint_dir))  # its structure in any of its forms
@@ -60,7 +67,7 @@ def checkpoint_skeleton(checkpoint_dir: str | Path, *, check_weights: bool = Fal
     if check_weights:
         check_weight_files(checkpoint_dir, {})
     try:
-        with torch.device("meta"):
+        with _empty_weights(buffers), _default_dtype(dtype):
             model = model_class(config)
     except structure.PatchError as error:
         raise PruningError(str(error)) from None
@@ -72,6 +79,28 @@ def checkpoint_skeleton(checkpoint_dir: str | Path, *, check_weights: bool = Fal
         if saved_per_layer:
             check_per_layer_config(model, saved_per_layer)
     return model
+
+
+@contextlib.contextmanager
+def _empty_weights(buffers: bool):
+    """Parameters on the meta device; buffers too unless `buffers` (then they are built on the CPU)."""
+    if buffers:
+        with init_empty_weights(include_buffers=False):
+            yield
+    else:
+        with torch.device("meta"):
+            yield
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype | None):
+    previous = torch.get_default_dtype()
+    if dtype is not None and dtype.is_floating_point:
+        torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
 
 
 def saved_weight_shapes(checkpoint_dir: str | Path) -> dict[str, tuple[int, ...]]:

@@ -47,6 +47,7 @@ from .prune_arguments import parse_prune_arguments
 from .prune_job import PruneJob
 from .report_files import write_file_atomically, write_json_atomically
 from .results import PruneResult, write_output_folder
+from .stream import stream_prune_job
 
 logger = logging.getLogger(__name__)
 D = PRUNE_DEFAULTS
@@ -72,6 +73,7 @@ def prune_for_task(
     label_column: str = D["label_column"],
     label_names: Sequence[str] | None = None,
     gguf_file: str | None = None,
+    stream: bool = D["stream"],
     head_sparsity: float | None = None,
     ffn_sparsity: float = D["ffn_sparsity"],
     layer_sparsity: float = D["layer_sparsity"],
@@ -152,7 +154,10 @@ def prune_for_task(
         A `PruneResult`. Raises `PipelineInputError`/`TaskDataError` (both `ValueError`) for bad input,
         before any model weights are loaded.
     """
-    return PruneJob(*parse_prune_arguments(locals())).run()
+    arguments = parse_prune_arguments(locals())
+    if arguments[0].stream:
+        return stream_prune_job(*arguments)
+    return PruneJob(*arguments).run()
 
 
 def drop_layers_for_task(

@@ -47,6 +47,9 @@ class ModelDataArguments:
     max_train_samples, max_eval_samples: seeded subsets of train and of each eval split.
     max_length: tokens per example, also the sequence length the models are timed at.
     seed: sampling, initialisation and training.
+    stream: read the checkpoint one layer at a time from its safetensors files, for models larger than memory:
+        a causal LM (`task="lm"`) planned to a `param_budget` from forward-only scores, cut tensor by tensor, with
+        no training (`hfprune.jobs.stream`).
     """
 
     model_name_or_path: str
@@ -58,6 +61,7 @@ class ModelDataArguments:
     label_column: str = D["label_column"]
     label_names: Sequence[str] | None = None
     gguf_file: str | None = None
+    stream: bool = D["stream"]
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     max_length: int = D["max_length"]

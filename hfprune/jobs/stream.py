@@ -1,0 +1,170 @@
+"""`prune_for_task(..., stream=True)` (`hfprune prune MODEL --task lm --params p --stream`): a causal LM pruned
+to a parameter budget with one layer in memory at a time, and no training.
+
+The stages, each reading the checkpoint's safetensors files one layer at a time (`hfprune.streaming`): the dense
+model's perplexity; forward-only scores on training blocks (`stream_scores`); the plan to the budget from those
+scores alone (`plan_parameter_budget`: the layers and KV groups asked for, then one FFN width for every layer);
+the pruned checkpoint cut tensor by tensor (`prune_checkpoint`); its perplexity. The output folder (checkpoint,
+tokenizer, card, `hfprune_results.json`) is moved into place whole at the end. Peak memory is one layer, the
+embeddings and head, and the calibration batches' hidden states (`max_memory` of them in memory, the rest on
+disk), whatever the model's size.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from huggingface_hub import snapshot_download
+from torch.utils.data import DataLoader
+
+from ..constants import RESULTS_FILE
+from ..errors import PipelineInputError, PruningError, first_line
+from ..export.card import write_model_card
+from ..export.card_source import prune_card_inputs
+from ..io.checkpoint import ModelSource, load_tokenizer, resolve_model
+from ..io.output import check_output_dir, job_inputs, write_atomically
+from ..io.rundir import jsonable
+from ..io.skeleton import checkpoint_skeleton
+from ..measure.sparsity import num_parameters, sparsity_summary
+from ..planning.streamed_budget import plan_parameter_budget
+from ..streaming.layers import DEFAULT_MAX_MEMORY
+from ..streaming.perplexity import streamed_perplexity
+from ..streaming.scores import stream_scores
+from ..streaming.surgery import prune_checkpoint
+from ..tasks.specs import LM_TASK
+from ..tasks.task_data import load_task_data, tokenize_split
+from .prune_arguments import ModelDataArguments, OutputArguments, RecoveryArguments, TargetArguments
+from .results import PruneResult, Stopwatch
+
+STREAM_BATCH_SIZE = 8
+"""Blocks per batch while streaming (each layer runs once over all of them)."""
+SNAPSHOT_FILES = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt", "*.jinja"]
+"""What a streamed job downloads of a Hub model: its config, safetensors weights and tokenizer."""
+STREAM_SHARD_SIZE = "500MB"
+"""Output shards of a streamed job: each is built in memory before it is written, so this bounds the memory."""
+PROTOCOL = (
+    "no training: forward-only scores on training blocks, the plan from those scores alone, the dense model as given; "
+    "perplexity on the eval split, one layer in memory at a time"
+)
+
+
+def check_stream_job(model_data: ModelDataArguments, targets: TargetArguments, recovery: RecoveryArguments, output: OutputArguments) -> None:
+    """Refuse, in one line and before anything is read, what a streamed job cannot do."""
+    if model_data.task.lower() != LM_TASK:
+        raise PipelineInputError(f"stream prunes causal language models (--task {LM_TASK}), not {model_data.task}")
+    if targets.param_budget is None:
+        raise PipelineInputError("stream plans to a parameter budget: give param_budget (--params)")
+    unsupported = {
+        "target_speedup": targets.target_speedup, "max_drop": targets.max_drop, "prune_width": targets.prune_width or None,
+        "reconstruct": recovery.reconstruct or None, "dry_run": output.dry_run or None, "resume": output.resume or None,
+        "gguf_dtype": output.gguf_dtype, "gguf_file": model_data.gguf_file,
+    }  # fmt: skip
+    given = [name for name, value in unsupported.items() if value is not None]
+    if given:
+        raise PipelineInputError(f"stream does not support {', '.join(given)} yet; leave it out, or run without stream")
+
+
+def local_snapshot(source: ModelSource) -> Path:
+    """The folder whose safetensors files are streamed: the local folder, or the Hub model's files in the cache
+    (downloaded once, weights, config and tokenizer only)."""
+    if source.is_local:
+        return Path(source.name_or_path)
+    try:
+        return Path(snapshot_download(source.name_or_path, allow_patterns=SNAPSHOT_FILES))
+    except (OSError, ValueError) as error:
+        raise PipelineInputError(f"cannot download {source.name_or_path} to stream it ({first_line(error)})") from None
+
+
+def stream_prune_job(
+    model_data: ModelDataArguments, targets: TargetArguments, recovery: RecoveryArguments, output: OutputArguments
+) -> PruneResult:
+    """Run the streamed job (see the module notes) and return its `PruneResult`."""
+    check_stream_job(model_data, targets, recovery, output)
+    say = output.log or (lambda message: None)
+    inputs = job_inputs(model_data.model_name_or_path, data_kwargs=vars(model_data))
+    output_dir = check_output_dir(output.output_dir, output.overwrite, inputs=inputs)
+    stopwatch = Stopwatch()
+    source = resolve_model(model_data.model_name_or_path, causal_lm=True)
+    model_dir = local_snapshot(source)
+    data = load_task_data(model_data.task, **model_data.data_kwargs())
+    tokenizer = load_tokenizer(source)
+    train = tokenize_split(data, data.train, tokenizer, model_data.max_length)
+    calibration = train.shuffle(seed=model_data.seed + 1).select(range(min(targets.score_num_examples, len(train))))
+    evaluation = {split: tokenize_split(data, texts, tokenizer, model_data.max_length) for split, texts in data.eval.items()}
+    loader = functools.partial(DataLoader, batch_size=STREAM_BATCH_SIZE)
+    device = recovery.device or "cpu"
+    stream = {"device": device, "max_memory": DEFAULT_MAX_MEMORY, "progress": output.progress}
+    stopwatch.lap("load data")
+
+    say(f"dense perplexity of {source.display_name}, one layer at a time")
+    before = {split: {"perplexity": streamed_perplexity(model_dir, loader(blocks), **stream)} for split, blocks in evaluation.items()}
+    stopwatch.lap("evaluate before")
+    kinds = ["ffn"] + (["heads"] if targets.head_sparsity else []) + (["layer_cosine"] if targets.layer_sparsity else [])
+    say(f"scoring {', '.join(kinds)} on {len(calibration)} training blocks, one layer at a time")
+    scores = stream_scores(model_dir, loader(calibration), kinds, **stream)
+    stopwatch.lap("score")
+    skeleton = checkpoint_skeleton(model_dir)
+    try:
+        plan = plan_parameter_budget(
+            skeleton, scores, targets.param_budget, head_sparsity=targets.head_sparsity or 0.0,
+            layer_sparsity=targets.layer_sparsity, round_to_multiple=targets.round_to_multiple,
+        )  # fmt: skip
+    except PruningError as error:
+        raise PipelineInputError(first_line(error)) from None
+    stopwatch.lap("plan")
+
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.stream-{os.getpid()}-", dir=output_dir.parent))
+    try:
+        say("cutting the checkpoint tensor by tensor")
+        pruned_dir = staging / "model"
+        prune_checkpoint(model_dir, plan, pruned_dir, max_shard_size=STREAM_SHARD_SIZE)
+        stopwatch.lap("prune")
+        say("pruned perplexity, one layer at a time")
+        after = {split: {"perplexity": streamed_perplexity(pruned_dir, loader(blocks), **stream)} for split, blocks in evaluation.items()}
+        stopwatch.lap("evaluate after")
+        pruned = checkpoint_skeleton(pruned_dir)
+        settings = {
+            "stream": True, "param_budget": targets.param_budget, "head_sparsity": targets.head_sparsity or 0.0,
+            "layer_sparsity": targets.layer_sparsity, "round_to_multiple": targets.round_to_multiple,
+            "score_num_examples": len(calibration), "max_length": model_data.max_length, "seed": model_data.seed,
+            "method": "activation", "schedule": "one_shot", "recovery_epochs": 0.0, "protocol": PROTOCOL,
+        }  # fmt: skip
+        result = PruneResult(
+            output_dir=output_dir, base_model=source.display_name, task=data.name, metrics_before=before,
+            metrics_after=after, sparsity=sparsity_summary(pruned, plan["dense_parameters"]), finetuned_first=False,
+            settings=settings, timings=stopwatch.timings,
+            param_target={
+                "target_param_budget": targets.param_budget, "dense_parameters": plan["dense_parameters"],
+                "parameters": num_parameters(pruned), "kept_fraction": num_parameters(pruned) / plan["dense_parameters"],
+                "ffn_width": plan["ffn_width"], "layers_dropped": plan["layers"], "method": "stream", "prune_width": False,
+            },
+        )  # fmt: skip
+        card_kwargs = prune_card_inputs(
+            result, base_model=model_data.model_name_or_path, base_model_id=output.base_model_id,
+            repo_id=output.repo_id or output_dir.name, task_name=data.name, base_num_parameters=plan["dense_parameters"],
+            command=output.command or f"hfprune.prune_for_task({source.display_name!r}, 'lm', param_budget={targets.param_budget}, stream=True)",
+        )  # fmt: skip
+
+        def write(folder: Path) -> None:
+            for path in pruned_dir.iterdir():  # the same file system: moved, not copied
+                path.rename(folder / path.name)
+            tokenizer.save_pretrained(folder)
+            results = {**result.to_dict(), "output_dir": output_dir.name, "card": card_kwargs}
+            (folder / RESULTS_FILE).write_text(json.dumps(jsonable(results), indent=2) + "\n")
+            write_model_card(pruned, folder, **{**card_kwargs, "task": data.card_task})
+
+        say(f"writing {output_dir}")
+        write_atomically(output_dir, write, overwrite=output.overwrite, inputs=inputs)
+        stopwatch.lap("write")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return result
+
+
+__all__ = ["PROTOCOL", "SNAPSHOT_FILES", "STREAM_BATCH_SIZE", "STREAM_SHARD_SIZE", "check_stream_job", "local_snapshot", "stream_prune_job"]
+
