@@ -6,6 +6,7 @@ name is used, so `hfprune --help`, `--version` and bad-input errors answer witho
 The package is built in floors; each subpackage imports only those below it:
 
     jobs/      the jobs behind the CLI (prune_for_task, drop_layers_for_task, benchmark_checkpoint, score_task)
+    streaming/ models larger than memory: scores, reconstruction, surgery and perplexity one layer at a time
     training/  PruningTrainer, callbacks, L0 gates, distillation
     export/    model cards, Hub push, ONNX, transformers-4 conversion
     io/        from_pretrained for pruned checkpoints, model sources, atomic output folders, resume state
@@ -33,6 +34,7 @@ from .constants import __version__  # noqa: F401  (imports nothing: `import hfpr
 _EXPORTS: dict[str, tuple[str, ...]] = {
     "errors": ("PipelineInputError", "PruningError", "TargetOutOfReachError", "WeakBaselineError"),
     "pruning_config": ("PruningArguments", "PruningConfig"),
+    "engine.apply_plan": ("apply_plan",),
     "engine.arch": ("ArchAdapter", "get_adapter", "register_adapter", "supported_model_types"),
     "engine.hidden": ("prune_hidden",),
     "engine.masks": ("MaskHandle", "apply_masks", "make_ffn_mask", "make_head_mask", "make_layer_mask", "skip_layers"),
@@ -81,6 +83,12 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "export.gguf_check": ("GgufMismatchError",),
     "export.hub": ("HubPushError", "push_to_hub"),
     "export.onnx": ("OnnxExport", "export_onnx"),
+    "planning.streamed_budget": ("plan_parameter_budget",),
+    "streaming.layers": ("StreamedCheckpoint",),
+    "streaming.perplexity": ("streamed_perplexity",),
+    "streaming.reconstruct": ("stream_reconstruct",),
+    "streaming.scores": ("stream_scores",),
+    "streaming.surgery": ("prune_checkpoint",),
     "training.callbacks": ("HeadMaskCallback", "LayerDropCallback"),
     "training.gates": ("HeadGates",),
     "training.trainer": ("PruningTrainer",),

@@ -67,6 +67,20 @@ def test_a_streamed_job_writes_the_in_memory_checkpoint(lm, tmp_path, targets):
     assert (tmp_path / "out" / "README.md").is_file() and (tmp_path / "out" / "tokenizer.json").is_file()
 
 
+def test_a_streamed_job_reconstructs_on_training_blocks_only(lm, tmp_path):
+    llama, text = lm
+    plain = hfprune.prune_for_task(str(llama), "lm", data_dir=text, output_dir=tmp_path / "plain", stream=True, param_budget=0.6, **RUN)
+    result = hfprune.prune_for_task(
+        str(llama), "lm", data_dir=text, output_dir=tmp_path / "out", stream=True, param_budget=0.6, reconstruct=True, **RUN
+    )
+    (report,) = result.reconstruction
+    assert report["target"] == "stream" and report["mean_error_after"] < report["mean_error_before"]
+    assert report["tokens"] == result.settings["score_num_examples"] * RUN["max_length"]  # the calibration blocks
+    assert result.sparsity == plain.sparsity and "reconstruct" in result.timings
+    assert result.metrics_after["validation"]["perplexity"] != plain.metrics_after["validation"]["perplexity"]
+    assert json.loads((tmp_path / "out" / "hfprune_results.json").read_text())["settings"]["reconstruct"] is True
+
+
 def test_a_failed_streamed_job_leaves_nothing_behind(lm, tmp_path, monkeypatch):
     llama, text = lm
 
@@ -101,4 +115,17 @@ def test_a_budget_the_ffn_cannot_reach_is_refused_before_writing(lm, tmp_path):
     llama, text = lm
     with pytest.raises(PipelineInputError, match="out of reach by cutting the FFN"):
         hfprune.prune_for_task(str(llama), "lm", data_dir=text, output_dir=tmp_path / "out", stream=True, param_budget=0.2, **RUN)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_model_larger_than_free_memory_is_pointed_to_stream(lm, tmp_path, monkeypatch):
+    """Without stream, weights that exceed the free memory are refused in one line before anything loads."""
+    llama, text = lm
+    source = hfprune.io.checkpoint.resolve_model(str(llama), causal_lm=True)
+    needed = stream_job.weight_bytes(source)
+    assert needed == 4 * sum(p.numel() for p in hfprune.from_pretrained(llama).parameters())  # fp32 weights
+    stream_job.check_fits_in_memory(source, available=needed)  # fits exactly: no complaint
+    monkeypatch.setattr(stream_job.psutil, "virtual_memory", lambda: type("Memory", (), {"available": needed - 1})())
+    result = CliRunner().invoke(app, ["prune", str(llama), "--task", "lm", "--data-dir", str(text), "--params", "0.8", "-o", str(tmp_path / "out")])
+    assert one_error_line(result).endswith("prune it one layer at a time with --stream (--task lm with --params)")
     assert not (tmp_path / "out").exists()

@@ -95,3 +95,31 @@ def test_streamed_perplexity_is_the_loaded_models(tmp_path):
     data = batches()
     expected = perplexity(hfprune.from_pretrained(folder), data)
     assert streamed_perplexity(folder, data, max_memory=0) == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("method", ["least_squares", "scales"])
+def test_streamed_reconstruction_is_the_in_memory_one(tmp_path, method):
+    """Refitting a pruned checkpoint on disk against the dense one gives the weights `hfprune.reconstruct` gives
+    in memory (a dropped layer, fewer heads and neurons); its shards are rewritten in place, whole."""
+    from hfprune.streaming import stream_reconstruct
+
+    dense_dir = saved(tmp_path, tiny_model("llama"), "dense")
+    pruned = tiny_model("llama")
+    hfprune.prune_heads(pruned, {0: [0, 1]})
+    hfprune.prune_ffn(pruned, {1: list(range(10)), 2: list(range(5))})
+    hfprune.drop_layers(pruned, [1])
+    pruned_dir = saved(tmp_path, pruned, "pruned", max_shard_size="8KB")
+    data = batches(4)
+    in_memory = hfprune.from_pretrained(pruned_dir)  # read before the folder is rewritten
+    expected = hfprune.reconstruct(in_memory, hfprune.from_pretrained(dense_dir), data, method=method)
+
+    report = stream_reconstruct(pruned_dir, dense_dir, data, method=method, max_memory=0)
+
+    streamed = hfprune.from_pretrained(pruned_dir)
+    for (name, weight), reference in zip(streamed.state_dict().items(), in_memory.state_dict().values()):
+        assert torch.allclose(weight, reference, rtol=1e-5, atol=1e-6), name
+    assert not torch.equal(streamed.model.layers[0].self_attn.o_proj.weight, pruned.model.layers[0].self_attn.o_proj.weight)
+    assert [(b.layer, b.block) for b in report.blocks] == [(b.layer, b.block) for b in expected.blocks]
+    assert [b.error_after for b in report.blocks] == pytest.approx([b.error_after for b in expected.blocks], rel=1e-4)
+    assert report.mean_error_after < report.mean_error_before
+    assert len(list(pruned_dir.glob("model-*.safetensors"))) > 1 and not list(pruned_dir.glob(".*"))

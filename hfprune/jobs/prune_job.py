@@ -76,6 +76,7 @@ from .prune_arguments import (
     resolve_defaults,
 )
 from .results import PruneResult, Stopwatch, write_output_folder
+from .stream import check_fits_in_memory
 
 logger = logging.getLogger(__name__)
 
@@ -155,6 +156,7 @@ class PruneJob:
             output_dir = check_output_dir(output_dir, self.output.overwrite, inputs=self.inputs)
         self.output_dir = Path(output_dir).expanduser()
         self._load_sources()
+        check_fits_in_memory(self.source)
         self.targets = fit_head_target(given_head_sparsity, self.targets, self.settings, heads_left(self.source.config), self.model_data.model_name_or_path)
         self.work_dir = work_dir_for(self.output_dir)
         self.pruning_args = self._pruning_config()

@@ -11,7 +11,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {  # fmt: skip
     "fits": ("least_squares_fit", "scale_fit"),
     "sequential": (
         "BLOCK_MODULES", "DEFAULT_DAMPING", "MIN_TOKENS_PER_INPUT", "RESIDUAL_MODULES", "TARGETS", "BlockFit",
-        "ReconstructionReport", "check_reconstructable", "reconstruct",
+        "ReconstructionReport", "check_reconstructable", "has_block", "reconstruct", "refit_block", "warn_if_few_tokens",
     ),
     "statistics": ("BlockStatistics", "augmented"),
 }

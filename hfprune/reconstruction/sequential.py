@@ -141,7 +141,7 @@ def reconstruct(
         with torch.no_grad():
             cached = first_layer_inputs(pruned, dataloader, max_batches)
             report.tokens = sum(entry.tokens for entry in cached)
-            _warn_if_few_tokens(pruned, adapter, report.tokens)
+            warn_if_few_tokens(pruned, adapter, report.tokens)
             layers, dense_layers = adapter.get_layers(pruned), adapter.get_layers(dense)
             dense_position = {original: i for i, original in enumerate(get_record(dense)["kept_layers"])}
             # "stream": the dense model's own hidden states; the first layer's inputs are the same (same embeddings)
@@ -152,8 +152,8 @@ def reconstruct(
                     dense_cached = [next_input(dense_layers[dense_next], entry) for entry in dense_cached]
                     dense_next += 1
                 for block in ("attention", "mlp"):
-                    if _has_block(adapter, layer, block) and (target == "stream" or not _same_as_dense(adapter, layer, dense_layer, block)):
-                        report.blocks.append(_refit_block(pruned, adapter, layer, dense_layer, block, cached, dense_cached, original, method, damping))
+                    if has_block(adapter, layer, block) and (target == "stream" or not _same_as_dense(adapter, layer, dense_layer, block)):
+                        report.blocks.append(refit_block(pruned, adapter, layer, dense_layer, block, cached, dense_cached, original, method, damping))
                 cached = [next_input(layer, entry) for entry in cached]
                 if progress is not None:
                     progress("reconstruct", position + 1, len(layers))
@@ -191,11 +191,11 @@ def check_reconstructable(
     return adapter
 
 
-def _warn_if_few_tokens(model: nn.Module, adapter: ArchAdapter, tokens: int) -> None:
+def warn_if_few_tokens(model: nn.Module, adapter: ArchAdapter, tokens: int) -> None:
     """A refit on too few tokens fits them rather than the model: say so, and how many would do."""
     blocks = (("attention", adapter.output), ("mlp", adapter.ffn_output))
     layers = adapter.get_layers(model)
-    widest = max((_in_features(resolve(layer, path)) for layer in layers for block, path in blocks if _has_block(adapter, layer, block)), default=0)
+    widest = max((_in_features(resolve(layer, path)) for layer in layers for block, path in blocks if has_block(adapter, layer, block)), default=0)
     if tokens < MIN_TOKENS_PER_INPUT * widest:
         logger.warning(
             f"reconstruction calibrates on {tokens:,} tokens, fewer than {MIN_TOKENS_PER_INPUT} per input of the widest "
@@ -204,7 +204,7 @@ def _warn_if_few_tokens(model: nn.Module, adapter: ArchAdapter, tokens: int) -> 
         )
 
 
-def _has_block(adapter: ArchAdapter, layer: nn.Module, block: str) -> bool:
+def has_block(adapter: ArchAdapter, layer: nn.Module, block: str) -> bool:
     """Whether the block still has an output projection to refit (not removed whole)."""
     if block == "attention":
         return adapter.has_attention(layer) and _in_features(resolve(layer, adapter.output)) > 0
@@ -223,7 +223,7 @@ def _in_features(projection: nn.Module) -> int:
     return projection.weight.shape[1] if isinstance(projection, nn.Linear) else 0
 
 
-def _refit_block(
+def refit_block(
     model: nn.Module, adapter: ArchAdapter, layer: nn.Module, dense_layer: nn.Module, block: str,
     cached: list[LayerInput], dense_cached: list[LayerInput] | None, original: int, method: str, damping: float,
 ) -> BlockFit:  # fmt: skip
@@ -349,4 +349,7 @@ def _statistics_device(projection: nn.Module) -> torch.device:
     return torch.device("cpu") if device.type == "mps" else device
 
 
-__all__ = ["BLOCK_MODULES", "DEFAULT_DAMPING", "MIN_TOKENS_PER_INPUT", "RESIDUAL_MODULES", "TARGETS", "BlockFit", "ReconstructionReport", "check_reconstructable", "reconstruct"]
+__all__ = [
+    "BLOCK_MODULES", "DEFAULT_DAMPING", "MIN_TOKENS_PER_INPUT", "RESIDUAL_MODULES", "TARGETS", "BlockFit", "ReconstructionReport",
+    "check_reconstructable", "has_block", "reconstruct", "refit_block", "warn_if_few_tokens",
+]  # fmt: skip

@@ -9,6 +9,7 @@ from .._lazy import attach
 _EXPORTS: dict[str, tuple[str, ...]] = {  # fmt: skip
     "layers": ("DEFAULT_MAX_MEMORY", "HiddenStates", "StreamedCheckpoint",),
     "perplexity": ("streamed_perplexity",),
+    "reconstruct": ("stream_reconstruct",),
     "scores": ("DEFAULT_STREAM_KINDS", "LAYER_KINDS", "STREAM_KINDS", "stream_scores",),
     "surgery": ("prune_checkpoint",),
 }

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from ..engine.record import get_record
 from ..errors import PruningError
 from ..io.skeleton import checkpoint_skeleton
 from ..progress import Progress
-from .checkpoint_files import names_by_tensor, sources_by_name, stored_tensors
+from .checkpoint_files import StoredTensor, names_by_tensor, sources_by_name, stored_tensors
 
 DEFAULT_MAX_MEMORY = 2**30
 """Bytes of hidden states kept in memory between two layers (per copy); the rest is written to disk."""
@@ -91,7 +91,8 @@ class StreamedCheckpoint:
         self.adapter, self.record = get_adapter(self.model), get_record(self.model)
         self.device, self.max_memory = torch.device(device), max_memory
         self._sources = sources_by_name(self.model, stored)
-        self._scratch = Path(tempfile.mkdtemp(prefix="hfprune-stream-"))
+        self._tied = {name: names for _, names in names_by_tensor(self.model).values() for name in names}
+        self.scratch = Path(tempfile.mkdtemp(prefix="hfprune-stream-"))
         self._generation = 0
         _move_buffers(self.model, self.device)
         self._load(self.model, self._outer_names())
@@ -103,13 +104,14 @@ class StreamedCheckpoint:
         self.close()
 
     def close(self) -> None:
-        shutil.rmtree(self._scratch, ignore_errors=True)
+        shutil.rmtree(self.scratch, ignore_errors=True)
 
     @property
     def layers(self) -> nn.ModuleList:
         return self.adapter.get_layers(self.model)
 
-    def _layer_prefix(self, position: int) -> str:
+    def layer_prefix(self, position: int) -> str:
+        """The state-dict prefix of the layer at `position` (`model.layers.3.`)."""
         layers = self.layers
         prefix = next(name for name, module in self.model.named_modules() if module is layers)
         return f"{prefix}.{position}."
@@ -123,14 +125,11 @@ class StreamedCheckpoint:
     def _load(self, root: nn.Module, names: list[str], prefix: str = "") -> None:
         """Read the parameters `names` of `root` (names relative to it; `prefix` makes them the model's) from the
         checkpoint onto `self.device`; the holders of one tied parameter get one tensor, stored under any of them."""
-        tied = {name: names for _, names in names_by_tensor(self.model).values() for name in names}
         read: dict[str, nn.Parameter] = {}
         with contextlib.ExitStack() as stack:
             handles: dict[Path, Any] = {}
             for name in names:
-                source = next((self._sources[alias] for alias in tied.get(prefix + name, [prefix + name]) if alias in self._sources), None)
-                if source is None:
-                    raise PruningError(f"{self.directory} has no weight for {prefix + name}")
+                source = self.source_of(prefix + name)
                 if source.key not in read:
                     if source.file not in handles:
                         handles[source.file] = stack.enter_context(safe_open(str(source.file), framework="pt"))
@@ -138,12 +137,19 @@ class StreamedCheckpoint:
                     read[source.key] = nn.Parameter(tensor, requires_grad=False)
                 _set_parameter(root, name, read[source.key])
 
+    def source_of(self, name: str) -> StoredTensor:
+        """The stored tensor of the model's parameter `name` (a tied one under whichever name it is stored)."""
+        source = next((self._sources[alias] for alias in self._tied.get(name, [name]) if alias in self._sources), None)
+        if source is None:
+            raise PruningError(f"{self.directory} has no weight for {name}")
+        return source
+
     @contextlib.contextmanager
     def layer(self, position: int) -> Iterator[nn.Module]:
         """The layer at `position` with its weights read in; back on the meta device afterwards."""
         layer = self.layers[position]
         names = [name for name, _ in layer.named_parameters(remove_duplicate=False)]
-        self._load(layer, names, self._layer_prefix(position))
+        self._load(layer, names, self.layer_prefix(position))
         try:
             yield layer
         finally:
@@ -153,7 +159,7 @@ class StreamedCheckpoint:
     def hidden_states(self) -> HiddenStates:
         """An empty store for one copy of the calibration batches' hidden states."""
         self._generation += 1
-        return HiddenStates(self._scratch / str(self._generation), self.max_memory)
+        return HiddenStates(self.scratch / str(self._generation), self.max_memory)
 
     def first_inputs(self, dataloader: Iterable[Mapping[str, Any]], max_batches: int | None = None) -> tuple[list[LayerInput], HiddenStates]:
         """The calibration batches as the first layer receives them: their other inputs (masks, positions), and
@@ -167,31 +173,15 @@ class StreamedCheckpoint:
             batches.append(entry.with_hidden(torch.empty(0)))
         return batches, hidden
 
-    def run_layers(
-        self,
-        batches: list[LayerInput],
-        hidden: HiddenStates,
-        on_batch: Callable[[int, int, LayerInput, torch.Tensor], None] | None = None,
-        on_layer: Callable[[int, nn.Module], None] | None = None,
-        progress: Progress | None = None,
-    ) -> HiddenStates:
-        """Run every layer over every batch, layer after layer; returns the last layer's outputs.
-
-        `on_batch(position, number, entry, output)` sees each batch after each layer (its input is `entry`);
-        `on_layer(position, layer)` runs with the layer's weights in, before its batches (to refit it, say);
-        `progress("layers", layers done, layers)`."""
+    def run_layers(self, batches: list[LayerInput], hidden: HiddenStates, progress: Progress | None = None) -> HiddenStates:
+        """Run every layer over every batch, layer after layer; returns the last layer's outputs (each layer's
+        inputs, `hidden` included, are dropped once it has run). `progress("layers", layers done, layers)`."""
         with torch.no_grad():
             for position in range(len(self.layers)):
                 with self.layer(position) as layer:
-                    if on_layer is not None:
-                        on_layer(position, layer)
                     outputs = self.hidden_states()
                     for number, batch in enumerate(batches):
-                        entry = batch.with_hidden(hidden[number])
-                        output = layer_output(layer, entry)
-                        if on_batch is not None:
-                            on_batch(position, number, entry, output)
-                        outputs.append(output)
+                        outputs.append(layer_output(layer, batch.with_hidden(hidden[number])))
                 hidden.clear()
                 hidden = outputs
                 if progress is not None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Iterator, Mapping
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -214,23 +213,20 @@ def _write_config(model: nn.Module, folder: Path, dtype: torch.dtype) -> None:
 def _write_weights(folder: Path, cuts: dict[str, _Cut], split: Any, parameters: int) -> None:
     """The shards `split` plans, one in memory at a time, and the index when there are several."""
     metadata = {"format": "pt"}
-    with ExitStack() as files:
-        handles: dict[Path, Any] = {}
-        for shard, keys in split.filename_to_tensors.items():
-            tensors = {key: _replay(cuts[key], handles, files) for key in keys}
-            save_file(tensors, str(folder / shard), metadata=metadata)
-            del tensors
+    for shard, keys in split.filename_to_tensors.items():
+        tensors = {key: _replay(cuts[key]) for key in keys}
+        save_file(tensors, str(folder / shard), metadata=metadata)
+        del tensors
     if split.is_sharded:
         index = {"metadata": {"total_parameters": parameters, **split.metadata}, "weight_map": split.tensor_to_filename}
         (folder / SAFE_WEIGHTS_INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
 
 
-def _replay(cut: _Cut, handles: dict[Path, Any], files: ExitStack) -> torch.Tensor:
-    """The output tensor: the stored one, read alone, cut by the recorded selections."""
-    file = cut.source.file
-    if file not in handles:
-        handles[file] = files.enter_context(safe_open(str(file), framework="pt"))
-    tensor = handles[file].get_tensor(cut.source.key)
+def _replay(cut: _Cut) -> torch.Tensor:
+    """The output tensor: the stored one, read alone, cut by the recorded selections. Its file is mapped only
+    while it is read: pages of a mapping count as the process's memory until it is closed."""
+    with safe_open(str(cut.source.file), framework="pt") as weights:
+        tensor = weights.get_tensor(cut.source.key)
     for dim, index in cut.selections:
         tensor = tensor.index_select(dim, index)
     return tensor.contiguous()
