@@ -18,6 +18,7 @@ from hfprune.constants import (
     LAYER_STRATEGIES,
     MAX_DROP_CEILING,
     MAX_DROP_STEPS,
+    PRECISIONS,
     PRUNE_DEFAULTS,
     PRUNING_METHODS,
     PRUNING_SCHEDULES,
@@ -81,6 +82,7 @@ TRAINING_OPTIONS = {
     "reconstruct_method": (str, _option(D["reconstruct_method"], "--reconstruct-method", help=f"How --reconstruct refits each output projection: {choices(RECONSTRUCTION_METHODS)} (least_squares: every kept column; scales: one scale per kept head and FFN neuron).", panel=TRAIN_PANEL)),
     "no_dense_control": (bool, _option(not D["dense_control"], "--no-dense-control", help="Skip training the dense model on the same examples for the same steps (the honest before the card compares with).", panel=TRAIN_PANEL)),
     "device": (Optional[str], _option(None, "--device", help="cpu, cuda, cuda:N or mps for training and timing; default: the GPU if there is one.", panel=TRAIN_PANEL)),
+    "precision": (str, _option(D["precision"], "--precision", help=f"What training computes in: {choices(PRECISIONS)} (bf16, fp16: mixed precision, fp32 weights); {D['precision']}: bf16 on a CUDA GPU that computes it natively (Ampere and later), else fp32.", panel=TRAIN_PANEL)),
     "learning_rate": (float, _option(D["learning_rate"], "--lr", **within("learning_rate"), help="Learning rate (fine-tuning and recovery).", panel=TRAIN_PANEL)),
     "batch_size": (int, _option(D["batch_size"], "--batch-size", **within("batch_size"), help="Training batch size (evaluation uses twice this).", panel=TRAIN_PANEL)),
     "distillation_alpha": (Optional[float], _option(None, "--distill", **within("distillation_alpha"), help=f"Weight of distillation from the dense model's logits during recovery (0: none); default {SPEED['distillation_alpha']:g} with --speedup or --max-drop, else {PLAIN['distillation_alpha']:g}.", panel=TRAIN_PANEL)),
@@ -185,8 +187,9 @@ def _print_result(result) -> None:
         console.print(f"chosen: pruning step {result.selection['chosen_step']}, {result.selection['protocol']}")
     if result.speed is not None:
         for row in result.speed.rows:
-            if row["model"] != "dense":
-                console.print(f"speedup at batch {row['batch_size']} x {row['seq_len']}: {row['speedup']:.2f}x (ideal {row['ideal_speedup']:.2f}x)")
+            if row["model"].startswith("pruned"):
+                dtype = row["model"].removeprefix("pruned").strip()
+                console.print(f"speedup{f' in {dtype}' if dtype else ''} at batch {row['batch_size']} x {row['seq_len']}: {row['speedup']:.2f}x (ideal {row['ideal_speedup']:.2f}x)")
     console.print(f"saved to {result.output_dir} (model card: {result.output_dir / 'README.md'})")
     if result.speed is not None and result.speed.noisy:
         warn(result.speed.noise_warning())

@@ -63,6 +63,11 @@ LAYER_STRATEGIES: tuple[str, ...] = ("top", "bottom", "even", "odd", "symmetric"
 RECONSTRUCTION_METHODS: tuple[str, ...] = ("least_squares", "scales")
 """How `hfprune.reconstruct` refits an output projection: every kept column, or one scale per kept unit (Kwon et al.)."""
 
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
+"""`prune_for_task(precision=...)` and `hfprune prune --precision`: what the Trainer computes in ("bf16"/"fp16":
+mixed precision, fp32 master weights). "auto": bf16 on a CUDA GPU that computes it natively, else fp32
+(`hfprune.jobs.finetune.resolve_precision`)."""
+
 # ---- defaults -----------------------------------------------------------------------------------------
 PRUNE_DEFAULTS = MappingProxyType(
     {
@@ -91,6 +96,7 @@ PRUNE_DEFAULTS = MappingProxyType(
         "allow_weak_baseline": False,
         "dense_control": True,
         "save_steps": 200,
+        "precision": "auto",
         # what is written and timed
         "dry_run": False,
         "stream": False,
@@ -163,6 +169,7 @@ __all__ = [
     "LAYER_STRATEGIES",
     "METHODS",
     "PER_LAYER_NORMALIZED_METHODS",
+    "PRECISIONS",
     "PRUNE_DEFAULTS",
     "PRUNING_METHODS",
     "PRUNING_PHASES",

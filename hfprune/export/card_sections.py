@@ -496,7 +496,8 @@ def loading_section(
 # ---- how it was made --------------------------------------------------------------------------------
 def _fine_tuning(finetuned_first: bool, pruning: Mapping[str, Any]) -> dict[str, Any]:
     """What training really happened, for the card's wording: a head fine-tuned before pruning, and recovery
-    training after it (`recovery_steps`, else `recovery_epochs`, in the settings; absent means none)."""
+    training after it (`recovery_steps`, else `recovery_epochs`, in the settings; absent means none) and the
+    precision it ran in ("1 epoch, trained in bf16 mixed precision")."""
     epochs = _number(pruning.get("recovery_epochs"))
     steps = _number(pruning.get("recovery_steps"))
     if steps > 0:  # as in PruningArguments, steps override epochs
@@ -505,8 +506,15 @@ def _fine_tuning(finetuned_first: bool, pruning: Mapping[str, Any]) -> dict[str,
         words = f"{epochs:g} epoch{'' if epochs == 1 else 's'}"
     else:
         words = None
+    precision = pruning.get("precision")
+    if words is not None and precision in PRECISION_WORDS:  # cards of runs before precision was recorded: nothing
+        words += f", trained in {PRECISION_WORDS[precision]}"
     reconstruct = bool(pruning.get("reconstruct"))
     return {"head_first": bool(finetuned_first), "recovery": words is not None, "recovery_words": words, "reconstruct": reconstruct}
+
+
+PRECISION_WORDS = {"fp32": "fp32", "bf16": "bf16 mixed precision", "fp16": "fp16 mixed precision"}
+"""The card's words for the precision a job trained in (its `precision` setting, "auto" already resolved)."""
 
 
 def _number(value: Any) -> float:

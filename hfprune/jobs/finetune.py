@@ -16,8 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..constants import PRECISIONS, PRUNE_DEFAULTS, choices
+from ..errors import PipelineInputError
 from ..io.checkpoint import ModelSource, load_model_for_task
 from ..io.rundir import FINETUNED_DIR, save_folder, save_state
+from ..measure.speed import cuda_computes_bf16
 from ..pruning_config import PruningConfig
 from ..tasks.evaluate import make_compute_metrics
 from ..tasks.task_data import TaskData, padding_collator, tokenize_split
@@ -33,9 +36,12 @@ __all__ = [
     "MAX_MICRO_BATCH",
     "default_finetune_epochs",
     "micro_batches",
+    "precision_of",
     "prepare_dense_model",
     "release_memory",
+    "resolve_precision",
     "train_dense_control",
+    "training_device",
     "validation_slice",
 ]
 
@@ -48,7 +54,7 @@ def quiet_trainer(trainer) -> None:
         trainer.remove_callback(callback)
 
 
-MAX_MICRO_BATCH = 8  # examples per forward/backward; larger batches accumulate gradients
+MAX_MICRO_BATCH = 8  # examples per forward/backward on a CPU; larger batches accumulate gradients
 
 
 def micro_batches(batch_size: int) -> tuple[int, int]:
@@ -58,7 +64,7 @@ def micro_batches(batch_size: int) -> tuple[int, int]:
     Activations, not weights, dominate training memory for a model of MiniLM's size: a batch of 32 x 128
     tokens holds about 1 GB of them. Accumulating four micro-batches of 8 trains on the same examples with the
     same mean loss per update (dropout draws and float summation order differ) at a quarter of that; it took
-    the peak of `prune_for_task` on MiniLM-L6 from 1.55 to 1.41 GB (benchmarks/results/memory.json).
+    the peak of `prune_for_task` on MiniLM-L6 from 1.55 to 1.41 GB on the CPU (benchmarks/results/memory.json).
     """
     for steps in range(math.ceil(batch_size / MAX_MICRO_BATCH), batch_size + 1):
         if batch_size % steps == 0 and batch_size // steps >= 4:
@@ -66,19 +72,78 @@ def micro_batches(batch_size: int) -> tuple[int, int]:
     return batch_size, 1
 
 
+def training_device(device: str | None) -> str:
+    """The kind of device the Trainer trains on ("cuda", "mps", "cpu"): `device`'s, or for None what accelerate
+    picks (the CUDA GPU, else Apple's MPS, else the CPU)."""
+    if device is not None:
+        return torch.device(device).type
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def resolve_precision(precision: str, device: str | None) -> str:
+    """"fp32", "bf16" or "fp16": what the job trains in on `device`, with "auto" made concrete: bf16 on a CUDA GPU
+    that computes it natively, else fp32 (the CPU, MPS, older GPUs). Checked in one line before any work: an
+    unknown name, fp16 on the CPU (the Trainer refuses it at length) and bf16 on a GPU that only emulates it.
+
+    "auto" never picks fp16: its 5-bit exponent overflows (inf, then NaN losses) where a model's activations pass
+    65,504, which the grad scaler the Trainer adds cannot repair (it rescales gradients, not the forward pass);
+    bf16 has fp32's range. On a V100 or T4, where fp16 is the fast path, it is there to ask for.
+    """
+    if precision not in PRECISIONS:
+        raise PipelineInputError(f"precision must be {choices(PRECISIONS)}, got {precision!r}")
+    kind = training_device(device)
+    if precision == "auto":
+        return "bf16" if kind == "cuda" and cuda_computes_bf16(device) else "fp32"
+    if precision == "fp16" and kind == "cpu":
+        raise PipelineInputError(
+            "precision 'fp16' needs a GPU: train on the CPU in 'bf16' or 'fp32'",
+            cli_message="--precision fp16 needs a GPU: train on the CPU with --precision bf16 or fp32",
+        )
+    if precision == "bf16" and kind == "cuda" and not cuda_computes_bf16(device):
+        name = torch.cuda.get_device_name(device)
+        raise PipelineInputError(
+            f"precision 'bf16': {name} does not compute bf16 natively (compute capability below 8.0); use 'fp16' or 'fp32'",
+            cli_message=f"--precision bf16: {name} does not compute bf16 natively (compute capability below 8.0); use fp16 or fp32",
+        )
+    return precision
+
+
+def precision_of(args: Any) -> str:
+    """The precision a `TrainingArguments` trains in ("bf16", "fp16" or "fp32")."""
+    return "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
+
+
 def training_kwargs(
     output_dir: Path, *, batch_size: int, learning_rate: float, seed: int, quiet: bool, save_steps: int = 0,
-    device: str | None = None,
+    device: str | None = None, precision: str = PRUNE_DEFAULTS["precision"],
 ) -> dict[str, Any]:
     """Shared arguments; `save_steps > 0` checkpoints training every so many steps (for `resume=True`);
-    `device="cpu"` trains on the CPU even where there is a GPU."""
-    micro_batch, accumulation = micro_batches(batch_size)
+    `device="cpu"` trains on the CPU even where there is a GPU; `precision` as `resolve_precision`.
+
+    On a CUDA GPU the batch trains whole (micro-batches would leave it idle), with `auto_find_batch_size`: on an
+    out-of-memory error the Trainer (accelerate's `find_executable_batch_size`) restarts the training loop from
+    its first step, on the weights the failed attempt already updated, with the per-device batch cut to
+    int(0.9 x) (32, 28, 25, ...; not halved) until it fits. Gradient accumulation does not grow to make up for
+    it: the effective batch shrinks at the same learning rate, with more steps per epoch, and later phases keep
+    the smaller batch. Evaluation batches are not adjusted. On the CPU and MPS it trains in `micro_batches`,
+    where that was measured to lower peak memory.
+    """
+    kind = training_device(device)
+    precision = resolve_precision(precision, device)
+    micro_batch, accumulation = (batch_size, 1) if kind == "cuda" else micro_batches(batch_size)
     return dict(
-        use_cpu=device == "cpu",
+        use_cpu=device == "cpu" or (kind == "cpu" and precision == "bf16"),  # the Trainer refuses bf16 on no GPU without it
         output_dir=str(output_dir),
         per_device_train_batch_size=micro_batch,
         gradient_accumulation_steps=accumulation,
         per_device_eval_batch_size=micro_batch * 2,
+        auto_find_batch_size=kind == "cuda",
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
         learning_rate=learning_rate,
         weight_decay=0.01,
         warmup_steps=0.06,
@@ -90,7 +155,7 @@ def training_kwargs(
         report_to="none",
         logging_steps=50,
         disable_tqdm=quiet,
-        dataloader_pin_memory=torch.cuda.is_available(),
+        dataloader_pin_memory=kind == "cuda",
     )
 
 
@@ -176,7 +241,7 @@ def prepare_dense_model(
     most `finetune_epochs`, default `default_finetune_epochs`), with early stopping on a validation slice of train
     that is then left out of `train`, so no later step trains on what chose when to stop. The fine-tuned model is
     kept in `work_dir` and `state["finetuned_first"]` records the choice, so a resumed run reloads it.
-    `training`: `batch_size`, `learning_rate`, `seed` and `device`.
+    `training`: `batch_size`, `learning_rate`, `seed`, `device` and `precision`.
     """
     from transformers import set_seed
 
@@ -239,6 +304,7 @@ def train_dense_control(
     settings = training_kwargs(
         work_dir / "control", batch_size=args.per_device_train_batch_size * args.gradient_accumulation_steps,
         learning_rate=args.learning_rate, seed=args.seed, quiet=progress is not None, device="cpu" if args.use_cpu else None,
+        precision=precision_of(args),
     )  # fmt: skip
     trainer = PruningTrainer(
         model=dense, args=PruningConfig(recovery_epochs=epochs, **settings), train_dataset=train, processing_class=tokenizer,

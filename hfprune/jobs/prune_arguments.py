@@ -24,9 +24,11 @@ from ..constants import (
     FALLBACK_HEAD_SPARSITY,
     MAX_DROP_CEILING,
     MAX_DROP_STEPS,
+    PRECISIONS,
     PRUNE_DEFAULTS,
     RECOVERY_RECIPE,
     SPEED_TARGET_RECIPE,
+    choices,
 )
 from ..errors import PipelineInputError
 
@@ -138,6 +140,8 @@ class RecoveryArguments:
         nothing is trained at all: the model must already solve the task (or be a language model).
         reconstruct_method: "least_squares" (every kept column) or "scales" (one scale per kept unit).
     device: "cpu", "cuda", "cuda:N" or "mps" for training and timing (None: the GPU when there is one).
+    precision: what both trainings compute in, `PRECISIONS`: "bf16"/"fp16" mixed precision (fp32 weights), or
+        "auto": bf16 on a CUDA GPU that computes it natively, else fp32 (`hfprune.jobs.finetune.resolve_precision`).
     save_steps: checkpoint training every so many steps (what `resume` continues from).
     """
 
@@ -154,6 +158,7 @@ class RecoveryArguments:
     reconstruct: bool = D["reconstruct"]
     reconstruct_method: str = D["reconstruct_method"]
     device: str | None = None
+    precision: str = D["precision"]
     save_steps: int = D["save_steps"]
 
 
@@ -277,6 +282,7 @@ def job_settings(model_data: ModelDataArguments, targets: TargetArguments, recov
         "reconstruct_method": recovery.reconstruct_method if recovery.reconstruct else None,
         "learning_rate": recovery.learning_rate,
         "batch_size": recovery.batch_size,
+        "precision": recovery.precision,  # as asked; the job records the one "auto" resolves to on its device
         "distillation_alpha": recovery.distillation_alpha,
         "distillation_layer_weight": recovery.distillation_layer_weight,
         "score_num_examples": targets.score_num_examples,
@@ -335,7 +341,13 @@ def fit_head_target(
 
 
 def check_training(recovery: RecoveryArguments) -> None:
-    """The numbers of the training that `job_settings` does not record."""
+    """The numbers of the training that `job_settings` does not record, and the precision's name (its device is
+    checked with the device: `hfprune.jobs.finetune.resolve_precision`)."""
+    if recovery.precision not in PRECISIONS:
+        raise PipelineInputError(
+            f"precision must be {choices(PRECISIONS)}, got {recovery.precision!r}",
+            cli_message=f"--precision must be {choices(PRECISIONS)}, got {recovery.precision!r}",
+        )
     if recovery.finetune_epochs is not None:
         check_setting("finetune_epochs", recovery.finetune_epochs, error=PipelineInputError)
     check_setting("save_steps", recovery.save_steps, error=PipelineInputError)

@@ -61,7 +61,7 @@ from ..tasks.task_data import load_task_data, padding_collator, tokenize_split
 from ..training.callbacks import progress_callbacks
 from ..training.trainer import PruningTrainer
 from .dry_run import plan_pruning
-from .finetune import prepare_dense_model, quiet_trainer, release_memory, train_dense_control, training_kwargs
+from .finetune import prepare_dense_model, quiet_trainer, release_memory, resolve_precision, train_dense_control, training_kwargs
 from .llama_cpp_bench import check_gguf_job, gguf_file_name, time_in_llama_cpp
 from .max_drop import KeepFastestWithinDrop, ceiling_out_of_reach, selection_split
 from .prune_arguments import (
@@ -151,6 +151,7 @@ class PruneJob:
         check_targets(self.targets, self.settings)
         check_training(self.recovery)
         self.device = check_device(self.recovery.device, error=PipelineInputError)
+        self.settings["precision"] = resolve_precision(self.recovery.precision, self.device)  # "auto" made concrete
         output_dir = self.output.output_dir
         if not self.output.dry_run:
             output_dir = check_output_dir(output_dir, self.output.overwrite, inputs=self.inputs)
@@ -190,7 +191,7 @@ class PruneJob:
         training = training_kwargs(
             self.work_dir / "prune", batch_size=recovery.batch_size, learning_rate=recovery.learning_rate,
             seed=self.model_data.seed, quiet=self.output.progress is not None, save_steps=0 if dry_run else recovery.save_steps,
-            device=self.device,
+            device=self.device, precision=self.settings["precision"],
         )  # fmt: skip
         if self.targets.max_drop is not None:  # its steps are candidates: no extra steps to meet the ceiling
             training["speedup_extra_steps"] = 0
@@ -207,7 +208,8 @@ class PruneJob:
         self.model, self.tokenizer, self.train = prepare_dense_model(
             self.source, self.data, self.work_dir, self.run_state, finetune_epochs=recovery.finetune_epochs,
             max_length=self.model_data.max_length, batch_size=recovery.batch_size, learning_rate=recovery.learning_rate,
-            seed=self.model_data.seed, device=self.device, progress=self.output.progress, say=self.say,
+            seed=self.model_data.seed, device=self.device, precision=self.settings["precision"], progress=self.output.progress,
+            say=self.say,
         )  # fmt: skip
         self.stopwatch.lap("load + fine-tune head" if self.run_state["finetuned_first"] else "load")
 

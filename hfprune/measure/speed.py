@@ -11,6 +11,7 @@ comes. The timer, the device and the quartiles here are shared with `generation_
 
 from __future__ import annotations
 
+import copy
 import math
 import platform
 import statistics
@@ -37,7 +38,7 @@ from .flops import (
 from .noise import assess_noise, load_average, machine_load
 from .speed_report import SpeedReport
 
-__all__ = ["measure_speed", "time_against_dense"]
+__all__ = ["HALF_PRECISIONS", "cuda_computes_bf16", "half_precisions", "measure_speed", "time_against_dense"]
 
 ProgressFn = Callable[[int, int, dict[str, Any]], None]
 
@@ -73,6 +74,29 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device() if torch.cuda.is_available() else 0)
     return device
+
+
+def cuda_computes_bf16(device: str | torch.device | None = None) -> bool:
+    """Whether the CUDA GPU `device` (None: the current one) computes bf16 natively: compute capability 8.0 and
+    later (Ampere, Hopper, ...) and every ROCm GPU. Older GPUs (V100, T4) only emulate it, slower than fp32."""
+    if torch.version.hip:
+        return True
+    return torch.cuda.get_device_capability(device)[0] >= 8
+
+
+HALF_PRECISIONS: dict[str, torch.dtype] = {"fp16": torch.float16, "bf16": torch.bfloat16}
+"""The half precisions a CUDA GPU is also timed in, by the name `--precision` and the speed table use."""
+DTYPE_NAMES: dict[torch.dtype, str] = {torch.float32: "fp32", **{dtype: name for name, dtype in HALF_PRECISIONS.items()}}
+
+
+def half_precisions(device: torch.device, model_dtype: torch.dtype = torch.float32) -> list[str]:
+    """The extra dtypes `time_against_dense` times in on `device`: on a CUDA GPU fp16, and bf16 where the GPU
+    computes it natively, less the models' own dtype. None elsewhere: a CPU emulates most half-precision
+    matmuls, and its fp32 table is the one that says what pruning saved."""
+    if device.type != "cuda":
+        return []
+    names = ["fp16", "bf16"] if cuda_computes_bf16(device) else ["fp16"]
+    return [name for name in names if HALF_PRECISIONS[name] != model_dtype]
 
 
 def device_timer(device: torch.device) -> Callable[[Callable[[], Any]], float]:
@@ -304,6 +328,7 @@ def time_against_dense(
     pruned: nn.Module,
     dense: nn.Module | None = None,
     *,
+    half_precision: bool = True,
     progress: Callable[[str, int, int], None] | None = None,
     **measure_kwargs: Any,
 ) -> SpeedReport:
@@ -311,8 +336,31 @@ def time_against_dense(
 
     Without `dense`, the baseline is a random-weight model with the original shapes, on the pruned model's
     device and dtype: timing does not depend on weight values, so the dense checkpoint is not needed.
+    On a CUDA GPU, with `half_precision` and no `dtype`, the pair is timed again in fp16 and (where the GPU
+    computes it natively) bf16, as a GPU serves it: rows "dense fp16", "pruned fp16", ..., each speedup against
+    dense in the same dtype. Those are copies cast for timing only; the models given keep their dtype.
     `progress(stage, done, total)` is the jobs' progress callback.
     """
     dense = dense if dense is not None else dense_twin(pruned)
-    callback = (lambda done, total, row: progress("time dense vs pruned", done, total)) if progress else None
-    return measure_speed({"dense": dense, "pruned": pruned}, progress=callback, **measure_kwargs)
+    report = measure_speed({"dense": dense, "pruned": pruned}, progress=_stage(progress, ""), **measure_kwargs)
+    dispatched = getattr(pruned, "hf_device_map", None) or getattr(dense, "hf_device_map", None)
+    if not half_precision or measure_kwargs.get("dtype") is not None or dispatched:
+        return report
+    labels = half_precisions(resolve_device(measure_kwargs.get("device")), next(pruned.parameters()).dtype)
+    for label in labels:  # one dtype's copies at a time (each copied in the model's dtype, then cast), freed after
+        dtype = HALF_PRECISIONS[label]
+        copies = {f"dense {label}": copy.deepcopy(dense).to(dtype), f"pruned {label}": copy.deepcopy(pruned).to(dtype)}
+        report = report.merged(measure_speed(copies, progress=_stage(progress, f" ({label})"), **measure_kwargs))
+        del copies
+        torch.cuda.empty_cache()
+    if labels:
+        own = next(pruned.parameters()).dtype
+        report.settings["precisions"] = [DTYPE_NAMES.get(own, str(own).removeprefix("torch.")), *labels]
+    return report
+
+
+def _stage(progress: Callable[[str, int, int], None] | None, suffix: str) -> ProgressFn | None:
+    """`measure_speed`'s progress as the jobs' callback, under the stage "time dense vs pruned" + `suffix`."""
+    if progress is None:
+        return None
+    return lambda done, total, row: progress(f"time dense vs pruned{suffix}", done, total)

@@ -22,7 +22,8 @@ __all__ = ["SpeedReport"]
 
 @dataclass
 class SpeedReport:
-    """Side-by-side timings of several models; `speedup` and `ideal_speedup` are relative to the first model.
+    """Side-by-side timings of several models; `speedup` and `ideal_speedup` are relative to the first model (of
+    its own part, for the rows that `merged` added: e.g. "pruned bf16" against "dense bf16").
 
     Each row: `model`, `batch_size`, `seq_len`, `median_ms`, `p25_ms`, `p75_ms` (the spread over repeats),
     `throughput` (examples/s at the median), `flops` (forward), `params`, `speedup` (first model's median /
@@ -58,6 +59,15 @@ class SpeedReport:
     def load_json(cls, path: str | Path) -> SpeedReport:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
+    def merged(self, other: SpeedReport) -> SpeedReport:
+        """This report with `other`'s rows after its own (the same models timed again, e.g. cast to bf16): each
+        part's speedups stay relative to its own first model, the device and settings are this report's, and
+        the noise verdict covers both."""
+        reasons = list(dict.fromkeys([*self.noise.get("reasons", []), *other.noise.get("reasons", [])]))
+        return SpeedReport(
+            device=self.device, rows=[*self.rows, *other.rows], settings=dict(self.settings), noise=noise_verdict(reasons)
+        )
+
     def models(self) -> list[str]:
         return list(dict.fromkeys(row["model"] for row in self.rows))
 
@@ -85,6 +95,7 @@ class SpeedReport:
             f"Device: {self.device}; median of {self.settings.get('repeats', '?')} interleaved repeats "
             f"after {self.settings.get('warmup', '?')} warm-up, p25-p75 in brackets.",
             "",
+            *self._precision_note(),
             "| model | batch | seq | median ms [p25-p75] | examples/s | GFLOPs | params (M) | speedup | ideal | speedup / ideal | noise |",
             "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
@@ -100,6 +111,17 @@ class SpeedReport:
             lines += ["", f"Warning: {self.noise_warning()}"]
             lines += [f"- {reason}" for reason in self.noise.get("reasons", [])]
         return "\n".join(lines)
+
+    def _precision_note(self) -> list[str]:
+        """The line that explains rows timed in more than one dtype (`time_against_dense` on a GPU), or none."""
+        precisions = self.settings.get("precisions")
+        if not precisions or len(precisions) < 2:
+            return []
+        note = (
+            f"Timed in {', '.join(precisions)}: rows named with a dtype are copies of the models cast to it for timing "
+            "only, their speedup against dense in the same dtype."
+        )
+        return [note, ""]
 
     def plot(self, path: str | Path) -> None:
         """A PNG: throughput vs batch size per model (left) and measured vs ideal speedup (right), one row of
