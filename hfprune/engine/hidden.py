@@ -60,7 +60,8 @@ def prune_hidden(model: nn.Module, channels: Iterable[int]) -> nn.Module:
     outer = _outer_channel_dims(target)
     for holders, _ in outer:
         check_sliceable(getattr(holders[0][0], holders[0][1]))
-    index = torch.as_tensor([current.index(channel) for channel in kept], dtype=torch.long)
+    where = {channel: index for index, channel in enumerate(current)}
+    index = torch.as_tensor([where[channel] for channel in kept], dtype=torch.long)
 
     record["original"].setdefault("hidden_size", size)
     record["original"].setdefault("head_dim", adapter.head_dim(config))

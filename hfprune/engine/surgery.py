@@ -138,8 +138,8 @@ def prune_ffn(model: nn.Module, neurons_to_prune: Mapping[int, Iterable[int]]) -
 
     with all_or_nothing(target):
         for position, kept in plan:
-            current = kept_ffn(record, position)
-            adapter.slice_ffn(layers[position], [current.index(neuron) for neuron in kept])
+            where = {neuron: index for index, neuron in enumerate(kept_ffn(record, position))}  # thousands of neurons
+            adapter.slice_ffn(layers[position], [where[neuron] for neuron in kept])
             record["kept_ffn"][position] = kept
         if plan:
             save_record(target, record)

@@ -78,7 +78,8 @@ def plan_parameter_budget(
     if "ffn" not in scores:
         raise PruningError("a parameter budget without training needs 'ffn' scores")
     widths = uniform_counts(model, "ffn", round_to_multiple)
-    narrowest = _parameters(model, plan, scores["ffn"], widths[0])
+    ranked = _ranked_neurons(model, plan, scores["ffn"])
+    narrowest = _parameters(model, plan, ranked, widths[0])
     if narrowest > target:
         raise TargetOutOfReachError(
             f"param_budget={param_budget:g} is out of reach by cutting the FFN: at its narrowest ({widths[0]} neurons "
@@ -87,33 +88,40 @@ def plan_parameter_budget(
     low, high = 0, len(widths) - 1  # parameters grow with the width: the widest that fits, by bisection
     while low < high:
         middle = (low + high + 1) // 2
-        if _parameters(model, plan, scores["ffn"], widths[middle]) <= target:
+        if _parameters(model, plan, ranked, widths[middle]) <= target:
             low = middle
         else:
             high = middle - 1
     width = widths[low]
-    plan["ffn"] = _ffn_plan(model, plan, scores["ffn"], width)
-    plan.update(ffn_width=width, parameters=_parameters(model, plan, scores["ffn"], width), dense_parameters=dense)
+    plan["ffn"] = _ffn_cut(ranked, width)
+    plan.update(ffn_width=width, parameters=_parameters(model, plan, ranked, width), dense_parameters=dense)
     return plan
 
 
-def _ffn_plan(model: nn.Module, plan: dict[str, Any], scores: torch.Tensor, width: int) -> dict[int, list[int]]:
-    """Every kept layer's FFN down to `width`: its lowest-scoring current neurons go."""
+def _ffn_cut(ranked: dict[int, list[int]], width: int) -> dict[int, list[int]]:
+    """Every kept layer's FFN down to `width`: its lowest-scoring current neurons go (`ranked`: `_ranked_neurons`)."""
+    return {layer: sorted(order[: len(order) - width]) for layer, order in ranked.items() if len(order) > width}
+
+
+def _ranked_neurons(model: nn.Module, plan: dict[str, Any], scores: torch.Tensor) -> dict[int, list[int]]:
+    """Per kept layer (original index) not dropped by `plan`, its current neurons from least to most important
+    (ties: the lower index first; a missing score counts as 0)."""
     record = get_record(model)
     dropped = set(plan["layers"])
-    cut = {}
+    ranked = {}
     for position, layer in enumerate(record["kept_layers"]):
-        neurons = kept_ffn(record, position)
-        if layer in dropped or len(neurons) <= width:
+        if layer in dropped:
             continue
-        ranked = sorted(neurons, key=lambda neuron: (float(scores[layer, neuron].nan_to_num(0.0)), neuron))
-        cut[layer] = sorted(ranked[: len(neurons) - width])
-    return cut
+        neurons = torch.tensor(kept_ffn(record, position))
+        values = scores[layer, neurons].nan_to_num(0.0)
+        order = torch.sort(values, stable=True).indices  # stable: equal scores keep ascending neuron order
+        ranked[layer] = neurons[order].tolist()
+    return ranked
 
 
-def _parameters(model: nn.Module, plan: dict[str, Any], scores: torch.Tensor, width: int) -> int:
+def _parameters(model: nn.Module, plan: dict[str, Any], ranked: dict[int, list[int]], width: int) -> int:
     """Parameters of `model` with `plan` and every layer's FFN at `width`, counted on a dry-run copy."""
-    return num_parameters(apply_plan_dry(model, {**plan, "ffn": _ffn_plan(model, plan, scores, width)}))
+    return num_parameters(apply_plan_dry(model, {**plan, "ffn": _ffn_cut(ranked, width)}))
 
 
 __all__ = ["apply_plan_dry", "plan_parameter_budget"]
