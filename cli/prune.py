@@ -7,6 +7,8 @@ of `cli.common`), each defined once under the name of the `prune_for_task` keywo
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -148,17 +150,34 @@ def prune(
     """
     quiet = output.pop("quiet")
     output_dir = output_dir or _default_output_dir(model, task)
+    main_process = _is_main_process()  # under torchrun: rank 0 alone shows progress and the result
 
     with handle_errors():
         quiet_libraries()
         from hfprune.jobs.prune import prune_for_task
 
-        with progress_display(enabled=not quiet) as bars:
+        with progress_display(enabled=not quiet and main_process) as bars:
             result = prune_for_task(
                 model, task, output_dir=output_dir, gguf_file=gguf_file, **data_options, **targets, **training,
                 **output, command=command_line(ctx), progress=bars, log=bars.log,
             )  # fmt: skip
-    _print_result(result)
+    if main_process:
+        _print_result(result)
+    _leave_process_group()
+
+
+def _leave_process_group() -> None:
+    """Under torchrun, leave the process group before the interpreter exits: left to its shutdown, gloo's threads
+    can abort a finished process on a loaded machine. Alone, nothing to do."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
+def _is_main_process() -> bool:
+    """Rank 0 of a `torchrun` / `accelerate launch` run (their `RANK`), or the only process."""
+    return int(os.environ.get("RANK", "0") or 0) == 0
 
 
 def _print_result(result) -> None:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..constants import PRECISIONS, PRUNE_DEFAULTS, choices
+from ..distributed import on_main_process, process_count
 from ..errors import PipelineInputError
 from ..io.checkpoint import ModelSource, load_model_for_task
 from ..io.rundir import FINETUNED_DIR, save_folder, save_state
@@ -36,6 +37,7 @@ __all__ = [
     "MAX_MICRO_BATCH",
     "default_finetune_epochs",
     "micro_batches",
+    "per_process_batch",
     "precision_of",
     "prepare_dense_model",
     "release_memory",
@@ -70,6 +72,18 @@ def micro_batches(batch_size: int) -> tuple[int, int]:
         if batch_size % steps == 0 and batch_size // steps >= 4:
             return batch_size // steps, steps
     return batch_size, 1
+
+
+def per_process_batch(batch_size: int, processes: int | None = None) -> int:
+    """The examples each of `processes` (default: this run's, `process_count`) trains on per update, so that the
+    global batch is `batch_size` however many processes a `torchrun` starts; one line where it does not divide."""
+    processes = process_count() if processes is None else processes
+    if batch_size % processes:
+        raise PipelineInputError(
+            f"batch_size {batch_size} does not divide among {processes} processes; use a multiple of {processes}",
+            cli_message=f"--batch-size {batch_size} does not divide among {processes} processes; use a multiple of {processes}",
+        )
+    return batch_size // processes
 
 
 def training_device(device: str | None) -> str:
@@ -131,12 +145,19 @@ def training_kwargs(
     it: the effective batch shrinks at the same learning rate, with more steps per epoch, and later phases keep
     the smaller batch. Evaluation batches are not adjusted. On the CPU and MPS it trains in `micro_batches`,
     where that was measured to lower peak memory.
+
+    Under `torchrun --nproc_per_node N` (or `accelerate launch`) `batch_size` stays the global batch: each process
+    trains on `batch_size / N` per update (`per_process_batch`; refused in one line where it does not divide), in
+    micro-batches on the CPU, and the Trainer's DDP averages the gradients. On the CPU `use_cpu` is set: without
+    it, accelerate joins the process group but the Trainer trains alone in every process, on every example.
     """
     kind = training_device(device)
     precision = resolve_precision(precision, device)
+    batch_size = per_process_batch(batch_size)
     micro_batch, accumulation = (batch_size, 1) if kind == "cuda" else micro_batches(batch_size)
     return dict(
-        use_cpu=device == "cpu" or (kind == "cpu" and precision == "bf16"),  # the Trainer refuses bf16 on no GPU without it
+        # on the CPU: gloo DDP under torchrun (see above), and the Trainer refuses bf16 on no GPU without it
+        use_cpu=kind == "cpu",
         output_dir=str(output_dir),
         per_device_train_batch_size=micro_batch,
         gradient_accumulation_steps=accumulation,
@@ -215,7 +236,8 @@ def _finetune(
     )
     if progress is not None:
         quiet_trainer(trainer)
-    trainer.train(resume_from_checkpoint=_last_complete_checkpoint(Path(args.output_dir)))
+    # rank 0 alone looks (and removes a half-written checkpoint); every rank resumes from what it found
+    trainer.train(resume_from_checkpoint=on_main_process(lambda: _last_complete_checkpoint(Path(args.output_dir))))
     model.eval()
     summary = {"epochs": round(trainer.state.epoch or 0.0, 2), "steps": trainer.state.global_step, "best_validation": trainer.state.best_metric}
     del trainer
@@ -240,7 +262,8 @@ def prepare_dense_model(
     A checkpoint with a trained head for the task is used as it is. One without gets a head fine-tuned first (at
     most `finetune_epochs`, default `default_finetune_epochs`), with early stopping on a validation slice of train
     that is then left out of `train`, so no later step trains on what chose when to stop. The fine-tuned model is
-    kept in `work_dir` and `state["finetuned_first"]` records the choice, so a resumed run reloads it.
+    kept in `work_dir` and `state["finetuned_first"]` records the choice, so a resumed run reloads it (written by
+    rank 0 alone under `torchrun`; the Trainer's DDP leaves every rank with the same weights).
     `training`: `batch_size`, `learning_rate`, `seed`, `device` and `precision`.
     """
     from transformers import set_seed
@@ -265,8 +288,12 @@ def prepare_dense_model(
             f"on {len(train)} examples, early stopping on {len(validation)} held-out training examples)"
         )
         state["finetune"] = _finetune(model, tokenizer, train, validation, data, work_dir, epochs=epochs, progress=progress, **training)
-        save_folder(finetuned, model, tokenizer)
-        save_state(work_dir, state)
+
+        def keep() -> None:  # for a resume; under torchrun every rank keeps its own identical copy in memory
+            save_folder(finetuned, model, tokenizer)
+            save_state(work_dir, state)
+
+        on_main_process(keep)
     return model, tokenizer, train
 
 
@@ -292,6 +319,7 @@ def train_dense_control(
     seen more data. `dense` is a copy to train in place (the distillation teacher, no longer needed), or None to
     reload the dense model from the run's fine-tuned folder or `source`. `pruning_steps`: how many pruning steps the
     pruned model went through (default: the arguments' count; a speed target or max_drop can run more or fewer).
+    Under `torchrun` every rank trains (DDP) and calls `evaluate`, which the job runs on rank 0 alone.
     Returns the run's `dense_control` entry.
     """
     if dense is None:
@@ -302,7 +330,7 @@ def train_dense_control(
     pruning_steps = args.num_pruning_steps if pruning_steps is None else pruning_steps
     epochs = args.recovery_epochs * pruning_steps + (args.l0_epochs if args.pruning_method == "l0" else 0)
     settings = training_kwargs(
-        work_dir / "control", batch_size=args.per_device_train_batch_size * args.gradient_accumulation_steps,
+        work_dir / "control", batch_size=args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
         learning_rate=args.learning_rate, seed=args.seed, quiet=progress is not None, device="cpu" if args.use_cpu else None,
         precision=precision_of(args),
     )  # fmt: skip

@@ -18,6 +18,14 @@ on the job and leaves what it made:
 Until it succeeds, the run keeps its state in `work_dir_for(output_dir)` (`run_state`: the fine-tuned model, the
 "before" metrics and scores, training checkpoints), so that the same call with `resume=True` continues after a
 crash; bad input found late removes it, since there is nothing to resume.
+
+Under `torchrun --nproc_per_node N` (or `accelerate launch`) every process runs the job: it joins the process
+group first, checks its input on every rank and raises the same one-line error everywhere. Fine-tuning, pruning,
+recovery and the dense control train data-parallel through the Trainer's DDP (the global batch stays
+`batch_size`; the scores are averaged across ranks and the plan checked equal), and every rank keeps its own
+identical model in memory. The work directory, run state, evaluations, head-importance heatmap, timing and the
+output folder are rank 0's (`MAIN_PROCESS_STAGES` and `on_main_process`), the others waiting for what it found;
+every rank returns rank 0's `PruneResult`.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from typing import Any
 from torch.utils.data import DataLoader
 
 from .._validation import check_device
+from ..distributed import agree, checked, is_main_process, join_launched_processes, on_main_process
 from ..errors import PipelineInputError, PruningError, TargetOutOfReachError, first_line
 from ..export.card import update_card_gguf
 from ..export.card_source import prune_card_inputs, python_call
@@ -61,7 +70,15 @@ from ..tasks.task_data import load_task_data, padding_collator, tokenize_split
 from ..training.callbacks import progress_callbacks
 from ..training.trainer import PruningTrainer
 from .dry_run import plan_pruning
-from .finetune import prepare_dense_model, quiet_trainer, release_memory, resolve_precision, train_dense_control, training_kwargs
+from .finetune import (
+    prepare_dense_model,
+    quiet_trainer,
+    release_memory,
+    resolve_precision,
+    train_dense_control,
+    training_device,
+    training_kwargs,
+)
 from .llama_cpp_bench import check_gguf_job, gguf_file_name, time_in_llama_cpp
 from .max_drop import KeepFastestWithinDrop, ceiling_out_of_reach, selection_split
 from .prune_arguments import (
@@ -90,6 +107,7 @@ class PruneJob:
         "prepare_dense_model", "evaluate_dense", "score", "prune_and_recover", "evaluate_pruned", "dense_control",
         "time", "write_output", "export_gguf",
     )  # fmt: skip
+    MAIN_PROCESS_STAGES = ("time", "write_output", "export_gguf")  # the last ones: rank 0 alone, its result shared
 
     def __init__(self, model_data: ModelDataArguments, targets: TargetArguments, recovery: RecoveryArguments, output: OutputArguments):
         self.model_data, self.targets, self.recovery, self.output = model_data, targets, recovery, output
@@ -110,8 +128,10 @@ class PruneJob:
         self.result: PruneResult | None = None  # write_output
 
     def run(self) -> PruneResult:
-        """Load and validate, then run every stage; the work directory goes once the output is written."""
-        self.load_and_validate()
+        """Load and validate, then run every stage; the work directory goes once the output is written.
+        Under `torchrun`, see the module notes: every rank returns rank 0's result."""
+        join_launched_processes(cpu=self._trains_on_cpu())
+        agree(checked(self.load_and_validate))  # bad input: the same error on every rank, before any work
         if self.output.dry_run:
             return plan_pruning(
                 self.source, self.data, self.pruning_args, self.settings, self.output_dir, seed=self.model_data.seed,
@@ -122,19 +142,40 @@ class PruneJob:
             "finetune_epochs": self.recovery.finetune_epochs,
             "data": {"source": self.data.source, "sha256": self.data.fingerprint()},  # other data: no resume
         }  # fmt: skip
-        self.run_state = open_work_dir(self.work_dir, run, self.output.resume)  # refuses another run's state
+        main = is_main_process()
+        # refuses another run's state; the other ranks get rank 0's state (or its error)
+        self.run_state = on_main_process(lambda: open_work_dir(self.work_dir, run, self.output.resume))
         try:
             self.stopwatch.lap("check inputs")
             for stage in self.STAGES:
-                getattr(self, stage)()
+                if stage not in self.MAIN_PROCESS_STAGES:
+                    getattr(self, stage)()
+            self.result = on_main_process(self._main_process_stages)
         except (PipelineInputError, PruningError, TaskDataError):
-            if not self.output.resume:  # bad input found late (e.g. weights that disagree with their config): nothing to resume
+            if main and not self.output.resume:  # bad input found late (e.g. weights that disagree with their config): nothing to resume
                 shutil.rmtree(self.work_dir, ignore_errors=True)
             raise
         finally:
-            release_work_dir(self.work_dir)
-        shutil.rmtree(self.work_dir, ignore_errors=True)  # only now: any failure above leaves it for resume=True
+            if main:
+                release_work_dir(self.work_dir)
+        self.teacher = None
+        if main:
+            shutil.rmtree(self.work_dir, ignore_errors=True)  # only now: any failure above leaves it for resume=True
         return self.result
+
+    def _main_process_stages(self) -> PruneResult:
+        """The stages that time, write and report (`MAIN_PROCESS_STAGES`, the last ones), run on rank 0 alone."""
+        for stage in self.STAGES:
+            if stage in self.MAIN_PROCESS_STAGES:
+                getattr(self, stage)()
+        return self.result
+
+    def _trains_on_cpu(self) -> bool:
+        """Whether training runs on the CPU (gloo under torchrun); an unusable device is refused later, in one line."""
+        try:
+            return training_device(self.recovery.device) == "cpu"
+        except (RuntimeError, TypeError, ValueError):
+            return True
 
     @property
     def inputs(self) -> list[str | os.PathLike]:
@@ -153,7 +194,7 @@ class PruneJob:
         self.device = check_device(self.recovery.device, error=PipelineInputError)
         self.settings["precision"] = resolve_precision(self.recovery.precision, self.device)  # "auto" made concrete
         output_dir = self.output.output_dir
-        if not self.output.dry_run:
+        if not self.output.dry_run and is_main_process():  # the one that writes it (and may repair it) checks it
             output_dir = check_output_dir(output_dir, self.output.overwrite, inputs=self.inputs)
         self.output_dir = Path(output_dir).expanduser()
         self._load_sources()
@@ -222,8 +263,13 @@ class PruneJob:
         )  # fmt: skip
         if "metrics_before" not in self.run_state:
             self.say("evaluating the dense model")
-            self.run_state["metrics_before"] = self.evaluate(self.model, stage="evaluate dense")
-            save_state(self.work_dir, self.run_state)
+
+            def evaluate() -> dict:
+                metrics = self.evaluate(self.model, stage="evaluate dense")
+                save_state(self.work_dir, {**self.run_state, "metrics_before": metrics})
+                return metrics
+
+            self.run_state["metrics_before"] = on_main_process(evaluate)
         self.stopwatch.lap("evaluate before")
         self.baselines, self.weak = check_dense_model(self.data, self.run_state["metrics_before"], allow_weak=self.recovery.allow_weak_baseline)
         if self.weak:
@@ -237,7 +283,8 @@ class PruneJob:
         self.say(f"scoring head importance on {len(self.score_dataset)} training examples")
         self.collate = None if self.data.is_lm else padding_collator(self.tokenizer)
         loader = DataLoader(self.score_dataset, batch_size=self.pruning_args.per_device_eval_batch_size, collate_fn=self.collate)
-        self.importance = load_or_compute(self.work_dir / IMPORTANCE_FILE, lambda: head_importance(self.model, loader))
+        # for the card: computed (and kept for a resume) on rank 0, the same tensor on every rank
+        self.importance = on_main_process(lambda: load_or_compute(self.work_dir / IMPORTANCE_FILE, lambda: head_importance(self.model, loader)))
         self.stopwatch.lap("score")
 
     def prune_and_recover(self) -> None:
@@ -304,7 +351,7 @@ class PruneJob:
     def evaluate_pruned(self) -> None:
         """The "after" metrics, on the same splits as the "before" ones."""
         self.say("evaluating the pruned model")
-        self.metrics_after = self.evaluate(self.model, stage="evaluate pruned")
+        self.metrics_after = on_main_process(lambda: self.evaluate(self.model, stage="evaluate pruned"))
         self.stopwatch.lap("evaluate after")
 
     def dense_control(self) -> None:
@@ -316,10 +363,10 @@ class PruneJob:
         self.say("training the dense model on the same examples for the same steps (the honest before)")
         self.run_state["dense_control"] = train_dense_control(
             self.teacher, self.source, self.data, self.work_dir, self.run_state, self.train, self.pruning_args,
-            tokenizer=self.tokenizer, evaluate=self.evaluate, pruned_steps=pruned_steps,
-            pruning_steps=len(self.history) - 1, progress=self.output.progress,
+            tokenizer=self.tokenizer, evaluate=lambda *args, **kwargs: on_main_process(lambda: self.evaluate(*args, **kwargs)),
+            pruned_steps=pruned_steps, pruning_steps=len(self.history) - 1, progress=self.output.progress,
         )  # fmt: skip
-        save_state(self.work_dir, self.run_state)
+        on_main_process(lambda: save_state(self.work_dir, self.run_state))
         self.stopwatch.lap("dense control")
 
     def time(self) -> None:

@@ -29,6 +29,7 @@ from huggingface_hub import snapshot_download
 from torch.utils.data import DataLoader
 
 from .._validation import check_device
+from ..distributed import process_count
 from ..constants import RESULTS_FILE
 from ..errors import PipelineInputError, PruningError, first_line
 from ..export.card import write_model_card
@@ -68,6 +69,8 @@ def check_stream_job(model_data: ModelDataArguments, targets: TargetArguments, r
         raise PipelineInputError(f"stream prunes causal language models (--task {LM_TASK}), not {model_data.task}")
     if targets.param_budget is None:
         raise PipelineInputError("stream plans to a parameter budget: give param_budget (--params)")
+    if process_count() > 1:
+        raise PipelineInputError("stream runs as one process (one layer at a time); launch it without torchrun")
     unsupported = {
         "target_speedup": targets.target_speedup, "max_drop": targets.max_drop, "prune_width": targets.prune_width or None,
         "dry_run": output.dry_run or None, "resume": output.resume or None,
