@@ -704,3 +704,23 @@ def test_l0_with_a_target_sparsity_pulls_the_gates_to_it_and_removes_exactly_tha
     closed = sorted(((float(gates[layer, head]), layer, head) for layer in range(3) for head in range(4)))[:removed]
     assert all(head not in kept[layer] for _, layer, head in closed)  # the least open gates are the ones removed
     model(**tiny_inputs())
+
+
+def test_micro_batches_train_a_classifier_on_the_mean_loss_of_the_whole_batch(tmp_path):
+    """A classification head's loss is its micro-batch's mean and ignores `num_items_in_batch`, so the Trainer must
+    divide it by the accumulation steps: 2 micro-batches of 4 log (and step on) the loss of one batch of 8, not twice it."""
+    losses = {}
+    for micro_batch, accumulation in ((8, 1), (4, 2)):
+        model = tiny_model("bert")
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        capture = LogCapture()
+        args = make_args(tmp_path / str(micro_batch), per_device_train_batch_size=micro_batch, gradient_accumulation_steps=accumulation, recovery_steps=1)
+        trainer = make_trainer(model, args, train=data(8), callbacks=[capture])
+        assert not trainer.model_accepts_loss_kwargs
+        trainer.train()
+        losses[accumulation] = next(log["loss"] for log in capture.logs if "loss" in log)
+    assert losses[2] == pytest.approx(losses[1], rel=1e-4)
+    causal = make_trainer(tiny_model("llama"), make_args(tmp_path / "lm"), train=lm_data(8))
+    assert causal.model_accepts_loss_kwargs  # its loss divides by the tokens of the whole batch itself

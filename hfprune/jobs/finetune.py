@@ -26,7 +26,7 @@ from ..pruning_config import PruningConfig
 from ..tasks.evaluate import make_compute_metrics
 from ..tasks.task_data import TaskData, padding_collator, tokenize_split
 from ..training.callbacks import progress_callbacks
-from ..training.trainer import PruningTrainer
+from ..training.trainer import PruningTrainer, loss_counts_items
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -234,6 +234,7 @@ def _finetune(
         compute_metrics=make_compute_metrics(data.spec),
         callbacks=[EarlyStoppingCallback(FINETUNE_PATIENCE), *progress_callbacks(progress, "fine-tune the task head")],
     )
+    trainer.model_accepts_loss_kwargs = trainer.model_accepts_loss_kwargs and loss_counts_items(model)
     if progress is not None:
         quiet_trainer(trainer)
     # rank 0 alone looks (and removes a half-written checkpoint); every rank resumes from what it found

@@ -73,6 +73,15 @@ PRUNING_STATE_NAME, L0_GATES_NAME = PRUNING_STATE_FILE, L0_GATES_FILE  # their f
 
 
 # ---- the trainer ---------------------------------------------------------------------------------------
+def loss_counts_items(model: nn.Module) -> bool:
+    """Whether the model's loss uses the `num_items_in_batch` the Trainer passes to a forward that takes **kwargs
+    (transformers' causal-LM loss sums over the tokens and divides by it). A classification head's loss is the mean
+    over its own micro-batch: told otherwise, the Trainer neither divides it by the gradient-accumulation steps
+    (gradients come out that many times too large, and clipping bites that much earlier) nor leaves it unscaled
+    under DDP (it multiplies it by the number of processes). Set `trainer.model_accepts_loss_kwargs` from this."""
+    return type(model).__name__.endswith(("ForCausalLM", "LMHeadModel"))
+
+
 class PruningTrainer(PruningSteps, PruningCheckpoints, Trainer):
     """A `Trainer` whose `train()` prunes: score -> prune -> recovery fine-tune, once or iteratively.
 
@@ -123,6 +132,7 @@ class PruningTrainer(PruningSteps, PruningCheckpoints, Trainer):
             raise PruningError("PruningTrainer needs the model to prune")
         get_adapter(model)  # unsupported families fail here, not after a long setup
         super().__init__(model, args, *trainer_args, **kwargs)
+        self.model_accepts_loss_kwargs = self.model_accepts_loss_kwargs and loss_counts_items(model)
         self.score_dataset = score_dataset
         self.teacher_model = teacher_model
         self.pruning_history: list[dict[str, Any]] = []
@@ -543,5 +553,6 @@ __all__ = [
     "PruningConfig",
     "PruningTrainer",
     "final_targets",
+    "loss_counts_items",
     "restore_structure",
 ]
