@@ -123,3 +123,18 @@ def test_streamed_reconstruction_is_the_in_memory_one(tmp_path, method):
     assert [b.error_after for b in report.blocks] == pytest.approx([b.error_after for b in expected.blocks], rel=1e-4)
     assert report.mean_error_after < report.mean_error_before
     assert len(list(pruned_dir.glob("model-*.safetensors"))) > 1 and not list(pruned_dir.glob(".*"))
+
+
+def test_a_checkpoint_with_tied_embeddings_streams(tmp_path):
+    """SmolLM2, Llama-3.2, Qwen2.5 and Gemma store their head as the embeddings: the streamed model ties them too."""
+    from hfprune.streaming import streamed_perplexity
+    from hfprune.tasks.lm import perplexity
+
+    model = tiny_model("llama")
+    model.config.tie_word_embeddings = True
+    model.tie_weights()
+    folder = saved(tmp_path, model)
+    with StreamedCheckpoint(folder) as checkpoint:
+        assert checkpoint.model.lm_head.weight is checkpoint.model.get_input_embeddings().weight
+    data = batches()
+    assert streamed_perplexity(folder, data) == pytest.approx(perplexity(hfprune.from_pretrained(folder), data), rel=1e-5)

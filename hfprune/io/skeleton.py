@@ -69,6 +69,8 @@ def checkpoint_skeleton(
     try:
         with _empty_weights(buffers), _default_dtype(dtype):
             model = model_class(config)
+        if buffers:  # accelerate's empty-weights context gives each parameter a new meta tensor: tie them again
+            model.tie_weights()
     except structure.PatchError as error:
         raise PruningError(str(error)) from None
     if check_weights:
