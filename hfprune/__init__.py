@@ -170,7 +170,7 @@ OLD_MODULE_PATHS: dict[str, tuple[str, ...]] = {
 __getattr_export__, _dir, __all__ = attach(__name__, _EXPORTS)
 
 
-SUBPACKAGES = ("engine", "scoring", "measure", "tasks", "planning", "reconstruction", "io", "export", "training", "jobs")
+SUBPACKAGES = ("engine", "scoring", "measure", "tasks", "planning", "reconstruction", "io", "export", "training", "streaming", "jobs")
 
 
 def __getattr__(name: str) -> Any:

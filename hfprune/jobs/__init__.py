@@ -1,5 +1,6 @@
 """The jobs behind the CLI, each one call: `prune_for_task`, `drop_layers_for_task`, `benchmark_checkpoint`,
-`benchmark_llama_cpp`, `score_task`, `evaluate_checkpoint`, the dry run, the demo, and the files every job writes.
+`benchmark_llama_cpp`, `score_task`, `evaluate_checkpoint`, the dry run, the streamed job, the demo, and the files
+every job writes.
 """
 
 from .._lazy import attach
@@ -12,7 +13,8 @@ _EXPORTS: dict[str, tuple[str, ...]] = {  # fmt: skip
     "evaluate": ("evaluate_checkpoint",),
     "finetune": (
         "FINETUNE_PATIENCE", "MAX_EVAL_INTERVAL", "MAX_MICRO_BATCH", "default_finetune_epochs", "micro_batches",
-        "prepare_dense_model", "release_memory", "train_dense_control", "validation_slice",
+        "per_process_batch", "precision_of", "prepare_dense_model", "release_memory", "resolve_precision",
+        "train_dense_control", "training_device", "validation_slice",
     ),
     "llama_cpp_bench": (
         "benchmark_llama_cpp", "check_gguf_job", "gguf_file_name", "prefill_flops", "time_in_llama_cpp",
@@ -28,5 +30,9 @@ _EXPORTS: dict[str, tuple[str, ...]] = {  # fmt: skip
     "report_files": ("write_file_atomically", "write_json_atomically",),
     "results": ("PruneResult", "Stopwatch", "write_output_folder",),
     "score": ("score_heads", "score_task",),
+    "stream": (
+        "PROTOCOL", "SNAPSHOT_FILES", "STREAM_BATCH_SIZE", "STREAM_SHARD_SIZE", "check_fits_in_memory", "check_stream_job",
+        "local_snapshot", "stream_prune_job", "weight_bytes",
+    ),
 }
 __getattr__, __dir__, __all__ = attach(__name__, _EXPORTS)
