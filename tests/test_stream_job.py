@@ -17,6 +17,7 @@ import hfprune
 from hfprune.cli import app
 from hfprune.errors import PipelineInputError
 from hfprune.jobs import stream as stream_job
+from hfprune.jobs.prune import drop_layers_for_task
 from hfprune.planning.streamed_budget import plan_parameter_budget
 from hfprune.tasks.lm import perplexity
 from hfprune.tasks.task_data import load_task_data, tokenize_split
@@ -129,3 +130,14 @@ def test_a_model_larger_than_free_memory_is_pointed_to_stream(lm, tmp_path, monk
     result = CliRunner().invoke(app, ["prune", str(llama), "--task", "lm", "--data-dir", str(text), "--params", "0.8", "-o", str(tmp_path / "out")])
     assert one_error_line(result).endswith("prune it one layer at a time with --stream (--task lm with --params)")
     assert not (tmp_path / "out").exists()
+
+
+def test_jobs_that_do_not_train_refuse_several_processes(lm, tmp_path, monkeypatch):
+    """--stream and drop-layers train nothing, so under torchrun every rank would only write the same folder."""
+    llama, text = lm
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(PipelineInputError, match="stream runs as one process"):
+        hfprune.prune_for_task(str(llama), "lm", data_dir=text, output_dir=tmp_path / "a", stream=True, param_budget=0.8, **RUN)
+    with pytest.raises(PipelineInputError, match="drop-layers runs as one process"):
+        drop_layers_for_task(str(llama), tmp_path / "b", k=1)
+    assert list(tmp_path.iterdir()) == []

@@ -26,6 +26,7 @@ from typing import Any
 
 from .._validation import FRACTION
 from ..constants import LAYER_STRATEGIES, PRUNE_DEFAULTS
+from ..distributed import process_count
 from ..engine.record import get_record
 from ..engine.surgery import drop_layers
 from ..errors import PipelineInputError, PruningError, first_line
@@ -193,6 +194,8 @@ def drop_layers_for_task(
         raise PipelineInputError("strategy 'contribution' scores layers on data: give a task")
     say = log or (lambda message: logger.info(message))
     inputs = job_inputs(model_name_or_path, data_kwargs=data_kwargs)
+    if process_count() > 1:  # nothing here trains: every rank would only write the same folder
+        raise PipelineInputError("drop-layers runs as one process; launch it without torchrun")
     output_dir = check_output_dir(output_dir, overwrite, inputs=inputs)
     is_lm = task is not None and task.lower() == LM_TASK
     source = resolve_model(model_name_or_path, gguf_file=gguf_file, need_tokenizer=task is not None, causal_lm=is_lm)
