@@ -35,10 +35,15 @@ EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 
 
+def is_main_process() -> bool:
+    """Rank 0 of a `torchrun` / `accelerate launch` run (their `RANK`), or the only process; read without torch."""
+    return int(os.environ.get("RANK", "0") or 0) == 0
+
+
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
     """Print a one-line error and exit non-zero. Under torchrun every rank exits with the code, and rank 0 alone
     prints the line (the ranks agree on their errors), so a user reads it once."""
-    if int(os.environ.get("RANK", "0") or 0) == 0:
+    if is_main_process():
         typer.secho(f"Error: {' '.join(str(message).split())}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
 

@@ -7,7 +7,6 @@ of `cli.common`), each defined once under the name of the `prune_for_task` keywo
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -37,6 +36,7 @@ from .common import (
     TaskOption,
     command_line,
     handle_errors,
+    is_main_process,
     metrics_table,
     option_group,
     parse_ints,
@@ -150,7 +150,7 @@ def prune(
     """
     quiet = output.pop("quiet")
     output_dir = output_dir or _default_output_dir(model, task)
-    main_process = _is_main_process()  # under torchrun: rank 0 alone shows progress and the result
+    main_process = is_main_process()  # under torchrun: rank 0 alone shows progress and the result
 
     with handle_errors():
         quiet_libraries()
@@ -173,11 +173,6 @@ def _leave_process_group() -> None:
     if torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
-
-
-def _is_main_process() -> bool:
-    """Rank 0 of a `torchrun` / `accelerate launch` run (their `RANK`), or the only process."""
-    return int(os.environ.get("RANK", "0") or 0) == 0
 
 
 def _print_result(result) -> None:

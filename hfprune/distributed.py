@@ -68,7 +68,7 @@ def join_launched_processes(cpu: bool) -> None:
     A job joins before any work, so that a bad input found on one rank can be raised on all of them (`agree`)
     instead of leaving the others waiting in a collective. Alone (or already joined) this does nothing.
     """
-    if is_distributed() or int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+    if is_distributed() or process_count() <= 1:
         return
     from accelerate import PartialState
 

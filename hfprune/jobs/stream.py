@@ -29,8 +29,8 @@ from huggingface_hub import snapshot_download
 from torch.utils.data import DataLoader
 
 from .._validation import check_device
-from ..distributed import process_count
 from ..constants import RESULTS_FILE
+from ..distributed import process_count
 from ..errors import PipelineInputError, PruningError, first_line
 from ..export.card import write_model_card
 from ..export.card_source import prune_card_inputs
@@ -48,6 +48,7 @@ from ..streaming.scores import stream_scores
 from ..streaming.surgery import prune_checkpoint
 from ..tasks.specs import LM_TASK
 from ..tasks.task_data import TaskData, load_task_data, tokenize_split
+from .finetune import training_device
 from .prune_arguments import ModelDataArguments, OutputArguments, RecoveryArguments, TargetArguments
 from .results import PruneResult, Stopwatch
 
@@ -133,7 +134,7 @@ def stream_prune_job(
     """Run the streamed job (see the module notes) and return its `PruneResult`."""
     check_stream_job(model_data, targets, recovery, output)
     say = output.log or (lambda message: None)
-    device = check_device(recovery.device, error=PipelineInputError) or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = check_device(recovery.device, error=PipelineInputError) or training_device(None)
     inputs = job_inputs(model_data.model_name_or_path, data_kwargs=vars(model_data))
     output_dir = check_output_dir(output.output_dir, output.overwrite, inputs=inputs)
     stopwatch = Stopwatch()

@@ -64,11 +64,6 @@ class HiddenStates:
     def __iter__(self) -> Iterator[torch.Tensor]:
         return (self[number] for number in range(len(self)))
 
-    @property
-    def spilled(self) -> int:
-        """How many batches are on disk."""
-        return sum(isinstance(item, Path) for item in self._items)
-
     def clear(self) -> None:
         self._items.clear()
         self.bytes_in_memory = 0
@@ -86,9 +81,11 @@ class StreamedCheckpoint:
     def __init__(self, checkpoint_dir: str | Path, *, device: str | torch.device = "cpu", max_memory: int = DEFAULT_MAX_MEMORY):
         self.directory = Path(checkpoint_dir)
         stored = stored_tensors(self.directory)
-        self.dtype = next((tensor.dtype for tensor in stored.values() if tensor.dtype.is_floating_point), torch.float32)
-        self.model = checkpoint_skeleton(self.directory, check_weights=True, buffers=True, dtype=self.dtype).eval()
+        dtype = next((tensor.dtype for tensor in stored.values() if tensor.dtype.is_floating_point), torch.float32)
+        self.model = checkpoint_skeleton(self.directory, check_weights=True, buffers=True, dtype=dtype).eval()
         self.adapter, self.record = get_adapter(self.model), get_record(self.model)
+        layers = self.layers
+        self._layers_prefix = next(name for name, module in self.model.named_modules() if module is layers) + "."
         self.device, self.max_memory = torch.device(device), max_memory
         self._sources = sources_by_name(self.model, stored)
         self._tied = {name: names for _, names in names_by_tensor(self.model).values() for name in names}
@@ -112,15 +109,12 @@ class StreamedCheckpoint:
 
     def layer_prefix(self, position: int) -> str:
         """The state-dict prefix of the layer at `position` (`model.layers.3.`)."""
-        layers = self.layers
-        prefix = next(name for name, module in self.model.named_modules() if module is layers)
-        return f"{prefix}.{position}."
+        return f"{self._layers_prefix}{position}."
 
     def _outer_names(self) -> list[str]:
         """Every parameter name outside the layers (tied ones under each of their names)."""
-        layers = self.layers
-        prefix = next(name for name, module in self.model.named_modules() if module is layers) + "."
-        return [name for name, _ in self.model.named_parameters(remove_duplicate=False) if not name.startswith(prefix)]
+        names = self.model.named_parameters(remove_duplicate=False)
+        return [name for name, _ in names if not name.startswith(self._layers_prefix)]
 
     def _load(self, root: nn.Module, names: list[str], prefix: str = "") -> None:
         """Read the parameters `names` of `root` (names relative to it; `prefix` makes them the model's) from the
