@@ -15,7 +15,6 @@ from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import Whitespace
 
 import hfprune
-import hfprune.streaming.surgery as streamed_surgery
 from hfprune.engine.surgery import prune_heads
 from hfprune.engine.transaction import tracing_slices
 from hfprune.errors import PruningError
@@ -237,24 +236,45 @@ def test_every_family_streams_like_in_memory(tmp_path, family):
         assert torch.equal(hfprune.from_pretrained(streamed)(**tiny_inputs()).logits, expected)
 
 
-def test_legacy_key_names_are_read_and_written_back(checkpoints, tmp_path, monkeypatch):
-    """A checkpoint with transformers' legacy names (LayerNorm.gamma/beta): read through the renames
-    `from_pretrained` applies, and written back under them, as `save_pretrained` reverts them."""
-    source = tmp_path / "legacy"
-    source.mkdir()
-    for file in checkpoints["bert"].iterdir():
-        (source / file.name).write_bytes(file.read_bytes())
-    legacy = {
-        key.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): tensor
-        for key, tensor in _tensors(source).items()
-    }
-    save_file(legacy, str(source / "model.safetensors"), metadata={"format": "pt"})
-    # the skeleton's weight check compares raw keys and refuses these names (a limitation of io.skeleton)
-    monkeypatch.setattr(
-        streamed_surgery, "checkpoint_skeleton", lambda folder, check_weights: checkpoint_skeleton(folder)
-    )
+def _renamed_copy(source: Path, target: Path, rename) -> Path:
+    """A copy of the checkpoint `source` whose stored keys are `rename(key)`."""
+    target.mkdir()
+    for file in source.iterdir():
+        (target / file.name).write_bytes(file.read_bytes())
+    renamed = {rename(key): tensor for key, tensor in _tensors(source).items()}
+    save_file(renamed, str(target / "model.safetensors"), metadata={"format": "pt"})
+    return target
+
+
+def _legacy_names(key: str) -> str:
+    return key.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta")
+
+
+def test_legacy_key_names_are_read_and_written_back(checkpoints, tmp_path):
+    """A checkpoint with transformers' legacy names (LayerNorm.gamma/beta) passes the skeleton's weight check, is
+    read through the renames `from_pretrained` applies, and written back under them, as `save_pretrained` reverts
+    them."""
+    source = _renamed_copy(checkpoints["bert"], tmp_path / "legacy", _legacy_names)
     _check(source, BERT_PLANS["combined"], tmp_path)
     assert "bert.embeddings.LayerNorm.gamma" in _tensors(tmp_path / "streamed")
+
+
+def test_weights_saved_without_the_base_model_prefix_stream(checkpoints, tmp_path):
+    """A task model's checkpoint saved from its base model (keys without `bert.`) loads into the task model, as
+    `from_pretrained` adds the prefix; the skeleton check and the surgery read it the same way."""
+    source = _renamed_copy(checkpoints["bert"], tmp_path / "base", lambda key: key.removeprefix("bert."))
+    assert checkpoint_skeleton(source, check_weights=True) is not None
+    _check(source, BERT_PLANS["combined"], tmp_path)
+
+
+def test_renamed_weight_of_the_wrong_shape_is_still_refused(checkpoints, tmp_path):
+    source = _renamed_copy(checkpoints["bert"], tmp_path / "legacy", _legacy_names)
+    tensors = _tensors(source)
+    tensors["bert.embeddings.LayerNorm.gamma"] = tensors["bert.embeddings.LayerNorm.gamma"][:-1]
+    save_file(tensors, str(source / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(PruningError, match="LayerNorm") as error:
+        checkpoint_skeleton(source, check_weights=True)
+    assert "\n" not in str(error.value)
 
 
 # ---- refusals ----------------------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from .loading import (
     weight_map,
 )
 from .per_layer_load import check_per_layer_config, prepare_per_layer_config, saved_overrides
+from .renames import loaded_names
 from .v4 import convert_v4_config
 
 __all__ = ["checkpoint_skeleton", "saved_weight_shapes"]
@@ -139,8 +140,13 @@ def saved_weight_shapes(checkpoint_dir: str | Path) -> dict[str, tuple[int, ...]
 
 def _check_against_weights(model: nn.Module, directory: Path, *, recorded: bool, own_class: bool) -> None:
     """What `from_pretrained`'s loading report would say of these weights in `model`, from their shapes alone:
-    the missing, mismatched and unexpected keys, judged by the same `check_loading_info`."""
-    saved = saved_weight_shapes(directory)
+    the missing, mismatched and unexpected keys, judged by the same `check_loading_info`. Stored keys are read under
+    the names they load into (`loaded_names`: legacy names, another base-model prefix); a weight converted on load
+    (fused, split, stacked) has the shape of its stored parts, so only its presence is checked."""
+    stored = saved_weight_shapes(directory)
+    loads = loaded_names(model, stored)
+    saved = {loads[key][0] if key in loads else key: shape for key, shape in stored.items()}
+    converted = {name for name, conversion in loads.values() if conversion is not None}
     expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
     tied: dict[int, list[str]] = {}
     for name, parameter in model.named_parameters(remove_duplicate=False):
@@ -156,6 +162,8 @@ def _check_against_weights(model: nn.Module, directory: Path, *, recorded: bool,
         and not any(pattern.search(key) for pattern in ignore_missing)
     ]
     unexpected = [key for key in saved if key not in expected and not any(p.search(key) for p in ignore_unexpected)]
-    mismatched = [(key, saved[key], shape) for key, shape in expected.items() if key in saved and saved[key] != shape]
+    mismatched = [
+        (key, saved[key], shape) for key, shape in expected.items() if key in saved and key not in converted and saved[key] != shape
+    ]
     info = {"missing_keys": missing, "unexpected_keys": unexpected, "mismatched_keys": mismatched}
     check_loading_info(model, info, recorded, False, own_class)

@@ -11,11 +11,10 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
-from transformers.conversion_mapping import get_model_conversion_mapping
-from transformers.core_model_loading import WeightConverter, WeightRenaming, dot_natural_key, rename_source_key
 
 from ..errors import PruningError, first_line
 from ..io.loading import safetensors_files
+from ..io.renames import loaded_names
 
 DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -64,31 +63,21 @@ def _dtype_of(name: str, key: str) -> torch.dtype:
 
 def sources_by_name(model: nn.Module, stored: dict[str, StoredTensor]) -> dict[str, StoredTensor]:
     """`{state-dict name in the model: stored tensor}`, with the key renames `from_pretrained` applies (legacy
-    names, a base-model prefix added or dropped), found by transformers' own `rename_source_key` in the same order.
+    names, a base-model prefix added or dropped: `hfprune.io.renames.loaded_names`). Stored keys of no weight of the
+    model are left out (the skeleton's weight check has refused any the model needs).
 
     The renames that matched are kept on the model as `from_pretrained` keeps them, so that saving reverts them as
     `save_pretrained` would. A checkpoint whose weights are converted on load (fused, split or stacked: not a plain
     rename) is refused: its tensors are not the model's.
     """
-    meta_state = model.state_dict()
-    mapping = get_model_conversion_mapping(model)
-    renamings = [entry for entry in mapping if isinstance(entry, WeightRenaming)]
-    converters = [entry for entry in mapping if isinstance(entry, WeightConverter)]
-    prefix = model.base_model_prefix
     sources: dict[str, StoredTensor] = {}
-    for key in sorted(stored, key=dot_natural_key):
-        name, converted = rename_source_key(key, renamings, converters, prefix, meta_state)
-        if name not in meta_state and key in meta_state:
-            name, converted = rename_source_key(key, [], [], base_model_prefix=prefix, meta_state_dict=meta_state)
-        if name not in meta_state:
-            continue  # not a weight of this model (checked by the skeleton: nothing it needs)
+    for key, (name, converted) in loaded_names(model, stored).items():
         if converted is not None:
             raise PruningError(
                 f"cannot stream {stored[key].file.parent}: its weight {key} is converted on load ({converted}), "
                 "not only renamed; prune it in memory (hfprune.from_pretrained, then surgery)"
             )
         sources.setdefault(name, stored[key])
-    model._weight_conversions = [entry for entry in mapping if entry.was_used()]
     return sources
 
 
