@@ -26,6 +26,7 @@ def export(
     rtol: float = typer.Option(1e-5, "--rtol", help="Relative part, times the largest PyTorch output (0: absolute only)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output (only once the new export is complete)."),
     no_check: bool = typer.Option(False, "--no-check", help="gguf: keep the file without comparing its logits in llama.cpp with PyTorch's (the check needs llama-cpp-python)."),
+    stream: bool = typer.Option(False, "--stream", help="gguf: for checkpoints larger than memory, read the local safetensors checkpoint one layer at a time (the same file, byte for byte)."),
 ) -> None:
     """Export CHECKPOINT to ONNX (dynamic batch and sequence axes) and check it in onnxruntime at two input shapes,
     or to one GGUF file for llama.cpp (Llama family; architecture llama for stock shapes, deci for per-layer ones).
@@ -34,19 +35,26 @@ def export(
     or gguf and llama-cpp-python (the gguf extra): the GGUF file is kept only once llama.cpp's logits match
     PyTorch's within the --dtype's tolerance (exit 1 otherwise), unless --no-check.
 
+    With --stream (gguf only), a local safetensors checkpoint is written with one layer in memory at a time, and the
+    check's PyTorch logits are computed one layer at a time too.
+
     Examples: hfprune export ./bert-mnli-pruned --format onnx -o ./bert-mnli-pruned/onnx
               hfprune export ./smollm-pruned --format gguf -o ./smollm-pruned.gguf
+              hfprune export ./big-llama-pruned --format gguf --stream -o ./big-llama-pruned.gguf
     """
     if format not in FORMATS:
         fail(f"unknown --format {format!r}; choose {', '.join(FORMATS)}")
+    if stream and format != "gguf":
+        fail("--stream writes GGUF files (--format gguf); ONNX export loads the model whole")
     if format == "gguf":
         with handle_errors():
             quiet_libraries()
             from hfprune.export.gguf import export_gguf
             from hfprune.export.gguf_check import GgufMismatchError
+            from hfprune.streaming.gguf import stream_export_gguf
 
             try:
-                written = export_gguf(
+                written = (stream_export_gguf if stream else export_gguf)(
                     checkpoint, output_dir, dtype=dtype, tokenizer_pre=tokenizer_pre, overwrite=overwrite, check=not no_check
                 )
             except GgufMismatchError as error:  # the export ran, its check failed: not bad input

@@ -6,7 +6,7 @@ name is used, so `hfprune --help`, `--version` and bad-input errors answer witho
 The package is built in floors; each subpackage imports only those below it:
 
     jobs/      the jobs behind the CLI (prune_for_task, drop_layers_for_task, benchmark_checkpoint, score_task)
-    streaming/ models larger than memory: scores, reconstruction, surgery and perplexity one layer at a time
+    streaming/ models larger than memory: scores, reconstruction, surgery, perplexity and GGUF one layer at a time
     training/  PruningTrainer, callbacks, L0 gates, distillation
     export/    model cards, Hub push, ONNX, transformers-4 conversion
     io/        from_pretrained for pruned checkpoints, model sources, atomic output folders, resume state
@@ -84,6 +84,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "export.hub": ("HubPushError", "push_to_hub"),
     "export.onnx": ("OnnxExport", "export_onnx"),
     "planning.streamed_budget": ("plan_parameter_budget",),
+    "streaming.gguf": ("stream_export_gguf",),
     "streaming.layers": ("StreamedCheckpoint",),
     "streaming.perplexity": ("streamed_perplexity",),
     "streaming.reconstruct": ("stream_reconstruct",),

@@ -17,8 +17,8 @@ from typer.testing import CliRunner
 
 import hfprune
 from hfprune.errors import PruningError
-from hfprune.export.gguf import permute
 from hfprune.export.gguf_check import GGUF_TOLERANCES, GgufMismatchError, quantize
+from hfprune.export.gguf_layout import permute
 
 gguf = pytest.importorskip("gguf")
 HAS_LLAMA_CPP = importlib.util.find_spec("llama_cpp") is not None
@@ -287,16 +287,17 @@ def test_quantized_exports_run_in_llama_cpp_and_pass_the_check(dtype, file_type,
 
 
 def perturb_one_weight(monkeypatch, name="blk.0.ffn_up.weight"):
-    """The file llama.cpp gets no longer is the model: one row of one weight moved."""
-    add_tensor = gguf.GGUFWriter.add_tensor
+    """The file llama.cpp gets no longer is the model: one row of one weight moved (as gguf writes it, so this
+    serves the in-memory and the streamed export alike)."""
+    write_tensor_data = gguf.GGUFWriter.write_tensor_data
 
-    def perturbed(self, tensor_name, tensor, *args, **kwargs):
-        if tensor_name == name:
+    def perturbed(self, tensor, *args, **kwargs):
+        if next(iter(self.tensors[0])) == name:  # the declared tensor this data is written for
             tensor = tensor.copy()
             tensor[0] += 1.0
-        return add_tensor(self, tensor_name, tensor, *args, **kwargs)
+        return write_tensor_data(self, tensor, *args, **kwargs)
 
-    monkeypatch.setattr(gguf.GGUFWriter, "add_tensor", perturbed)
+    monkeypatch.setattr(gguf.GGUFWriter, "write_tensor_data", perturbed)
 
 
 @needs_llama_cpp

@@ -23,7 +23,7 @@ from ..measure.llama_cpp_speed import LlamaCppSpeedReport
 from ..measure.noise import NOISE_ADVICE
 from ..tasks.specs import GLUE_HUB_ID, GLUE_TASKS, TaskSpec, get_task
 from .card_source import sanitize_paths, sanitized, speed_report
-from .gguf import FAMILIES
+from .gguf_layout import FAMILIES
 from .onnx import ONNX_DIR, ONNX_FILE, read_onnx_report
 
 __all__ = [

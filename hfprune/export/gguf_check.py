@@ -2,7 +2,9 @@
 
 A GGUF export is checked like the ONNX export: the file is written under a temporary name, loaded in llama.cpp
 (through llama-cpp-python, with an f32 KV cache), run on a few fixed token sequences, and kept only when its
-logits agree with the PyTorch model's (in float32, eval mode). `llama_cpp` is imported only inside these calls.
+logits agree with the PyTorch model's (in float32, eval mode): the model's own forward (`pytorch_logits`), or a
+checkpoint's run one layer at a time (`hfprune.streaming.gguf`), handed to `write_checked` as a `Reference`.
+`llama_cpp` is imported only inside these calls.
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ GGUF_TOLERANCES = {
     "q4_0": 2.5,
 }
 SEQUENCE_LENGTH = 32  # tokens per check sequence (fewer where the model's context is shorter)
+Reference = Callable[[Sequence[Sequence[int]]], list[np.ndarray]]
+"""`reference(sequences)`: the PyTorch logits (float64 arrays, float32 weights) the file must reproduce."""
 
 
 class GgufMismatchError(PruningError):
@@ -155,18 +159,17 @@ def quantize(source: Path, target: Path, dtype: str) -> None:
 
 
 def write_checked(
-    write: Callable[[Path, str], str], path: Path, dtype: str, model: nn.Module, vocab_size: int, context: int, *, check: bool
+    write: Callable[[Path, str], str], path: Path, dtype: str, sequences: Sequence[Sequence[int]], reference: Reference, *, check: bool
 ) -> tuple[str, dict[str, Any]]:
     """`write(target, file_dtype)` the file (f32 for a quantized dtype, quantized here) under temporary names next
-    to `path`, check it in llama.cpp, and only then rename it into `path`; nothing is left on failure. Returns what
-    `write` returned and the check's fields of `GgufExport`."""
+    to `path`, check it in llama.cpp against `reference(sequences)` (computed first, once), and only then rename it
+    into `path`; nothing is left on failure. Returns what `write` returned and the check's fields of `GgufExport`."""
     quantized = dtype in GGUF_QUANTIZED
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     source = path.with_name(f".{path.name}.f32-tmp-{os.getpid()}") if quantized else tmp
     result: dict[str, Any] = {}
     if check:
-        sequences = check_sequences(vocab_size, check_length(model.config, context))
-        want = pytorch_logits(model, sequences)
+        want = reference(sequences)
         result = {"sequences": len(sequences), "tolerance": GGUF_TOLERANCES[dtype]}
     try:
         written = write(source, "f32" if quantized else dtype)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +14,9 @@ from torch import nn
 
 from ..engine.record import unpruned_twin
 from ..errors import PipelineInputError, PruningError, first_line
-from ..export.card import check_card_checkpoint, update_card_llama_cpp_speed
-from ..export.gguf import FAMILIES, GGUF_DTYPES, export_gguf
+from ..export.card import check_card_checkpoint, update_card_gguf, update_card_llama_cpp_speed
+from ..export.gguf import GGUF_DTYPES, GgufExport, export_gguf
+from ..export.gguf_layout import FAMILIES
 from ..io.checkpoint import load_tokenizer, resolve_model
 from ..io.loading import from_pretrained
 from ..io.output import check_output_file, job_inputs
@@ -24,7 +26,7 @@ from ..measure.llama_cpp_speed import LlamaCppSpeedReport, measure_llama_cpp_spe
 from .bench import check_dense_base, check_sequence_lengths, load_dense_base
 from .report_files import write_json_atomically
 
-__all__ = ["benchmark_llama_cpp", "check_gguf_job", "gguf_file_name", "prefill_flops", "time_in_llama_cpp"]
+__all__ = ["benchmark_llama_cpp", "check_gguf_job", "gguf_file_name", "gguf_into_checkpoint", "prefill_flops", "time_in_llama_cpp"]
 
 
 def gguf_file_name(dtype: str) -> str:
@@ -53,6 +55,18 @@ def check_gguf_job(dtype: str, config: Any, is_lm: bool, name: str) -> None:
         require_llama_cpp(f"a job that writes a {dtype} GGUF (checked in llama.cpp)")
     except PruningError as error:
         raise PipelineInputError(first_line(error)) from None
+
+
+def gguf_into_checkpoint(export: Callable[[Path], GgufExport], output_dir: Path, dtype: str) -> dict[str, Any]:
+    """A job's GGUF file: `export(path)` writes `model-<dtype>.gguf` into the finished checkpoint `output_dir` (checked
+    in llama.cpp), and the card is re-rendered with its llama.cpp lines. Returns `GgufExport.to_dict()`. It comes
+    after the checkpoint, so a file that fails its check costs only itself; the error says so."""
+    try:
+        written = export(output_dir / gguf_file_name(dtype))
+    except PruningError as error:
+        raise type(error)(f"{first_line(error)} (the checkpoint in {output_dir} is complete; only its GGUF file is missing)") from None
+    update_card_gguf(output_dir, written.to_dict())
+    return written.to_dict()
 
 
 def prefill_flops(model: nn.Module, prompt_len: int) -> float:

@@ -43,9 +43,8 @@ from torch.utils.data import DataLoader
 from .._validation import check_device
 from ..distributed import agree, checked, is_main_process, join_launched_processes, on_main_process
 from ..errors import PipelineInputError, PruningError, TargetOutOfReachError, first_line
-from ..export.card import update_card_gguf
 from ..export.card_source import prune_card_inputs, python_call
-from ..export.gguf import export_gguf
+from ..export.gguf import GgufExport, export_gguf
 from ..io.checkpoint import config_has_head, resolve_model
 from ..io.output import check_output_dir, job_inputs, write_atomically
 from ..io.rundir import (
@@ -79,7 +78,7 @@ from .finetune import (
     training_device,
     training_kwargs,
 )
-from .llama_cpp_bench import check_gguf_job, gguf_file_name, time_in_llama_cpp
+from .llama_cpp_bench import check_gguf_job, gguf_into_checkpoint, time_in_llama_cpp
 from .max_drop import KeepFastestWithinDrop, ceiling_out_of_reach, selection_split
 from .prune_arguments import (
     ModelDataArguments,
@@ -433,10 +432,9 @@ class PruneJob:
         if dtype is None:
             return
         self.say(f"writing the {dtype} GGUF for llama.cpp")
-        try:
-            written = export_gguf(self.model, self.output_dir / gguf_file_name(dtype), dtype=dtype, tokenizer=self.tokenizer, overwrite=True)
-        except PruningError as error:
-            raise type(error)(f"{first_line(error)} (the checkpoint in {self.output_dir} is complete; only its GGUF file is missing)") from None
-        self.result.gguf = written.to_dict()
-        update_card_gguf(self.output_dir, self.result.gguf)
+
+        def export(path: Path) -> GgufExport:
+            return export_gguf(self.model, path, dtype=dtype, tokenizer=self.tokenizer, overwrite=True)
+
+        self.result.gguf = gguf_into_checkpoint(export, self.output_dir, dtype)
         self.stopwatch.lap("gguf")

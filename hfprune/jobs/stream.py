@@ -6,7 +6,9 @@ model's perplexity; forward-only scores on training blocks (`stream_scores`); th
 scores alone (`plan_parameter_budget`: the layers and KV groups asked for, then one FFN width for every layer);
 the pruned checkpoint cut tensor by tensor (`prune_checkpoint`); with `reconstruct`, its kept units refitted to
 the dense model's residual stream on the same training blocks (`stream_reconstruct`); its perplexity. The output folder (checkpoint,
-tokenizer, card, `hfprune_results.json`) is moved into place whole at the end. Peak memory is one layer, the
+tokenizer, card, `hfprune_results.json`) is moved into place whole at the end; with `gguf_dtype`, the finished
+checkpoint is then written to `model-<dtype>.gguf` in it (`stream_export_gguf`, checked in llama.cpp), as the
+in-memory job does. Peak memory is one layer, the
 embeddings and head, and the calibration batches' hidden states (`max_memory` of them in memory, the rest on
 disk), whatever the model's size.
 """
@@ -41,6 +43,7 @@ from ..io.rundir import jsonable
 from ..io.skeleton import checkpoint_skeleton
 from ..measure.sparsity import num_parameters, sparsity_summary
 from ..planning.streamed_budget import plan_parameter_budget
+from ..streaming.gguf import stream_export_gguf
 from ..streaming.layers import DEFAULT_MAX_MEMORY
 from ..streaming.perplexity import streamed_perplexity
 from ..streaming.reconstruct import stream_reconstruct
@@ -49,6 +52,7 @@ from ..streaming.surgery import prune_checkpoint
 from ..tasks.specs import LM_TASK
 from ..tasks.task_data import TaskData, load_task_data, tokenize_split
 from .finetune import training_device
+from .llama_cpp_bench import check_gguf_job, gguf_into_checkpoint
 from .prune_arguments import ModelDataArguments, OutputArguments, RecoveryArguments, TargetArguments
 from .results import PruneResult, Stopwatch
 
@@ -74,8 +78,7 @@ def check_stream_job(model_data: ModelDataArguments, targets: TargetArguments, r
         raise PipelineInputError("stream runs as one process (one layer at a time); launch it without torchrun")
     unsupported = {
         "target_speedup": targets.target_speedup, "max_drop": targets.max_drop, "prune_width": targets.prune_width or None,
-        "dry_run": output.dry_run or None, "resume": output.resume or None,
-        "gguf_dtype": output.gguf_dtype, "gguf_file": model_data.gguf_file,
+        "dry_run": output.dry_run or None, "resume": output.resume or None, "gguf_file": model_data.gguf_file,
     }  # fmt: skip
     given = [name for name, value in unsupported.items() if value is not None]
     if given:
@@ -139,6 +142,8 @@ def stream_prune_job(
     output_dir = check_output_dir(output.output_dir, output.overwrite, inputs=inputs)
     stopwatch = Stopwatch()
     source = resolve_model(model_data.model_name_or_path, causal_lm=True)
+    if output.gguf_dtype is not None:
+        check_gguf_job(output.gguf_dtype, source.config, True, source.display_name)
     model_dir = local_snapshot(source)
     data = load_task_data(model_data.task, **model_data.data_kwargs())
     tokenizer = load_tokenizer(source)
@@ -217,6 +222,13 @@ def stream_prune_job(
         stopwatch.lap("write")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    if output.gguf_dtype is not None:
+        say(f"writing the {output.gguf_dtype} GGUF for llama.cpp, one layer at a time")
+        export = functools.partial(
+            stream_export_gguf, output_dir, dtype=output.gguf_dtype, tokenizer=tokenizer, overwrite=True, device=device
+        )  # fmt: skip
+        result.gguf = gguf_into_checkpoint(export, output_dir, output.gguf_dtype)
+        stopwatch.lap("gguf")
     return result
 
 

@@ -74,15 +74,24 @@ class StreamedCheckpoint:
     """A local safetensors checkpoint (pruned by hfprune or not) whose layers are read one at a time.
 
     `model` has the checkpoint's structure with its layer weights on the meta device; buffers (rotary
-    frequencies, position ids) are built as `from_pretrained` builds them, in the weights' dtype. Use as a context
+    frequencies, position ids) are built as `from_pretrained` builds them, in the weights' dtype: `dtype` (as
+    `from_pretrained(..., dtype=)` casts floating-point weights on load), else the stored one. Use as a context
     manager, or call `close()`: it owns the scratch folder of spilled hidden states.
     """
 
-    def __init__(self, checkpoint_dir: str | Path, *, device: str | torch.device = "cpu", max_memory: int = DEFAULT_MAX_MEMORY):
+    def __init__(
+        self,
+        checkpoint_dir: str | Path,
+        *,
+        device: str | torch.device = "cpu",
+        max_memory: int = DEFAULT_MAX_MEMORY,
+        dtype: torch.dtype | None = None,
+    ):
         self.directory = Path(checkpoint_dir)
         stored = stored_tensors(self.directory)
-        dtype = next((tensor.dtype for tensor in stored.values() if tensor.dtype.is_floating_point), torch.float32)
-        self.model = checkpoint_skeleton(self.directory, check_weights=True, buffers=True, dtype=dtype).eval()
+        stored_dtype = next((tensor.dtype for tensor in stored.values() if tensor.dtype.is_floating_point), torch.float32)
+        self.dtype = dtype or stored_dtype
+        self.model = checkpoint_skeleton(self.directory, check_weights=True, buffers=True, dtype=self.dtype).eval()
         self.adapter, self.record = get_adapter(self.model), get_record(self.model)
         layers = self.layers
         self._layers_prefix = next(name for name, module in self.model.named_modules() if module is layers) + "."
@@ -127,9 +136,18 @@ class StreamedCheckpoint:
                 if source.key not in read:
                     if source.file not in handles:
                         handles[source.file] = stack.enter_context(safe_open(str(source.file), framework="pt"))
-                    tensor = handles[source.file].get_tensor(source.key).to(self.device)
-                    read[source.key] = nn.Parameter(tensor, requires_grad=False)
+                    read[source.key] = nn.Parameter(self._cast(handles[source.file].get_tensor(source.key)), requires_grad=False)
                 _set_parameter(root, name, read[source.key])
+
+    def read(self, name: str) -> torch.Tensor:
+        """The model's parameter `name` read on its own, as `layer` would read it, and kept nowhere here: for a
+        small tensor needed before its layer runs."""
+        source = self.source_of(name)
+        with safe_open(str(source.file), framework="pt") as handle:
+            return self._cast(handle.get_tensor(source.key))
+
+    def _cast(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.to(self.device, self.dtype) if tensor.is_floating_point() else tensor.to(self.device)
 
     def source_of(self, name: str) -> StoredTensor:
         """The stored tensor of the model's parameter `name` (a tied one under whichever name it is stored)."""
