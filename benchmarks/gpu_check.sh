@@ -2,7 +2,8 @@
 # The GPU check of issue 28, to run whenever a GPU machine is lent (under 10 minutes on one H100):
 #   (a) MiniLM-L6 dense vs a pruned copy (half its heads and FFN neurons) timed on the GPU in fp32, fp16 and bf16
 #   (b) `hfprune prune MiniLM --task sst2 --speedup 2 --max-train-samples 2000 --epochs 1` on the GPU, its card kept
-#   (c) the two-process trainer check (tests/scripts/trainer_distributed.py under torchrun), only with 2+ GPUs
+#   (c) only with 2+ GPUs: the two-process trainer check (tests/scripts/trainer_distributed.py under torchrun), and
+#       `hfprune prune MiniLM --task sst2 --fsdp` under torchrun (FSDP2 recovery; its ranks' records and results kept)
 # Results go to $OUT (the device tool's folder), else benchmarks/results/gpu/.
 #
 #   bash benchmarks/gpu_check.sh --prepare     here, once: .gpu_assets/ (MiniLM stored in fp16, an SST-2 slice)
@@ -137,6 +138,11 @@ gpus=$( { nvidia-smi -L 2>/dev/null || true; } | wc -l)
 if [ "$MODE" != smoke ] && [ "$gpus" -ge 2 ]; then
   $PY -m torch.distributed.run --standalone --nproc_per_node 2 tests/scripts/trainer_distributed.py "$WORK/ddp" 2>&1 | tail -20 | tee "$OUT_DIR/ddp_log.txt"
   cat "$WORK"/ddp/rank-*.json > "$OUT_DIR/ddp_ranks.json"
+  $PY -m torch.distributed.run --standalone --nproc_per_node 2 tests/scripts/prune_distributed.py "$WORK/fsdp" prune "$MODEL" \
+    --task sst2 --data-dir "$GLUE" --fsdp --heads 0.5 --ffn 0.5 --max-train-samples 2000 --epochs 1 --no-bench \
+    -o "$WORK/minilm-sst2-fsdp" -q 2>&1 | tail -20 | tee "$OUT_DIR/fsdp_log.txt" || echo "the --fsdp job failed" | tee -a "$OUT_DIR/fsdp_log.txt"
+  cat "$WORK"/fsdp/rank-*.json > "$OUT_DIR/fsdp_ranks.json" || true
+  cp "$WORK/minilm-sst2-fsdp/hfprune_results.json" "$OUT_DIR/fsdp_results.json" || true
 else
   echo "skipped: one GPU"
 fi

@@ -97,6 +97,7 @@ PRUNE_DEFAULTS = MappingProxyType(
         "dense_control": True,
         "save_steps": 200,
         "precision": "auto",
+        "fsdp": False,
         # what is written and timed
         "dry_run": False,
         "stream": False,

@@ -298,6 +298,10 @@ class PruningConfig(TrainingArguments):
                 raise PruningError("pruning_method='l0' takes target_head_sparsity or target_param_budget, not both")
             if self.l0_steps == 0 and self.l0_epochs == 0:
                 raise PruningError("pruning_method='l0' needs gate training: set l0_epochs > 0 or l0_steps > 0")
+            if self.fsdp:
+                raise PruningError(
+                    "pruning_method='l0' trains gates outside the model, which FSDP does not shard: train it without fsdp"
+                )
         if self.max_steps != -1:
             raise PruningError("PruningArguments ignores max_steps: set recovery_steps (per pruning step) instead")
         if self.num_train_epochs != 3.0:  # TrainingArguments' default

@@ -12,6 +12,9 @@ processes, so under two processes it reads twice the loss), the training loss th
 mean the Trainer partly takes over rank 0's batches alone: equal to about 1e-5 relative) and the wall-clock
 timings. With dropout the logits would differ too: each rank draws its own dropout masks, where one process
 draws both micro-batches' from one stream.
+
+A `--speedup` job times models on rank 0 alone and hands the numbers to the other rank: run with a timer that
+reports different times on each rank (`FLOPS_TIMER`), its ranks still plan the same steps, and rank 1 never times.
 """
 
 from __future__ import annotations
@@ -44,8 +47,10 @@ def prune_args(root: Path, output: Path, batch_size: int = 16) -> list[str]:
     ]  # fmt: skip
 
 
-def run(launcher: list[str], records: Path, args: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run([*launcher, str(SCRIPT), str(records), *args], env=ENV, capture_output=True, text=True, timeout=300, check=False)
+def run(launcher: list[str], records: Path, args: list[str], **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*launcher, str(SCRIPT), str(records), *args], env={**ENV, **env}, capture_output=True, text=True, timeout=300, check=False
+    )
 
 
 @pytest.fixture(scope="module")
@@ -118,3 +123,24 @@ def test_a_batch_that_does_not_divide_among_the_processes_is_refused_before_any_
     assert "exitcode  : 2" in result.stderr  # torchrun's report: bad input, not a crash
     assert not (runs / "odd").exists() or not any((runs / "odd").iterdir())  # nothing written
     assert not (runs / "records-odd").exists() or all(json.loads(p.read_text()) == [] for p in (runs / "records-odd").iterdir())
+
+
+def test_a_speed_target_is_timed_on_rank_0_alone_and_planned_alike(runs: Path):
+    args = [
+        "prune", str(runs / "bert"), "--task", "sst2", "--data-dir", str(runs / "glue"), "-o", str(runs / "speed" / "out"),
+        "--speedup", "1.5", "--steps", "1", "--speedup-batch-size", "2", "--speedup-seq-len", "16", "--lr", "1e-3",
+        "--batch-size", "16", "--max-length", "32", "--finetune-epochs", "1", "--epochs", "1", "--no-bench",
+        "--no-dense-control", "--allow-weak-baseline", "-q",
+    ]  # fmt: skip
+    result = run(TWO_PROCESSES, runs / "records-speed", args, FLOPS_TIMER="1")  # rank 1's timer: pruned models 2x slower
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    ranks = [json.loads((runs / "records-speed" / f"rank-{rank}.json").read_text()) for rank in (0, 1)]
+    pruning = [[record for record in rank if record["trainer"] == "PruningTrainer"] for rank in ranks]
+    assert len(pruning[0]) == len(pruning[1]) >= 1
+    assert pruning[0][0]["timed"] >= 5  # the latency model: the dense model beside five pruned copies, on rank 0
+    assert all(record["timed"] == 0 for record in pruning[1])  # rank 1 never timed a model
+    assert [record["structure"] for record in pruning[0]] == [record["structure"] for record in pruning[1]]
+    results = json.loads((runs / "speed" / "out" / "hfprune_results.json").read_text())
+    assert results["sparsity"]["parameters"]["kept"] < results["sparsity"]["parameters"]["original"]
+    target = results["speed_target"]  # rank 0's FLOPs, which the latency model predicts exactly (rank 1's: 2x off)
+    assert target["measured_speedup"] == pytest.approx(target["predicted_speedup"], rel=1e-6) and target["met"]

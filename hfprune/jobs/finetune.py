@@ -26,6 +26,7 @@ from ..pruning_config import PruningConfig
 from ..tasks.evaluate import make_compute_metrics
 from ..tasks.task_data import TaskData, padding_collator, tokenize_split
 from ..training.callbacks import progress_callbacks
+from ..training.fsdp import FSDP_CONFIG
 from ..training.trainer import PruningTrainer, loss_counts_items
 
 if TYPE_CHECKING:
@@ -133,10 +134,12 @@ def precision_of(args: Any) -> str:
 
 def training_kwargs(
     output_dir: Path, *, batch_size: int, learning_rate: float, seed: int, quiet: bool, save_steps: int = 0,
-    device: str | None = None, precision: str = PRUNE_DEFAULTS["precision"],
+    device: str | None = None, precision: str = PRUNE_DEFAULTS["precision"], fsdp: bool = PRUNE_DEFAULTS["fsdp"],
 ) -> dict[str, Any]:
     """Shared arguments; `save_steps > 0` checkpoints training every so many steps (for `resume=True`);
-    `device="cpu"` trains on the CPU even where there is a GPU; `precision` as `resolve_precision`.
+    `device="cpu"` trains on the CPU even where there is a GPU; `precision` as `resolve_precision`; `fsdp`: shard
+    training across the processes (`hfprune.training.fsdp.FSDP_CONFIG`, for `PruningTrainer`, which gathers the
+    model back between its phases) instead of DDP.
 
     On a CUDA GPU the batch trains whole (micro-batches would leave it idle), with `auto_find_batch_size`: on an
     out-of-memory error the Trainer (accelerate's `find_executable_batch_size`) restarts the training loop from
@@ -177,6 +180,7 @@ def training_kwargs(
         logging_steps=50,
         disable_tqdm=quiet,
         dataloader_pin_memory=kind == "cuda",
+        **({"fsdp": True, "fsdp_config": dict(FSDP_CONFIG)} if fsdp else {}),
     )
 
 
@@ -333,7 +337,7 @@ def train_dense_control(
     settings = training_kwargs(
         work_dir / "control", batch_size=args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
         learning_rate=args.learning_rate, seed=args.seed, quiet=progress is not None, device="cpu" if args.use_cpu else None,
-        precision=precision_of(args),
+        precision=precision_of(args), fsdp=bool(args.fsdp),
     )  # fmt: skip
     trainer = PruningTrainer(
         model=dense, args=PruningConfig(recovery_epochs=epochs, **settings), train_dataset=train, processing_class=tokenizer,
@@ -342,6 +346,7 @@ def train_dense_control(
     if progress is not None:
         quiet_trainer(trainer)
     steps = trainer.train().global_step
+    dense = trainer.model  # under FSDP, a new module: the whole model gathered back after training
     del trainer
     release_memory()
     return {

@@ -109,6 +109,7 @@ def prune_for_task(
     reconstruct_method: str = D["reconstruct_method"],
     device: str | None = None,
     precision: str = D["precision"],
+    fsdp: bool = D["fsdp"],
     dry_run: bool = D["dry_run"],
     overwrite: bool = D["overwrite"],
     resume: bool = D["resume"],
@@ -141,7 +142,8 @@ def prune_for_task(
     vLLM, TGI, SGLang and llama.cpp load unchanged); how the pruned model recovers (`RecoveryArguments`: left None, a speed target uses
     `SPEED_TARGET_RECIPE`, other targets one step and no distillation); what is timed and written
     (`OutputArguments`). `precision` ("auto", "fp32", "bf16", "fp16"): what training computes in; "auto" is bf16
-    on a CUDA GPU that computes it natively, else fp32. `reconstruct=True` refits the kept units layer by layer against the dense model after each
+    on a CUDA GPU that computes it natively, else fp32. `fsdp=True` (under `torchrun`): recovery, distillation and
+    the dense control train fully sharded (FSDP2), the teacher too, instead of DDP. `reconstruct=True` refits the kept units layer by layer against the dense model after each
     pruning step, before recovery; with `recovery_epochs=0` the job then trains nothing at all (no dense control)
     and reports the minutes reconstruction took (`timings["reconstruct"]`). Every default is in `hfprune.constants.PRUNE_DEFAULTS`, which the CLI and `PruningConfig`
     read too.

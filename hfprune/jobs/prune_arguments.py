@@ -143,6 +143,10 @@ class RecoveryArguments:
     precision: what both trainings compute in, `PRECISIONS`: "bf16"/"fp16" mixed precision (fp32 weights), or
         "auto": bf16 on a CUDA GPU that computes it natively, else fp32 (`hfprune.jobs.finetune.resolve_precision`).
     save_steps: checkpoint training every so many steps (what `resume` continues from).
+    fsdp: under `torchrun`, train recovery, distillation and the dense control fully sharded (FSDP2 through the
+        Trainer and accelerate, the teacher sharded too) instead of DDP; scoring and surgery run on the whole model,
+        gathered on every rank between the phases (`hfprune.training.fsdp`). The task head a model without one gets
+        first still trains DDP.
     """
 
     schedule: str | None = None
@@ -160,6 +164,7 @@ class RecoveryArguments:
     device: str | None = None
     precision: str = D["precision"]
     save_steps: int = D["save_steps"]
+    fsdp: bool = D["fsdp"]
 
 
 @dataclass
@@ -283,6 +288,7 @@ def job_settings(model_data: ModelDataArguments, targets: TargetArguments, recov
         "learning_rate": recovery.learning_rate,
         "batch_size": recovery.batch_size,
         "precision": recovery.precision,  # as asked; the job records the one "auto" resolves to on its device
+        "fsdp": True if recovery.fsdp else None,
         "distillation_alpha": recovery.distillation_alpha,
         "distillation_layer_weight": recovery.distillation_layer_weight,
         "score_num_examples": targets.score_num_examples,
@@ -340,9 +346,14 @@ def fit_head_target(
     return targets
 
 
-def check_training(recovery: RecoveryArguments) -> None:
-    """The numbers of the training that `job_settings` does not record, and the precision's name (its device is
-    checked with the device: `hfprune.jobs.finetune.resolve_precision`)."""
+def check_training(recovery: RecoveryArguments, processes: int = 1) -> None:
+    """The numbers of the training that `job_settings` does not record, the precision's name (its device is
+    checked with the device: `hfprune.jobs.finetune.resolve_precision`), and `fsdp` among `processes` processes."""
+    if recovery.fsdp and processes < 2:
+        raise PipelineInputError(
+            "fsdp shards training across processes: launch the job with torchrun --nproc_per_node N (N >= 2)",
+            cli_message="--fsdp shards training across processes: launch hfprune prune with torchrun --nproc_per_node N (N >= 2)",
+        )
     if recovery.precision not in PRECISIONS:
         raise PipelineInputError(
             f"precision must be {choices(PRECISIONS)}, got {recovery.precision!r}",

@@ -41,7 +41,7 @@ from typing import Any
 from torch.utils.data import DataLoader
 
 from .._validation import check_device
-from ..distributed import agree, checked, is_main_process, join_launched_processes, on_main_process
+from ..distributed import agree, checked, is_main_process, join_launched_processes, on_main_process, process_count
 from ..errors import PipelineInputError, PruningError, TargetOutOfReachError, first_line
 from ..export.card_source import prune_card_inputs, python_call
 from ..export.gguf import GgufExport, export_gguf
@@ -189,7 +189,7 @@ class PruneJob:
         self.targets, self.recovery = resolve_defaults(self.targets, self.recovery, resume=self.output.resume)
         self.settings = job_settings(self.model_data, self.targets, self.recovery)
         check_targets(self.targets, self.settings)
-        check_training(self.recovery)
+        check_training(self.recovery, process_count())
         self.device = check_device(self.recovery.device, error=PipelineInputError)
         self.settings["precision"] = resolve_precision(self.recovery.precision, self.device)  # "auto" made concrete
         output_dir = self.output.output_dir
@@ -231,7 +231,7 @@ class PruneJob:
         training = training_kwargs(
             self.work_dir / "prune", batch_size=recovery.batch_size, learning_rate=recovery.learning_rate,
             seed=self.model_data.seed, quiet=self.output.progress is not None, save_steps=0 if dry_run else recovery.save_steps,
-            device=self.device, precision=self.settings["precision"],
+            device=self.device, precision=self.settings["precision"], fsdp=recovery.fsdp and not dry_run,
         )  # fmt: skip
         if self.targets.max_drop is not None:  # its steps are candidates: no extra steps to meet the ceiling
             training["speedup_extra_steps"] = 0
@@ -300,6 +300,7 @@ class PruneJob:
                 raise
             raise ceiling_out_of_reach(error, self.targets.max_drop, self.targets.target_speedup, self.recovery.steps) from None
         self.model, self.history = trainer.model.eval(), list(trainer.pruning_history)
+        self.teacher = trainer.teacher_model if self.teacher is not None else None  # under FSDP: a new, whole module
         self.speed_target, self.param_target = trainer.speedup_report, trainer.param_report
         self.reconstruction = trainer.reconstruction_reports or None
         self.selection = keeper and keeper.summary(len(step_eval))

@@ -17,6 +17,10 @@
 
 Target, predicted and measured speedups go into `report()`, and from there into the card and
 `hfprune_results.json`.
+
+Under `torchrun` rank 0 alone times (the latency model's fit and every measurement) and broadcasts the result, the
+other ranks waiting (`hfprune.distributed.on_main_process`): processes on one machine would contend for its cores
+and slow each other's timings down, and every rank must plan on the very same numbers.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..distributed import average_over_processes
+from ..distributed import is_main_process, on_main_process
 from ..errors import TargetOutOfReachError
 from ..measure.latency import (
     LatencyModel,
@@ -44,18 +48,6 @@ SLOPE_RANGE = (0.5, 2.0)
 for their difference to be more than noise."""
 
 
-def _same_on_every_process(timer: Timer, device) -> Timer:
-    """`timer` with its seconds averaged over processes: every rank then fits and plans exactly alike."""
-
-    def averaged(models) -> dict[str, float]:
-        times = timer(models)
-        names = list(times)
-        mean = average_over_processes(torch.tensor([times[name] for name in names], dtype=torch.float64), 1, device)
-        return dict(zip(names, mean.tolist()))
-
-    return averaged
-
-
 class SpeedTarget:
     """The latency model, step budgets and measurements of one `target_speedup` run."""
 
@@ -67,24 +59,27 @@ class SpeedTarget:
         state: dict[str, Any] | None = None,
         reference: nn.Module | None = None,
     ):
-        """`reference`: a copy of the dense `model` to time against (default: one is made)."""
+        """`reference`: a copy of the dense `model` to time against (default: one is made, on rank 0 alone)."""
         self.target = float(args.target_speedup)
         self.extra_steps = args.speedup_extra_steps
         self.planned_steps = args.num_pruning_steps
         self.ffn_multiple = args.round_to_multiple
         self.uniform = bool(args.uniform)  # the same heads and FFN width in every kept layer
-        timer = timer or speed_timer(
+        self.timer = timer or speed_timer(
             args.speedup_batch_size, args.speedup_seq_len, device=args.device, num_threads=args.speedup_num_threads
         )
-        self.timer = _same_on_every_process(timer, args.device)
-        self.reference = reference if reference is not None else copy.deepcopy(model).eval()  # to time the result against
+        if reference is None and is_main_process():  # to time the result against; the other ranks never time
+            reference = copy.deepcopy(model).eval()
+        self.reference = reference
         self.calibrations: list[dict[str, float]] = []  # each planned step's score factors, for the report
         if state is not None:  # a resumed run plans with the latency model it started with
             self.latency = LatencyModel.from_dict(state["latency"])
             self.measurements = state["measurements"]
         else:
-            self.latency = measure_latency_model(
-                self.reference, args.speedup_batch_size, args.speedup_seq_len, timer=self.timer, device=args.device
+            self.latency = on_main_process(
+                lambda: measure_latency_model(
+                    self.reference, args.speedup_batch_size, args.speedup_seq_len, timer=self.timer, device=args.device
+                )
             )
             self.measurements = []
             floor = self.latency.floor_seconds()
@@ -128,8 +123,8 @@ class SpeedTarget:
         return plan
 
     def measure(self, model: nn.Module, step: int) -> dict[str, Any]:
-        """Time `model` beside the dense model, and keep the measurement for the corrections."""
-        times = self.timer({"dense": self.reference, "pruned": model})
+        """Time `model` beside the dense model (rank 0), and keep the measurement for the corrections."""
+        times = on_main_process(lambda: self.timer({"dense": self.reference, "pruned": model}))
         measured = times["dense"] / times["pruned"]
         predicted = self.latency.speedup(model)
         entry = {"step": step, "predicted_speedup": predicted, "measured_speedup": measured}

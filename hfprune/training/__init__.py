@@ -1,5 +1,5 @@
-"""Training with pruning: `PruningTrainer`, its callbacks (head masks, LayerDrop, progress), L0 gates and
-distillation losses.
+"""Training with pruning: `PruningTrainer`, its callbacks (head masks, LayerDrop, progress), L0 gates,
+distillation losses, and FSDP between its phases.
 """
 
 from .._lazy import attach
@@ -10,6 +10,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {  # fmt: skip
     "distill": (
         "layer_distillation_loss", "layer_outputs", "layer_pairs", "logit_distillation_loss", "teacher_inputs",
     ),
+    "fsdp": ("FSDP_CONFIG",),
     "gates": ("GateCosts", "HeadGates",),
     "resume": ("PruningCheckpoints", "RESUME_KEYS",),
     "steps": ("PruningSteps",),

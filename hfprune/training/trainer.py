@@ -12,7 +12,9 @@ checkpointed and how a killed run resumes, in `hfprune.training.resume` (`Prunin
 the loop, the scores, the losses and the card.
 
 Under `torchrun` / `accelerate launch` every rank scores its own shard of the scoring data and the scores are
-averaged with `all_reduce`, so all ranks prune the same units (checked with an all-gather of the plans).
+averaged with `all_reduce`, so all ranks prune the same units (checked with an all-gather of the plans). The
+training phases run in DDP, or with `fsdp=True` fully sharded, the teacher too, with the full model gathered back on
+every rank between them for scoring and surgery (`hfprune.training.fsdp`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ import copy
 import gc
 import itertools
 import os
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -62,6 +65,7 @@ from .distill import (
     logit_distillation_loss,
     teacher_inputs,
 )
+from .fsdp import enable_on_cpu, gathered, is_sharded, meta_twin, release_gathered, shard_like_student
 from .gates import HeadGates
 from .resume import RESUME_KEYS as _RESUME_KEYS  # noqa: F401  (its old name)
 from .resume import PruningCheckpoints
@@ -150,6 +154,11 @@ class PruningTrainer(PruningSteps, PruningCheckpoints, Trainer):
         self.param_report: dict[str, Any] | None = None
         self.reconstruction_reports: list[dict[str, Any]] = []  # `args.reconstruct`: one report per pruning step
 
+    def create_accelerator_and_postprocess(self) -> None:
+        super().create_accelerator_and_postprocess()
+        if self.args.fsdp and enable_on_cpu(self.accelerator, self.args.fsdp_plugin_args):
+            self.is_fsdp_enabled = True  # on CPU processes accelerate drops the plugin (`hfprune.training.fsdp`)
+
     # ---- the outer loop ----------------------------------------------------------------------------------
     def train(
         self,
@@ -232,6 +241,8 @@ class PruningTrainer(PruningSteps, PruningCheckpoints, Trainer):
             self.teacher_model = copy.deepcopy(self.model)  # the unpruned model, before any restore or surgery
         if self.teacher_model is not None:
             self.teacher_model.to(args.device).eval().requires_grad_(False)
+        if self.is_fsdp_enabled:  # the Trainer leaves placement to FSDP; scoring and surgery run on the whole model
+            self.model.to(args.device)
         if args.allocates_param_budget:
             if state is None:
                 check_unpruned(self.model, "target_param_budget")
@@ -325,11 +336,34 @@ class PruningTrainer(PruningSteps, PruningCheckpoints, Trainer):
             # model `_is_accelerate_prepared`, and `prepare` would then train it WITHOUT DDP: ranks silently diverge
             self.model.__dict__.pop("_is_accelerate_prepared", None)
         try:
-            output = super().train(resume_from_checkpoint=resuming, ignore_keys_for_eval=ignore_keys_for_eval)
+            with self._whole_between_phases(training=True):
+                output = super().train(resume_from_checkpoint=resuming, ignore_keys_for_eval=ignore_keys_for_eval)
         finally:
             self.args.num_train_epochs, self.args.max_steps = saved
         steps_run = output.global_step - self._initial_global_step
         return output.global_step, self._phase_loss_offset + output.training_loss * steps_run
+
+    @contextmanager
+    def _whole_between_phases(self, training: bool) -> Iterator[None]:
+        """With FSDP: a training phase (`training`: with the teacher sharded too) or an evaluation, in which the
+        Trainer shards the student when it prepares it; after it, the student and the teacher are whole again on
+        every rank (`hfprune.training.fsdp`), for the next step's scoring and surgery. Without FSDP, nothing."""
+        if not self.is_fsdp_enabled:
+            yield
+            return
+        student = meta_twin(self.model)
+        teacher, teacher_twin = self.teacher_model if training else None, None
+        if teacher is not None:
+            teacher_twin = meta_twin(teacher)
+            shard_like_student(self.accelerator, teacher)
+        yield
+        if training or is_sharded(self.model):
+            self.model = gathered(self.model, student)
+        if teacher is not None:
+            self.teacher_model = gathered(teacher, teacher_twin)
+            if self._speed is not None and self._speed.reference is teacher:
+                self._speed.reference = self.teacher_model  # a speed target times against the trainer's own teacher
+        self._after_surgery()
 
     def _reconstruct(self, step: int) -> None:
         """Refit the kept units layer by layer against the dense teacher, on the scoring examples (never eval).
@@ -369,7 +403,8 @@ class PruningTrainer(PruningSteps, PruningCheckpoints, Trainer):
         if train_steps:
             entry["train_loss"] = losses / train_steps
         if self.eval_dataset is not None:
-            metrics = self.evaluate(ignore_keys=ignore_keys_for_eval)
+            with self._whole_between_phases(training=False):
+                metrics = self.evaluate(ignore_keys=ignore_keys_for_eval)
             entry.update({key: value for key, value in metrics.items() if key.startswith("eval_")})
         self.pruning_history.append(entry)
         logs = {("pruning_step" if key == "step" else key): value for key, value in entry.items()}
@@ -454,6 +489,8 @@ class PruningTrainer(PruningSteps, PruningCheckpoints, Trainer):
         capture = layer_outputs(self.teacher_model) if student_states is not None else nullcontext()
         with torch.no_grad(), capture as teacher_states:
             teacher_logits = self.teacher_model(**teacher_inputs(inputs)).logits
+        if self.is_fsdp_enabled:
+            release_gathered(self.teacher_model)
         student_logits = outputs["logits"] if isinstance(outputs, dict) else outputs[1]
         mask = inputs.get("attention_mask")
         terms = torch.zeros((), device=student_logits.device)
