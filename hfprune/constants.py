@@ -28,11 +28,15 @@ class ScoringMethod:
     """Its scale differs from layer to layer, so each layer is normalised before a global ranking (by default)."""
     prunes: bool = True
     """Usable as `PruningConfig.pruning_method` (ablation is not: one evaluation pass per head, heads only)."""
+    allocates: bool = False
+    """Its scores are loss sensitivities of gates, comparable across heads, neurons and layers, so a speed target or a
+    parameter budget can be spent on them (the gradient methods)."""
 
 
 METHODS: dict[str, ScoringMethod] = {
-    "importance": ScoringMethod(("heads", "ffn", "mlp"), needs_data=True, per_layer_normalized=True),
-    "taylor": ScoringMethod(("heads", "ffn", "mlp"), needs_data=True, per_layer_normalized=False),
+    "importance": ScoringMethod(("heads", "ffn", "mlp"), needs_data=True, per_layer_normalized=True, allocates=True),
+    "taylor": ScoringMethod(("heads", "ffn", "mlp"), needs_data=True, per_layer_normalized=False, allocates=True),
+    "fisher": ScoringMethod(("heads", "ffn", "mlp"), needs_data=True, per_layer_normalized=False, allocates=True),
     "ablation": ScoringMethod(("heads",), needs_data=True, per_layer_normalized=False, prunes=False),
     "activation": ScoringMethod(("heads", "ffn"), needs_data=True, per_layer_normalized=True),
     "magnitude": ScoringMethod(("heads", "ffn"), needs_data=False, per_layer_normalized=False),
@@ -46,6 +50,9 @@ SCORING_METHODS: tuple[str, ...] = tuple(METHODS)
 DATA_FREE_METHODS: tuple[str, ...] = tuple(name for name, method in METHODS.items() if not method.needs_data)
 
 PER_LAYER_NORMALIZED_METHODS: tuple[str, ...] = tuple(name for name, info in METHODS.items() if info.per_layer_normalized)
+
+ALLOCATING_METHODS: tuple[str, ...] = tuple(name for name, info in METHODS.items() if info.allocates)
+"""The methods a speed target, an allocated parameter budget and `prune_width` rank by."""
 
 PRUNING_METHODS: tuple[str, ...] = tuple(name for name, method in METHODS.items() if method.prunes) + ("l0",)
 """`PruningConfig.pruning_method` and `hfprune prune --method`: every scoring method that prunes, plus "l0"
@@ -161,6 +168,7 @@ def choices(names: tuple[str, ...]) -> str:
 
 
 __all__ = [
+    "ALLOCATING_METHODS",
     "CLI_BENCH_THREADS",
     "DATA_FREE_METHODS",
     "FALLBACK_HEAD_SPARSITY",

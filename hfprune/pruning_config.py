@@ -18,7 +18,16 @@ from typing import Any
 from transformers import TrainingArguments
 
 from ._validation import check_finite, check_setting
-from .constants import LAYER_STRATEGIES, PRUNE_DEFAULTS, PRUNING_METHODS, PRUNING_SCHEDULES, RECONSTRUCTION_METHODS, RECOVERY_RECIPE
+from .constants import (
+    ALLOCATING_METHODS,
+    LAYER_STRATEGIES,
+    PRUNE_DEFAULTS,
+    PRUNING_METHODS,
+    PRUNING_SCHEDULES,
+    RECONSTRUCTION_METHODS,
+    RECOVERY_RECIPE,
+    choices,
+)
 from .errors import PruningError
 
 
@@ -37,8 +46,9 @@ class PruningConfig(TrainingArguments):
 
         pruning_method (`str`, defaults to `"importance"`):
             How heads and FFN neurons are ranked: `"importance"` (Michel et al. 2019, |d loss / d gate| per batch,
-            per-layer normalised), `"taylor"` (the same per example, not normalised), `"magnitude"` (weight
-            norms, no data), `"random"`, or `"l0"` (trained hard-concrete gates on the heads, see below).
+            per-layer normalised), `"taylor"` (the same per example, not normalised), `"fisher"` (the same squared,
+            the gates' diagonal Fisher information, Kwon et al. 2022), `"magnitude"` (weight norms, no data),
+            `"random"`, or `"l0"` (trained hard-concrete gates on the heads, see below).
         pruning_schedule (`str`, defaults to `"one_shot"`):
             `"one_shot"` prunes to the targets in one step; `"iterative"` in `pruning_steps` equal steps, scoring
             the pruned model again before each one (Michel et al.'s loop, with recovery in between).
@@ -55,8 +65,8 @@ class PruningConfig(TrainingArguments):
         target_param_budget (`float` or `None`, defaults to `None`):
             Fraction in (0, 1] of the model's parameter count to keep. The three sparsities then only give the
             MIX: they are all multiplied by one factor, chosen so that the removed heads, neurons and layers
-            account for the parameters over budget. With no sparsity given and `pruning_method` "importance" or
-            "taylor", the budget is allocated instead: the layers, heads (KV groups) and FFN neurons with the
+            account for the parameters over budget. With no sparsity given and a gradient `pruning_method`
+            ("importance", "taylor" or "fisher"), the budget is allocated instead: the layers, heads (KV groups) and FFN neurons with the
             least importance per parameter go, across kinds on one measured loss scale (`hfprune.planning.param_target`);
             other methods then prune heads and FFN neurons at the same sparsity. Only `prune_width` cuts the
             embeddings, so a small budget may be unreachable (PruningError).
@@ -70,8 +80,8 @@ class PruningConfig(TrainingArguments):
             model is measured first (`hfprune.measure.latency`); each step removes the layers, heads and FFN neurons with
             the least gradient importance per second saved, across all three at once (`hfprune.planning.allocation`),
             down to its share of the time; after the last step the result is timed beside the dense model and
-            pruned further if it is short (`speedup_extra_steps`). Needs `pruning_method` "importance" or "taylor"
-            (scores are then not normalised per layer, so kinds compare) and leaves the sparsity targets unset.
+            pruned further if it is short (`speedup_extra_steps`). Needs a gradient `pruning_method`, "importance",
+            "taylor" or "fisher" (scores are then not normalised per layer, so kinds compare), and leaves the sparsity targets unset.
         speedup_batch_size (`int`, defaults to `32`), speedup_seq_len (`int`, defaults to `128`):
             The input shape the speedup is measured and met at.
         speedup_num_threads (`int` or `None`, defaults to `None`):
@@ -310,10 +320,10 @@ class PruningConfig(TrainingArguments):
             )
 
     def _check_speed_target(self) -> None:
-        if self.pruning_method not in ("importance", "taylor"):
+        if self.pruning_method not in ALLOCATING_METHODS:
             raise PruningError(
                 "target_speedup ranks layers, heads and FFN neurons on one scale: use pruning_method "
-                f"'importance' or 'taylor', not {self.pruning_method!r}"
+                f"{choices(ALLOCATING_METHODS)}, not {self.pruning_method!r}"
             )
         if self.target_head_sparsity or self.target_ffn_sparsity or self.target_layer_sparsity or self.target_param_budget is not None:
             raise PruningError("target_speedup chooses what to remove: leave the sparsity and budget targets unset")
@@ -355,7 +365,7 @@ class PruningConfig(TrainingArguments):
     def allocates_param_budget(self) -> bool:
         """Whether `target_param_budget` is spent by allocation (no sparsity mix, a gradient method)."""
         mix = self.target_head_sparsity or self.target_ffn_sparsity or self.target_layer_sparsity
-        return self.target_param_budget is not None and not mix and self.pruning_method in ("importance", "taylor")
+        return self.target_param_budget is not None and not mix and self.pruning_method in ALLOCATING_METHODS
 
     @property
     def num_pruning_steps(self) -> int:

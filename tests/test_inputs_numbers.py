@@ -169,7 +169,7 @@ def headless_model():
     return model, [{**inputs, "labels": torch.tensor([0, 1, 2, 0])}] * 2
 
 
-@pytest.mark.parametrize("method", ["importance", "taylor"])
+@pytest.mark.parametrize("method", ["importance", "taylor", "fisher"])
 def test_gradient_scores_of_a_model_without_heads_are_nan_for_heads_and_real_for_neurons(method):
     from hfprune.scoring.methods import score_units
 

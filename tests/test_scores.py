@@ -9,6 +9,7 @@ import torch
 from conftest import DECODERS, FAMILIES, GQA, tiny_inputs, tiny_model
 
 import hfprune
+from hfprune.engine.masks import apply_masks
 from hfprune.scoring.loss import (
     ffn_importance,
     head_ablation_scores,
@@ -263,6 +264,24 @@ def test_taylor_is_per_example_activation_times_gradient():
     torch.testing.assert_close(taylor_head_scores(model, [batch]), head_importance(model, singles, normalize=False))
 
 
+def test_fisher_is_the_mean_squared_per_example_gate_gradient():
+    """The diagonal empirical Fisher information of the head and FFN gates (Kwon et al. 2022), from autograd on
+    each example alone."""
+    model = tiny_model("bert").double()
+    (batch,) = batches("bert", batch=3)
+    expected = {"heads": torch.zeros(3, 4, dtype=torch.float64), "ffn": torch.zeros(3, 24, dtype=torch.float64)}
+    for index in range(3):
+        example = {key: value[index : index + 1] for key, value in batch.items()}
+        gates = {kind: torch.ones_like(value, requires_grad=True) for kind, value in expected.items()}
+        with apply_masks(model, head_mask=gates["heads"], ffn_mask=gates["ffn"]):
+            loss = model(**example).loss
+        for kind, grad in zip(gates, torch.autograd.grad(loss, list(gates.values()))):
+            expected[kind] += grad.square() / 3
+    scores = score_units(model, "fisher", ("heads", "ffn"), [batch])
+    for kind, value in expected.items():
+        torch.testing.assert_close(scores[kind], value)
+
+
 def test_ablation_is_the_loss_change_of_masking_one_head():
     model = tiny_model("llama")
     data = batches("llama", count=2)
@@ -402,6 +421,9 @@ def test_score_units_returns_what_the_direct_calls_do(family):
     direct = importance_scores(model, data, both, normalize=False, per_example=True)
     for kind, value in score_units(model, "taylor", both, data).items():
         same(value, direct[kind])
+    direct = importance_scores(model, data, both, normalize=False, per_example=True, squared=True)
+    for kind, value in score_units(model, "fisher", both, data).items():
+        same(value, direct[kind])
     same(score_units(model, "ablation", dataloader=data)["heads"], head_ablation_scores(model, data))
     magnitude = score_units(model, "magnitude", both)
     same(magnitude["heads"], magnitude_head_scores(model))
@@ -420,7 +442,7 @@ def test_score_units_returns_what_the_direct_calls_do(family):
 def test_score_units_rejects_what_it_cannot_score():
     model, data = tiny_model("bert"), batches("bert")
     for call, message in (
-        (lambda: score_units(model, "l0"), "unknown scoring method 'l0'; choose importance, taylor, ablation"),
+        (lambda: score_units(model, "l0"), "unknown scoring method 'l0'; choose importance, taylor, fisher, ablation"),
         (lambda: score_units(model, "ablation", "ffn", data), "'ablation' cannot score the unit kinds ['ffn']"),
         (lambda: score_units(model, "magnitude", "mlp"), "cannot score the unit kinds ['mlp']"),
         (lambda: score_units(model, "random", ()), "cannot score"),

@@ -482,3 +482,13 @@ def test_calibration_rescales_each_kind_by_its_measured_over_estimated_loss():
     assert set(factors) == {"heads", "layers"}  # the plan removes no FFN neuron: nothing to calibrate
     assert factors["heads"] == pytest.approx(min(max(heads / 2e-4, 1 / MAX_FACTOR), MAX_FACTOR))
     assert factors["layers"] == pytest.approx(min(max(layers / 1e-9, 1 / MAX_FACTOR), MAX_FACTOR))
+
+
+@pytest.mark.parametrize("method", ["importance", "taylor", "fisher"])
+def test_a_speed_target_ranks_by_any_gradient_method(tmp_path, method):
+    assert tiny_pruning_args(tmp_path, target_speedup=2.0, pruning_method=method).pruning_method == method
+
+
+def test_a_speed_target_refuses_a_method_without_one_loss_scale(tmp_path):
+    with pytest.raises(PruningError, match="use pruning_method importance, taylor or fisher, not 'magnitude'"):
+        tiny_pruning_args(tmp_path, target_speedup=2.0, pruning_method="magnitude")

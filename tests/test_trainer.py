@@ -218,8 +218,9 @@ def test_per_layer_ranking_and_round_to_multiple_give_even_hardware_friendly_sha
 def _expected_plan(method, model, dataset, batch_size, seed, heads, ffn):
     """What the trainer should plan, computed directly with hfprune.scoring.loss / hfprune.planning.plan on a copy."""
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=default_data_collator)
-    if method in ("importance", "taylor"):
-        scores = importance_scores(model, loader, ("heads", "ffn"), normalize=False, per_example=method == "taylor")
+    if method in ("importance", "taylor", "fisher"):
+        per_example = method != "importance"
+        scores = importance_scores(model, loader, ("heads", "ffn"), normalize=False, per_example=per_example, squared=method == "fisher")
         if method == "importance":
             scores = {kind: normalize_per_layer(value) for kind, value in scores.items()}
     elif method == "magnitude":
@@ -231,7 +232,7 @@ def _expected_plan(method, model, dataset, batch_size, seed, heads, ffn):
     return heads_to_prune(scores["heads"], count=heads), ffn_to_prune(scores["ffn"], count=ffn, per_layer=False)
 
 
-@pytest.mark.parametrize("method", ["importance", "taylor", "magnitude", "random"])
+@pytest.mark.parametrize("method", ["importance", "taylor", "fisher", "magnitude", "random"])
 def test_each_method_prunes_what_its_scores_rank_lowest(tmp_path, method):
     model, dataset = tiny_model("bert"), data(12)
     reference = copy.deepcopy(model)

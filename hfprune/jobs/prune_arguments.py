@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._validation import SETTING_BOUNDS, check_setting
 from ..constants import (
+    ALLOCATING_METHODS,
     FALLBACK_HEAD_SPARSITY,
     MAX_DROP_CEILING,
     MAX_DROP_STEPS,
@@ -311,10 +312,11 @@ def check_targets(targets: TargetArguments, settings: Mapping[str, Any]) -> None
         raise PipelineInputError(
             "nothing to prune: give a head, FFN or layer sparsity above 0, a param_budget, a target_speedup or a max_drop"
         )
-    if targets.prune_width and (targets.param_budget is None or mix or targets.method not in ("importance", "taylor")):
+    if targets.prune_width and (targets.param_budget is None or mix or targets.method not in ALLOCATING_METHODS):
+        methods = choices(ALLOCATING_METHODS)
         raise PipelineInputError(
-            "prune_width needs a param_budget without head, FFN or layer sparsities, with method 'importance' or 'taylor'",
-            cli_message="--prune-width needs --params without --heads, --ffn or --layers, with --method importance or taylor",
+            f"prune_width needs a param_budget without head, FFN or layer sparsities, with method {methods}",
+            cli_message=f"--prune-width needs --params without --heads, --ffn or --layers, with --method {methods}",
         )
 
 

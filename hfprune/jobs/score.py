@@ -48,7 +48,7 @@ def score_heads(
     seed: int = 42,
 ) -> torch.Tensor:
     """`[num_layers, num_heads]` head scores on the first `num_examples` train examples (never the eval
-    split), by one of `SCORING_METHODS`: "importance" (Michel et al. gradient), "taylor", "ablation",
+    split), by one of `SCORING_METHODS`: "importance" (Michel et al. gradient), "taylor", "fisher", "ablation",
     "magnitude" or "random" (see `hfprune.scoring.methods.score_units`)."""
     if method not in SCORING_METHODS:
         raise PipelineInputError(f"unknown scoring method {method!r}; choose {choices(SCORING_METHODS)}")

@@ -66,6 +66,7 @@ def importance_scores(
     normalize: bool = True,
     loss_fn: LossFn | None = None,
     per_example: bool = False,
+    squared: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Gradient importance of every gate kind asked for, all from the same forward and backward passes.
 
@@ -73,8 +74,11 @@ def importance_scores(
     whole MLP output of a layer ("mlp"); the score is E |d loss / d gate| over the data (Michel et al., 2019;
     Prasanna et al., 2020 for MLPs). As in Michel et al.'s code, the absolute value is taken per batch, on
     the gradient of the batch loss (one forward + one backward per batch), and batches are weighted by their
-    size; `per_example=True` takes it per example instead (one pass per example). `normalize` divides each layer's row of "heads"
-    and "ffn" by its L2 norm; "mlp" (one value per layer) is never normalised.
+    size; `per_example=True` takes it per example instead (one pass per example). `squared=True` (with
+    `per_example`) gives E (d loss / d gate)^2, the diagonal of the gates' empirical Fisher information: Kwon et
+    al. (2022) estimate the loss increase of removing a set of units as half the sum of their Fisher scores.
+    `normalize` divides each layer's row of "heads" and "ffn" by its L2 norm; "mlp" (one value per layer) is never
+    normalised.
 
     Args:
         loss_fn: `loss_fn(outputs, batch) -> scalar`; default: the model's loss from the batch's `labels`
@@ -110,7 +114,7 @@ def importance_scores(
                 size = batch_size_of(part)
                 for kind, grad in zip(gates, grads):
                     if grad is not None:
-                        totals[kind] += grad.abs() * size
+                        totals[kind] += (grad.square() if squared else grad.abs()) * size
                 examples += size
     if examples == 0:
         raise PruningError("the dataloader gave no batches to score")

@@ -62,6 +62,13 @@ def _taylor(model: nn.Module, request: ScoreRequest) -> dict[str, torch.Tensor]:
     )
 
 
+@register_scorer("fisher")
+def _fisher(model: nn.Module, request: ScoreRequest) -> dict[str, torch.Tensor]:
+    return importance_scores(
+        model, request.dataloader, request.kinds, request.normalize, request.loss_fn, per_example=True, squared=True
+    )
+
+
 @register_scorer("ablation")
 def _ablation(model: nn.Module, request: ScoreRequest) -> dict[str, torch.Tensor]:
     return {"heads": head_ablation_scores(model, request.dataloader, request.metric)}
@@ -98,7 +105,8 @@ def score_units(
     """`{kind: scores}` of `kinds` ("heads", "ffn", "mlp") by one of `hfprune.constants.SCORING_METHODS`.
 
     - "importance" / "taylor": `importance_scores` (per batch / per example), all kinds from the same passes;
-      `loss_fn` as there.
+      `loss_fn` as there. "fisher": the same per example, squared: the diagonal empirical Fisher information of the
+      gates (Kwon et al. 2022).
     - "ablation": `head_ablation_scores(model, dataloader, metric)`, heads only.
     - "activation": `hfprune.scoring.activations.activation_scores`, forward passes only (Minitron): attention-output
       norms per head, activation magnitudes per FFN neuron.
