@@ -88,6 +88,7 @@ PRUNE_DEFAULTS = MappingProxyType(
         "prune_width": False,
         "speedup_batch_size": 32,
         "speedup_seq_len": 128,
+        "latency_cache": True,
         "layer_strategy": "top",
         "method": "importance",
         "per_layer": False,

@@ -86,6 +86,11 @@ class PruningConfig(TrainingArguments):
             The input shape the speedup is measured and met at.
         speedup_num_threads (`int` or `None`, defaults to `None`):
             CPU threads while timing (default: the current setting).
+        latency_cache (`bool`, defaults to `True`):
+            Reuse the latency model measured before for the same model shapes, `speedup_batch_size` x
+            `speedup_seq_len`, threads, device and machine (`hfprune.measure.latency_cache`, files under
+            `HF_HOME/hfprune/latency`): a fit varies between runs, and so would the plans made on it. The first run
+            measures and keeps it; False measures again and keeps nothing. A `speed_timer` of your own is never cached.
         speedup_extra_steps (`int`, defaults to `2`):
             At most this many extra pruning steps when the measured speedup is short of the target (0: trust the
             latency model).
@@ -203,6 +208,10 @@ class PruningConfig(TrainingArguments):
     speedup_batch_size: int = field(default=PRUNE_DEFAULTS["speedup_batch_size"], metadata={"help": "Batch size the speedup is measured at."})
     speedup_seq_len: int = field(default=PRUNE_DEFAULTS["speedup_seq_len"], metadata={"help": "Sequence length the speedup is measured at."})
     speedup_num_threads: int | None = field(default=None, metadata={"help": "CPU threads while timing."})
+    latency_cache: bool = field(
+        default=PRUNE_DEFAULTS["latency_cache"],
+        metadata={"help": "Reuse the latency model measured before for the same shapes, timing setup and machine."},
+    )
     speedup_extra_steps: int = field(
         default=2, metadata={"help": "Extra pruning steps at most when the measured speedup is short (0: none)."}
     )

@@ -62,6 +62,13 @@ def family_impl(request):
     return request.param
 
 
+@pytest.fixture(autouse=True)
+def _own_latency_cache(tmp_path_factory, monkeypatch):
+    """Each test keeps latency models in a folder of its own (`PruningConfig.latency_cache`), subprocesses too: a
+    fit one test measured must not decide another's plan."""
+    monkeypatch.setenv("HFPRUNE_LATENCY_CACHE", str(tmp_path_factory.mktemp("latency-cache")))
+
+
 def tiny_pruning_args(output_dir, **overrides):
     """`PruningArguments` for a tiny CPU run: no saving, no progress bars, a log line every step."""
     from hfprune.pruning_config import PruningArguments

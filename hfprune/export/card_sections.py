@@ -322,7 +322,15 @@ def _speed_target_info(report: Mapping[str, Any] | None) -> dict[str, str] | Non
         "predicted": f"{report['predicted_speedup']:.2f}x",
         "measured": f"{report['measured_speedup']:.2f}x",
         "verdict": verdict,
+        "latency": LATENCY_SOURCES["cached" if str(report.get("latency_source", "")).startswith("cached") else "measured"],
     }
+
+
+LATENCY_SOURCES = {
+    "measured": "the latency model measured before pruning",
+    "cached": "the latency model measured for this model's shapes in an earlier run on this machine (`latency_cache`)",
+}
+"""How the card names the latency model a speed target planned with, by where it came from."""
 
 
 BUDGET_METHODS = {

@@ -83,6 +83,7 @@ def prune_for_task(
     target_speedup: float | None = None,
     speedup_batch_size: int = D["speedup_batch_size"],
     speedup_seq_len: int = D["speedup_seq_len"],
+    latency_cache: bool = D["latency_cache"],
     max_drop: float | None = None,
     speed_timer: Timer | None = None,
     layer_strategy: str = D["layer_strategy"],
@@ -138,7 +139,7 @@ def prune_for_task(
     (`ModelDataArguments`); what to remove (`TargetArguments`): sparsities (`head_sparsity`, default 0.4 when no
     other target is given), or a `param_budget` (fraction of parameters kept), a `target_speedup` (measured at
     `speedup_batch_size` x `speedup_seq_len`) or a `max_drop` (the fastest model within that many points of the
-    dense one), with `uniform` the same heads and FFN width in every kept layer (stock shapes that transformers,
+    dense one; `latency_cache`: reuse the latency model measured for the same shapes and timing on this machine), with `uniform` the same heads and FFN width in every kept layer (stock shapes that transformers,
     vLLM, TGI, SGLang and llama.cpp load unchanged); how the pruned model recovers (`RecoveryArguments`: left None, a speed target uses
     `SPEED_TARGET_RECIPE`, other targets one step and no distillation); what is timed and written
     (`OutputArguments`). `precision` ("auto", "fp32", "bf16", "fp16"): what training computes in; "auto" is bf16

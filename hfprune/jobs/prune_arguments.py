@@ -83,7 +83,7 @@ class TargetArguments:
 
     One of: sparsities (`head_sparsity`, `FALLBACK_HEAD_SPARSITY` when no other target is given, `ffn_sparsity`,
     `layer_sparsity`); `param_budget`, the fraction of parameters to keep (the sparsities then give the mix;
-    without them, with method "importance" or "taylor", the budget is allocated by importance per parameter across
+    without them, with a gradient method (`ALLOCATING_METHODS`), the budget is allocated by importance per parameter across
     layers, heads and FFN neurons, and with `prune_width` the hidden width too, `hfprune.planning.param_target`);
     `target_speedup`, a measured speedup at `speedup_batch_size` x `speedup_seq_len` on the device
     (`PruningConfig.target_speedup`: a latency model, allocation by importance per saved second, measured again at
@@ -91,7 +91,8 @@ class TargetArguments:
     a selection slice of train among the steps of an iterative speed-target run (`MAX_DROP_STEPS` steps up to
     `target_speedup`, default `MAX_DROP_CEILING`; `hfprune.jobs.max_drop`), then reported on dev like any other.
     `speed_timer` replaces how a speed target times models (`hfprune.measure.latency.Timer`, e.g. the runtime it
-    will be served in).
+    will be served in); `latency_cache` reuses the latency model measured before on this machine
+    (`PruningConfig.latency_cache`).
 
     method, layer_strategy, per_layer: how heads, FFN neurons and layers are ranked (`PruningConfig`'s
     `pruning_method`, `layer_strategy`, `per_layer_ranking`); score_num_examples: training examples scored.
@@ -109,6 +110,7 @@ class TargetArguments:
     target_speedup: float | None = None
     speedup_batch_size: int = D["speedup_batch_size"]
     speedup_seq_len: int = D["speedup_seq_len"]
+    latency_cache: bool = D["latency_cache"]
     max_drop: float | None = None
     speed_timer: Timer | None = None
     layer_strategy: str = D["layer_strategy"]

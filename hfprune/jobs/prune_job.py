@@ -236,7 +236,9 @@ class PruneJob:
         if self.targets.max_drop is not None:  # its steps are candidates: no extra steps to meet the ceiling
             training["speedup_extra_steps"] = 0
         try:
-            return config_from_settings(settings, **training, speedup_num_threads=self.output.bench_threads)
+            return config_from_settings(
+                settings, **training, speedup_num_threads=self.output.bench_threads, latency_cache=self.targets.latency_cache
+            )
         except (ValueError, PruningError) as error:
             raise PipelineInputError(first_line(error)) from None
 

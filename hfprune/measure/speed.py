@@ -43,7 +43,7 @@ __all__ = ["HALF_PRECISIONS", "cuda_computes_bf16", "half_precisions", "measure_
 ProgressFn = Callable[[int, int, dict[str, Any]], None]
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -57,7 +57,7 @@ def _device_name(device: torch.device, threads: int) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (cuda:{device.index or 0})"
     if device.type == "cpu":
-        return f"cpu ({_cpu_name()}, {threads} thread{'s' if threads != 1 else ''})"
+        return f"cpu ({cpu_name()}, {threads} thread{'s' if threads != 1 else ''})"
     return str(device)
 
 

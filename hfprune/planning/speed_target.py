@@ -2,7 +2,9 @@
 
 `SpeedTarget` is what `PruningTrainer` keeps for a speed target:
 
-- the latency model, measured on the dense model before anything is removed (`hfprune.measure.latency`);
+- the latency model, measured on the dense model before anything is removed (`hfprune.measure.latency`), or with
+  `latency_cache` (the default) the one measured before for the same shapes, timing setup and machine
+  (`hfprune.measure.latency_cache`): fits vary from run to run, and so would the plans made on them;
 - each step's time budget: an equal share of the time to save, corrected by what the steps before measured
   (after one measurement by the ratio of measured to predicted time, after two by the line through the last
   two: a fixed overhead the latency model missed is not a ratio; a line flatter or steeper than `SLOPE_RANGE` is
@@ -26,6 +28,7 @@ and slow each other's timings down, and every rank must plan on the very same nu
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -39,6 +42,7 @@ from ..measure.latency import (
     measure_latency_model,
     speed_timer,
 )
+from ..measure.latency_cache import cached_latency_model
 from .allocation import calibrated_allocation
 
 TOLERANCE = 0.03
@@ -74,13 +78,12 @@ class SpeedTarget:
         self.calibrations: list[dict[str, float]] = []  # each planned step's score factors, for the report
         if state is not None:  # a resumed run plans with the latency model it started with
             self.latency = LatencyModel.from_dict(state["latency"])
+            self.latency_source = state.get("latency_source", "measured")
             self.measurements = state["measurements"]
         else:
-            self.latency = on_main_process(
-                lambda: measure_latency_model(
-                    self.reference, args.speedup_batch_size, args.speedup_seq_len, timer=self.timer, device=args.device
-                )
-            )
+            use_cache = args.latency_cache and timer is None  # a caller's own timer measures costs of its own
+            self.latency, cached = on_main_process(lambda: self._latency_model(args, use_cache))
+            self.latency_source = "measured" if cached is None else f"cached ({cached.name})"
             self.measurements = []
             floor = self.latency.floor_seconds()
             if self.latency.dense_seconds / self.target <= floor:
@@ -89,6 +92,21 @@ class SpeedTarget:
                     f"alone take {floor / self.latency.dense_seconds:.0%} of the dense model's time, so no pruning "
                     f"makes it more than {self.latency.dense_seconds / floor:.2f}x faster"
                 )
+
+    def _latency_model(self, args, use_cache: bool) -> tuple[LatencyModel, Path | None]:
+        """The dense model's latency model, and the cache file it came from (None: measured now)."""
+
+        def measure() -> LatencyModel:
+            return measure_latency_model(
+                self.reference, args.speedup_batch_size, args.speedup_seq_len, timer=self.timer, device=args.device
+            )
+
+        if not use_cache:
+            return measure(), None
+        return cached_latency_model(
+            self.reference, measure, batch_size=args.speedup_batch_size, seq_len=args.speedup_seq_len,
+            device=args.device, num_threads=args.speedup_num_threads,
+        )  # fmt: skip
 
     def step_seconds(self, step: int, num_steps: int) -> float:
         """The predicted forward time pruning step `step` brings the model down to: an equal share of the time
@@ -143,7 +161,7 @@ class SpeedTarget:
         return self.step_seconds(step + 1, num_steps) > self.latency.floor_seconds()
 
     def state(self) -> dict[str, Any]:
-        return {"latency": self.latency.to_dict(), "measurements": self.measurements}
+        return {"latency": self.latency.to_dict(), "latency_source": self.latency_source, "measurements": self.measurements}
 
     def report(self) -> dict[str, Any]:
         """Target, predicted and measured speedup of the final model, with how they were measured."""
@@ -159,6 +177,7 @@ class SpeedTarget:
             "measurements": list(self.measurements),
             "calibrations": list(self.calibrations),
             "latency_model": self.latency.to_dict(),
+            "latency_source": self.latency_source,
         }
 
 
