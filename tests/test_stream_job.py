@@ -108,8 +108,9 @@ def test_the_cli_streams_and_refuses_what_streaming_cannot_do(lm, tmp_path):
     assert json.loads((tmp_path / "out" / "hfprune_results.json").read_text())["settings"]["stream"] is True
     assert one_error_line(cli("--task", "lm", "--stream", "-o", tmp_path / "a")).endswith("give param_budget (--params)")
     assert "does not support target_speedup" in one_error_line(cli("--task", "lm", "--stream", "--params", "0.8", "--speedup", "2", "-o", tmp_path / "b"))
+    assert "does not support fsdp" in one_error_line(cli("--task", "lm", "--stream", "--params", "0.8", "--fsdp", "-o", tmp_path / "f"))
     assert "not sst2" in one_error_line(cli("--task", "sst2", "--stream", "--params", "0.8", "-o", tmp_path / "c"))
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+    assert not any((tmp_path / name).exists() for name in "abcf")
 
 
 def test_a_budget_the_ffn_cannot_reach_is_refused_before_writing(lm, tmp_path):
