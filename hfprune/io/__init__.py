@@ -15,6 +15,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {  # fmt: skip
     ),
     "per_layer_load": ("check_per_layer_config", "prepare_per_layer_config", "saved_overrides",),
     "rundir": ("FINETUNED_DIR", "IMPORTANCE_FILE", "RUN_STATE", "load_or_compute", "release_work_dir", "work_dir_for",),
+    "renames": ("loaded_names",),
     "skeleton": ("checkpoint_skeleton", "saved_weight_shapes",),
     "v4": ("V4_FIELD", "V4_MODEL_TYPES", "convert_v4_config", "v4_pruned_heads",),
 }

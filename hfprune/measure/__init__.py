@@ -1,5 +1,5 @@
 """What a structure costs: what was removed (sparsity), FLOPs, wall-clock speed with a noise verdict, decoder
-generation speed, and a latency model per layer, head and FFN neuron.
+generation speed, and a latency model per layer, head and FFN neuron, kept between runs.
 """
 
 from .._lazy import attach
@@ -11,6 +11,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {  # fmt: skip
     "llama_cpp": ("llama_cpp_logits", "open_gguf", "require_llama_cpp",),
     "llama_cpp_speed": ("LlamaCppSpeedReport", "measure_llama_cpp_speed",),
     "latency": ("LatencyModel", "Timer", "measure_latency_model", "speed_timer", "structure_counts",),
+    "latency_cache": ("cached_latency_model", "default_latency_cache", "latency_key",),
     "noise": ("assess_noise", "load_reasons", "noise_reasons",),
     "sparsity": ("num_parameters", "original_parameter_count", "sparsity_summary",),
     "speed": ("measure_speed", "time_against_dense",),
