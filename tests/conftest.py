@@ -1,9 +1,13 @@
 """Tiny random models of every supported family, shared by the tests."""
 
 import os
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# Before any test module copies the environment for its subprocesses: latency models measured by the suite never
+# land in the user's HF_HOME (nor are read from it). `_own_latency_cache` narrows this to one folder per test.
+os.environ["HFPRUNE_LATENCY_CACHE"] = tempfile.mkdtemp(prefix="hfprune-latency-")
 
 import pytest
 import torch

@@ -37,7 +37,12 @@ from hfprune.pruning_config import PruningConfig
 from hfprune.training.fsdp import FSDP_CONFIG
 
 SCRIPT = Path(__file__).parent / "scripts" / "prune_distributed.py"
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+ENV = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+
+
+def environment(**extra: str) -> dict[str, str]:
+    """The environment now (with this test's latency cache, `HFPRUNE_LATENCY_CACHE`) plus `ENV` and `extra`."""
+    return {**os.environ, **ENV, **extra}
 ALONE = [sys.executable]
 TWO_PROCESSES = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 TRAIN_LINES = 88  # 32 blocks of 16 tokens: two full global batches of 16 per epoch, nothing left over
@@ -80,7 +85,7 @@ def start(launcher: list[str], args: list[str], root: Path, name: str) -> subpro
     pipes: two runs at once must not wait on each other's full pipe)."""
     with open(root / f"{name}.stdout", "w") as stdout, open(root / f"{name}.stderr", "w") as stderr:
         return subprocess.Popen(
-            [*launcher, str(SCRIPT), str(root / f"records-{name}"), *args], env=ENV, stdout=stdout, stderr=stderr
+            [*launcher, str(SCRIPT), str(root / f"records-{name}"), *args], env=environment(), stdout=stdout, stderr=stderr
         )
 
 
