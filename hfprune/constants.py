@@ -67,8 +67,9 @@ PRUNING_PHASES: tuple[str, ...] = ("l0", "recovery")
 LAYER_STRATEGIES: tuple[str, ...] = ("top", "bottom", "even", "odd", "symmetric", "contribution")
 """Which layers `hfprune.planning.plan.layers_to_drop` drops (Sajjad et al. 2020, plus "contribution": by layer scores)."""
 
-RECONSTRUCTION_METHODS: tuple[str, ...] = ("least_squares", "scales")
-"""How `hfprune.reconstruct` refits an output projection: every kept column, or one scale per kept unit (Kwon et al.)."""
+RECONSTRUCTION_METHODS: tuple[str, ...] = ("least_squares", "scales", "bias")
+"""How `hfprune.reconstruct` refits an output projection: every kept column, one scale per kept unit (Kwon et al.),
+or its bias alone (FLAP's bias compensation: the weights stay, the bias absorbs the mean of what was removed)."""
 
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
 """`prune_for_task(precision=...)` and `hfprune prune --precision`: what the Trainer computes in ("bf16"/"fp16":

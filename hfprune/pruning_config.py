@@ -130,8 +130,9 @@ class PruningConfig(TrainingArguments):
             layer, fitted to the dense model's residual stream). The dense copy is the teacher: it is kept even
             without distillation.
         reconstruct_method (`str`, defaults to `"least_squares"`):
-            How `reconstruct` refits each output projection: `"least_squares"` (every kept column and the bias) or
-            `"scales"` (one scale per kept head and FFN neuron, Kwon et al. 2022's mask tuning).
+            How `reconstruct` refits each output projection: `"least_squares"` (every kept column and the bias),
+            `"scales"` (one scale per kept head and FFN neuron, Kwon et al. 2022's mask tuning) or `"bias"` (the
+            bias alone, FLAP's compensation; a Llama model gets zero biases first, `attention_bias`/`mlp_bias` on).
         distillation_alpha (`float`, defaults to `0.0`):
             Weight of a KL distillation term from the unpruned teacher: loss = (1 - alpha) * task +
             alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)). The teacher is `teacher_model`, or a

@@ -391,6 +391,23 @@ def test_other_llama_family_members_export_with_their_biases(family, tmp_path):
         assert max_relative_difference(model, tmp_path / "model.gguf") <= 1e-5
 
 
+def test_a_bias_compensated_llama_exports_its_new_biases_and_llama_cpp_computes_the_same(tmp_path):
+    """`reconstruct(method="bias")` gives a Llama output biases its config did not have (`attention_bias`, `mlp_bias`):
+    the file carries them, and llama.cpp's logits match PyTorch's."""
+    generator = torch.Generator().manual_seed(0)
+    calibration = [{"input_ids": torch.randint(0, VOCAB, (4, 16), generator=generator), "attention_mask": torch.ones(4, 16, dtype=torch.long)} for _ in range(4)]
+    model = uneven(tiny_llama())
+    hfprune.reconstruct(model, tiny_llama(), calibration, method="bias")
+    layer = hfprune.get_adapter(model).get_layers(model)[0]
+    result = export(model, tmp_path)
+    found = tensors(gguf.GGUFReader(tmp_path / "model.gguf"))
+    for name, module in (("attn_output", layer.self_attn.o_proj), ("ffn_down", layer.mlp.down_proj)):
+        assert torch.count_nonzero(module.bias) > 0
+        assert np.array_equal(found[f"blk.0.{name}.bias"].data, module.bias.detach().numpy())
+    if HAS_LLAMA_CPP:
+        assert result.max_relative_difference is not None and result.max_relative_difference <= 1e-4
+
+
 def test_qwen3_is_refused_in_one_line(tmp_path):
     config = transformers.Qwen3Config(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
                                       num_key_value_heads=2, head_dim=8, intermediate_size=24)  # fmt: skip

@@ -6,10 +6,12 @@ import copy
 import json
 from pathlib import Path
 
+import conftest
 import pytest
 import torch
+import transformers
 from cli_fixtures import VOCAB, write_sst2, write_tiny_bert
-from conftest import tiny_inputs, tiny_model
+from conftest import FAMILIES, tiny_inputs, tiny_model
 
 import hfprune
 import hfprune.training.trainer
@@ -40,6 +42,16 @@ def _zero_removed_columns(dense: torch.nn.Module) -> None:
             for head in PRUNED_HEADS.get(position, []):
                 resolve(layer, adapter.output).weight[:, head * head_dim : (head + 1) * head_dim] = 0
             resolve(layer, adapter.ffn_output).weight[:, REMOVED_FFN] = 0
+
+
+def _assert_round_trips(pruned: torch.nn.Module, tmp_path: Path) -> None:
+    """Saved and reloaded with hfprune, the model has the same parameters and computes the same logits."""
+    shapes = {name: p.shape for name, p in pruned.named_parameters()}
+    pruned.save_pretrained(tmp_path / "out")
+    reloaded = hfprune.from_pretrained(tmp_path / "out").eval()
+    assert {name: p.shape for name, p in reloaded.named_parameters()} == shapes
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**HELD_OUT).logits, pruned(**HELD_OUT).logits)
 
 
 def _hidden_error(model: torch.nn.Module, dense: torch.nn.Module, inputs: dict) -> float:
@@ -90,6 +102,93 @@ def test_least_squares_also_refits_a_bias_that_is_off():
     hfprune.reconstruct(pruned, dense, CALIBRATION, damping=1e-10)
     for layer, dense_layer in zip(pruned.bert.encoder.layer, dense.bert.encoder.layer):
         torch.testing.assert_close(layer.output.dense.bias, dense_layer.output.dense.bias, atol=1e-5, rtol=0)
+
+
+def _with_biases(family: str) -> torch.nn.Module:
+    """The tiny model, a Llama given attention and MLP biases by its config (nonzero, like BERT's)."""
+    if family == "bert":
+        return tiny_model("bert")
+    config = transformers.LlamaConfig(vocab_size=conftest.VOCAB, attention_bias=True, mlp_bias=True, **FAMILIES["llama"][1])
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.05)
+    return model
+
+
+@pytest.mark.parametrize("family", ["bert", "llama"])
+def test_bias_compensation_restores_output_biases_that_are_off(family: str):
+    """Removed units contribute nothing and the kept weights are the dense ones, so each block's output is off by
+    exactly the bias that was zeroed: the bias fit must put the dense bias back, and leave the weights alone."""
+    dense = _with_biases(family)
+    _zero_removed_columns(dense)
+    pruned = _pruned(dense)
+    adapter = get_adapter(pruned)
+    weights = {name: p.detach().clone() for name, p in pruned.named_parameters() if name.endswith("weight")}
+    with torch.no_grad():
+        for layer in adapter.get_layers(pruned):
+            for path in (adapter.output, adapter.ffn_output):
+                resolve(layer, path).bias.zero_()
+    assert _hidden_error(pruned, dense, HELD_OUT) > 1e-4
+
+    report = hfprune.reconstruct(pruned, dense, CALIBRATION, method="bias")
+
+    assert len(report.blocks) == 6 and report.method == "bias"
+    for block in report.blocks:
+        assert block.error_before > 1e-4 and block.error_after < 1e-9, block
+    assert _hidden_error(pruned, dense, HELD_OUT) < 1e-9
+    for layer, dense_layer in zip(adapter.get_layers(pruned), adapter.get_layers(dense)):
+        for path in (adapter.output, adapter.ffn_output):
+            torch.testing.assert_close(resolve(layer, path).bias, resolve(dense_layer, path).bias, atol=1e-6, rtol=0)
+    assert all(torch.equal(p, weights[name]) for name, p in pruned.named_parameters() if name.endswith("weight"))
+
+
+def test_bias_compensation_gives_a_llama_zero_biases_first_and_the_result_round_trips(tmp_path: Path):
+    dense = tiny_model("llama")
+    pruned = _pruned(dense)
+    hfprune.prune_ffn(pruned, {1: KEPT_FFN})  # layer 1's MLP removed whole (zero-width projections): not refitted
+    hfprune.drop_layers(pruned, [2])
+    plain = copy.deepcopy(pruned)
+    with_zero_biases = copy.deepcopy(pruned)
+    # q k v o gate up down in both layers, the zero-width ones too, so that a reload builds the same modules
+    assert hfprune.reconstruction.add_output_biases(with_zero_biases, get_adapter(with_zero_biases)) == 2 * 7
+    with torch.no_grad():
+        assert torch.equal(with_zero_biases(**HELD_OUT).logits, plain(**HELD_OUT).logits)
+
+    report = hfprune.reconstruct(pruned, dense, CALIBRATION, method="bias")
+
+    assert pruned.config.attention_bias and pruned.config.mlp_bias
+    assert [(b.layer, b.block) for b in report.blocks] == [(0, "attention"), (0, "mlp"), (1, "attention")]
+    for block in report.blocks:
+        assert block.error_after < block.error_before, block
+    assert _hidden_error(pruned, dense, HELD_OUT) < _hidden_error(plain, dense, HELD_OUT)
+    layers = pruned.model.layers
+    for layer in layers:
+        for name in ("q_proj", "k_proj", "v_proj"):
+            assert torch.count_nonzero(getattr(layer.self_attn, name).bias) == 0
+        assert torch.count_nonzero(layer.self_attn.o_proj.bias) > 0
+    assert torch.count_nonzero(layers[0].mlp.gate_proj.bias) == torch.count_nonzero(layers[0].mlp.up_proj.bias) == 0
+    assert torch.count_nonzero(layers[0].mlp.down_proj.bias) > 0 and torch.count_nonzero(layers[1].mlp.down_proj.bias) == 0
+    _assert_round_trips(pruned, tmp_path)
+
+
+def test_bias_compensation_is_refused_where_no_bias_can_be_carried(tmp_path: Path):
+    dense = tiny_model("mistral")  # its projections are bias-free, and its config cannot change that
+    with pytest.raises(PruningError, match="bias compensation needs output projections with a bias: mistral") as error:
+        hfprune.reconstruct(_pruned(dense), dense, CALIBRATION, method="bias")
+    assert "\n" not in str(error.value)
+    args = hfprune.PruningConfig(output_dir=str(tmp_path / "trainer"), reconstruct=True, reconstruct_method="bias", report_to=[])
+    with pytest.raises(PruningError, match="bias compensation needs"):  # the trainer refuses before any training
+        hfprune.PruningTrainer(model=dense, args=args)
+    llama = tiny_model("llama")  # streamed: the shards would need tensors they do not have
+    llama.save_pretrained(tmp_path / "dense")
+    _pruned(llama).save_pretrained(tmp_path / "pruned")
+    before = {path.name: path.read_bytes() for path in (tmp_path / "pruned").iterdir()}
+    with pytest.raises(PruningError, match="cannot add them yet") as error:
+        hfprune.stream_reconstruct(tmp_path / "pruned", tmp_path / "dense", CALIBRATION, method="bias")
+    assert "\n" not in str(error.value)
+    assert {path.name: path.read_bytes() for path in (tmp_path / "pruned").iterdir()} == before
 
 
 @pytest.mark.parametrize("family", ["bert", "llama"])
@@ -148,12 +247,7 @@ def test_dropped_layers_are_skipped_and_the_result_round_trips(tmp_path: Path):
     report = hfprune.reconstruct(pruned, dense, CALIBRATION, method="scales", target="block", max_batches=2)
     assert [b.layer for b in report.blocks] == [0, 0, 2]  # original ids; layer 1 is gone, layer 2's attention whole
     assert report.tokens == sum(int(b["attention_mask"].sum()) for b in CALIBRATION[:2])
-    shapes = {name: p.shape for name, p in pruned.named_parameters()}
-    pruned.save_pretrained(tmp_path / "out")
-    reloaded = hfprune.from_pretrained(tmp_path / "out").eval()
-    assert {name: p.shape for name, p in reloaded.named_parameters()} == shapes
-    with torch.no_grad():
-        torch.testing.assert_close(reloaded(**HELD_OUT).logits, pruned(**HELD_OUT).logits)
+    _assert_round_trips(pruned, tmp_path)
     assert json.loads(json.dumps(report.to_dict()))["method"] == "scales"
 
 

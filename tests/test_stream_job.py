@@ -82,6 +82,25 @@ def test_a_streamed_job_reconstructs_on_training_blocks_only(lm, tmp_path):
     assert json.loads((tmp_path / "out" / "hfprune_results.json").read_text())["settings"]["reconstruct"] is True
 
 
+def test_an_in_memory_job_compensates_with_biases_that_a_reload_builds(lm, tmp_path):
+    """`reconstruct_method="bias"` on a Llama (no biases): the job turns on its config's bias flags, refits the output
+    biases on the training blocks, and writes a checkpoint that loads as it was saved."""
+    llama, text = lm
+    result = hfprune.prune_for_task(
+        str(llama), "lm", data_dir=text, output_dir=tmp_path / "out", param_budget=0.6, recovery_epochs=0,
+        reconstruct=True, reconstruct_method="bias", **RUN,
+    )  # fmt: skip
+    (report,) = result.reconstruction
+    assert report["method"] == "bias" and report["mean_error_after"] < report["mean_error_before"]
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["attention_bias"] is True and config["mlp_bias"] is True
+    saved = load_file(tmp_path / "out" / "model.safetensors")
+    assert any(key.endswith("down_proj.bias") and torch.count_nonzero(value) for key, value in saved.items())
+    reloaded = hfprune.from_pretrained(tmp_path / "out")
+    assert {key: value.shape for key, value in reloaded.state_dict().items() if key in saved} == {key: value.shape for key, value in saved.items()}
+    assert json.loads((tmp_path / "out" / "hfprune_results.json").read_text())["settings"]["reconstruct_method"] == "bias"
+
+
 def test_a_failed_streamed_job_leaves_nothing_behind(lm, tmp_path, monkeypatch):
     llama, text = lm
 
@@ -110,7 +129,9 @@ def test_the_cli_streams_and_refuses_what_streaming_cannot_do(lm, tmp_path):
     assert "does not support target_speedup" in one_error_line(cli("--task", "lm", "--stream", "--params", "0.8", "--speedup", "2", "-o", tmp_path / "b"))
     assert "does not support fsdp" in one_error_line(cli("--task", "lm", "--stream", "--params", "0.8", "--fsdp", "-o", tmp_path / "f"))
     assert "not sst2" in one_error_line(cli("--task", "sst2", "--stream", "--params", "0.8", "-o", tmp_path / "c"))
-    assert not any((tmp_path / name).exists() for name in "abcf")
+    bias = cli("--task", "lm", "--stream", "--params", "0.8", "--reconstruct", "--reconstruct-method", "bias", "-o", tmp_path / "g")
+    assert "does not support reconstruct_method='bias'" in one_error_line(bias)  # it would add tensors to the shards
+    assert not any((tmp_path / name).exists() for name in "abcfg")
 
 
 def test_a_budget_the_ffn_cannot_reach_is_refused_before_writing(lm, tmp_path):

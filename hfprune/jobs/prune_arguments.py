@@ -141,7 +141,8 @@ class RecoveryArguments:
     reconstruct: after each pruning step, before recovery, refit the kept units layer by layer to match the dense
         model's blocks on the scoring examples (training data only; `hfprune.reconstruct`). With recovery_epochs=0
         nothing is trained at all: the model must already solve the task (or be a language model).
-        reconstruct_method: "least_squares" (every kept column) or "scales" (one scale per kept unit).
+        reconstruct_method: "least_squares" (every kept column), "scales" (one scale per kept unit) or "bias" (the
+            output biases alone: FLAP's bias compensation).
     device: "cpu", "cuda", "cuda:N" or "mps" for training and timing (None: the GPU when there is one).
     precision: what both trainings compute in, `PRECISIONS`: "bf16"/"fp16" mixed precision (fp32 weights), or
         "auto": bf16 on a CUDA GPU that computes it natively, else fp32 (`hfprune.jobs.finetune.resolve_precision`).

@@ -80,6 +80,7 @@ def check_stream_job(model_data: ModelDataArguments, targets: TargetArguments, r
         "target_speedup": targets.target_speedup, "max_drop": targets.max_drop, "prune_width": targets.prune_width or None,
         "dry_run": output.dry_run or None, "resume": output.resume or None, "gguf_file": model_data.gguf_file,
         "fsdp": recovery.fsdp or None,  # it trains nothing to shard
+        "reconstruct_method='bias'": True if recovery.reconstruct and recovery.reconstruct_method == "bias" else None,  # it adds tensors
     }  # fmt: skip
     given = [name for name, value in unsupported.items() if value is not None]
     if given:

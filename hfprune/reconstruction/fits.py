@@ -1,14 +1,17 @@
-"""The two refits of an output projection from a block's `BlockStatistics`, both damped towards the current weights.
+"""The refits of an output projection from a block's `BlockStatistics`.
 
 - `least_squares_fit`: every kept column (and the bias, where the layer has one) refitted,
   W~ = (Y'X~ + lambda W~0 D)(X~'X~ + lambda D)^-1 with D = I on the weight columns and 0 on the bias column.
 - `scale_fit`: one scale per kept unit (a head's block of columns, or one FFN neuron's column), as Kwon et al.
   2022's mask tuning: the least-squares s of ||Y - b - sum_u s_u X_u W_u'||^2, whose normal equations need only
   G_uv = sum((X'X)_uv * (W'W)_uv) and rhs_u = sum(((X'Y - sum(X) b') * W')_u), folded into the columns.
+- `bias_fit`: the bias alone, as FLAP (An et al. 2024) compensates removed channels: with W fixed, the
+  least-squares b is mean(Y) - W mean(X), which adds to the bias the mean output of what was removed (and, with the
+  "stream" target, the mean drift the layers before left). One number per output: few tokens suffice.
 
-lambda is `damping` times the mean of the normal matrix's diagonal (as SparseGPT damps its Hessian). Damping
-towards the current weights rather than towards zero means a direction the calibration data does not excite
-keeps its weights instead of being shrunk away, and damping 0 is the plain least-squares solution.
+The first two are damped: lambda is `damping` times the mean of the normal matrix's diagonal (as SparseGPT damps
+its Hessian). Damping towards the current weights rather than towards zero means a direction the calibration data
+does not excite keeps its weights instead of being shrunk away, and damping 0 is the plain least-squares solution.
 """
 
 from __future__ import annotations
@@ -51,6 +54,15 @@ def scale_fit(
     return w * scales.repeat_interleave(unit)[None, :], new_bias
 
 
+def bias_fit(stats: BlockStatistics, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """New (weight, bias) in float64: the weight as it is, the bias mean(Y) - W mean(X) over the calibration tokens
+    (the projection must be able to carry a bias: see `reconstruction.biases`)."""
+    columns = weight.shape[1]
+    w = weight.detach().to(stats.xtx)
+    tokens = stats.xtx[-1, -1].clamp_min(1)  # X~'s last row holds the sums of X and the token count
+    return w, (stats.xty[-1] - w @ stats.xtx[:columns, -1]) / tokens
+
+
 def _mean_diagonal(matrix: torch.Tensor) -> torch.Tensor:
     """The damping scale: the mean diagonal, or 1 where it is 0 (a unit that never fired)."""
     mean = matrix.diagonal().mean()
@@ -65,4 +77,4 @@ def _solve(matrix: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
     return torch.linalg.pinv(matrix, hermitian=True) @ right
 
 
-__all__ = ["least_squares_fit", "scale_fit"]
+__all__ = ["bias_fit", "least_squares_fit", "scale_fit"]

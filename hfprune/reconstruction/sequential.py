@@ -16,7 +16,8 @@ calibration tokens: perplexity 105.6 -> 75.9, against 96.3 with "block"). "block
 original layer (matched by `kept_layers`) applied to the input the PRUNED block sees, as SparseGPT does; it cannot
 make up for dropped layers. Both fit the output projections' outputs (`o_proj` / `down_proj`; BERT:
 `attention.output.dense` / `output.dense`, before the residual and the LayerNorm) and change only their kept
-weights, so the result is an ordinary hfprune model.
+weights, so the result is an ordinary hfprune model (method "bias" on Llama first gives the projections zero biases
+and turns on the config's flags for them: `biases`).
 
 Calibration tokens matter: a refit of a projection with n inputs on few more than n tokens follows those tokens
 (SmolLM2 at 2,048 tokens with 1,536-wide down projections: 142.7 with "stream", worse than no refit), so
@@ -46,7 +47,8 @@ from ..engine.record import get_record
 from ..engine.structure import EmptyMLP
 from ..errors import PruningError
 from ..progress import Progress
-from .fits import least_squares_fit, scale_fit
+from .biases import add_output_biases, check_biases
+from .fits import bias_fit, least_squares_fit, scale_fit
 from .statistics import BlockStatistics
 
 logger = logging.getLogger(__name__)
@@ -124,8 +126,10 @@ def reconstruct(
         pruned: a model pruned with hfprune (heads, FFN neurons, layers); `dense`: the model it was pruned from.
         dataloader: batches of model inputs (an `attention_mask` marks the tokens that count; labels are ignored).
             Use training data: calibrating on the split you report would leak it into the weights.
-        method: "least_squares" (every kept column of each output projection and its bias) or "scales" (one
-            scale per kept head and FFN neuron, folded into the output projections' columns).
+        method: "least_squares" (every kept column of each output projection and its bias), "scales" (one
+            scale per kept head and FFN neuron, folded into the output projections' columns) or "bias" (the output
+            projections' biases alone, FLAP's compensation; a Llama model gets zero biases first, its config's
+            `attention_bias` and `mlp_bias` turned on: see `reconstruction.biases`).
         target: "block": each block matches the dense block run on the input the pruned block sees; "stream": each
             block's output projection plus the residual it is added to matches the dense model's own residual
             stream at that point, so the block also makes up for the error of the layers before it, dropped
@@ -134,6 +138,8 @@ def reconstruct(
         max_batches: use at most this many batches. progress: `progress("reconstruct", layers done, layers)`.
     """
     adapter = check_reconstructable(pruned, dense, method, damping, target)
+    if method == "bias":
+        add_output_biases(pruned, adapter)
     start, training = time.perf_counter(), (pruned.training, dense.training)
     pruned.eval(), dense.eval()
     report = ReconstructionReport(method=method, damping=damping, target=target)
@@ -188,6 +194,8 @@ def check_reconstructable(
     missing = sorted(set(record["kept_layers"]) - set(dense_record["kept_layers"]))
     if missing:
         raise PruningError(f"the dense model lacks layers {missing} that the pruned model keeps")
+    if method == "bias":
+        check_biases(pruned, adapter)
     return adapter
 
 
@@ -240,6 +248,8 @@ def refit_block(
     if method == "scales":
         unit = adapter.head_dim(model.config) if block == "attention" else 1
         new_weight, new_bias = scale_fit(stats, weight, bias, unit, damping)
+    elif method == "bias":
+        new_weight, new_bias = bias_fit(stats, weight)
     else:
         new_weight, new_bias = least_squares_fit(stats, weight, bias, damping)
     before, after = stats.relative_error(weight, bias), stats.relative_error(new_weight, new_bias)

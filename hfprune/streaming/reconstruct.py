@@ -26,7 +26,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ..engine.layer_inputs import LayerInput, layer_output
+from ..errors import PruningError
 from ..progress import Progress
+from ..reconstruction.biases import lacks_output_biases
 from ..reconstruction.sequential import (
     DEFAULT_DAMPING,
     ReconstructionReport,
@@ -58,6 +60,9 @@ def stream_reconstruct(
     with StreamedCheckpoint(pruned_dir, device=device, max_memory=max_memory) as pruned, \
             StreamedCheckpoint(dense_dir, device=device, max_memory=max_memory) as dense:  # fmt: skip
         adapter = check_reconstructable(pruned.model, dense.model, method, damping, "stream")
+        if method == "bias" and lacks_output_biases(pruned.model, adapter):
+            raise PruningError("streamed bias compensation needs a checkpoint whose output projections have biases; it "
+                               "cannot add them yet: reconstruct in memory (hfprune.reconstruct), or use another method")  # fmt: skip
         report = ReconstructionReport(method=method, damping=damping, target="stream")
         batches, hidden = pruned.first_inputs(data)
         dense_hidden = _copy(hidden, dense.hidden_states())  # the same embeddings: the same first inputs

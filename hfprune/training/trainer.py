@@ -55,7 +55,7 @@ from ..planning.param_target import ParamTarget
 from ..planning.plan import check_head_target, check_unpruned, final_targets, sparsities
 from ..planning.speed_target import SpeedTarget
 from ..pruning_config import PruningArguments, PruningConfig  # PruningArguments: re-exported
-from ..reconstruction.sequential import reconstruct
+from ..reconstruction.sequential import DEFAULT_DAMPING, check_reconstructable, reconstruct
 from ..scoring.common import normalize_per_layer
 from ..scoring.methods import score_units
 from .distill import (
@@ -135,6 +135,8 @@ class PruningTrainer(PruningSteps, PruningCheckpoints, Trainer):
         if model is None:
             raise PruningError("PruningTrainer needs the model to prune")
         get_adapter(model)  # unsupported families fail here, not after a long setup
+        if args.reconstruct:  # as can a model reconstruction cannot refit
+            check_reconstructable(model, model, args.reconstruct_method, DEFAULT_DAMPING)
         super().__init__(model, args, *trainer_args, **kwargs)
         self.model_accepts_loss_kwargs = self.model_accepts_loss_kwargs and loss_counts_items(model)
         self.score_dataset = score_dataset
