@@ -18,6 +18,8 @@ import hfprune.training.trainer
 from hfprune.engine.arch import get_adapter
 from hfprune.engine.arch.base import resolve
 from hfprune.errors import PruningError
+from hfprune.reconstruction.fits import bias_fit
+from hfprune.reconstruction.statistics import BlockStatistics, ResidualStatistics
 from hfprune.jobs.prune import prune_for_task
 
 CALIBRATION = [tiny_inputs(8, 16, seed=seed) for seed in range(8)]
@@ -142,6 +144,26 @@ def test_bias_compensation_restores_output_biases_that_are_off(family: str):
         for path in (adapter.output, adapter.ffn_output):
             torch.testing.assert_close(resolve(layer, path).bias, resolve(dense_layer, path).bias, atol=1e-6, rtol=0)
     assert all(torch.equal(p, weights[name]) for name, p in pruned.named_parameters() if name.endswith("weight"))
+
+
+def test_the_bias_fit_s_residual_statistics_agree_with_the_full_moments():
+    """Bias compensation keeps only the residual's sum and norm: its errors and bias are those of X~'X~, X~'Y."""
+    generator = torch.Generator().manual_seed(0)
+    x, y = torch.randn(2, 50, 6, generator=generator), torch.randn(2, 50, 4, generator=generator)
+    mask = (torch.rand(2, 50, generator=generator) > 0.3).long()
+    weight, bias = torch.randn(4, 6, generator=generator), torch.randn(4, generator=generator)
+    full, residual = BlockStatistics(6, 4, torch.device("cpu")), ResidualStatistics(weight, torch.device("cpu"))
+    for stats in (full, residual):
+        stats.add(x, y, mask)
+    assert residual.tokens == full.tokens == int(mask.sum())
+    for b in (bias, None):
+        assert residual.relative_error(weight, b) == pytest.approx(full.relative_error(weight, b), rel=1e-12)
+    _, fitted = bias_fit(residual, weight)
+    expected = (full.xty[-1] - weight.double() @ full.xtx[:6, -1]) / full.tokens  # mean(Y) - W mean(X)
+    torch.testing.assert_close(fitted, expected, rtol=1e-12, atol=1e-12)
+    assert residual.relative_error(weight, fitted) < residual.relative_error(weight, bias)
+    with pytest.raises(ValueError, match="the weight they were taken with"):
+        residual.relative_error(weight + 1, bias)
 
 
 def test_bias_compensation_gives_a_llama_zero_biases_first_and_the_result_round_trips(tmp_path: Path):

@@ -13,7 +13,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {  # fmt: skip
     "fits": ("bias_fit", "least_squares_fit", "scale_fit"),
     "sequential": (
         "BLOCK_MODULES", "DEFAULT_DAMPING", "MIN_TOKENS_PER_INPUT", "RESIDUAL_MODULES", "TARGETS", "BlockFit",
-        "ReconstructionReport", "check_reconstructable", "has_block", "reconstruct", "refit_block", "warn_if_few_tokens",
+        "ReconstructionReport", "check_reconstructable", "default_target", "has_block", "reconstruct", "refit_block", "warn_if_few_tokens",
     ),
     "statistics": ("BlockStatistics", "augmented"),
 }

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from .statistics import BlockStatistics, augmented
+from .statistics import BlockStatistics, ResidualStatistics, augmented
 
 
 def least_squares_fit(
@@ -54,13 +54,10 @@ def scale_fit(
     return w * scales.repeat_interleave(unit)[None, :], new_bias
 
 
-def bias_fit(stats: BlockStatistics, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """New (weight, bias) in float64: the weight as it is, the bias mean(Y) - W mean(X) over the calibration tokens
+def bias_fit(stats: ResidualStatistics, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """New (weight, bias) in float64: the weight as it is, the bias mean(Y - X W') over the calibration tokens
     (the projection must be able to carry a bias: see `reconstruction.biases`)."""
-    columns = weight.shape[1]
-    w = weight.detach().to(stats.xtx)
-    tokens = stats.xtx[-1, -1].clamp_min(1)  # X~'s last row holds the sums of X and the token count
-    return w, (stats.xty[-1] - w @ stats.xtx[:columns, -1]) / tokens
+    return weight.detach().to(stats.residual_sum), stats.residual_sum / max(stats.tokens, 1)
 
 
 def _mean_diagonal(matrix: torch.Tensor) -> torch.Tensor:
