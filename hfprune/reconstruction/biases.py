@@ -4,8 +4,8 @@ bias for the fit to write one.
 BERT, RoBERTa and ELECTRA have them. Llama's projections have none, but its config can grant them
 (`attention_bias` on q/k/v/o, `mlp_bias` on gate/up/down): `add_output_biases` turns both flags on and gives every
 projection of the kept blocks a zero bias, so the model computes what it computed before, and a reload (hfprune's
-or plain transformers') builds the same modules. FLAP (An et al. 2024) adds the same biases to LLaMA. Mistral and
-Qwen2/Qwen3 hard-code bias-free output projections, so they are refused.
+or plain transformers', for stock shapes) builds the same modules. FLAP (An et al. 2024) adds the same biases to
+LLaMA. Mistral, Qwen2 and Qwen3 (its MLP) hard-code bias-free output projections, so they are refused.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def check_biases(model: nn.Module, adapter: ArchAdapter) -> None:
 def add_output_biases(model: nn.Module, adapter: ArchAdapter) -> int:
     """Turn on the config's bias flags and give every bias-free linear projection of the kept attention and MLP
     blocks a zero bias (the model's outputs do not change), and rewrite a pruned model's record (`config.hfprune`)
-so that a reload builds them; returns how many were added."""
+    so that a reload builds them; returns how many were added."""
     flags = BIAS_FLAGS.get(model.config.model_type, ())
     if not flags or all(getattr(model.config, flag, False) for flag in flags):
         return 0

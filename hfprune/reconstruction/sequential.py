@@ -14,9 +14,9 @@ stream is after the same block: Y = Y_dense + R_dense - R_pruned. So a block als
 before it left, dropped layers and whole removed blocks included (SmolLM2-135M at 85% of its parameters, 8,192
 calibration tokens: perplexity 105.6 -> 75.9, against 96.3 with "block"). "block": the DENSE block of the same
 original layer (matched by `kept_layers`) applied to the input the PRUNED block sees, as SparseGPT does; it cannot
-make up for dropped layers, and it is the default of the bias-only fit (`default_target`). Both fit the output projections' outputs (`o_proj` / `down_proj`; BERT:
-`attention.output.dense` / `output.dense`, before the residual and the LayerNorm) and change only their kept
-weights, so the result is an ordinary hfprune model (method "bias" on Llama first gives the projections zero biases
+make up for dropped layers, and it is the default of the bias-only fit (`default_target`). Both fit the output
+projections' outputs (`o_proj` / `down_proj`; BERT: `attention.output.dense` / `output.dense`, before the residual
+and the LayerNorm) and change only their kept weights, so the result is an ordinary hfprune model (method "bias" on Llama first gives the projections zero biases
 and turns on the config's flags for them: `biases`).
 
 Calibration tokens matter: a refit of a projection with n inputs on few more than n tokens follows those tokens
@@ -334,9 +334,9 @@ def _stream_statistics(
     stats: BlockStatistics | ResidualStatistics, adapter: ArchAdapter, layer: nn.Module, dense_layer: nn.Module,
     block: str, path: str, cached: list[LayerInput], dense_cached: list[LayerInput],
 ) -> None:  # fmt: skip
-    """Into `stats`: X is what the pruned projection receives; Y = Y_dense + R_dense - R_pruned, the output that puts the pruned
-    residual stream where the dense model's is after this block: Y_dense is the dense projection's output on the
-    dense model's own input, R the residual the projection's output is added to (before BERT's LayerNorm)."""
+    """Into `stats`: X is what the pruned projection receives; Y = Y_dense + R_dense - R_pruned, the output that puts
+    the pruned residual stream where the dense model's is after this block: Y_dense is the dense projection's output
+    on the dense model's own input, R the residual the projection's output is added to (before BERT's LayerNorm)."""
     residual_path = RESIDUAL_MODULES[type(adapter)][block]
     projection, dense_projection = resolve(layer, path), resolve(dense_layer, path)
     captured: dict[str, Any] = {}
