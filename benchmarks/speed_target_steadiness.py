@@ -9,7 +9,8 @@ Protocol (written into the JSON next to the numbers):
   score_num_examples=512, seed=0)` in a fresh process, timed at batch 32 x 128 on this CPU with `--threads` threads;
   scoring uses 512 examples of the frontier's recovery slice of SST-2 train. No training, so the scores, and
   with them any difference between runs, come only from the latency model and the measured corrections.
-- Three runs in a row on an otherwise idle machine, all with one empty latency cache folder
+- Three runs in a row on this shared machine (each row keeps the load average after it; whatever else runs beside
+  them is the noise a user's machine has too), all with one empty latency cache folder
   (`HFPRUNE_LATENCY_CACHE`): "kept 1" (`latency_cache=True`: fits the latency model and keeps it), "kept 2"
   (`latency_cache=True`: reuses that fit), "fresh" (`latency_cache=False`: fits again, as every run did before
   the cache). Spread "fresh fits" = kept 1 against fresh (two independent fits: before); spread "kept fit" =
