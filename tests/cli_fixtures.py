@@ -6,11 +6,18 @@ holds every word, so nothing maps to [UNK].
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
 import torch
 import transformers
+
+def subprocess_environment(**extra: str) -> dict[str, str]:
+    """The environment for a job in a subprocess, read when it starts (so with this test's own latency cache,
+    `HFPRUNE_LATENCY_CACHE`): one thread, offline, quiet transformers, plus `extra`."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", **extra}
+
 
 POSITIVE = ["good", "great", "fun", "moving", "charming", "brilliant"]
 NEGATIVE = ["bad", "dull", "boring", "flat", "tedious", "awful"]

@@ -17,7 +17,6 @@ step): a rank's batch left out, or a phase trained on a stale copy of the weight
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-from cli_fixtures import one_error_line, sentences, write_tiny_bert
+from cli_fixtures import one_error_line, sentences, subprocess_environment, write_tiny_bert
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -37,12 +36,6 @@ from hfprune.pruning_config import PruningConfig
 from hfprune.training.fsdp import FSDP_CONFIG
 
 SCRIPT = Path(__file__).parent / "scripts" / "prune_distributed.py"
-ENV = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
-
-
-def environment(**extra: str) -> dict[str, str]:
-    """The environment now (with this test's latency cache, `HFPRUNE_LATENCY_CACHE`) plus `ENV` and `extra`."""
-    return {**os.environ, **ENV, **extra}
 ALONE = [sys.executable]
 TWO_PROCESSES = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 TRAIN_LINES = 88  # 32 blocks of 16 tokens: two full global batches of 16 per epoch, nothing left over
@@ -85,7 +78,7 @@ def start(launcher: list[str], args: list[str], root: Path, name: str) -> subpro
     pipes: two runs at once must not wait on each other's full pipe)."""
     with open(root / f"{name}.stdout", "w") as stdout, open(root / f"{name}.stderr", "w") as stderr:
         return subprocess.Popen(
-            [*launcher, str(SCRIPT), str(root / f"records-{name}"), *args], env=environment(), stdout=stdout, stderr=stderr
+            [*launcher, str(SCRIPT), str(root / f"records-{name}"), *args], env=subprocess_environment(), stdout=stdout, stderr=stderr
         )
 
 

@@ -20,22 +20,15 @@ reports different times on each rank (`FLOPS_TIMER`), its ranks still plan the s
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from cli_fixtures import write_sst2, write_tiny_bert
+from cli_fixtures import subprocess_environment, write_sst2, write_tiny_bert
 
 SCRIPT = Path(__file__).parent / "scripts" / "prune_distributed.py"
-ENV = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
-
-
-def environment(**extra: str) -> dict[str, str]:
-    """The environment now (with this test's latency cache, `HFPRUNE_LATENCY_CACHE`) plus `ENV` and `extra`."""
-    return {**os.environ, **ENV, **extra}
 TWO_PROCESSES = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
 pytestmark = pytest.mark.skipif(
@@ -54,7 +47,7 @@ def prune_args(root: Path, output: Path, batch_size: int = 16) -> list[str]:
 
 def run(launcher: list[str], records: Path, args: list[str], **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [*launcher, str(SCRIPT), str(records), *args], env=environment(**env), capture_output=True, text=True, timeout=300, check=False
+        [*launcher, str(SCRIPT), str(records), *args], env=subprocess_environment(**env), capture_output=True, text=True, timeout=300, check=False
     )
 
 

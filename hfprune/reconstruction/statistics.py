@@ -51,11 +51,7 @@ class ResidualStatistics:
         self.residual_sum = torch.zeros(weight.shape[0], dtype=torch.float64, device=device)
         self.residual_squares = torch.zeros((), dtype=torch.float64, device=device)
         self.yty = torch.zeros((), dtype=torch.float64, device=device)
-        self.count = 0
-
-    @property
-    def tokens(self) -> int:
-        return self.count
+        self.tokens = 0
 
     def add(self, inputs: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> None:
         """Add one batch, as `BlockStatistics.add`."""
@@ -64,14 +60,14 @@ class ResidualStatistics:
         self.residual_sum += residual.sum(0)
         self.residual_squares += (residual * residual).sum()
         self.yty += (y * y).sum()
-        self.count += x.shape[0]
+        self.tokens += x.shape[0]
 
     def relative_error(self, weight: torch.Tensor, bias: torch.Tensor | None) -> float:
         """||Y - X W' - b||^2 / ||Y||^2; `weight` must be the one the statistics were taken with."""
         if weight.shape != self.weight.shape or not torch.equal(weight.detach().to(self.weight), self.weight):
             raise ValueError("residual statistics hold for the weight they were taken with only")
         b = torch.zeros_like(self.residual_sum) if bias is None else bias.detach().to(self.residual_sum)
-        squared = self.residual_squares - 2 * (b * self.residual_sum).sum() + self.count * (b * b).sum()
+        squared = self.residual_squares - 2 * (b * self.residual_sum).sum() + self.tokens * (b * b).sum()
         return float(squared.clamp_min(0) / self.yty.clamp_min(torch.finfo(torch.float64).tiny))
 
 
